@@ -1,0 +1,112 @@
+// The CUDA backend against the CPU backend on the same inputs. Skips where no device is visible.
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/reference.h"
+#include "kernels/test_util.h"
+#include "kernels/zlpr.h"
+
+namespace zlpr {
+namespace {
+
+using testing::Labels;
+using testing::MakeProblem;
+using testing::Problem;
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) {
+      GTEST_SKIP() << (CudaBuilt() ? "no CUDA device visible" : "built without CUDA");
+    }
+    auto backend = NewCudaBackend(0);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    cuda_ = *std::move(backend);
+    cpu_ = NewCpuBackend({.threads = 2});
+  }
+  std::unique_ptr<Backend> cuda_, cpu_;
+};
+
+TEST(CudaAvailabilityTest, NewCudaBackendFailsCleanlyWithoutADevice) {
+  if (CudaDeviceCount() > 0) GTEST_SKIP() << "a device is visible";
+  auto backend = NewCudaBackend(0);
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CudaBackendTest, LossAndGradientMatchTheCpuAcrossShapes) {
+  for (int64_t cols : {1, 7, 31, 32, 33, 1000, 4097, 8193, 131072}) {
+    for (Labels kind : {Labels::kHard, Labels::kSoft, Labels::kSparseHard, Labels::kSparseSoft}) {
+      for (bool mask : {false, true}) {
+        const Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 9, .cols = cols, .labels = kind,
+                                       .mask = mask, .neg_inf = mask, .scale = 5.0f,
+                                       .seed = static_cast<uint64_t>(cols)});
+        const int64_t rows = p.spec.rows;
+        std::vector<float> gl(rows), gg(rows * cols), cl(rows), cg(rows * cols);
+        ASSERT_TRUE(cuda_->Loss(p.Input(), {gl.data(), gg.data()}).ok());
+        ASSERT_TRUE(cpu_->Loss(p.Input(), {cl.data(), cg.data()}).ok());
+        for (int64_t r = 0; r < rows; ++r) {
+          ASSERT_NEAR(gl[r], cl[r], 2 * testing::LossTolerance(cl[r])) << "C=" << cols << " row " << r;
+        }
+        for (int64_t i = 0; i < rows * cols; ++i) {
+          ASSERT_NEAR(gg[i], cg[i], 2 * testing::GradTolerance(cg[i])) << "C=" << cols << " entry " << i;
+        }
+        std::vector<float> only(rows);
+        ASSERT_TRUE(cuda_->Loss(p.Input(), {only.data(), nullptr}).ok());
+        for (int64_t r = 0; r < rows; ++r) ASSERT_NEAR(only[r], cl[r], 2 * testing::LossTolerance(cl[r]));
+      }
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, SparseDenseAndBatchInvarianceHoldToTheBit) {
+  for (int64_t cols : {33, 1000, 20000}) {
+    const Problem p = MakeProblem({.rows = 21, .cols = cols, .labels = Labels::kSparseSoft,
+                                   .mask = true, .seed = 4});
+    std::vector<float> sl(21), sg(21 * cols), dl(21), dg(21 * cols);
+    ASSERT_TRUE(cuda_->Loss(p.Input(true), {sl.data(), sg.data()}).ok());
+    ASSERT_TRUE(cuda_->Loss(p.Input(false), {dl.data(), dg.data()}).ok());
+    EXPECT_EQ(0, std::memcmp(sl.data(), dl.data(), 4 * 21));
+    EXPECT_EQ(0, std::memcmp(sg.data(), dg.data(), 4 * 21 * cols));
+    const Problem alone = p.Slice(7, 8);
+    float l;
+    std::vector<float> g(cols);
+    ASSERT_TRUE(cuda_->Loss(alone.Input(), {&l, g.data()}).ok());
+    EXPECT_EQ(0, std::memcmp(&l, &sl[7], 4));
+    EXPECT_EQ(0, std::memcmp(g.data(), &sg[7 * cols], 4 * cols));
+  }
+}
+
+TEST_F(CudaBackendTest, ProbabilitiesAndLabelsMatchTheCpu) {
+  for (int64_t cols : {7, 1000, 9000}) {
+    const Problem p = MakeProblem({.rows = 13, .cols = cols, .mask = true, .neg_inf = true,
+                                   .scale = 4.0f, .seed = 8});
+    LabelerInput in;
+    in.scores = {p.scores.data(), DType::kFloat32, 13, cols};
+    in.mask = p.mask.data();
+    in.options = {0.4f, nullptr, 5, 2};
+    LabelSets gpu, cpu;
+    std::vector<float> gp(13 * cols), cp(13 * cols);
+    ASSERT_TRUE(cuda_->Label(in, &gpu, gp.data()).ok());
+    ASSERT_TRUE(cpu_->Label(in, &cpu, cp.data()).ok());
+    EXPECT_EQ(gpu.row_offsets, cpu.row_offsets);
+    EXPECT_EQ(gpu.labels, cpu.labels);
+    for (size_t i = 0; i < gp.size(); ++i) ASSERT_NEAR(gp[i], cp[i], 1e-7 + 1e-6 * cp[i]);
+  }
+}
+
+TEST_F(CudaBackendTest, InvalidInputIsRejectedBeforeAnyCopy) {
+  std::vector<float> s = {1.0f, std::nanf("")};
+  std::vector<float> t = {1.0f, 0.0f};
+  LossInput in;
+  in.scores = {s.data(), DType::kFloat32, 1, 2};
+  in.labels = MatrixView{t.data(), DType::kFloat32, 1, 2};
+  float loss = 3.0f;
+  const absl::Status st = cuda_->Loss(in, {&loss, nullptr});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "scores[0, 1] is NaN");
+  EXPECT_EQ(loss, 3.0f);
+}
+
+}  // namespace
+}  // namespace zlpr

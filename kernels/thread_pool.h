@@ -1,0 +1,48 @@
+// A fixed pool of worker threads running index-parallel loops (ParallelFor).
+#ifndef ZLPR_KERNELS_THREAD_POOL_H_
+#define ZLPR_KERNELS_THREAD_POOL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace zlpr::internal {
+
+// `threads` - 1 workers plus the calling thread run each loop. Which thread runs which index
+// is not fixed, so callers make every index's result independent of that (the kernels do:
+// an index is a row or a fixed column chunk of a row). One ParallelFor at a time.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(i) for every i in [0, n), spread over the pool; returns when all are done.
+  void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn);
+
+ private:
+  void WorkerLoop();
+  void RunShare();
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_cv_;
+  std::condition_variable done_cv_;
+  uint64_t generation_ = 0;  // guarded by mu_
+  int active_ = 0;           // workers still inside the current loop; guarded by mu_
+  bool stop_ = false;        // guarded by mu_
+  const std::function<void(int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0;
+  std::atomic<int64_t> next_{0};
+};
+
+}  // namespace zlpr::internal
+
+#endif  // ZLPR_KERNELS_THREAD_POOL_H_

@@ -1,0 +1,162 @@
+// Every invalid input of docs/zlpr-math.md is rejected with INVALID_ARGUMENT and a message that
+// names the field, the row and the column.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/half.h"
+#include "kernels/zlpr.h"
+
+namespace zlpr {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+class ValidateTest : public ::testing::Test {
+ protected:
+  // 3 rows x 4 columns of valid data, changed by each test.
+  std::vector<float> s_ = {0, 1, 2, 3, -1, -2, -kInf, 4, 5, 6, 7, 8};
+  std::vector<float> t_ = {0, 1, 0.5f, 0, 1, 0, 0, 0, 0, 0, 0, 1};
+  std::vector<uint8_t> mask_ = std::vector<uint8_t>(12, 1);
+  std::vector<int64_t> splits_ = {0, 2, 2, 5};
+  std::vector<int32_t> indices_ = {1, 3, 0, 2, 3};
+  std::vector<float> values_ = {1, 0.5f, 1, 1, 0.25f};
+
+  LossInput Dense() {
+    LossInput in;
+    in.scores = {s_.data(), DType::kFloat32, 3, 4};
+    in.labels = MatrixView{t_.data(), DType::kFloat32, 3, 4};
+    in.mask = mask_.data();
+    return in;
+  }
+  LossInput Sparse() {
+    LossInput in = Dense();
+    in.labels = SparseLabelsView{splits_, indices_, values_};
+    return in;
+  }
+  static void ExpectInvalid(const absl::Status& st, const std::string& message) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(st.message(), message);
+  }
+};
+
+TEST_F(ValidateTest, AcceptsValidDenseAndSparseInput) {
+  EXPECT_TRUE(ValidateLossInput(Dense()).ok());
+  EXPECT_TRUE(ValidateLossInput(Sparse()).ok());
+  values_.clear();
+  EXPECT_TRUE(ValidateLossInput(Sparse()).ok());
+}
+
+TEST_F(ValidateTest, RejectsNaNScoreNamingRowAndColumn) {
+  s_[6] = std::nanf("");
+  ExpectInvalid(ValidateLossInput(Dense()), "scores[1, 2] is NaN");
+}
+
+TEST_F(ValidateTest, RejectsPositiveInfinityScore) {
+  s_[11] = kInf;
+  ExpectInvalid(ValidateLossInput(Dense()),
+                "scores[2, 3] is +inf (only -inf, which excludes an entry, is allowed)");
+}
+
+TEST_F(ValidateTest, ReportsTheFirstBadEntryInRowMajorOrder) {
+  s_[9] = std::nanf("");
+  s_[3] = kInf;
+  ExpectInvalid(ValidateLossInput(Dense()),
+                "scores[0, 3] is +inf (only -inf, which excludes an entry, is allowed)");
+}
+
+TEST_F(ValidateTest, RejectsNaNInHalfPrecisionScores) {
+  std::vector<uint16_t> h(12, internal::FloatToFloat16(0.5f));
+  h[5] = 0x7E00;  // NaN
+  LossInput in = Dense();
+  in.scores = {h.data(), DType::kFloat16, 3, 4};
+  ExpectInvalid(ValidateLossInput(in), "scores[1, 1] is NaN");
+}
+
+TEST_F(ValidateTest, RejectsLabelsOutsideZeroOne) {
+  t_[7] = 1.5f;
+  ExpectInvalid(ValidateLossInput(Dense()), "dense_labels[1, 3] = 1.5 is outside [0, 1]");
+  t_[7] = -0.25f;
+  ExpectInvalid(ValidateLossInput(Dense()), "dense_labels[1, 3] = -0.25 is outside [0, 1]");
+  t_[7] = std::nanf("");
+  ExpectInvalid(ValidateLossInput(Dense()), "dense_labels[1, 3] is NaN");
+}
+
+TEST_F(ValidateTest, RejectsShapesThatDisagree) {
+  LossInput in = Dense();
+  in.labels = MatrixView{t_.data(), DType::kFloat32, 4, 3};
+  ExpectInvalid(ValidateLossInput(in), "dense_labels: shape [4, 3] does not match scores [3, 4]");
+  in.scores.rows = 0;
+  ExpectInvalid(ValidateLossInput(in),
+                "scores: shape [0, 4] must have at least one row and one column");
+}
+
+TEST_F(ValidateTest, RejectsMaskValuesOtherThanZeroAndOne) {
+  mask_[10] = 2;
+  ExpectInvalid(ValidateLossInput(Dense()), "mask[2, 2] = 2 must be 0 or 1");
+}
+
+TEST_F(ValidateTest, RejectsSparseIndexOutOfRange) {
+  indices_[4] = 4;
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.indices[4] (row 2) = 4 is out of range [0, 4)");
+  indices_[4] = -1;
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.indices[4] (row 2) = -1 is out of range [0, 4)");
+}
+
+TEST_F(ValidateTest, RejectsSparseIndicesOutOfOrder) {
+  indices_[3] = 0;
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.indices[3] (row 2, column 0) is not greater than the previous "
+                "index 0: indices must be strictly increasing within a row");
+}
+
+TEST_F(ValidateTest, RejectsSparseValuesOutsideZeroOne) {
+  values_[1] = 2.0f;
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.values[1] (row 0, column 3) = 2 is outside [0, 1]");
+}
+
+TEST_F(ValidateTest, RejectsMalformedRowSplits) {
+  splits_ = {0, 2, 5};
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.row_splits has 3 entries, expected rows + 1 = 4");
+  splits_ = {1, 2, 2, 5};
+  ExpectInvalid(ValidateLossInput(Sparse()), "sparse_labels.row_splits[0] = 1, expected 0");
+  splits_ = {0, 3, 2, 5};
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.row_splits[2] = 2 is less than row_splits[1] = 3 (row 1)");
+  splits_ = {0, 2, 2, 4};
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.row_splits[3] = 4 does not match the 5 indices");
+  splits_ = {0, 2, 2, 5};
+  values_.pop_back();
+  ExpectInvalid(ValidateLossInput(Sparse()),
+                "sparse_labels.values has 4 entries, expected 0 or 5 (one per index)");
+}
+
+TEST_F(ValidateTest, RejectsThresholdsOutsideTheOpenUnitInterval) {
+  LabelerInput in;
+  in.scores = {s_.data(), DType::kFloat32, 3, 4};
+  in.options.threshold = 1.0f;
+  ExpectInvalid(ValidateLabelerInput(in), "threshold = 1 must be in (0, 1)");
+  in.options.threshold = std::nanf("");
+  ExpectInvalid(ValidateLabelerInput(in), "threshold = nan must be in (0, 1)");
+  const std::vector<float> per_label = {0.5f, 0.2f, 0.0f, 0.7f};
+  in.options.label_thresholds = per_label.data();
+  ExpectInvalid(ValidateLabelerInput(in), "label_thresholds[2] = 0 must be in (0, 1)");
+}
+
+TEST_F(ValidateTest, BackendRejectsBeforeComputing) {
+  auto backend = NewCpuBackend();
+  t_[0] = 3.0f;
+  std::vector<float> loss(3, 9.0f);
+  const absl::Status st = backend->Loss(Dense(), {loss.data(), nullptr});
+  ExpectInvalid(st, "dense_labels[0, 0] = 3 is outside [0, 1]");
+  EXPECT_EQ(loss, std::vector<float>(3, 9.0f));
+}
+
+}  // namespace
+}  // namespace zlpr

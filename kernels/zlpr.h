@@ -1,0 +1,150 @@
+// The ZLPR kernels library: the multi-label ZLPR loss, its gradient, probabilities σ(2s) and
+// the multi-label labeler, on CPUs (SIMD, threads) and NVIDIA GPUs (CUDA), behind one interface.
+//
+// This header is the library's whole public surface. It is host-only C++: no CUDA types and no
+// gRPC. The formulas, edge cases and accuracy are those of docs/zlpr-math.md (shared/docs).
+//
+// Usage:
+//
+//   std::unique_ptr<zlpr::Backend> backend = zlpr::NewCpuBackend({.threads = 4});
+//   zlpr::LossInput in;
+//   in.scores = {scores.data(), zlpr::DType::kFloat32, rows, cols};
+//   in.labels = zlpr::MatrixView{labels.data(), zlpr::DType::kFloat32, rows, cols};
+//   std::vector<float> loss(rows), grad(rows * cols);
+//   absl::Status st = backend->Loss(in, {loss.data(), grad.data()});
+//   if (!st.ok()) { /* INVALID_ARGUMENT naming the field, row and column */ }
+//
+// Every entry point validates its whole input first (zlpr::ValidateLossInput and
+// zlpr::ValidateLabelerInput) and writes nothing when the input is invalid.
+//
+// Results are deterministic and batch-invariant: the bits of a row's loss, gradient and labels
+// depend only on that row (and, for the labeler, on the per-label thresholds), never on the
+// other rows of the batch, the batch size or the number of threads.
+#ifndef ZLPR_KERNELS_ZLPR_H_
+#define ZLPR_KERNELS_ZLPR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace zlpr {
+
+// Element types accepted for scores and dense labels. fp16 and bf16 are widened to fp32 on
+// load; all arithmetic is fp32.
+enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Bytes per element of `dtype`.
+size_t DTypeSize(DType dtype);
+const char* DTypeName(DType dtype);
+
+// A read-only, dense, row-major `rows` x `cols` matrix in host memory.
+struct MatrixView {
+  const void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Labels in compressed sparse rows: the entries of row r are
+// indices[row_splits[r] .. row_splits[r+1]), strictly increasing within the row, with their
+// label values (all 1 when `values` is empty). Every other entry has label 0.
+struct SparseLabelsView {
+  std::span<const int64_t> row_splits;  // rows + 1 offsets, starting at 0
+  std::span<const int32_t> indices;     // column of each entry
+  std::span<const float> values;        // empty, or one value in [0, 1] per entry
+};
+
+// Input of the loss: scores, dense or sparse labels, and an optional mask.
+struct LossInput {
+  MatrixView scores;
+  // Dense labels (same shape as `scores`, values in [0, 1]) or sparse labels.
+  std::variant<MatrixView, SparseLabelsView> labels;
+  // Optional rows x cols bytes: 1 keeps an entry, 0 excludes it (as does a score of -inf).
+  const uint8_t* mask = nullptr;
+};
+
+// Where the loss writes. `loss` has one float per row. `grad` is null for the loss alone, or
+// rows x cols floats for the gradient ∂L/∂s (0 at excluded entries).
+struct LossOutput {
+  float* loss = nullptr;
+  float* grad = nullptr;
+};
+
+// How the labeler picks a row's labels (docs/zlpr-math.md, "Decoding").
+struct LabelerOptions {
+  float threshold = 0.5f;                   // global probability threshold, in (0, 1)
+  const float* label_thresholds = nullptr;  // optional: cols per-label thresholds in (0, 1)
+  uint32_t top_k = 0;                       // keep at most this many (0: no cap)
+  uint32_t min_labels = 0;                  // top up to this many with the most probable
+};
+
+struct LabelerInput {
+  MatrixView scores;
+  const uint8_t* mask = nullptr;  // optional, as for the loss
+  LabelerOptions options;
+};
+
+// The labeler's output, in compressed sparse rows: row r's labels are
+// labels[row_offsets[r] .. row_offsets[r+1]), selected labels by score descending (ties by
+// smaller index) and then any top-up labels likewise, each with its probability σ(2s).
+struct LabelSets {
+  std::vector<int64_t> row_offsets;
+  std::vector<int32_t> labels;
+  std::vector<float> probs;
+};
+
+// Checks a loss input against docs/zlpr-math.md ("Invalid input"). The error is
+// INVALID_ARGUMENT and names the field, row and column, e.g.
+// "scores[3, 17] is NaN" or "sparse_labels.indices[12] (row 2) = 40 is out of range [0, 32)".
+absl::Status ValidateLossInput(const LossInput& input);
+absl::Status ValidateLabelerInput(const LabelerInput& input);
+
+enum class BackendKind { kCpu, kCuda };
+const char* BackendKindName(BackendKind kind);
+
+// One implementation of the ops. A Backend is driven by one thread at a time; it may use more
+// threads or a GPU internally. Every method validates its input first and returns
+// INVALID_ARGUMENT without writing anything when it is invalid; a device failure is INTERNAL.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual BackendKind kind() const = 0;
+  // A one-line description, e.g. "cpu (AVX3, 4 threads)" or "cuda:0 (NVIDIA H200, sm_90)".
+  virtual std::string Describe() const = 0;
+
+  // Per-row loss, and the gradient when `out.grad` is set.
+  virtual absl::Status Loss(const LossInput& input, const LossOutput& out) = 0;
+  // Dense probabilities σ(2s) into `probs` (rows x cols; 0 at excluded entries).
+  virtual absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
+                                     float* probs) = 0;
+  // Label sets, and the dense probabilities too when `probs` is not null.
+  virtual absl::Status Label(const LabelerInput& input, LabelSets* out, float* probs) = 0;
+};
+
+struct CpuOptions {
+  int threads = 0;  // 0: one per hardware thread
+};
+std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options = {});
+
+// True when this build includes the CUDA backend.
+bool CudaBuilt();
+// Visible CUDA devices; 0 without the CUDA backend, a driver or a device.
+int CudaDeviceCount();
+// The CUDA backend on `device`; FAILED_PRECONDITION when CUDA is not built or the device is
+// not visible.
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device);
+
+// The highest-priority SIMD target the CPU kernels dispatch to on this machine, e.g. "AVX3".
+std::string CpuSimdTarget();
+
+}  // namespace zlpr
+
+#endif  // ZLPR_KERNELS_ZLPR_H_

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of zlpr-serve, idempotently.
+#   scripts/install-deps.sh           build + test dependencies (what `make test` needs)
+#   scripts/install-deps.sh --bench   also the PyTorch baseline used by bench/ scripts
+# Debian packages come from apt (as root, or through sudo); Python test tools from pip.
+set -euo pipefail
+
+want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) want_bench=1 ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ccache
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libhwy-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libssl-dev zlib1g-dev curl
+  python3 python3-pip python3-numpy
+)
+if [ "$want_bench" = 1 ]; then
+  packages+=(python3-torch)
+fi
+
+sudo_cmd=()
+if [ "$(id -u)" != 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-deps: all Debian packages present"
+fi
