@@ -127,6 +127,9 @@ class Backend {
                                      float* probs) = 0;
   // Label sets, and the dense probabilities too when `probs` is not null.
   virtual absl::Status Label(const LabelerInput& input, LabelSets* out, float* probs) = 0;
+
+  // Device memory held for reuse across calls (0 for the CPU).
+  virtual int64_t DeviceMemoryBytes() const { return 0; }
 };
 
 struct CpuOptions {

@@ -1,0 +1,341 @@
+// The CUDA backend: validates on the host, stages inputs through pinned buffers, and pipelines
+// row chunks over two streams so that copies overlap the kernels of the neighbouring chunk.
+// Device and pinned buffers grow to the largest batch seen and are then reused: no allocation
+// on the steady-state path.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "kernels/cuda_launch.h"
+#include "kernels/half.h"
+#include "kernels/thread_pool.h"
+#include "kernels/validate.h"
+#include "kernels/zlpr.h"
+
+namespace zlpr {
+namespace {
+
+using cuda::CudaError;
+
+// Bytes of input per pipelined chunk: big enough to keep the kernels efficient, small enough
+// that the first copy and the last kernel are a small share of a large batch.
+constexpr int64_t kChunkBytes = 8 << 20;
+constexpr int kStreams = 2;
+
+// Device memory that only grows.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= capacity_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    capacity_ = 0;
+    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMalloc(&ptr_, want), "cudaMalloc"));
+    capacity_ = want;
+    return absl::OkStatus();
+  }
+  template <typename T = void>
+  T* get() const { return static_cast<T*>(ptr_); }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Page-locked host memory that only grows.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= capacity_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    capacity_ = 0;
+    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMallocHost(&ptr_, want), "cudaMallocHost"));
+    capacity_ = want;
+    return absl::OkStatus();
+  }
+  char* get() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, std::string name, int major, int minor, int sms)
+      : device_(device),
+        name_(std::move(name)),
+        major_(major),
+        minor_(minor),
+        sms_(sms),
+        pool_(HostThreads()),
+        cpu_(NewCpuBackend({.threads = HostThreads()})) {}
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    for (cudaStream_t s : streams_) {
+      if (s != nullptr) cudaStreamDestroy(s);
+    }
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+
+  absl::Status Init() {
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
+    for (cudaStream_t& s : streams_) {
+      ZLPR_RETURN_IF_ERROR(
+          CudaError(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+    }
+    return absl::OkStatus();
+  }
+
+  BackendKind kind() const override { return BackendKind::kCuda; }
+  std::string Describe() const override {
+    return absl::StrFormat("cuda:%d (%s, sm_%d%d, %d SMs)", device_, name_, major_, minor_, sms_);
+  }
+  int64_t DeviceMemoryBytes() const override {
+    int64_t total = 0;
+    for (const DeviceBuffer* b : {&scores_, &labels_, &mask_, &loss_, &grad_, &workspace_,
+                                  &splits_, &indices_, &values_, &probs_}) {
+      total += static_cast<int64_t>(b->capacity());
+    }
+    return total;
+  }
+
+  absl::Status Loss(const LossInput& in, const LossOutput& out) override;
+  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
+                             float* probs) override;
+  absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override {
+    // The selection runs on the host CPU kernels; the GPU labeler is not written yet.
+    return cpu_->Label(in, out, probs);
+  }
+
+ private:
+  static int HostThreads() {
+    return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  }
+  absl::Status EventAt(size_t k, cudaEvent_t* event) {
+    while (events_.size() <= k) {
+      cudaEvent_t e;
+      ZLPR_RETURN_IF_ERROR(
+          CudaError(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+      events_.push_back(e);
+    }
+    *event = events_[k];
+    return absl::OkStatus();
+  }
+
+  const int device_;
+  const std::string name_;
+  const int major_, minor_, sms_;
+  internal::ThreadPool pool_;
+  std::unique_ptr<Backend> cpu_;
+  cudaStream_t streams_[kStreams] = {};
+  std::vector<cudaEvent_t> events_;
+  DeviceBuffer scores_, labels_, mask_, loss_, grad_, workspace_, splits_, indices_, values_,
+      probs_;
+  PinnedBuffer pinned_in_, pinned_out_;
+};
+
+absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
+  ZLPR_RETURN_IF_ERROR(internal::ValidateLoss(in, &pool_));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
+  const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
+  const size_t es = DTypeSize(in.scores.dtype);
+  const auto* sparse = std::get_if<SparseLabelsView>(&in.labels);
+  const auto* dense = std::get_if<MatrixView>(&in.labels);
+  const bool want_grad = out.grad != nullptr;
+
+  // Pinned input layout: [sparse arrays][scores][labels][mask]; output: [loss][grad].
+  size_t sparse_bytes = 0, nnz = 0;
+  if (sparse != nullptr) {
+    nnz = sparse->indices.size();
+    sparse_bytes = (rows + 1) * 8 + nnz * 4 + sparse->values.size() * 4;
+  }
+  const size_t scores_bytes = n * es, labels_bytes = dense != nullptr ? n * 4 : 0;
+  const size_t mask_bytes = in.mask != nullptr ? n : 0;
+  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sparse_bytes + scores_bytes + labels_bytes + mask_bytes));
+  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(rows * 4 + (want_grad ? n * 4 : 0)));
+  ZLPR_RETURN_IF_ERROR(scores_.Reserve(scores_bytes));
+  ZLPR_RETURN_IF_ERROR(labels_.Reserve(n * 4));
+  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mask_bytes));
+  ZLPR_RETURN_IF_ERROR(loss_.Reserve(rows * 4));
+  if (want_grad) ZLPR_RETURN_IF_ERROR(grad_.Reserve(n * 4));
+  ZLPR_RETURN_IF_ERROR(workspace_.Reserve(cuda::LossWorkspaceBytes(rows, cols)));
+
+  char* pin = pinned_in_.get();
+  if (sparse != nullptr) {
+    ZLPR_RETURN_IF_ERROR(splits_.Reserve((rows + 1) * 8));
+    ZLPR_RETURN_IF_ERROR(indices_.Reserve(std::max<size_t>(nnz, 1) * 4));
+    ZLPR_RETURN_IF_ERROR(values_.Reserve(std::max<size_t>(sparse->values.size(), 1) * 4));
+    std::memcpy(pin, sparse->row_splits.data(), (rows + 1) * 8);
+    std::memcpy(pin + (rows + 1) * 8, sparse->indices.data(), nnz * 4);
+    if (!sparse->values.empty()) {
+      std::memcpy(pin + (rows + 1) * 8 + nnz * 4, sparse->values.data(), nnz * 4);
+    }
+    cudaStream_t s0 = streams_[0];
+    ZLPR_RETURN_IF_ERROR(CudaError(
+        cudaMemcpyAsync(splits_.get(), pin, (rows + 1) * 8, cudaMemcpyHostToDevice, s0), "H2D"));
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(indices_.get(), pin + (rows + 1) * 8, nnz * 4,
+                                                   cudaMemcpyHostToDevice, s0),
+                                   "H2D"));
+    if (!sparse->values.empty()) {
+      ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(values_.get(), pin + (rows + 1) * 8 + nnz * 4,
+                                                     nnz * 4, cudaMemcpyHostToDevice, s0),
+                                     "H2D"));
+    }
+    cudaEvent_t uploaded;
+    ZLPR_RETURN_IF_ERROR(EventAt(0, &uploaded));
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaEventRecord(uploaded, s0), "cudaEventRecord"));
+    for (int k = 1; k < kStreams; ++k) {
+      ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamWaitEvent(streams_[k], uploaded, 0), "wait"));
+    }
+    pin += sparse_bytes;
+  }
+  char* pin_scores = pin;
+  float* pin_labels = reinterpret_cast<float*>(pin_scores + scores_bytes);
+  uint8_t* pin_mask = reinterpret_cast<uint8_t*>(pin_scores + scores_bytes + labels_bytes);
+  float* pin_loss = reinterpret_cast<float*>(pinned_out_.get());
+  float* pin_grad = pin_loss + rows;
+
+  const int64_t bytes_per_row = cols * (static_cast<int64_t>(es) + 4 + (in.mask ? 1 : 0));
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkBytes / bytes_per_row);
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t r0 = k * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+    const int64_t cn = (r1 - r0) * cols, off = r0 * cols;
+    cudaStream_t s = streams_[k % kStreams];
+    std::memcpy(pin_scores + off * es, static_cast<const char*>(in.scores.data) + off * es, cn * es);
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(scores_.get<char>() + off * es,
+                                                   pin_scores + off * es, cn * es,
+                                                   cudaMemcpyHostToDevice, s),
+                                   "H2D scores"));
+    float* d_labels = labels_.get<float>() + off;
+    if (dense != nullptr) {
+      internal::Widen(dense->data, dense->dtype, off, cn, pin_labels + off);
+      ZLPR_RETURN_IF_ERROR(CudaError(
+          cudaMemcpyAsync(d_labels, pin_labels + off, cn * 4, cudaMemcpyHostToDevice, s),
+          "H2D labels"));
+    } else {
+      ZLPR_RETURN_IF_ERROR(cuda::LaunchDensifyLabels(
+          splits_.get<int64_t>() + r0, indices_.get<int32_t>(),
+          sparse->values.empty() ? nullptr : values_.get<float>(), r1 - r0, cols, d_labels, s));
+    }
+    const uint8_t* d_mask = nullptr;
+    if (in.mask != nullptr) {
+      std::memcpy(pin_mask + off, in.mask + off, cn);
+      ZLPR_RETURN_IF_ERROR(CudaError(
+          cudaMemcpyAsync(mask_.get<uint8_t>() + off, pin_mask + off, cn, cudaMemcpyHostToDevice, s),
+          "H2D mask"));
+      d_mask = mask_.get<uint8_t>() + off;
+    }
+    cuda::DeviceLossArgs args;
+    args.scores = scores_.get<char>() + off * es;
+    args.dtype = in.scores.dtype;
+    args.labels = d_labels;
+    args.mask = d_mask;
+    args.rows = r1 - r0;
+    args.cols = cols;
+    args.loss = loss_.get<float>() + r0;
+    args.grad = want_grad ? grad_.get<float>() + off : nullptr;
+    char* ws = workspace_.get<char>() + cuda::LossWorkspaceBytes(r0, cols);
+    ZLPR_RETURN_IF_ERROR(cuda::LaunchLoss(args, ws, /*allow_clusters=*/true, s));
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(pin_loss + r0, args.loss, (r1 - r0) * 4,
+                                                   cudaMemcpyDeviceToHost, s),
+                                   "D2H loss"));
+    if (want_grad) {
+      ZLPR_RETURN_IF_ERROR(CudaError(
+          cudaMemcpyAsync(pin_grad + off, args.grad, cn * 4, cudaMemcpyDeviceToHost, s), "D2H grad"));
+    }
+    cudaEvent_t done;
+    ZLPR_RETURN_IF_ERROR(EventAt(static_cast<size_t>(k) + 1, &done));
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaEventRecord(done, s), "cudaEventRecord"));
+  }
+  // Copy each chunk out as soon as it lands, while later chunks are still running.
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t r0 = k * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaEventSynchronize(events_[k + 1]), "loss kernels"));
+    std::memcpy(out.loss + r0, pin_loss + r0, (r1 - r0) * 4);
+    if (want_grad) std::memcpy(out.grad + r0 * cols, pin_grad + r0 * cols, (r1 - r0) * cols * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Probabilities(const MatrixView& scores, const uint8_t* mask,
+                                        float* probs) {
+  ZLPR_RETURN_IF_ERROR(internal::ValidateScoresAndMask(scores, mask, &pool_));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
+  const int64_t n = scores.rows * scores.cols;
+  const size_t sb = n * DTypeSize(scores.dtype), mb = mask != nullptr ? n : 0;
+  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sb + mb));
+  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(n * 4));
+  ZLPR_RETURN_IF_ERROR(scores_.Reserve(sb));
+  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mb));
+  ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4));
+  cudaStream_t s = streams_[0];
+  std::memcpy(pinned_in_.get(), scores.data, sb);
+  ZLPR_RETURN_IF_ERROR(CudaError(
+      cudaMemcpyAsync(scores_.get(), pinned_in_.get(), sb, cudaMemcpyHostToDevice, s), "H2D"));
+  if (mask != nullptr) {
+    std::memcpy(pinned_in_.get() + sb, mask, mb);
+    ZLPR_RETURN_IF_ERROR(CudaError(
+        cudaMemcpyAsync(mask_.get(), pinned_in_.get() + sb, mb, cudaMemcpyHostToDevice, s), "H2D"));
+  }
+  ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), scores.dtype,
+                                                 mask != nullptr ? mask_.get<uint8_t>() : nullptr,
+                                                 scores.rows, scores.cols, probs_.get<float>(), s));
+  ZLPR_RETURN_IF_ERROR(CudaError(
+      cudaMemcpyAsync(pinned_out_.get(), probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "probabilities kernel"));
+  std::memcpy(probs, pinned_out_.get(), n * 4);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool CudaBuilt() { return true; }
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: clear the sticky error
+    return 0;
+  }
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
+  const int count = CudaDeviceCount();
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "cuda:%d: not visible (%d CUDA device%s visible)", device, count, count == 1 ? "" : "s"));
+  }
+  cudaDeviceProp prop;
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  auto backend = std::make_unique<CudaBackend>(device, prop.name, prop.major, prop.minor,
+                                               prop.multiProcessorCount);
+  ZLPR_RETURN_IF_ERROR(backend->Init());
+  return backend;
+}
+
+}  // namespace zlpr
