@@ -91,12 +91,8 @@ const float* LoadScores(const MatrixView& scores, const uint8_t* mask, int64_t r
   return buf;
 }
 
-struct LabelChunk {
-  const float* t;
-  bool hard;
-};
-
-LabelChunk LoadLabels(const LossInput& in, int64_t r, int64_t c0, int64_t n, float* buf) {
+// Row r, columns [c0, c0 + n) of the labels, dense fp32.
+const float* LoadLabels(const LossInput& in, int64_t r, int64_t c0, int64_t n, float* buf) {
   if (const auto* dense = std::get_if<MatrixView>(&in.labels)) {
     const int64_t off = r * dense->cols + c0;
     const float* t = static_cast<const float*>(dense->data) + off;
@@ -104,25 +100,22 @@ LabelChunk LoadLabels(const LossInput& in, int64_t r, int64_t c0, int64_t n, flo
       internal::Widen(dense->data, dense->dtype, off, n, buf);
       t = buf;
     }
-    return {t, internal::AllHard(t, static_cast<size_t>(n))};
+    return t;
   }
   const auto& sp = std::get<SparseLabelsView>(in.labels);
   std::fill(buf, buf + n, 0.0f);
   const int32_t* first = sp.indices.data() + sp.row_splits[r];
   const int32_t* last = sp.indices.data() + sp.row_splits[r + 1];
   const int32_t* it = std::lower_bound(first, last, static_cast<int32_t>(c0));
-  bool hard = sp.values.empty();
   for (; it != last && *it < c0 + n; ++it) {
-    const float v = sp.values.empty() ? 1.0f : sp.values[it - sp.indices.data()];
-    buf[*it - c0] = v;
-    hard &= v == 0.0f || v == 1.0f;
+    buf[*it - c0] = sp.values.empty() ? 1.0f : sp.values[it - sp.indices.data()];
   }
-  return {buf, hard};
+  return buf;
 }
 
 struct ChunkRef {
   const float* s;
-  LabelChunk t;
+  const float* t;
 };
 
 ChunkRef LoadChunk(const LossInput& in, int64_t r, int64_t c0, int64_t n) {
@@ -134,12 +127,11 @@ ChunkRef LoadChunk(const LossInput& in, int64_t r, int64_t c0, int64_t n) {
 // The reduction pass of one chunk; with `e` set (hard labels), keeps each entry's exp there.
 ChunkState ReduceChunk(const ChunkRef& c, int64_t n, float* e) {
   ChunkState st;
-  st.hard = c.t.hard;
-  internal::ChunkMax(c.s, c.t.t, n, &st.mp, &st.mn);
+  st.hard = internal::ChunkMax(c.s, c.t, n, &st.mp, &st.mn);
   if (st.hard) {
-    internal::ChunkSumsHard(c.s, c.t.t, n, st.mp, st.mn, e, &st.rp, &st.rn);
+    internal::ChunkSumsHard(c.s, c.t, n, st.mp, st.mn, e, &st.rp, &st.rn);
   } else {
-    internal::ChunkSumsSoft(c.s, c.t.t, n, st.mp, st.mn, &st.rp, &st.rn);
+    internal::ChunkSumsSoft(c.s, c.t, n, st.mp, st.mn, &st.rp, &st.rn);
   }
   return st;
 }
@@ -148,9 +140,9 @@ void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTota
                float* g) {
   const float sp = tot.p.Scale(st.mp), sn = tot.n.Scale(st.mn);
   if (st.hard) {
-    internal::ChunkGradHard(c.t.t, n, sp, sn, g);
+    internal::ChunkGradHard(c.t, n, sp, sn, g);
   } else {
-    internal::ChunkGradSoft(c.s, c.t.t, n, st.mp, st.mn, sp, sn, g);
+    internal::ChunkGradSoft(c.s, c.t, n, st.mp, st.mn, sp, sn, g);
   }
 }
 
@@ -271,36 +263,39 @@ absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* pr
   if (row_labels_.size() < static_cast<size_t>(rows)) row_labels_.resize(rows);
 
   ForEachRow(rows, cols, [&](int64_t r) {
-    thread_local std::vector<float> s_buf;
+    thread_local std::vector<float> s_buf, top_s;
     thread_local std::vector<int32_t> cand;
-    thread_local std::vector<uint8_t> taken;
     s_buf.resize(static_cast<size_t>(cols));
     const float* s = LoadScores(in.scores, in.mask, r, 0, cols, s_buf.data());
     if (probs != nullptr) internal::Probs(s, static_cast<size_t>(cols), probs + r * cols);
-
-    auto before = [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); };
-    cand.resize(static_cast<size_t>(cols) + internal::kCandidatesSlack);
-    size_t n = internal::Candidates(s, z.empty() ? nullptr : z.data(), z_global,
-                                    static_cast<size_t>(cols), cand.data());
-    if (opt.top_k > 0 && n > opt.top_k) {
-      std::nth_element(cand.begin(), cand.begin() + opt.top_k, cand.begin() + n, before);
-      n = opt.top_k;
-    }
-    std::sort(cand.begin(), cand.begin() + n, before);
+    const float* zp = z.empty() ? nullptr : z.data();
     std::vector<int32_t>& labels = row_labels_[r];
-    labels.assign(cand.begin(), cand.begin() + n);
+
+    if (opt.top_k > 0) {
+      labels.resize(opt.top_k);
+      top_s.resize(opt.top_k);
+      labels.resize(internal::TopK(s, zp, z_global, static_cast<size_t>(cols), opt.top_k,
+                                   labels.data(), top_s.data()));
+    } else {
+      cand.resize(static_cast<size_t>(cols) + internal::kCandidatesSlack);
+      const size_t n = internal::Candidates(s, zp, z_global, static_cast<size_t>(cols), cand.data());
+      std::sort(cand.begin(), cand.begin() + n,
+                [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+      labels.assign(cand.begin(), cand.begin() + n);
+    }
 
     if (labels.size() < opt.min_labels) {
-      // Top up with the most probable unmasked entries not selected yet.
-      taken.assign(static_cast<size_t>(cols), 0);
-      for (int32_t c : labels) taken[c] = 1;
-      size_t m = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        if (s[c] > kNegInf && !taken[c]) cand[m++] = static_cast<int32_t>(c);
-      }
-      const size_t need = std::min<size_t>(opt.min_labels - labels.size(), m);
-      std::partial_sort(cand.begin(), cand.begin() + need, cand.begin() + m, before);
-      labels.insert(labels.end(), cand.begin(), cand.begin() + need);
+      // Top up with the most probable unmasked entries not selected yet: the same top-k over
+      // the row with the selected entries taken out.
+      if (s != s_buf.data()) std::copy(s, s + cols, s_buf.begin());
+      for (int32_t c : labels) s_buf[c] = kNegInf;
+      const size_t need = opt.min_labels - labels.size();
+      const size_t have = labels.size();
+      labels.resize(have + need);
+      top_s.resize(need);
+      const size_t got = internal::TopK(s_buf.data(), nullptr, kNegInf, static_cast<size_t>(cols),
+                                        need, labels.data() + have, top_s.data());
+      labels.resize(have + got);
     }
   });
 

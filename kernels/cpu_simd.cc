@@ -11,6 +11,7 @@
 // the gradient. Accumulation order is fixed by the chunk and the vector width alone.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu_simd.cc"
+#include <cstring>
 #include <limits>
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -44,42 +45,56 @@ struct Tail {
 
 HWY_INLINE VF NegInf(DF d) { return hn::Set(d, -std::numeric_limits<float>::infinity()); }
 
-bool AllHardImpl(const float* HWY_RESTRICT t, size_t n) {
+// True when no lane of [0, n) fails `ok`: Or-accumulated failures, one test at the end.
+template <class Ok>
+HWY_INLINE bool AllOk(const float* HWY_RESTRICT p, size_t n, const Ok& ok) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const VF zero = hn::Zero(d), one = hn::Set(d, 1.0f);
-  auto soft = hn::Lt(zero, zero);  // all false
+  const VF zero = hn::Zero(d);
+  auto bad = hn::Lt(zero, zero);  // all false
   size_t i = 0;
-  for (; i + N <= n; i += N) {
-    const VF v = hn::LoadU(d, t + i);
-    soft = hn::Or(soft, hn::And(hn::Gt(v, zero), hn::Lt(v, one)));
-  }
-  bool any_soft = !hn::AllFalse(d, soft);
-  for (; i < n; ++i) any_soft |= t[i] > 0.0f && t[i] < 1.0f;
-  return !any_soft;
+  for (; i + N <= n; i += N) bad = hn::Or(bad, hn::Not(ok(d, hn::LoadU(d, p + i))));
+  bool any_bad = !hn::AllFalse(d, bad);
+  for (; i < n; ++i) any_bad |= hn::AllFalse(d, ok(d, hn::Set(d, p[i])));
+  return !any_bad;
 }
 
-// Per-lane body of the max pass.
-HWY_INLINE void MaxStep(DF d, VF s, VF t, VF& mp, VF& mn) {
+bool ScoresOkImpl(const float* HWY_RESTRICT s, size_t n) {
+  // s < +inf is false for NaN and +inf alone.
+  return AllOk(s, n, [](DF d, VF v) { return hn::Lt(v, hn::Set(d, std::numeric_limits<float>::infinity())); });
+}
+
+bool LabelsOkImpl(const float* HWY_RESTRICT t, size_t n) {
+  return AllOk(t, n, [](DF d, VF v) {
+    return hn::And(hn::Ge(v, hn::Zero(d)), hn::Le(v, hn::Set(d, 1.0f)));  // false for NaN
+  });
+}
+
+// Per-lane body of the max pass; also notes labels strictly between 0 and 1.
+HWY_INLINE void MaxStep(DF d, VF s, VF t, VF& mp, VF& mn, hn::Mask<DF>& soft) {
   const VF zero = hn::Zero(d), one = hn::Set(d, 1.0f);
   const auto pos = hn::And(hn::Gt(t, zero), hn::Gt(s, NegInf(d)));
+  const auto below_one = hn::Lt(t, one);
   mp = hn::Max(mp, hn::IfThenElse(pos, hn::Neg(s), zero));
-  mn = hn::Max(mn, hn::IfThenElse(hn::Lt(t, one), s, zero));
+  mn = hn::Max(mn, hn::IfThenElse(below_one, s, zero));
+  soft = hn::Or(soft, hn::And(hn::Gt(t, zero), below_one));
 }
 
-void ChunkMaxImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t, size_t n,
+bool ChunkMaxImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t, size_t n,
                   float* HWY_RESTRICT mp_out, float* HWY_RESTRICT mn_out) {
   const DF d;
   const size_t N = hn::Lanes(d);
   VF mp = hn::Zero(d), mn = hn::Zero(d);
+  auto soft = hn::Lt(mp, mp);  // all false
   size_t i = 0;
-  for (; i + N <= n; i += N) MaxStep(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn);
+  for (; i + N <= n; i += N) MaxStep(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn, soft);
   if (i < n) {
     const Tail tail(s, t, i, n, N);
-    MaxStep(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn);
+    MaxStep(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn, soft);
   }
   *mp_out = hn::GetLane(hn::MaxOfLanes(d, mp));
   *mn_out = hn::GetLane(hn::MaxOfLanes(d, mn));
+  return hn::AllFalse(d, soft);
 }
 
 // Hard labels: one exp per entry, routed to the positive or the negative sum.
@@ -235,13 +250,55 @@ size_t CandidatesImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT z, 
   return count;
 }
 
+// The k best columns with s[c] > z[c] (or z_global), by score descending and then index
+// ascending, in that order. One SIMD filter pass: a vector is looked at lane by lane only
+// when a lane beats both its threshold and the current k-th best score, which after the first
+// few vectors is rare, so the row is never sorted.
+size_t TopKImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT z, float z_global,
+                size_t n, size_t k, int32_t* HWY_RESTRICT out_idx, float* HWY_RESTRICT out_s) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const VF zg = hn::Set(d, z_global);
+  size_t m = 0;  // out_s[0..m) sorted descending; ties keep the smaller (earlier) index first
+  VF kth = NegInf(d);
+  auto insert = [&](size_t c) {
+    const float v = s[c];
+    if (!(v > (z != nullptr ? z[c] : z_global))) return;
+    if (m == k && !(v > out_s[k - 1])) return;  // a later equal score loses the tie
+    size_t pos = m < k ? m++ : k - 1;
+    while (pos > 0 && out_s[pos - 1] < v) {
+      out_s[pos] = out_s[pos - 1];
+      out_idx[pos] = out_idx[pos - 1];
+      --pos;
+    }
+    out_s[pos] = v;
+    out_idx[pos] = static_cast<int32_t>(c);
+  };
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const VF v = hn::LoadU(d, s + i);
+    const VF zv = z != nullptr ? hn::LoadU(d, z + i) : zg;
+    const auto hit = hn::And(hn::Gt(v, zv), hn::Gt(v, kth));
+    if (HWY_LIKELY(hn::AllFalse(d, hit))) continue;
+    uint8_t bytes[8] = {};  // up to 64 lanes
+    hn::StoreMaskBits(d, hit, bytes);
+    uint64_t bits;
+    std::memcpy(&bits, bytes, sizeof(bits));
+    for (; bits != 0; bits &= bits - 1) insert(i + static_cast<size_t>(__builtin_ctzll(bits)));
+    if (m == k) kth = hn::Set(d, out_s[k - 1]);
+  }
+  for (; i < n; ++i) insert(i);
+  return m;
+}
+
 }  // namespace zlpr::internal::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace zlpr::internal {
 
-HWY_EXPORT(AllHardImpl);
+HWY_EXPORT(ScoresOkImpl);
+HWY_EXPORT(LabelsOkImpl);
 HWY_EXPORT(ChunkMaxImpl);
 HWY_EXPORT(ChunkSumsHardImpl);
 HWY_EXPORT(ChunkSumsSoftImpl);
@@ -249,10 +306,12 @@ HWY_EXPORT(ChunkGradHardImpl);
 HWY_EXPORT(ChunkGradSoftImpl);
 HWY_EXPORT(ProbsImpl);
 HWY_EXPORT(CandidatesImpl);
+HWY_EXPORT(TopKImpl);
 
-bool AllHard(const float* t, size_t n) { return HWY_DYNAMIC_DISPATCH(AllHardImpl)(t, n); }
-void ChunkMax(const float* s, const float* t, size_t n, float* mp, float* mn) {
-  HWY_DYNAMIC_DISPATCH(ChunkMaxImpl)(s, t, n, mp, mn);
+bool ScoresOk(const float* s, size_t n) { return HWY_DYNAMIC_DISPATCH(ScoresOkImpl)(s, n); }
+bool LabelsOk(const float* t, size_t n) { return HWY_DYNAMIC_DISPATCH(LabelsOkImpl)(t, n); }
+bool ChunkMax(const float* s, const float* t, size_t n, float* mp, float* mn) {
+  return HWY_DYNAMIC_DISPATCH(ChunkMaxImpl)(s, t, n, mp, mn);
 }
 void ChunkSumsHard(const float* s, const float* t, size_t n, float mp, float mn, float* e_out,
                    float* rp, float* rn) {
@@ -272,6 +331,10 @@ void ChunkGradSoft(const float* s, const float* t, size_t n, float mp, float mn,
 void Probs(const float* s, size_t n, float* p) { HWY_DYNAMIC_DISPATCH(ProbsImpl)(s, n, p); }
 size_t Candidates(const float* s, const float* z, float z_global, size_t n, int32_t* out) {
   return HWY_DYNAMIC_DISPATCH(CandidatesImpl)(s, z, z_global, n, out);
+}
+size_t TopK(const float* s, const float* z, float z_global, size_t n, size_t k, int32_t* out_idx,
+            float* out_s) {
+  return k == 0 ? 0 : HWY_DYNAMIC_DISPATCH(TopKImpl)(s, z, z_global, n, k, out_idx, out_s);
 }
 
 }  // namespace zlpr::internal

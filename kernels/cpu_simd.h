@@ -8,10 +8,13 @@
 
 namespace zlpr::internal {
 
-// True when every label is exactly 0 or 1.
-bool AllHard(const float* t, size_t n);
-// mp = max(0, max over t>0, s>-inf of -s); mn = max(0, max over t<1 of s).
-void ChunkMax(const float* s, const float* t, size_t n, float* mp, float* mn);
+// True when no score is NaN or +inf.
+bool ScoresOk(const float* s, size_t n);
+// True when every label is in [0, 1] (and none is NaN).
+bool LabelsOk(const float* t, size_t n);
+// mp = max(0, max over t>0, s>-inf of -s); mn = max(0, max over t<1 of s). Returns true when
+// every label is exactly 0 or 1 (hard).
+bool ChunkMax(const float* s, const float* t, size_t n, float* mp, float* mn);
 // rp = Σ_{t=1} e^{-s-mp}, rn = Σ_{t=0} e^{s-mn} for hard labels; each entry's exp goes to
 // e_out[i] when e_out is not null.
 void ChunkSumsHard(const float* s, const float* t, size_t n, float mp, float mn, float* e_out,
@@ -29,6 +32,11 @@ void Probs(const float* s, size_t n, float* p);
 // Columns with s[c] > z[c] (or z_global), ascending. `out` must have room for n plus one
 // vector (64 entries): the compressing store may write past the count.
 size_t Candidates(const float* s, const float* z, float z_global, size_t n, int32_t* out);
+
+// The k best columns with s[c] > z[c] (or z_global), by score descending then index
+// ascending: indices to out_idx and scores to out_s (k entries each). Returns how many.
+size_t TopK(const float* s, const float* z, float z_global, size_t n, size_t k, int32_t* out_idx,
+            float* out_s);
 
 // Entries of slack `out` needs beyond n for Candidates.
 inline constexpr size_t kCandidatesSlack = 64;

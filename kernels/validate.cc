@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cpu_simd.h"
 #include "kernels/half.h"
 
 namespace zlpr::internal {
@@ -51,18 +52,8 @@ const float* RowAsFloat(const MatrixView& m, int64_t r, std::vector<float>& buf)
   return buf.data();
 }
 
-bool ScoresRowOk(const float* s, int64_t n) {
-  constexpr float kInf = std::numeric_limits<float>::infinity();
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= s[i] < kInf;  // false for NaN and +inf
-  return ok;
-}
-
-bool LabelsRowOk(const float* t, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= (t[i] >= 0.0f) & (t[i] <= 1.0f);  // false for NaN
-  return ok;
-}
+bool ScoresRowOk(const float* s, int64_t n) { return ScoresOk(s, static_cast<size_t>(n)); }
+bool LabelsRowOk(const float* t, int64_t n) { return LabelsOk(t, static_cast<size_t>(n)); }
 
 bool MaskRowOk(const uint8_t* m, int64_t n) {
   uint8_t acc = 0;

@@ -1,0 +1,143 @@
+// GPU kernel benchmark: in one run, the device-to-device copy ceiling, then every op at the
+// issue's shapes, as GB/s and as a fraction of that ceiling.
+//   build/bench/zlpr_cuda_bench [iterations]
+// Bytes counted: loss 8 B/element read (fp32 scores + labels); loss+gradient 8 read + 4
+// written; probabilities 4 read + 4 written. The copy ceiling is (read + written) / time of a
+// cudaMemcpy device-to-device of the op's counted bytes.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_launch.h"
+#include "kernels/test_util.h"
+
+namespace zlpr {
+namespace {
+
+#define CHECK_CUDA(expr)                                                             \
+  do {                                                                               \
+    cudaError_t err_ = (expr);                                                       \
+    if (err_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(err_));             \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+// Median milliseconds of `iters` runs of fn on the stream.
+double TimeMs(const std::function<void()>& fn, int iters) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> ms;
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventRecord(a));
+    fn();
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms[ms.size() / 2];
+}
+
+struct Row {
+  std::string shape, op;
+  double us, gbs, ceiling_gbs;
+};
+
+}  // namespace
+}  // namespace zlpr
+
+int main(int argc, char** argv) {
+  using namespace zlpr;
+  const int iters = argc > 1 ? std::atoi(argv[1]) : 50;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("no CUDA device visible: nothing to measure\n");
+    return 0;
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (sm_%d%d, %d SMs), median of %d runs\n", prop.name, prop.major,
+              prop.minor, prop.multiProcessorCount, iters);
+
+  const int64_t shapes[][2] = {{32, 1000}, {8192, 1024}, {256, 131072}, {160, 65536}};
+  std::vector<Row> rows_out;
+  for (const auto& shape : shapes) {
+    const int64_t rows = shape[0], cols = shape[1], n = rows * cols;
+    const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 3});
+    float *d_s, *d_t, *d_loss, *d_grad, *d_copy_src, *d_copy_dst;
+    void* d_ws = nullptr;
+    CHECK_CUDA(cudaMalloc(&d_s, n * 4));
+    CHECK_CUDA(cudaMalloc(&d_t, n * 4));
+    CHECK_CUDA(cudaMalloc(&d_loss, rows * 4));
+    CHECK_CUDA(cudaMalloc(&d_grad, n * 4));
+    CHECK_CUDA(cudaMalloc(&d_copy_src, n * 12));
+    CHECK_CUDA(cudaMalloc(&d_copy_dst, n * 12));
+    const size_t ws = cuda::LossWorkspaceBytes(rows, cols);
+    if (ws > 0) CHECK_CUDA(cudaMalloc(&d_ws, ws));
+    CHECK_CUDA(cudaMemcpy(d_s, p.scores.data(), n * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(d_t, p.dense.data(), n * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemset(d_copy_src, 0, n * 12));
+
+    const std::string shape_name = std::to_string(rows) + "x" + std::to_string(cols);
+    // The ceiling for `bytes` of traffic: a copy that reads bytes/2 and writes bytes/2.
+    auto ceiling = [&](size_t bytes) {
+      const double ms = TimeMs(
+          [&] { CHECK_CUDA(cudaMemcpyAsync(d_copy_dst, d_copy_src, bytes / 2, cudaMemcpyDeviceToDevice)); },
+          iters);
+      return static_cast<double>(bytes) / (ms * 1e6);
+    };
+    auto record = [&](const char* op, size_t bytes, const std::function<void()>& fn) {
+      const double ms = TimeMs(fn, iters);
+      rows_out.push_back({shape_name, op, ms * 1e3, bytes / (ms * 1e6), ceiling(bytes)});
+    };
+    cuda::DeviceLossArgs args;
+    args.scores = d_s;
+    args.labels = d_t;
+    args.rows = rows;
+    args.cols = cols;
+    args.loss = d_loss;
+    auto launch = [&](bool grad, bool clusters) {
+      cuda::DeviceLossArgs a = args;
+      a.grad = grad ? d_grad : nullptr;
+      const absl::Status st = cuda::LaunchLoss(a, d_ws, clusters, nullptr);
+      if (!st.ok()) {
+        std::fprintf(stderr, "%s\n", st.ToString().c_str());
+        std::exit(1);
+      }
+    };
+    record("loss", n * 8, [&] { launch(false, true); });
+    record("loss+grad", n * 12, [&] { launch(true, true); });
+    if (cols > cuda::kSegmentColumns) {
+      record("loss+grad (no clusters)", n * 12, [&] { launch(true, false); });
+    }
+    record("probabilities", n * 8, [&] {
+      const absl::Status st =
+          cuda::LaunchProbabilities(d_s, DType::kFloat32, nullptr, rows, cols, d_grad, nullptr);
+      if (!st.ok()) std::exit(1);
+    });
+    for (void* ptr : {static_cast<void*>(d_s), static_cast<void*>(d_t), static_cast<void*>(d_loss),
+                      static_cast<void*>(d_grad), static_cast<void*>(d_copy_src),
+                      static_cast<void*>(d_copy_dst), d_ws}) {
+      if (ptr != nullptr) cudaFree(ptr);
+    }
+  }
+  std::printf("\n| shape | op | time (us) | GB/s | copy ceiling GB/s | fraction |\n");
+  std::printf("|---|---|---:|---:|---:|---:|\n");
+  for (const Row& r : rows_out) {
+    std::printf("| %s | %s | %.1f | %.0f | %.0f | %.0f%% |\n", r.shape.c_str(), r.op.c_str(), r.us,
+                r.gbs, r.ceiling_gbs, 100.0 * r.gbs / r.ceiling_gbs);
+  }
+  return 0;
+}

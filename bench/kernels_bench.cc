@@ -1,0 +1,91 @@
+// CPU kernel benchmarks: every op at the shapes, reported in ns per element.
+//   build/bench/zlpr_kernels_bench [--benchmark_filter=...]   (ZLPR_BENCH_THREADS, default 1)
+// bench/cpu_vs_torch.py runs this next to the PyTorch baseline and prints both side by side.
+#include <cstdlib>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/test_util.h"
+#include "kernels/zlpr.h"
+
+namespace zlpr {
+namespace {
+
+using testing::Labels;
+
+int Threads() {
+  const char* env = std::getenv("ZLPR_BENCH_THREADS");
+  return env != nullptr ? std::atoi(env) : 1;
+}
+
+Backend& Cpu() {
+  static std::unique_ptr<Backend> backend = NewCpuBackend({.threads = Threads()});
+  return *backend;
+}
+
+void SetCounters(benchmark::State& state, int64_t elements) {
+  state.counters["ns_per_elem"] = benchmark::Counter(
+      static_cast<double>(elements), benchmark::Counter::kIsIterationInvariantRate |
+                                         benchmark::Counter::kInvert);
+  state.counters["ns_per_elem"].value *= 1e9;
+  state.SetItemsProcessed(state.iterations() * elements);
+}
+
+void BM_Loss(benchmark::State& state, Labels labels, bool grad) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const testing::Problem p =
+      testing::MakeProblem({.rows = rows, .cols = cols, .labels = labels, .seed = 7});
+  std::vector<float> loss(rows), g(grad ? rows * cols : 0);
+  const LossInput in = p.Input();
+  for (auto _ : state) {
+    const absl::Status st = Cpu().Loss(in, {loss.data(), grad ? g.data() : nullptr});
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(loss.data());
+    benchmark::ClobberMemory();
+  }
+  SetCounters(state, rows * cols);
+}
+
+void BM_Probabilities(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 7});
+  std::vector<float> probs(rows * cols);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        Cpu().Probabilities({p.scores.data(), DType::kFloat32, rows, cols}, nullptr, probs.data()));
+    benchmark::ClobberMemory();
+  }
+  SetCounters(state, rows * cols);
+}
+
+// Threshold 0.5 plus top-5: the labeler's common online configuration.
+void BM_LabelTop5(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 7});
+  LabelerInput in;
+  in.scores = {p.scores.data(), DType::kFloat32, rows, cols};
+  in.options.top_k = 5;
+  LabelSets out;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(Cpu().Label(in, &out, nullptr));
+    benchmark::ClobberMemory();
+  }
+  SetCounters(state, rows * cols);
+}
+
+void Shapes(benchmark::internal::Benchmark* b) {
+  b->Args({32, 1000})->Args({2048, 1024})->Args({16, 131072})->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK_CAPTURE(BM_Loss, hard, Labels::kHard, false)->Apply(Shapes);
+BENCHMARK_CAPTURE(BM_Loss, hard_grad, Labels::kHard, true)->Apply(Shapes);
+BENCHMARK_CAPTURE(BM_Loss, soft, Labels::kSoft, false)->Apply(Shapes);
+BENCHMARK_CAPTURE(BM_Loss, soft_grad, Labels::kSoft, true)->Apply(Shapes);
+BENCHMARK_CAPTURE(BM_Loss, sparse_hard_grad, Labels::kSparseHard, true)->Apply(Shapes);
+BENCHMARK(BM_Probabilities)->Apply(Shapes);
+BENCHMARK(BM_LabelTop5)->Apply(Shapes);
+
+}  // namespace
+}  // namespace zlpr
+
+BENCHMARK_MAIN();
