@@ -1,0 +1,45 @@
+# zlpr-serve: the two commands are `make run` (start the server) and `make test` (all tests).
+# Both install what they need first (scripts/install-deps.sh, idempotent).
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+CMAKE_FLAGS ?=
+LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build test test-unit test-asan run bench-cpu format clean
+
+all: build
+
+deps:
+	scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Every test: unit and service tests (ctest), then the kernel tests under ASan+UBSan.
+test: test-unit test-asan
+
+test-unit: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) \
+	  -DZLPR_CUDA=OFF -DZLPR_BUILD_SERVICE=OFF -DZLPR_BUILD_BENCH=OFF -DZLPR_SANITIZE=address,undefined
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS) -L kernels
+
+# The server on the embedded default backend (CUDA when a device is visible, else the CPU).
+run: build
+	$(BUILD)/server/zlpr-server --grpc_address=0.0.0.0:50051 --metrics_address=0.0.0.0:9464
+
+# CPU kernels beside the PyTorch baseline, one core each (bench/RESULTS.md).
+bench-cpu: build
+	scripts/install-deps.sh --bench
+	/usr/bin/python3 bench/cpu_vs_torch.py --bench $(BUILD)/bench/zlpr_kernels_bench
+
+format:
+	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
