@@ -8,6 +8,7 @@
 // cache; longer rows finish in a second parallel pass after the per-row merge.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -332,6 +333,22 @@ std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options) {
 std::string CpuSimdTarget() {
   const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
   return targets.empty() ? "scalar" : hwy::TargetName(targets.front());
+}
+
+void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst) {
+  if (dtype == DType::kFloat32) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  auto* out = static_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = dtype == DType::kFloat16 ? internal::FloatToFloat16(src[i])
+                                      : internal::FloatToBFloat16(src[i]);
+  }
+}
+
+void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst) {
+  internal::Widen(src, dtype, 0, n, dst);
 }
 
 size_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }

@@ -44,6 +44,11 @@ enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
 
+// Writes n fp32 values to `dst` as `dtype` (fp16 and bf16 rounded to nearest even).
+void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst);
+// Writes n values of `dtype` at `src` to `dst` as fp32 (exact).
+void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst);
+
 // A read-only, dense, row-major `rows` x `cols` matrix in host memory.
 struct MatrixView {
   const void* data = nullptr;

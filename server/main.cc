@@ -1,0 +1,113 @@
+// zlpr-server: flags in, Server out; SIGTERM or SIGINT shut it down gracefully (exit 0).
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051",
+          "Address for the gRPC API (zlpr.v1.ZlprService, grpc.health.v1.Health, reflection); "
+          "port 0 picks a free port");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "Address of the Prometheus endpoint (GET /metrics); empty disables it");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto (CUDA when a device is visible, else CPU), cpu or cuda");
+ABSL_FLAG(std::string, devices, "",
+          "Comma-separated CUDA device ids, one worker each; empty: every visible device");
+ABSL_FLAG(int64_t, max_batch_rows, 256,
+          "A batch is cut once this many rows wait; a larger request runs alone; 1 turns "
+          "batching off");
+ABSL_FLAG(int64_t, max_queue_delay_us, 500,
+          "Longest time the oldest queued request waits for a batch to fill, in microseconds");
+ABSL_FLAG(int64_t, max_queue_size, 1024,
+          "Queued requests per operation before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
+          "Largest request or response message in bytes (clients must allow the same)");
+ABSL_FLAG(double, shutdown_grace_s, 10.0,
+          "On SIGTERM/SIGINT, seconds to finish accepted requests before cancelling the rest");
+ABSL_FLAG(int, threads, 0, "Threads of the CPU backend; 0: one per hardware thread");
+
+namespace {
+
+absl::StatusOr<std::vector<int>> ParseDevices(const std::string& s) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int d;
+    if (!absl::SimpleAtoi(part, &d) || d < 0) {
+      return absl::InvalidArgumentError("--devices: not a device id: " + std::string(part));
+    }
+    out.push_back(d);
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves the ZLPR multi-label loss and multi-label decoding over gRPC.\n"
+      "Usage: zlpr-server [--flag=value ...]; --help lists every flag.");
+  absl::FlagsUsageConfig usage;
+  // --help lists this file's flags (absl's default matches the file name to the binary's).
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "server/main.cc");
+  };
+  usage.version_string = [] { return std::string("zlpr-server ") + zlpr::server::Version() + "\n"; };
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken by sigwait() below, never by a handler in another thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  zlpr::server::ServerOptions options;
+  options.grpc_address = absl::GetFlag(FLAGS_grpc_address);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.backend = absl::GetFlag(FLAGS_backend);
+  auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
+  if (!devices.ok()) {
+    std::fprintf(stderr, "zlpr-server: %s\n", devices.status().ToString().c_str());
+    return 2;
+  }
+  options.devices = *devices;
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.batcher.max_batch_rows = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_batch_rows));
+  options.batcher.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.batcher.max_queue_size = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_queue_size));
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.shutdown_grace = std::chrono::milliseconds(
+      static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
+
+  auto server = zlpr::server::Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "zlpr-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("zlpr-server %s listening: gRPC on port %d (%s), metrics on port %d (%s); backend %s: %s\n",
+              zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
+              (*server)->metrics_port(), options.metrics_address.c_str(),
+              (*server)->backend_name().c_str(), absl::StrJoin((*server)->devices(), "; ").c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::printf("zlpr-server: signal %d, shutting down (grace %.1f s)\n", sig,
+              absl::GetFlag(FLAGS_shutdown_grace_s));
+  std::fflush(stdout);
+  (*server)->Shutdown();
+  std::printf("zlpr-server: stopped\n");
+  return 0;
+}

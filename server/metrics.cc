@@ -1,0 +1,126 @@
+// Metric families and their cached handles.
+#include "server/metrics.h"
+
+namespace zlpr::server {
+namespace {
+
+const char* const kCodeNames[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+
+const char* const kRejectNames[] = {"queue_full", "deadline", "cancelled", "invalid",
+                                    "shutting_down"};
+
+// Latency buckets from 50 µs to 30 s.
+prometheus::Histogram::BucketBoundaries SecondsBuckets() {
+  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+          5,    10,   30};
+}
+
+prometheus::Histogram::BucketBoundaries RowBuckets() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+}
+
+}  // namespace
+
+const char* MethodName(Method m) {
+  static const char* const kNames[] = {"ComputeLoss", "Predict", "StreamLoss", "StreamPredict",
+                                       "GetServerInfo"};
+  return kNames[static_cast<int>(m)];
+}
+
+const char* OpName(Op op) { return op == Op::kLoss ? "loss" : "predict"; }
+
+const char* CodeName(grpc::StatusCode code) {
+  const int c = static_cast<int>(code);
+  return c >= 0 && c < 17 ? kCodeNames[c] : "UNKNOWN";
+}
+
+Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
+                 const std::string& backend, const std::vector<int>& cuda_devices) {
+  using namespace prometheus;
+  auto& requests = BuildCounter()
+                       .Name("zlpr_requests_total")
+                       .Help("Requests (stream messages count one each) by method and status code")
+                       .Register(registry);
+  auto& duration = BuildHistogram()
+                       .Name("zlpr_request_duration_seconds")
+                       .Help("Time from a request's arrival to its response, by method")
+                       .Register(registry);
+  for (int m = 0; m < kMethods; ++m) {
+    const char* method = MethodName(static_cast<Method>(m));
+    for (int c = 0; c < kCodes; ++c) {
+      requests_[m][c] = &requests.Add({{"method", method}, {"code", kCodeNames[c]}});
+    }
+    duration_[m] = &duration.Add({{"method", method}}, SecondsBuckets());
+  }
+  auto& queue = BuildHistogram()
+                    .Name("zlpr_queue_duration_seconds")
+                    .Help("Time a request waited in the batcher's queue, by operation")
+                    .Register(registry);
+  auto& compute = BuildHistogram()
+                      .Name("zlpr_compute_duration_seconds")
+                      .Help("Kernel time of one executed batch, by operation and backend")
+                      .Register(registry);
+  auto& batch_rows = BuildHistogram()
+                         .Name("zlpr_batch_rows")
+                         .Help("Rows in one executed batch, by operation")
+                         .Register(registry);
+  auto& rows = BuildCounter().Name("zlpr_rows_total").Help("Rows computed, by operation").Register(registry);
+  auto& depth = BuildGauge()
+                    .Name("zlpr_queue_depth")
+                    .Help("Requests waiting in the batcher's queue, by operation")
+                    .Register(registry);
+  for (int o = 0; o < kOps; ++o) {
+    const char* op = OpName(static_cast<Op>(o));
+    queue_[o] = &queue.Add({{"op", op}}, SecondsBuckets());
+    compute_[o] = &compute.Add({{"op", op}, {"backend", backend}}, SecondsBuckets());
+    batch_rows_[o] = &batch_rows.Add({{"op", op}}, RowBuckets());
+    rows_[o] = &rows.Add({{"op", op}});
+    depth_[o] = &depth.Add({{"op", op}});
+  }
+  inflight_ = &BuildGauge()
+                   .Name("zlpr_inflight_requests")
+                   .Help("Requests accepted and not yet answered")
+                   .Register(registry)
+                   .Add({});
+  auto& rejected = BuildCounter()
+                       .Name("zlpr_rejected_requests_total")
+                       .Help("Requests answered without being computed, by reason")
+                       .Register(registry);
+  for (int r = 0; r < static_cast<int>(Reject::kCount); ++r) {
+    rejected_[r] = &rejected.Add({{"reason", kRejectNames[r]}});
+  }
+  request_bytes_ = &BuildCounter()
+                        .Name("zlpr_request_bytes_total")
+                        .Help("Serialized bytes of requests received")
+                        .Register(registry)
+                        .Add({});
+  response_bytes_ = &BuildCounter()
+                         .Name("zlpr_response_bytes_total")
+                         .Help("Serialized bytes of responses sent")
+                         .Register(registry)
+                         .Add({});
+  BuildGauge()
+      .Name("zlpr_build_info")
+      .Help("Always 1; the labels say which build and backend serve")
+      .Register(registry)
+      .Add({{"version", version}, {"backend", backend}})
+      .Set(1);
+  if (!cuda_devices.empty()) {
+    auto& mem = BuildGauge()
+                    .Name("zlpr_device_memory_used_bytes")
+                    .Help("Device memory the backend holds for reuse, by device")
+                    .Register(registry);
+    for (int d : cuda_devices) device_memory_.push_back(&mem.Add({{"device", std::to_string(d)}}));
+  }
+}
+
+void Metrics::RequestDone(Method m, grpc::StatusCode code, double seconds) {
+  const int c = static_cast<int>(code);
+  requests_[static_cast<int>(m)][c >= 0 && c < kCodes ? c : 2]->Increment();
+  duration_[static_cast<int>(m)]->Observe(seconds);
+}
+
+}  // namespace zlpr::server

@@ -1,0 +1,68 @@
+// The server's Prometheus metrics: families built once at start-up in a registry that is
+// passed in, every label combination's handle created then and cached, so the hot path only
+// touches atomics.
+#ifndef ZLPR_SERVER_METRICS_H_
+#define ZLPR_SERVER_METRICS_H_
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grpcpp/support/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace zlpr::server {
+
+enum class Method { kComputeLoss, kPredict, kStreamLoss, kStreamPredict, kGetServerInfo, kCount };
+enum class Op { kLoss, kPredict, kCount };
+enum class Reject { kQueueFull, kDeadline, kCancelled, kInvalid, kShuttingDown, kCount };
+
+const char* MethodName(Method m);
+const char* OpName(Op op);
+
+class Metrics {
+ public:
+  // `backend` labels the compute histograms and build info ("cpu" or "cuda"); `cuda_devices`
+  // the device-memory gauges (empty without CUDA).
+  Metrics(prometheus::Registry& registry, const std::string& version, const std::string& backend,
+          const std::vector<int>& cuda_devices);
+
+  void RequestDone(Method m, grpc::StatusCode code, double seconds);
+  prometheus::Histogram& queue_seconds(Op op) { return *queue_[static_cast<int>(op)]; }
+  prometheus::Histogram& compute_seconds(Op op) { return *compute_[static_cast<int>(op)]; }
+  prometheus::Histogram& batch_rows(Op op) { return *batch_rows_[static_cast<int>(op)]; }
+  prometheus::Counter& rows(Op op) { return *rows_[static_cast<int>(op)]; }
+  prometheus::Gauge& queue_depth(Op op) { return *depth_[static_cast<int>(op)]; }
+  prometheus::Gauge& inflight() { return *inflight_; }
+  prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
+  prometheus::Counter& request_bytes() { return *request_bytes_; }
+  prometheus::Counter& response_bytes() { return *response_bytes_; }
+  // The gauge of the i-th device in `cuda_devices`.
+  prometheus::Gauge& device_memory(size_t i) { return *device_memory_[i]; }
+
+ private:
+  static constexpr int kCodes = 17;
+  static constexpr int kMethods = static_cast<int>(Method::kCount);
+  static constexpr int kOps = static_cast<int>(Op::kCount);
+  std::array<std::array<prometheus::Counter*, kCodes>, kMethods> requests_{};
+  std::array<prometheus::Histogram*, kMethods> duration_{};
+  std::array<prometheus::Histogram*, kOps> queue_{}, compute_{}, batch_rows_{};
+  std::array<prometheus::Counter*, kOps> rows_{};
+  std::array<prometheus::Gauge*, kOps> depth_{};
+  std::array<prometheus::Counter*, static_cast<int>(Reject::kCount)> rejected_{};
+  prometheus::Gauge* inflight_ = nullptr;
+  prometheus::Counter* request_bytes_ = nullptr;
+  prometheus::Counter* response_bytes_ = nullptr;
+  std::vector<prometheus::Gauge*> device_memory_;
+};
+
+// The canonical name of a gRPC status code, e.g. "INVALID_ARGUMENT".
+const char* CodeName(grpc::StatusCode code);
+
+}  // namespace zlpr::server
+
+#endif  // ZLPR_SERVER_METRICS_H_

@@ -1,0 +1,121 @@
+// Server: assembly, start-up and graceful shutdown.
+#include "server/server.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+#ifndef ZLPR_VERSION
+#define ZLPR_VERSION "0.0.0-dev"
+#endif
+
+namespace zlpr::server {
+
+const char* Version() { return ZLPR_VERSION; }
+
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerOptions& options) {
+  std::vector<std::unique_ptr<Backend>> backends;
+  const std::string& kind = options.backend;
+  if (kind != "auto" && kind != "cpu" && kind != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend=", kind, ": expected auto, cpu or cuda"));
+  }
+  const int visible = CudaDeviceCount();
+  if (kind == "cuda" || (kind == "auto" && visible > 0)) {
+    std::vector<int> devices = options.devices;
+    if (devices.empty()) {
+      for (int d = 0; d < visible; ++d) devices.push_back(d);
+    }
+    if (devices.empty()) {
+      return absl::FailedPreconditionError(
+          CudaBuilt() ? "--backend=cuda: no CUDA device is visible"
+                      : "--backend=cuda: this build has no CUDA backend (ZLPR_CUDA=OFF)");
+    }
+    for (int d : devices) {
+      ZLPR_ASSIGN_OR_RETURN(auto backend, NewCudaBackend(d));
+      backends.push_back(std::move(backend));
+    }
+    return backends;
+  }
+  backends.push_back(NewCpuBackend({.threads = options.threads}));
+  return backends;
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  ZLPR_ASSIGN_OR_RETURN(auto backends, MakeBackends(options));
+  s->backend_name_ = BackendKindName(backends.front()->kind());
+  std::vector<int> cuda_devices;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    s->devices_.push_back(backends[i]->Describe());
+    if (backends[i]->kind() == BackendKind::kCuda) {
+      cuda_devices.push_back(options.devices.empty() ? static_cast<int>(i) : options.devices[i]);
+    }
+  }
+
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->metrics_ = std::make_unique<Metrics>(*s->registry_, Version(), s->backend_name_, cuda_devices);
+  ServiceOptions service_options;
+  service_options.batcher = options.batcher;
+  service_options.batcher.num_ops = static_cast<int>(Op::kCount);
+  service_options.max_message_bytes = options.max_message_bytes;
+  service_options.version = Version();
+  s->service_ = std::make_unique<ZlprServiceImpl>(service_options, std::move(backends),
+                                                  s->metrics_.get());
+
+  if (!options.metrics_address.empty()) {
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("--metrics_address=", options.metrics_address, ": ", e.what()));
+    }
+    s->exposer_->RegisterCollectable(s->registry_);
+    const std::vector<int> ports = s->exposer_->GetListeningPorts();
+    s->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(),
+                           &s->grpc_port_);
+  builder.RegisterService(s->service_.get());
+  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  s->service_->Start();
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
+    s->service_->Stop();
+    return absl::UnavailableError(
+        absl::StrCat("--grpc_address=", options.grpc_address, ": could not listen there"));
+  }
+  grpc::HealthCheckServiceInterface* health = s->grpc_server_->GetHealthCheckService();
+  health->SetServingStatus("zlpr.v1.ZlprService", true);
+  health->SetServingStatus(true);
+  return s;
+}
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->BeginShutdown();
+  // Waits for every call in progress (queued requests are computed by the still-running
+  // workers), cancelling what is left at the deadline.
+  grpc_server_->Shutdown(std::chrono::system_clock::now() + options_.shutdown_grace);
+  grpc_server_->Wait();
+  service_->Stop();
+}
+
+Server::~Server() { Shutdown(); }
+
+}  // namespace zlpr::server

@@ -1,0 +1,77 @@
+// The zlpr-server process in one object: backends, the service and its workers, the gRPC
+// server (with health and reflection), and the Prometheus endpoint; started and shut down
+// gracefully. main.cc only parses flags and waits for a signal; tests start it on port 0.
+//
+//   ServerOptions options;
+//   options.grpc_address = "127.0.0.1:0";
+//   auto server = Server::Start(options);          // StatusOr<std::unique_ptr<Server>>
+//   ... (*server)->grpc_port() ...
+//   (*server)->Shutdown();                        // NOT_SERVING, drain, answer all accepted
+#ifndef ZLPR_SERVER_SERVER_H_
+#define ZLPR_SERVER_SERVER_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+namespace zlpr::server {
+
+struct ServerOptions {
+  std::string grpc_address = "0.0.0.0:50051";
+  std::string metrics_address = "0.0.0.0:9464";  // empty: no metrics endpoint
+  std::string backend = "auto";                 // auto | cpu | cuda
+  std::vector<int> devices;                     // CUDA devices; empty: all visible
+  int threads = 0;                              // CPU backend threads; 0: all cores
+  BatcherOptions batcher;
+  int64_t max_message_bytes = 64 << 20;
+  std::chrono::milliseconds shutdown_grace{10000};
+};
+
+// The version this build reports (project version from CMake).
+const char* Version();
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }  // 0 without a metrics endpoint
+  const std::string& backend_name() const { return backend_name_; }
+  const std::vector<std::string>& devices() const { return devices_; }
+
+  // Graceful and idempotent: health turns NOT_SERVING, new calls get UNAVAILABLE, streams end
+  // after answering what they sent, every accepted request is answered (within the grace
+  // period, after which what is left is cancelled), then the workers stop.
+  void Shutdown();
+
+ private:
+  Server() = default;
+
+  ServerOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ZlprServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+  std::string backend_name_;
+  std::vector<std::string> devices_;
+  bool shut_down_ = false;
+};
+
+// The backends `options` asks for: CUDA (one per device) or one CPU backend.
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerOptions& options);
+
+}  // namespace zlpr::server
+
+#endif  // ZLPR_SERVER_SERVER_H_

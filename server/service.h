@@ -1,0 +1,115 @@
+// zlpr.v1.ZlprService on gRPC's callback API, in front of the dynamic batcher and one worker
+// thread per backend (one CPU backend, or one CUDA backend per device).
+//
+// A request is validated on arrival in the gRPC thread that received it (INVALID_ARGUMENT
+// naming field, row and column), queued per operation, cut into a batch with others by the
+// batcher, computed by a worker (requests of the same shape and options are concatenated into
+// one kernel call; results are sliced back), and answered from the worker. Nothing blocks
+// inside a reaction. Streams answer every message in order, with per-message errors.
+//
+//   ZlprServiceImpl service(options, std::move(backends), &metrics);
+//   builder.RegisterService(&service);
+//   service.Start();                 // worker threads
+//   ... service.BeginShutdown();     // on SIGTERM: refuse new work, drain streams and queues
+//   server->Shutdown(deadline); service.Stop();
+#ifndef ZLPR_SERVER_SERVICE_H_
+#define ZLPR_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/zlpr.h"
+#include "server/batcher.h"
+#include "server/metrics.h"
+#include "zlpr/v1/zlpr.grpc.pb.h"
+
+namespace zlpr::server {
+
+struct ServiceOptions {
+  BatcherOptions batcher;
+  int64_t max_message_bytes = 64 << 20;
+  std::string version;
+  // Stream messages read and not yet answered, per stream, before reading pauses.
+  int stream_window = 64;
+};
+
+class StreamRegistry;
+
+class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
+ public:
+  // `backends` must not be empty and all be of one kind; each gets a worker thread.
+  ZlprServiceImpl(const ServiceOptions& options, std::vector<std::unique_ptr<Backend>> backends,
+                  Metrics* metrics, Clock* clock = SystemClock());
+  ~ZlprServiceImpl() override;
+
+  void Start();
+  // New calls and stream messages get UNAVAILABLE; open streams end (UNAVAILABLE) once every
+  // message they already sent is answered; queued requests are still computed.
+  void BeginShutdown();
+  // Waits for the queues to drain and joins the workers. Call after the gRPC server shut down.
+  void Stop();
+
+  grpc::ServerUnaryReactor* ComputeLoss(grpc::CallbackServerContext* ctx,
+                                        const v1::LossRequest* request,
+                                        v1::LossResponse* response) override;
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
+                                    const v1::PredictRequest* request,
+                                    v1::PredictResponse* response) override;
+  grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* StreamLoss(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* StreamPredict(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
+                                          const v1::ServerInfoRequest* request,
+                                          v1::ServerInfo* response) override;
+
+  // What a request's completion is told: the status and where the time went.
+  struct Outcome {
+    grpc::Status status;
+    double queue_seconds = 0;
+    double compute_seconds = 0;
+  };
+  using Done = std::function<void(const Outcome&)>;
+
+  // Validates and queues one request; `done` runs exactly once, from this thread (rejected) or a
+  // worker (computed or dropped), after `response` is filled. `request` and `response` must
+  // stay alive until then.
+  void SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
+                  v1::LossResponse* response, Done done);
+  void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
+                     v1::PredictResponse* response, Done done);
+
+  Metrics& metrics() { return *metrics_; }
+  Clock& clock() { return *clock_; }
+  bool shutting_down() const { return shutting_down_.load(); }
+  int stream_window() const { return options_.stream_window; }
+  StreamRegistry& streams() { return *streams_; }
+
+ private:
+  struct WorkerBuffers;
+  void WorkerLoop(size_t worker);
+  void RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
+  void RunPredictBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
+  void UpdateQueueDepth();
+
+  const ServiceOptions options_;
+  std::vector<std::unique_ptr<Backend>> backends_;
+  Metrics* const metrics_;
+  Clock* const clock_;
+  Batcher batcher_;
+  std::unique_ptr<StreamRegistry> streams_;
+  std::vector<std::thread> workers_;
+  std::atomic<bool> shutting_down_{false};
+};
+
+// grpc::Status from absl::Status (the codes are the same numbers).
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace zlpr::server
+
+#endif  // ZLPR_SERVER_SERVICE_H_
