@@ -1,10 +1,13 @@
 // Batcher: one mutex and condition variable; batches are cut under the lock and run outside.
 #include "server/batcher.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace zlpr::server {
 namespace {
+
+constexpr std::chrono::milliseconds kCancelPoll{50};
 
 class SteadyClock final : public Clock {
  public:
@@ -34,56 +37,69 @@ absl::Status Batcher::Enqueue(int op, std::unique_ptr<Work> work) {
     work->enqueued_at = clock_->Now();
     q.rows += work->rows();
     q.items.push_back(std::move(work));
+    DepthChangedLocked(op);
   }
   cv_.notify_one();
   return absl::OkStatus();
+}
+
+void Batcher::DepthChangedLocked(int op) {
+  if (options_.on_depth) options_.on_depth(op, static_cast<int64_t>(queues_[op].items.size()));
 }
 
 bool Batcher::TryCutLocked(SteadyTime now, int* op, Batch* batch,
                            std::vector<std::unique_ptr<Work>>* dropped, SteadyTime* next_due) {
   *next_due = SteadyTime::max();
   int best = -1;
+  bool any_waiting = false;
   for (int i = 0; i < static_cast<int>(queues_.size()); ++i) {
     Queue& q = queues_[i];
-    // Drop what nobody waits for any more before it counts towards a batch.
-    while (!q.items.empty() &&
-           (q.items.front()->Cancelled() || q.items.front()->deadline() <= now)) {
-      q.rows -= q.items.front()->rows();
-      dropped->push_back(std::move(q.items.front()));
-      q.items.pop_front();
+    // Drop what nobody waits for any more, wherever it is in the queue, and note the earliest
+    // deadline still ahead: the worker wakes then to drop it without computing it.
+    SteadyTime earliest_deadline = SteadyTime::max();
+    const size_t before = q.items.size();
+    for (auto it = q.items.begin(); it != q.items.end();) {
+      Work& w = **it;
+      if (w.Cancelled() || w.deadline() <= now) {
+        q.rows -= w.rows();
+        dropped->push_back(std::move(*it));
+        it = q.items.erase(it);
+      } else {
+        earliest_deadline = std::min(earliest_deadline, w.deadline());
+        ++it;
+      }
     }
+    if (q.items.size() != before) DepthChangedLocked(i);
     if (q.items.empty()) continue;
+    any_waiting = true;
+    *next_due = std::min(*next_due, earliest_deadline);
+    const SteadyTime head = q.items.front()->enqueued_at;
     const SteadyTime due = q.rows >= options_.max_batch_rows || shutdown_
-                               ? q.items.front()->enqueued_at
-                               : q.items.front()->enqueued_at + options_.max_queue_delay;
+                               ? head
+                               : head + options_.max_queue_delay;
     if (due <= now) {
       // Among due queues, the one whose oldest request is oldest goes first.
-      if (best < 0 || q.items.front()->enqueued_at < queues_[best].items.front()->enqueued_at) {
-        best = i;
-      }
-    } else if (due < *next_due) {
-      *next_due = due;
+      if (best < 0 || head < queues_[best].items.front()->enqueued_at) best = i;
+    } else {
+      *next_due = std::min(*next_due, due);
     }
   }
+  // Cancellation is not signalled to the batcher: look again every kCancelPoll while waiting.
+  if (any_waiting) *next_due = std::min(*next_due, now + kCancelPoll);
   if (best < 0) return false;
   Queue& q = queues_[best];
   int64_t rows = 0;
   while (!q.items.empty()) {
     Work& w = *q.items.front();
-    if (w.Cancelled() || w.deadline() <= now) {
-      q.rows -= w.rows();
-      dropped->push_back(std::move(q.items.front()));
-      q.items.pop_front();
-      continue;
-    }
     if (!batch->empty() && rows + w.rows() > options_.max_batch_rows) break;
     rows += w.rows();
     q.rows -= w.rows();
     batch->push_back(std::move(q.items.front()));
     q.items.pop_front();
   }
+  DepthChangedLocked(best);
   *op = best;
-  return !batch->empty();
+  return true;
 }
 
 bool Batcher::TryCut(int* op, Batch* batch, std::vector<std::unique_ptr<Work>>* dropped,

@@ -18,6 +18,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -60,6 +61,8 @@ struct BatcherOptions {
   int64_t max_batch_rows = 256;
   std::chrono::microseconds max_queue_delay{500};
   int64_t max_queue_size = 1024;  // requests per operation
+  // Called under the batcher's lock whenever a queue's length changes (keep it cheap: a gauge).
+  std::function<void(int op, int64_t depth)> on_depth;
 };
 
 class Batcher {
@@ -96,6 +99,7 @@ class Batcher {
     std::deque<std::unique_ptr<Work>> items;
     int64_t rows = 0;
   };
+  void DepthChangedLocked(int op);
   bool TryCutLocked(SteadyTime now, int* op, Batch* batch,
                     std::vector<std::unique_ptr<Work>>* dropped, SteadyTime* next_due);
 

@@ -28,23 +28,38 @@ SteadyTime SteadyDeadline(const grpc::CallbackServerContext* ctx, const Clock& c
   return clock.Now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
 }
 
+Reject RejectReason(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return Reject::kQueueFull;
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return Reject::kDeadline;
+    case grpc::StatusCode::CANCELLED: return Reject::kCancelled;
+    case grpc::StatusCode::UNAVAILABLE: return Reject::kShuttingDown;
+    default: return Reject::kInvalid;
+  }
+}
+
 // A request waiting in the batcher.
 template <typename Request, typename Response, typename Input>
 class Item final : public Work {
  public:
   Item(grpc::CallbackServerContext* call, const Request* req, Response* resp, Input in,
-       SteadyTime deadline, ZlprServiceImpl::Done done)
+       SteadyTime deadline, Metrics* metrics, ZlprServiceImpl::Done done)
       : ctx(call),
         request(req),
         response(resp),
         input(std::move(in)),
         deadline_(deadline),
+        metrics_(metrics),
         done_(std::move(done)) {}
 
   int64_t rows() const override { return Rows(input); }
   bool Cancelled() const override { return ctx->IsCancelled(); }
   SteadyTime deadline() const override { return deadline_; }
-  void Drop(absl::Status why) override { Complete({ToGrpc(why)}); }
+  void Drop(absl::Status why) override {
+    const grpc::Status st = ToGrpc(why);
+    metrics_->rejected(RejectReason(st.error_code())).Increment();
+    Complete({st});
+  }
   void Complete(const ZlprServiceImpl::Outcome& outcome) { done_(outcome); }
 
   grpc::CallbackServerContext* const ctx;
@@ -56,21 +71,12 @@ class Item final : public Work {
   static int64_t Rows(const LossInput& in) { return in.scores.rows; }
   static int64_t Rows(const PredictInput& in) { return in.labeler.scores.rows; }
   const SteadyTime deadline_;
+  Metrics* const metrics_;
   ZlprServiceImpl::Done done_;
 };
 
 using LossItem = Item<v1::LossRequest, v1::LossResponse, LossInput>;
 using PredictItem = Item<v1::PredictRequest, v1::PredictResponse, PredictInput>;
-
-Reject RejectReason(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return Reject::kQueueFull;
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return Reject::kDeadline;
-    case grpc::StatusCode::CANCELLED: return Reject::kCancelled;
-    case grpc::StatusCode::UNAVAILABLE: return Reject::kShuttingDown;
-    default: return Reject::kInvalid;
-  }
-}
 
 // Requests of one batch that can share a kernel call: same shape and options.
 int LabelsKind(const LossInput& in) {
@@ -114,6 +120,13 @@ void AppendBytes(std::vector<char>& dst, const void* src, size_t n) {
   const size_t old = dst.size();
   dst.resize(old + n);
   std::memcpy(dst.data() + old, src, n);
+}
+
+BatcherOptions WithDepthGauge(BatcherOptions o, Metrics* metrics) {
+  o.on_depth = [metrics](int op, int64_t depth) {
+    metrics->queue_depth(static_cast<Op>(op)).Set(static_cast<double>(depth));
+  };
+  return o;
 }
 
 }  // namespace
@@ -322,7 +335,7 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
       backends_(std::move(backends)),
       metrics_(metrics),
       clock_(clock),
-      batcher_(options.batcher, clock),
+      batcher_(WithDepthGauge(options.batcher, metrics), clock),
       streams_(std::make_unique<StreamRegistry>()) {}
 
 ZlprServiceImpl::~ZlprServiceImpl() { Stop(); }
@@ -333,6 +346,7 @@ void ZlprServiceImpl::Start() {
 
 void ZlprServiceImpl::BeginShutdown() {
   shutting_down_.store(true);
+  batcher_.Shutdown();  // queued requests run now, without waiting to fill a batch
   streams_->DrainAll();
 }
 
@@ -342,18 +356,12 @@ void ZlprServiceImpl::Stop() {
   workers_.clear();
 }
 
-void ZlprServiceImpl::UpdateQueueDepth() {
-  metrics_->queue_depth(Op::kLoss).Set(static_cast<double>(batcher_.depth(kOpLoss)));
-  metrics_->queue_depth(Op::kPredict).Set(static_cast<double>(batcher_.depth(kOpPredict)));
-}
-
 void ZlprServiceImpl::WorkerLoop(size_t worker) {
   Backend& backend = *backends_[worker];
   WorkerBuffers buffers;
   int op;
   Batch batch;
   while (batcher_.NextBatch(&op, &batch)) {
-    UpdateQueueDepth();
     if (op == kOpLoss) {
       RunLossBatch(backend, batch, buffers);
     } else {
@@ -516,9 +524,8 @@ void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::Los
   absl::StatusOr<LossInput> in = LossInputFromRequest(*request);
   if (!in.ok()) return reject(in.status());
   auto item = std::make_unique<LossItem>(ctx, request, response, *std::move(in),
-                                         SteadyDeadline(ctx, *clock_), done);
+                                         SteadyDeadline(ctx, *clock_), metrics_, done);
   if (absl::Status st = batcher_.Enqueue(kOpLoss, std::move(item)); !st.ok()) return reject(st);
-  UpdateQueueDepth();
 }
 
 void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
@@ -535,9 +542,8 @@ void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
   absl::StatusOr<PredictInput> in = PredictInputFromRequest(*request);
   if (!in.ok()) return reject(in.status());
   auto item = std::make_unique<PredictItem>(ctx, request, response, *std::move(in),
-                                            SteadyDeadline(ctx, *clock_), done);
+                                            SteadyDeadline(ctx, *clock_), metrics_, done);
   if (absl::Status st = batcher_.Enqueue(kOpPredict, std::move(item)); !st.ok()) return reject(st);
-  UpdateQueueDepth();
 }
 
 namespace {

@@ -95,7 +95,6 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   void WorkerLoop(size_t worker);
   void RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
   void RunPredictBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
-  void UpdateQueueDepth();
 
   const ServiceOptions options_;
   std::vector<std::unique_ptr<Backend>> backends_;

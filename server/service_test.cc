@@ -1,1 +1,645 @@
+// The whole server on loopback (port 0): every RPC against the kernels on the same input,
+// every validation error with its exact code, queue full, deadline, cancellation, streams,
+// batching, graceful shutdown, /metrics and health.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <regex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "kernels/test_util.h"
+#include "server/server.h"
+#include "zlpr/v1/zlpr.grpc.pb.h"
+
+namespace zlpr::server {
+namespace {
+
+using ::testing::HasSubstr;
+using std::chrono::milliseconds;
+
+// --- Helpers -------------------------------------------------------------------------------
+
+v1::Tensor FloatTensor(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  v1::Tensor t;
+  t.add_shape(rows);
+  t.add_shape(cols);
+  t.set_dtype(v1::FLOAT32);
+  t.set_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+  return t;
+}
+
+v1::Tensor MaskTensor(const std::vector<uint8_t>& v, int64_t rows, int64_t cols) {
+  v1::Tensor t;
+  t.add_shape(rows);
+  t.add_shape(cols);
+  t.set_dtype(v1::UINT8);
+  t.set_data(std::string(v.begin(), v.end()));
+  return t;
+}
+
+std::vector<float> Floats(const v1::Tensor& t) {
+  std::vector<float> v(t.data().size() / 4);
+  std::memcpy(v.data(), t.data().data(), v.size() * 4);
+  return v;
+}
+
+v1::LossRequest LossRequestOf(const testing::Problem& p, bool sparse, bool want_grad) {
+  v1::LossRequest req;
+  req.set_request_id("req-" + std::to_string(p.spec.seed));
+  *req.mutable_scores() = FloatTensor(p.scores, p.spec.rows, p.spec.cols);
+  if (sparse) {
+    auto* sp = req.mutable_sparse_labels();
+    for (int64_t v : p.row_splits) sp->add_row_splits(v);
+    for (int32_t v : p.indices) sp->add_indices(v);
+    for (float v : p.values) sp->add_values(v);
+  } else {
+    *req.mutable_dense_labels() = FloatTensor(p.dense, p.spec.rows, p.spec.cols);
+  }
+  if (!p.mask.empty()) *req.mutable_mask() = MaskTensor(p.mask, p.spec.rows, p.spec.cols);
+  req.set_want_grad(want_grad);
+  return req;
+}
+
+// GET http://127.0.0.1:port/path; the body.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+// The value of the sample `name{labels}` (exactly as exposed), or -1 when absent.
+double MetricValue(const std::string& body, const std::string& sample) {
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (line.substr(0, sample.size()) == sample && line.size() > sample.size() &&
+        line[sample.size()] == ' ') {
+      return std::stod(std::string(line.substr(sample.size() + 1)));
+    }
+  }
+  return -1;
+}
+
+// Polls `cond` until it holds or 10 s pass.
+bool WaitUntil(const std::function<bool()>& cond) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return cond();
+}
+
+// Counts outstanding async calls; Wait() returns when all are done.
+class CallCounter {
+ public:
+  void Add() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++pending_;
+  }
+  void Done(const grpc::Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    codes_.push_back(st.error_code());
+    if (--pending_ == 0) cv_.notify_all();
+  }
+  std::vector<grpc::StatusCode> Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return pending_ == 0; });
+    return codes_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int pending_ = 0;
+  std::vector<grpc::StatusCode> codes_;
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void StartServer(BatcherOptions batcher = DefaultBatcher()) {
+    ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    o.metrics_address = "127.0.0.1:0";
+    o.backend = "cpu";
+    o.threads = 2;
+    o.batcher = batcher;
+    o.shutdown_grace = std::chrono::seconds(20);
+    auto s = Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->grpc_port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::ZlprService::NewStub(channel_);
+  }
+  static BatcherOptions DefaultBatcher() {
+    BatcherOptions b;
+    b.max_batch_rows = 256;
+    b.max_queue_delay = std::chrono::microseconds(200);
+    b.max_queue_size = 1024;
+    return b;
+  }
+  std::string Metrics() { return HttpGet(server_->metrics_port(), "/metrics"); }
+
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ZlprService::Stub> stub_;
+  std::unique_ptr<Backend> cpu_ = NewCpuBackend({.threads = 1});
+};
+
+// --- Results equal the kernels' -------------------------------------------------------------
+
+TEST_F(ServiceTest, ComputeLossReturnsTheKernelsLossAndGradientPerRow) {
+  StartServer();
+  for (bool sparse : {false, true}) {
+    const testing::Problem p = testing::MakeProblem(
+        {.rows = 5, .cols = 37, .labels = testing::Labels::kSoft, .mask = true, .seed = 21});
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    const grpc::Status st = stub_->ComputeLoss(&ctx, LossRequestOf(p, sparse, true), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    std::vector<float> loss(5), grad(5 * 37);
+    ASSERT_TRUE(cpu_->Loss(p.Input(false), {loss.data(), grad.data()}).ok());
+    EXPECT_EQ(resp.request_id(), "req-21");
+    EXPECT_EQ(std::vector<float>(resp.loss().begin(), resp.loss().end()), loss);
+    EXPECT_EQ(Floats(resp.grad()), grad);
+    EXPECT_THAT(resp.grad().shape(), ::testing::ElementsAre(5, 37));
+    double sum = 0;
+    for (float l : loss) sum += l;
+    EXPECT_DOUBLE_EQ(resp.loss_sum(), sum);
+    EXPECT_DOUBLE_EQ(resp.loss_mean(), sum / 5);
+    EXPECT_GE(resp.timing().batch_rows(), 5u);
+    const auto& trailers = ctx.GetServerTrailingMetadata();
+    EXPECT_EQ(trailers.count("zlpr-queue-seconds"), 1u);
+    EXPECT_EQ(trailers.count("zlpr-compute-seconds"), 1u);
+  }
+}
+
+TEST_F(ServiceTest, ComputeLossNarrowsTheGradientToTheAskedDtype) {
+  StartServer();
+  const testing::Problem p = testing::MakeProblem({.rows = 2, .cols = 9, .seed = 3});
+  v1::LossRequest req = LossRequestOf(p, false, true);
+  req.set_grad_dtype(v1::BFLOAT16);
+  grpc::ClientContext ctx;
+  v1::LossResponse resp;
+  ASSERT_TRUE(stub_->ComputeLoss(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.grad().dtype(), v1::BFLOAT16);
+  ASSERT_EQ(resp.grad().data().size(), 2u * 9 * 2);
+  std::vector<float> loss(2), grad(18), widened(18);
+  ASSERT_TRUE(cpu_->Loss(p.Input(false), {loss.data(), grad.data()}).ok());
+  WidenToFloat(resp.grad().data().data(), 18, DType::kBFloat16, widened.data());
+  for (int i = 0; i < 18; ++i) EXPECT_NEAR(widened[i], grad[i], std::abs(grad[i]) / 128 + 1e-30);
+}
+
+TEST_F(ServiceTest, PredictReturnsTheKernelsLabelSetsAndProbabilities) {
+  StartServer();
+  const testing::Problem p =
+      testing::MakeProblem({.rows = 4, .cols = 50, .mask = true, .scale = 2.0f, .seed = 5});
+  v1::PredictRequest req;
+  req.set_request_id("p1");
+  *req.mutable_scores() = FloatTensor(p.scores, 4, 50);
+  *req.mutable_mask() = MaskTensor(p.mask, 4, 50);
+  req.set_threshold(0.3f);
+  req.set_top_k(3);
+  req.set_min_labels(2);
+  req.set_want_probs(true);
+  grpc::ClientContext ctx;
+  v1::PredictResponse resp;
+  ASSERT_TRUE(stub_->Predict(&ctx, req, &resp).ok());
+  LabelerInput in;
+  in.scores = {p.scores.data(), DType::kFloat32, 4, 50};
+  in.mask = p.mask.data();
+  in.options = {0.3f, nullptr, 3, 2};
+  LabelSets sets;
+  std::vector<float> probs(200);
+  ASSERT_TRUE(cpu_->Label(in, &sets, probs.data()).ok());
+  EXPECT_EQ(resp.request_id(), "p1");
+  ASSERT_EQ(resp.rows_size(), 4);
+  for (int r = 0; r < 4; ++r) {
+    const std::vector<int32_t> want(sets.labels.begin() + sets.row_offsets[r],
+                                    sets.labels.begin() + sets.row_offsets[r + 1]);
+    EXPECT_EQ(std::vector<int32_t>(resp.rows(r).labels().begin(), resp.rows(r).labels().end()), want);
+    EXPECT_EQ(resp.rows(r).probs_size(), resp.rows(r).labels_size());
+  }
+  EXPECT_EQ(Floats(resp.probs()), probs);
+}
+
+TEST_F(ServiceTest, GetServerInfoDescribesBackendBatcherAndLimits) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_batch_rows = 77;
+  StartServer(b);
+  grpc::ClientContext ctx;
+  v1::ServerInfo info;
+  ASSERT_TRUE(stub_->GetServerInfo(&ctx, v1::ServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.version(), Version());
+  EXPECT_EQ(info.backend(), "cpu");
+  ASSERT_EQ(info.devices_size(), 1);
+  EXPECT_THAT(info.devices(0), HasSubstr("cpu ("));
+  EXPECT_EQ(info.batcher().max_batch_rows(), 77);
+  EXPECT_EQ(info.batcher().max_queue_delay_us(), 200);
+  EXPECT_EQ(info.limits().max_message_bytes(), 64 << 20);
+}
+
+// --- Every validation error, with its exact code and message ------------------------------
+
+struct BadLoss {
+  const char* name;
+  std::function<void(v1::LossRequest&)> mutate;
+  const char* message;
+};
+
+TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn) {
+  StartServer();
+  const testing::Problem p = testing::MakeProblem({.rows = 3, .cols = 4, .seed = 1});
+  const BadLoss cases[] = {
+      {"nan", [](v1::LossRequest& r) {
+         std::string* d = r.mutable_scores()->mutable_data();
+         const float nan = std::nanf("");
+         std::memcpy(d->data() + 4 * 6, &nan, 4);
+       }, "scores[1, 2] is NaN"},
+      {"short data", [](v1::LossRequest& r) { r.mutable_scores()->mutable_data()->resize(40); },
+       "scores.data has 40 bytes, expected 3 x 4 x 4 = 48"},
+      {"1-d shape", [](v1::LossRequest& r) { r.mutable_scores()->mutable_shape()->RemoveLast(); },
+       "scores.shape [3] must have two dimensions [rows, cols]"},
+      {"unset dtype", [](v1::LossRequest& r) { r.mutable_scores()->set_dtype(v1::DTYPE_UNSPECIFIED); },
+       "scores.dtype is unset: use FLOAT32, FLOAT16 or BFLOAT16"},
+      {"no labels", [](v1::LossRequest& r) { r.clear_dense_labels(); },
+       "labels: missing: set dense_labels or sparse_labels"},
+      {"label range", [](v1::LossRequest& r) {
+         std::string* d = r.mutable_dense_labels()->mutable_data();
+         const float two = 2.0f;
+         std::memcpy(d->data() + 4 * 11, &two, 4);
+       }, "dense_labels[2, 3] = 2 is outside [0, 1]"},
+      {"mask dtype", [](v1::LossRequest& r) {
+         *r.mutable_mask() = FloatTensor(std::vector<float>(12, 1.0f), 3, 4);
+       }, "mask.dtype FLOAT32 is not allowed: use UINT8"},
+      {"mask value", [](v1::LossRequest& r) {
+         std::vector<uint8_t> m(12, 1);
+         m[5] = 9;
+         *r.mutable_mask() = MaskTensor(m, 3, 4);
+       }, "mask[1, 1] = 9 must be 0 or 1"},
+      {"grad dtype", [](v1::LossRequest& r) { r.set_grad_dtype(v1::UINT8); },
+       "grad.dtype UINT8 is not allowed: use FLOAT32, FLOAT16 or BFLOAT16"},
+      {"sparse order", [](v1::LossRequest& r) {
+         auto* sp = r.mutable_sparse_labels();
+         sp->add_row_splits(0);
+         sp->add_row_splits(2);
+         sp->add_row_splits(2);
+         sp->add_row_splits(2);
+         sp->add_indices(3);
+         sp->add_indices(1);
+       }, "sparse_labels.indices[1] (row 0, column 1) is not greater than the previous index 3: "
+          "indices must be strictly increasing within a row"},
+  };
+  for (const BadLoss& c : cases) {
+    v1::LossRequest req = LossRequestOf(p, false, true);
+    c.mutate(req);
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    const grpc::Status st = stub_->ComputeLoss(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_EQ(st.error_message(), c.message) << c.name;
+  }
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"invalid\"}") == 10;
+  }));
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"), 10);
+}
+
+TEST_F(ServiceTest, InvalidPredictRequestsGetInvalidArgument) {
+  StartServer();
+  const std::vector<float> s(6, 0.5f);
+  struct Case {
+    std::function<void(v1::PredictRequest&)> mutate;
+    const char* message;
+  } cases[] = {
+      {[](v1::PredictRequest& r) { r.set_threshold(1.0f); }, "threshold = 1 must be in (0, 1)"},
+      {[](v1::PredictRequest& r) {
+         *r.mutable_label_thresholds() = FloatTensor({0.5f, 0.5f}, 1, 2);
+       }, "label_thresholds.shape [1, 2] must be [3] or [1, 3] (one per column)"},
+      {[](v1::PredictRequest& r) {
+         v1::Tensor t = FloatTensor({0.5f, 0.0f, 0.5f}, 1, 3);
+         t.mutable_shape()->RemoveLast();
+         t.set_shape(0, 3);
+         *r.mutable_label_thresholds() = t;
+       }, "label_thresholds[1] = 0 must be in (0, 1)"},
+      {[](v1::PredictRequest& r) { r.clear_scores(); }, "scores: missing"},
+  };
+  for (const auto& c : cases) {
+    v1::PredictRequest req;
+    *req.mutable_scores() = FloatTensor(s, 2, 3);
+    c.mutate(req);
+    grpc::ClientContext ctx;
+    v1::PredictResponse resp;
+    const grpc::Status st = stub_->Predict(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(st.error_message(), c.message);
+  }
+}
+
+// --- Queue full, deadline, cancellation -----------------------------------------------------
+
+TEST_F(ServiceTest, AFullQueueAnswersResourceExhaustedAtOnce) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_queue_size = 1;
+  b.max_queue_delay = std::chrono::seconds(30);  // the first request waits
+  StartServer(b);
+  const testing::Problem p = testing::MakeProblem({.rows = 1, .cols = 8, .seed = 2});
+  const v1::LossRequest req = LossRequestOf(p, false, false);
+  CallCounter calls;
+  grpc::ClientContext first_ctx;
+  v1::LossResponse first_resp;
+  calls.Add();
+  stub_->async()->ComputeLoss(&first_ctx, &req, &first_resp,
+                              [&](grpc::Status st) { calls.Done(st); });
+  ASSERT_TRUE(WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}") == 1; }));
+  grpc::ClientContext ctx;
+  v1::LossResponse resp;
+  const grpc::Status st = stub_->ComputeLoss(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(st.error_message(), "the request queue is full (1 requests waiting); retry later");
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"queue_full\"}"), 1);
+  server_->Shutdown();  // the queued request is still answered
+  EXPECT_EQ(calls.Wait(), std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
+}
+
+TEST_F(ServiceTest, ARequestWhoseDeadlinePassesWhileQueuedIsNotComputed) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_queue_delay = std::chrono::seconds(30);
+  StartServer(b);
+  const testing::Problem p = testing::MakeProblem({.rows = 1, .cols = 8, .seed = 2});
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + milliseconds(100));
+  v1::LossResponse resp;
+  const grpc::Status st = stub_->ComputeLoss(&ctx, LossRequestOf(p, false, false), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"deadline\"}") == 1;
+  }));
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_rows_total{op=\"loss\"}"), 0);
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}"), 0);
+}
+
+TEST_F(ServiceTest, ARequestCancelledWhileQueuedIsNotComputed) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_queue_delay = std::chrono::seconds(30);
+  StartServer(b);
+  const testing::Problem p = testing::MakeProblem({.rows = 1, .cols = 8, .seed = 2});
+  const v1::PredictRequest req = [&] {
+    v1::PredictRequest r;
+    *r.mutable_scores() = FloatTensor(p.scores, 1, 8);
+    return r;
+  }();
+  CallCounter calls;
+  grpc::ClientContext ctx;
+  v1::PredictResponse resp;
+  calls.Add();
+  stub_->async()->Predict(&ctx, &req, &resp, [&](grpc::Status st) { calls.Done(st); });
+  ASSERT_TRUE(WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"predict\"}") == 1; }));
+  ctx.TryCancel();
+  EXPECT_EQ(calls.Wait(), std::vector<grpc::StatusCode>{grpc::StatusCode::CANCELLED});
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"cancelled\"}") == 1;
+  }));
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_rows_total{op=\"predict\"}"), 0);
+}
+
+// --- Streams --------------------------------------------------------------------------------
+
+TEST_F(ServiceTest, StreamLossAnswersInOrderWithPerMessageErrorsAndGoesOn) {
+  StartServer();
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamLoss(&ctx);
+  std::vector<testing::Problem> problems;
+  for (int i = 0; i < 20; ++i) {
+    problems.push_back(testing::MakeProblem(
+        {.rows = 1 + i % 4, .cols = 33, .labels = testing::Labels::kSparseHard,
+         .seed = static_cast<uint64_t>(100 + i)}));
+  }
+  std::thread writer([&] {
+    for (int i = 0; i < 20; ++i) {
+      v1::LossRequest req = LossRequestOf(problems[i], i % 2 == 0, true);
+      req.set_request_id(std::to_string(i));
+      if (i == 7) req.mutable_scores()->set_dtype(v1::UINT8);  // a bad message mid-stream
+      ASSERT_TRUE(stream->Write(req));
+    }
+    stream->WritesDone();
+  });
+  v1::LossResponse resp;
+  int n = 0;
+  while (stream->Read(&resp)) {
+    EXPECT_EQ(resp.request_id(), std::to_string(n)) << "out of order";
+    if (n == 7) {
+      EXPECT_EQ(resp.error().code(), 3);
+      EXPECT_EQ(resp.error().message(),
+                "scores.dtype UINT8 is not allowed: use FLOAT32, FLOAT16 or BFLOAT16");
+    } else {
+      EXPECT_FALSE(resp.has_error());
+      const testing::Problem& p = problems[n];
+      std::vector<float> loss(p.spec.rows), grad(p.spec.rows * 33);
+      ASSERT_TRUE(cpu_->Loss(p.Input(false), {loss.data(), grad.data()}).ok());
+      EXPECT_EQ(std::vector<float>(resp.loss().begin(), resp.loss().end()), loss);
+      EXPECT_EQ(Floats(resp.grad()), grad);
+    }
+    ++n;
+  }
+  writer.join();
+  EXPECT_EQ(n, 20);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServiceTest, StreamPredictAnswersEveryMessageInOrder) {
+  StartServer();
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamPredict(&ctx);
+  const int kMessages = 200;  // more than the stream window: reading pauses and resumes
+  std::thread writer([&] {
+    for (int i = 0; i < kMessages; ++i) {
+      v1::PredictRequest req;
+      req.set_request_id(std::to_string(i));
+      const float s = (i % 3 == 0) ? 1.0f : -1.0f;
+      *req.mutable_scores() = FloatTensor({s, -s, 0.25f}, 1, 3);
+      if (i == 50) req.set_threshold(-1.0f);
+      ASSERT_TRUE(stream->Write(req));
+    }
+    stream->WritesDone();
+  });
+  v1::PredictResponse resp;
+  int n = 0;
+  while (stream->Read(&resp)) {
+    ASSERT_EQ(resp.request_id(), std::to_string(n));
+    if (n == 50) {
+      EXPECT_EQ(resp.error().code(), 3);
+      EXPECT_EQ(resp.error().message(), "threshold = -1 must be in (0, 1)");
+    } else {
+      ASSERT_EQ(resp.rows_size(), 1);
+      const std::vector<int32_t> want = n % 3 == 0 ? std::vector<int32_t>{0, 2} : std::vector<int32_t>{1, 2};
+      EXPECT_EQ(std::vector<int32_t>(resp.rows(0).labels().begin(), resp.rows(0).labels().end()), want);
+    }
+    ++n;
+  }
+  writer.join();
+  EXPECT_EQ(n, kMessages);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// --- Batching -------------------------------------------------------------------------------
+
+TEST_F(ServiceTest, ConcurrentRequestsAreMergedIntoOneBatch) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_batch_rows = 16;
+  b.max_queue_delay = std::chrono::seconds(30);  // only a full batch is cut
+  StartServer(b);
+  const int kCalls = 16;
+  std::vector<v1::PredictRequest> reqs(kCalls);
+  std::vector<v1::PredictResponse> resps(kCalls);
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  CallCounter calls;
+  for (int i = 0; i < kCalls; ++i) {
+    *reqs[i].mutable_scores() = FloatTensor({static_cast<float>(i) - 8.0f, 0.5f}, 1, 2);
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    calls.Add();
+    stub_->async()->Predict(ctxs[i].get(), &reqs[i], &resps[i], [&](grpc::Status st) { calls.Done(st); });
+  }
+  for (grpc::StatusCode c : calls.Wait()) EXPECT_EQ(c, grpc::StatusCode::OK);
+  for (int i = 0; i < kCalls; ++i) {
+    EXPECT_EQ(resps[i].timing().batch_rows(), 16u) << "request " << i;
+    const std::vector<int32_t> want = i > 8 ? std::vector<int32_t>{0, 1} : std::vector<int32_t>{1};
+    EXPECT_EQ(std::vector<int32_t>(resps[i].rows(0).labels().begin(), resps[i].rows(0).labels().end()), want);
+  }
+  const std::string m = Metrics();
+  EXPECT_EQ(MetricValue(m, "zlpr_batch_rows_count{op=\"predict\"}"), 1);
+  EXPECT_EQ(MetricValue(m, "zlpr_batch_rows_sum{op=\"predict\"}"), 16);
+}
+
+// --- Shutdown, metrics, health --------------------------------------------------------------
+
+TEST_F(ServiceTest, GracefulShutdownUnderLoadAnswersEveryAcceptedRequest) {
+  BatcherOptions b = DefaultBatcher();
+  b.max_batch_rows = 8;
+  b.max_queue_delay = std::chrono::milliseconds(5);
+  StartServer(b);
+  const int kCalls = 64;
+  const testing::Problem p = testing::MakeProblem({.rows = 2, .cols = 1000, .seed = 9});
+  const v1::LossRequest req = LossRequestOf(p, false, true);
+  std::vector<v1::LossResponse> resps(kCalls);
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  CallCounter calls;
+  for (int i = 0; i < kCalls; ++i) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    calls.Add();
+    stub_->async()->ComputeLoss(ctxs[i].get(), &req, &resps[i], [&](grpc::Status st) { calls.Done(st); });
+  }
+  // Every call accepted (queued or running) before the shutdown starts.
+  ASSERT_TRUE(WaitUntil([&] {
+    const std::string m = Metrics();
+    return MetricValue(m, "zlpr_inflight_requests") +
+               MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\"}") ==
+           kCalls;
+  }));
+  server_->Shutdown();
+  const std::vector<grpc::StatusCode> codes = calls.Wait();
+  ASSERT_EQ(codes.size(), static_cast<size_t>(kCalls));
+  for (grpc::StatusCode c : codes) EXPECT_EQ(c, grpc::StatusCode::OK);
+  for (const auto& r : resps) EXPECT_EQ(r.loss_size(), 2);
+  // After shutdown the port refuses.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + milliseconds(500));
+  v1::LossResponse resp;
+  EXPECT_EQ(stub_->ComputeLoss(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
+  StartServer();
+  const testing::Problem p = testing::MakeProblem({.rows = 3, .cols = 10, .seed = 4});
+  grpc::ClientContext ctx;
+  v1::LossResponse resp;
+  ASSERT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(p, false, true), &resp).ok());
+  std::string body;
+  ASSERT_TRUE(WaitUntil([&] {
+    body = Metrics();
+    return MetricValue(body, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\"}") == 1;
+  }));
+  // Every line is a comment or `name{labels} value` in the text exposition format.
+  const std::regex sample(R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfaN]+$)");
+  int samples = 0;
+  for (absl::string_view line : absl::StrSplit(body, '\n', absl::SkipEmpty())) {
+    if (line[0] == '#') continue;
+    EXPECT_TRUE(std::regex_match(std::string(line), sample)) << std::string(line);
+    ++samples;
+  }
+  EXPECT_GT(samples, 50);
+  for (const char* family :
+       {"zlpr_requests_total", "zlpr_request_duration_seconds", "zlpr_queue_duration_seconds",
+        "zlpr_compute_duration_seconds", "zlpr_batch_rows", "zlpr_rows_total", "zlpr_queue_depth",
+        "zlpr_inflight_requests", "zlpr_rejected_requests_total", "zlpr_request_bytes_total",
+        "zlpr_response_bytes_total", "zlpr_build_info"}) {
+    EXPECT_THAT(body, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
+  }
+  EXPECT_EQ(MetricValue(body, "zlpr_rows_total{op=\"loss\"}"), 3);
+  EXPECT_EQ(MetricValue(body, absl::StrCat("zlpr_build_info{backend=\"cpu\",version=\"", Version(), "\"}")), 1);
+  EXPECT_EQ(MetricValue(body, "zlpr_compute_duration_seconds_count{backend=\"cpu\",op=\"loss\"}"), 1);
+  EXPECT_GT(MetricValue(body, "zlpr_request_bytes_total"), 3 * 10 * 8);
+  EXPECT_GT(MetricValue(body, "zlpr_response_bytes_total"), 3 * 10 * 4);
+}
+
+TEST_F(ServiceTest, HealthIsServingThenNotServingAfterShutdownBegins) {
+  StartServer();
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  for (const char* service : {"", "zlpr.v1.ZlprService"}) {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << service;
+    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service("no.such.Service");
+    grpc::health::v1::HealthCheckResponse resp;
+    EXPECT_EQ(health->Check(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  grpc::ClientContext watch_ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("zlpr.v1.ZlprService");
+  auto watch = health->Watch(&watch_ctx, req);
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  std::thread stopper([&] { server_->Shutdown(); });
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  watch_ctx.TryCancel();
+  stopper.join();
+}
+
+}  // namespace
+}  // namespace zlpr::server
