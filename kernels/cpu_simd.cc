@@ -11,6 +11,7 @@
 // the gradient. Accumulation order is fixed by the chunk and the vector width alone.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu_simd.cc"
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -137,12 +138,33 @@ void ChunkSumsHardImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t,
 }
 
 // Soft labels: t·e^{-s-Mp} and (1-t)·e^{s-Mn}, each only where its weight is non-zero.
-HWY_INLINE void SoftTerms(DF d, VF s, VF t, VF mp, VF mn, VF& ea, VF& eb) {
+// Both exponentials come from one: e^{-s-Mp} = k / e^{s-Mn} with k = e^{-Mp-Mn} (passed in,
+// 0 when out of range), used when every positive lane has |s - Mn| < 80, so neither side
+// leaves fp32's normal range; other vectors take the second exp. The choice depends on the
+// row's values alone, so it is as deterministic and batch-invariant as the rest.
+HWY_INLINE void SoftTerms(DF d, VF s, VF t, VF mp, VF mn, VF k, VF& ea, VF& eb) {
   const VF zero = hn::Zero(d), one = hn::Set(d, 1.0f);
   const auto pos = hn::And(hn::Gt(t, zero), hn::Gt(s, NegInf(d)));
   const auto neg = hn::Lt(t, one);
-  ea = hn::IfThenElseZero(pos, hn::Mul(t, hn::Exp(d, hn::Sub(hn::Neg(s), mp))));
-  eb = hn::IfThenElseZero(neg, hn::Mul(hn::Sub(one, t), hn::Exp(d, hn::Sub(s, mn))));
+  const VF sn = hn::Sub(s, mn);
+  const VF e_n = hn::Exp(d, sn);
+  VF e_p;
+  const auto in_range = hn::Or(hn::Not(pos), hn::Lt(hn::Abs(sn), hn::Set(d, 80.0f)));
+  if (HWY_LIKELY(hn::GetLane(k) > 0.0f && hn::AllTrue(d, in_range))) {
+    VF r = hn::ApproximateReciprocal(e_n);
+    r = hn::Mul(r, hn::NegMulAdd(e_n, r, hn::Set(d, 2.0f)));  // one Newton step: full precision
+    e_p = hn::Mul(k, r);
+  } else {
+    e_p = hn::Exp(d, hn::Sub(hn::Neg(s), mp));
+  }
+  ea = hn::IfThenElseZero(pos, hn::Mul(t, e_p));
+  eb = hn::IfThenElseZero(neg, hn::Mul(hn::Sub(one, t), e_n));
+}
+
+// k of SoftTerms: e^{-Mp-Mn} when that stays a normal float, else 0 (always two exps).
+HWY_INLINE VF SoftK(DF d, float mp, float mn) {
+  const float sum = mp + mn;
+  return hn::Set(d, sum < 80.0f ? std::exp(-sum) : 0.0f);
 }
 
 void ChunkSumsSoftImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t, size_t n,
@@ -150,17 +172,17 @@ void ChunkSumsSoftImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t,
                        float* HWY_RESTRICT rn_out) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const VF mp = hn::Set(d, mp_s), mn = hn::Set(d, mn_s);
+  const VF mp = hn::Set(d, mp_s), mn = hn::Set(d, mn_s), k = SoftK(d, mp_s, mn_s);
   VF rp = hn::Zero(d), rn = hn::Zero(d), ea, eb;
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    SoftTerms(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn, ea, eb);
+    SoftTerms(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn, k, ea, eb);
     rp = hn::Add(rp, ea);
     rn = hn::Add(rn, eb);
   }
   if (i < n) {
     const Tail tail(s, t, i, n, N);
-    SoftTerms(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn, ea, eb);
+    SoftTerms(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn, k, ea, eb);
     rp = hn::Add(rp, ea);
     rn = hn::Add(rn, eb);
   }
@@ -192,19 +214,19 @@ void ChunkGradSoftImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT t,
                        float mp_s, float mn_s, float sp_s, float sn_s, float* HWY_RESTRICT g) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const VF mp = hn::Set(d, mp_s), mn = hn::Set(d, mn_s);
+  const VF mp = hn::Set(d, mp_s), mn = hn::Set(d, mn_s), k = SoftK(d, mp_s, mn_s);
   const VF sp = hn::Set(d, sp_s), sn = hn::Set(d, sn_s);
   VF ea, eb;
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    SoftTerms(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn, ea, eb);
+    SoftTerms(d, hn::LoadU(d, s + i), hn::LoadU(d, t + i), mp, mn, k, ea, eb);
     hn::StoreU(hn::Sub(hn::Mul(eb, sn), hn::Mul(ea, sp)), d, g + i);
   }
   if (i < n) {
     Tail tail(s, t, i, n, N);
-    SoftTerms(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn, ea, eb);
+    SoftTerms(d, hn::Load(d, tail.s), hn::Load(d, tail.t), mp, mn, k, ea, eb);
     hn::Store(hn::Sub(hn::Mul(eb, sn), hn::Mul(ea, sp)), d, tail.g);
-    for (size_t k = 0; i + k < n; ++k) g[i + k] = tail.g[k];
+    for (size_t lane = 0; i + lane < n; ++lane) g[i + lane] = tail.g[lane];
   }
 }
 

@@ -126,9 +126,11 @@ bool Batcher::NextBatch(int* op, Batch* batch) {
       }
     }
   }
+  // A call whose deadline passed is also cancelled by gRPC: the deadline is the reason then.
+  const SteadyTime now = clock_->Now();
   for (auto& w : dropped) {
-    w->Drop(w->Cancelled() ? absl::CancelledError("the call was cancelled while queued")
-                           : absl::DeadlineExceededError("the deadline passed while queued"));
+    w->Drop(w->deadline() <= now ? absl::DeadlineExceededError("the deadline passed while queued")
+                                 : absl::CancelledError("the call was cancelled while queued"));
   }
   if (!got && !dropped.empty()) return NextBatch(op, batch);
   if (got) cv_.notify_one();  // another worker may take the next due batch

@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "kernels/test_util.h"
 #include "server/server.h"
+#include "server/test_support.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr::server {
@@ -72,48 +73,6 @@ v1::LossRequest LossRequestOf(const testing::Problem& p, bool sparse, bool want_
   if (!p.mask.empty()) *req.mutable_mask() = MaskTensor(p.mask, p.spec.rows, p.spec.cols);
   req.set_want_grad(want_grad);
   return req;
-}
-
-// GET http://127.0.0.1:port/path; the body.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string resp;
-  char buf[65536];
-  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) resp.append(buf, static_cast<size_t>(n));
-  close(fd);
-  const size_t body = resp.find("\r\n\r\n");
-  return body == std::string::npos ? resp : resp.substr(body + 4);
-}
-
-// The value of the sample `name{labels}` (exactly as exposed), or -1 when absent.
-double MetricValue(const std::string& body, const std::string& sample) {
-  for (absl::string_view line : absl::StrSplit(body, '\n')) {
-    if (line.substr(0, sample.size()) == sample && line.size() > sample.size() &&
-        line[sample.size()] == ' ') {
-      return std::stod(std::string(line.substr(sample.size() + 1)));
-    }
-  }
-  return -1;
-}
-
-// Polls `cond` until it holds or 10 s pass.
-bool WaitUntil(const std::function<bool()>& cond) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return cond();
 }
 
 // Counts outstanding async calls; Wait() returns when all are done.

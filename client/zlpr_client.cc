@@ -1,0 +1,412 @@
+// zlpr::Client on a gRPC channel: plain spans in, protobuf inside, plain vectors out.
+#include "client/zlpr_client.h"
+
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_format.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "zlpr/v1/zlpr.grpc.pb.h"
+
+namespace zlpr {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& st) {
+  if (st.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+}
+
+v1::DType ToProto(Dtype d) {
+  switch (d) {
+    case Dtype::kFloat16: return v1::FLOAT16;
+    case Dtype::kBFloat16: return v1::BFLOAT16;
+    default: return v1::FLOAT32;
+  }
+}
+
+template <typename T>
+void SetTensor(std::span<const T> values, int64_t rows, int64_t cols, v1::DType dtype,
+               v1::Tensor* t) {
+  t->add_shape(rows);
+  t->add_shape(cols);
+  t->set_dtype(dtype);
+  t->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size_bytes()));
+}
+
+float HalfToFloat(uint16_t h, v1::DType dtype) {
+  uint32_t bits;
+  if (dtype == v1::BFLOAT16) {
+    bits = uint32_t{h} << 16;
+  } else {  // IEEE binary16
+    const uint32_t sign = uint32_t{h & 0x8000u} << 16, exp = (h >> 10) & 0x1Fu;
+    uint32_t mant = h & 0x3FFu;
+    if (exp == 0x1F) {
+      bits = sign | 0x7F800000u | (mant << 13);
+    } else if (exp != 0) {
+      bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+      bits = sign;
+    } else {
+      uint32_t e = 113;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --e;
+      }
+      bits = sign | (e << 23) | ((mant & 0x3FFu) << 13);
+    }
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+std::vector<float> ToFloats(const v1::Tensor& t) {
+  if (t.dtype() == v1::FLOAT32 || t.dtype() == v1::DTYPE_UNSPECIFIED) {
+    std::vector<float> v(t.data().size() / 4);
+    std::memcpy(v.data(), t.data().data(), v.size() * 4);
+    return v;
+  }
+  std::vector<float> v(t.data().size() / 2);
+  const auto* p = reinterpret_cast<const uint16_t*>(t.data().data());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = HalfToFloat(p[i], t.dtype());
+  return v;
+}
+
+v1::LossRequest ToRequest(const LossCall& c) {
+  v1::LossRequest r;
+  r.set_request_id(c.request_id);
+  SetTensor(c.scores, c.rows, c.cols, v1::FLOAT32, r.mutable_scores());
+  if (!c.row_splits.empty()) {
+    v1::SparseLabels* sp = r.mutable_sparse_labels();
+    sp->mutable_row_splits()->Add(c.row_splits.begin(), c.row_splits.end());
+    sp->mutable_indices()->Add(c.indices.begin(), c.indices.end());
+    sp->mutable_values()->Add(c.values.begin(), c.values.end());
+  } else {
+    SetTensor(c.dense_labels, c.rows, c.cols, v1::FLOAT32, r.mutable_dense_labels());
+  }
+  if (!c.mask.empty()) SetTensor(c.mask, c.rows, c.cols, v1::UINT8, r.mutable_mask());
+  r.set_want_grad(c.want_grad);
+  r.set_grad_dtype(ToProto(c.grad_dtype));
+  return r;
+}
+
+LossResult FromResponse(const v1::LossResponse& resp) {
+  LossResult out;
+  out.request_id = resp.request_id();
+  out.loss.assign(resp.loss().begin(), resp.loss().end());
+  out.loss_sum = resp.loss_sum();
+  out.loss_mean = resp.loss_mean();
+  if (resp.has_grad()) out.grad = ToFloats(resp.grad());
+  out.queue_seconds = resp.timing().queue_seconds();
+  out.compute_seconds = resp.timing().compute_seconds();
+  out.batch_rows = resp.timing().batch_rows();
+  return out;
+}
+
+v1::PredictRequest ToRequest(const PredictCall& c) {
+  v1::PredictRequest r;
+  r.set_request_id(c.request_id);
+  SetTensor(c.scores, c.rows, c.cols, v1::FLOAT32, r.mutable_scores());
+  if (c.threshold.has_value()) r.set_threshold(*c.threshold);
+  if (!c.label_thresholds.empty()) {
+    v1::Tensor* t = r.mutable_label_thresholds();
+    t->add_shape(static_cast<int64_t>(c.label_thresholds.size()));
+    t->set_dtype(v1::FLOAT32);
+    t->set_data(std::string(reinterpret_cast<const char*>(c.label_thresholds.data()),
+                            c.label_thresholds.size_bytes()));
+  }
+  r.set_top_k(c.top_k);
+  r.set_min_labels(c.min_labels);
+  r.set_want_probs(c.want_probs);
+  if (!c.mask.empty()) SetTensor(c.mask, c.rows, c.cols, v1::UINT8, r.mutable_mask());
+  return r;
+}
+
+PredictResult FromResponse(const v1::PredictResponse& resp) {
+  PredictResult out;
+  out.request_id = resp.request_id();
+  for (const v1::RowLabels& row : resp.rows()) {
+    out.labels.emplace_back(row.labels().begin(), row.labels().end());
+    out.probs.emplace_back(row.probs().begin(), row.probs().end());
+  }
+  if (resp.has_probs()) out.dense_probs = ToFloats(resp.probs());
+  out.queue_seconds = resp.timing().queue_seconds();
+  out.compute_seconds = resp.timing().compute_seconds();
+  out.batch_rows = resp.timing().batch_rows();
+  return out;
+}
+
+// A stream response's per-message error, as a Status; OK when there is none.
+template <typename Response>
+absl::Status MessageError(const Response& resp) {
+  if (!resp.has_error() || resp.error().code() == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(resp.error().code()), resp.error().message());
+}
+
+// One bidirectional stream with a bounded window of requests in flight.
+template <typename Call, typename Result, typename Request, typename Response, typename Base>
+class WindowedStream final : public Base {
+ public:
+  using Open = std::function<std::unique_ptr<grpc::ClientReaderWriter<Request, Response>>(
+      grpc::ClientContext*)>;
+  WindowedStream(int window, const std::string& auth_token, const Open& open)
+      : window_(std::max(1, window)) {
+    if (!auth_token.empty()) ctx_.AddMetadata("authorization", "Bearer " + auth_token);
+    stream_ = open(&ctx_);
+  }
+  ~WindowedStream() override {
+    if (!finished_) {
+      ctx_.TryCancel();
+      (void)stream_->Finish();
+    }
+  }
+
+  absl::Status Send(const Call& call) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (writes_done_) return absl::FailedPreconditionError("Send after Finish");
+      cv_.wait(lock, [&] { return in_flight_ < window_ || broken_; });
+      if (broken_) return absl::UnavailableError("the stream is broken");
+      ++in_flight_;
+    }
+    if (!stream_->Write(ToRequest(call))) {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;
+      cv_.notify_all();
+      return absl::UnavailableError("the stream is closed: Finish() tells why");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Result> Receive() override {
+    Response resp;
+    if (!stream_->Read(&resp)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;
+      cv_.notify_all();
+      return absl::OutOfRangeError("no more results on this stream");
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --in_flight_;
+      cv_.notify_all();
+    }
+    if (absl::Status st = MessageError(resp); !st.ok()) return st;
+    return FromResponse(resp);
+  }
+
+  absl::Status Finish() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return absl::FailedPreconditionError("Finish called twice");
+      writes_done_ = true;
+    }
+    stream_->WritesDone();
+    Response drain;
+    while (stream_->Read(&drain)) {
+    }
+    finished_ = true;
+    return FromGrpc(stream_->Finish());
+  }
+
+ private:
+  const int window_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<Request, Response>> stream_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int in_flight_ = 0;
+  bool writes_done_ = false;
+  bool broken_ = false;
+  bool finished_ = false;
+};
+
+class GrpcClient final : public Client {
+ public:
+  GrpcClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
+      : options_(options),
+        channel_(std::move(channel)),
+        stub_(v1::ZlprService::NewStub(channel_)),
+        health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+  absl::StatusOr<LossResult> ComputeLoss(const LossCall& call) override {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, call.deadline);
+    v1::LossResponse resp;
+    if (absl::Status st = FromGrpc(stub_->ComputeLoss(&ctx, ToRequest(call), &resp)); !st.ok()) {
+      return st;
+    }
+    return FromResponse(resp);
+  }
+
+  void ComputeLossAsync(const LossCall& call,
+                        std::function<void(absl::StatusOr<LossResult>)> done) override {
+    struct State {
+      grpc::ClientContext ctx;
+      v1::LossRequest req;
+      v1::LossResponse resp;
+    };
+    auto* state = new State;
+    Prepare(&state->ctx, call.deadline);
+    state->req = ToRequest(call);
+    stub_->async()->ComputeLoss(&state->ctx, &state->req, &state->resp,
+                                [state, done = std::move(done)](grpc::Status st) {
+                                  if (st.ok()) {
+                                    done(FromResponse(state->resp));
+                                  } else {
+                                    done(FromGrpc(st));
+                                  }
+                                  delete state;
+                                });
+  }
+
+  absl::StatusOr<PredictResult> Predict(const PredictCall& call) override {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, call.deadline);
+    v1::PredictResponse resp;
+    if (absl::Status st = FromGrpc(stub_->Predict(&ctx, ToRequest(call), &resp)); !st.ok()) {
+      return st;
+    }
+    return FromResponse(resp);
+  }
+
+  void PredictAsync(const PredictCall& call,
+                    std::function<void(absl::StatusOr<PredictResult>)> done) override {
+    struct State {
+      grpc::ClientContext ctx;
+      v1::PredictRequest req;
+      v1::PredictResponse resp;
+    };
+    auto* state = new State;
+    Prepare(&state->ctx, call.deadline);
+    state->req = ToRequest(call);
+    stub_->async()->Predict(&state->ctx, &state->req, &state->resp,
+                            [state, done = std::move(done)](grpc::Status st) {
+                              if (st.ok()) {
+                                done(FromResponse(state->resp));
+                              } else {
+                                done(FromGrpc(st));
+                              }
+                              delete state;
+                            });
+  }
+
+  std::unique_ptr<LossStream> OpenLossStream(int window) override {
+    return std::make_unique<
+        WindowedStream<LossCall, LossResult, v1::LossRequest, v1::LossResponse, LossStream>>(
+        window, options_.auth_token,
+        [this](grpc::ClientContext* ctx) { return stub_->StreamLoss(ctx); });
+  }
+
+  std::unique_ptr<PredictStream> OpenPredictStream(int window) override {
+    return std::make_unique<WindowedStream<PredictCall, PredictResult, v1::PredictRequest,
+                                           v1::PredictResponse, PredictStream>>(
+        window, options_.auth_token,
+        [this](grpc::ClientContext* ctx) { return stub_->StreamPredict(ctx); });
+  }
+
+  absl::StatusOr<ServerInfo> GetServerInfo() override {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, std::nullopt);
+    v1::ServerInfo info;
+    if (absl::Status st = FromGrpc(stub_->GetServerInfo(&ctx, v1::ServerInfoRequest(), &info));
+        !st.ok()) {
+      return st;
+    }
+    ServerInfo out;
+    out.version = info.version();
+    out.backend = info.backend();
+    out.devices.assign(info.devices().begin(), info.devices().end());
+    out.max_batch_rows = info.batcher().max_batch_rows();
+    out.max_queue_delay_us = info.batcher().max_queue_delay_us();
+    out.max_queue_size = info.batcher().max_queue_size();
+    out.max_message_bytes = info.limits().max_message_bytes();
+    return out;
+  }
+
+  absl::StatusOr<bool> Healthy(const std::string& service) override {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, std::nullopt);
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    if (absl::Status st = FromGrpc(health_->Check(&ctx, req, &resp)); !st.ok()) return st;
+    return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  }
+
+  std::shared_ptr<grpc::Channel> channel() override { return channel_; }
+
+ private:
+  void Prepare(grpc::ClientContext* ctx, std::optional<std::chrono::milliseconds> deadline) const {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      deadline.value_or(options_.default_deadline));
+    if (!options_.auth_token.empty()) {
+      ctx->AddMetadata("authorization", "Bearer " + options_.auth_token);
+    }
+  }
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ZlprService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace
+
+std::string ServiceConfigJson(const ClientOptions& o) {
+  return absl::StrFormat(
+      R"({"loadBalancingConfig": [{"%s": {}}],
+  "methodConfig": [{
+    "name": [{"service": "zlpr.v1.ZlprService"}, {"service": "grpc.health.v1.Health"}],
+    "retryPolicy": {"maxAttempts": %d, "initialBackoff": "0.05s", "maxBackoff": "2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})",
+      o.load_balancing, std::clamp(o.max_attempts, 2, 5));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("target: empty");
+  grpc::ChannelArguments args;
+  if (options.max_attempts > 1) {
+    args.SetServiceConfigJSON(ServiceConfigJson(options));
+  } else {
+    args.SetLoadBalancingPolicyName(options.load_balancing);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  }
+  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  args.SetMaxReceiveMessageSize(max_bytes);
+  args.SetMaxSendMessageSize(max_bytes);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    ssl.pem_cert_chain = options.tls_client_cert;
+    ssl.pem_private_key = options.tls_client_key;
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  auto channel = grpc::CreateCustomChannel(options.target, creds, args);
+  if (channel == nullptr) return absl::InvalidArgumentError("target: " + options.target);
+  return std::unique_ptr<Client>(new GrpcClient(options, std::move(channel)));
+}
+
+std::future<absl::StatusOr<LossResult>> Client::ComputeLossFuture(const LossCall& call) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LossResult>>>();
+  auto future = promise->get_future();
+  ComputeLossAsync(call, [promise](absl::StatusOr<LossResult> r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+std::future<absl::StatusOr<PredictResult>> Client::PredictFuture(const PredictCall& call) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<PredictResult>>>();
+  auto future = promise->get_future();
+  PredictAsync(call, [promise](absl::StatusOr<PredictResult> r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+}  // namespace zlpr
