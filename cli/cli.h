@@ -1,0 +1,19 @@
+// zlpr-cli: health, info, loss and predict against a zlpr server, JSON out. The whole program
+// is RunCli so that tests can drive it without a process.
+#ifndef ZLPR_CLI_CLI_H_
+#define ZLPR_CLI_CLI_H_
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace zlpr::cli {
+
+// Runs `zlpr-cli args...` (args without the program name). Writes the JSON result to `out` and
+// errors to `err`. Exit codes: 0 success, 1 the server answered with an error (or NOT_SERVING),
+// 2 bad usage or input file.
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+}  // namespace zlpr::cli
+
+#endif  // ZLPR_CLI_CLI_H_

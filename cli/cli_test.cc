@@ -1,0 +1,150 @@
+// zlpr-cli end to end against a server on loopback, and its file readers.
+#include "cli/cli.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "cli/cli_io.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/server.h"
+
+namespace zlpr::cli {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// Writes a .npy file of `descr` with the given shape and raw data.
+void WriteNpy(const std::string& path, const std::string& descr, const std::string& shape,
+              const void* data, size_t bytes) {
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream f(path, std::ios::binary);
+  f.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  f.write(reinterpret_cast<const char*>(&len), 2);
+  f << header;
+  f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+}
+
+void WriteText(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("zlpr_cli_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    server::ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    o.metrics_address = "";
+    o.backend = "cpu";
+    o.threads = 1;
+    auto s = server::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    target_ = absl::StrCat("--target=127.0.0.1:", server_->grpc_port());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  int Run(std::vector<std::string> args) {
+    args.insert(args.begin(), target_);
+    out_.str("");
+    err_.str("");
+    return RunCli(args, out_, err_);
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<server::Server> server_;
+  std::string target_;
+  std::ostringstream out_, err_;
+};
+
+TEST_F(CliTest, HealthAndInfoPrintJson) {
+  EXPECT_EQ(Run({"health"}), 0);
+  EXPECT_EQ(out_.str(), "{\"service\":\"\",\"status\":\"SERVING\"}\n");
+  EXPECT_EQ(Run({"info"}), 0);
+  EXPECT_THAT(out_.str(), StartsWith(absl::StrCat("{\"version\":\"", server::Version(), "\",\"backend\":\"cpu\"")));
+}
+
+TEST_F(CliTest, LossFromNpyAndJsonFiles) {
+  const float scores[6] = {2.0f, -1.0f, 0.5f, -3.0f, 1.5f, 0.0f};
+  WriteNpy(Path("s.npy"), "<f4", "(2, 3)", scores, sizeof(scores));
+  WriteText(Path("t.json"), "[[1, 0, 1], [0, 0, 0]]");
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--labels=" + Path("t.json"), "--want_grad"}), 0)
+      << err_.str();
+  auto json = ParseJson(out_.str());
+  ASSERT_TRUE(json.ok()) << out_.str();
+  const auto& obj = std::get<Json::Object>(json->v);
+  const auto& loss = std::get<Json::Array>(obj.at("loss").v);
+  ASSERT_EQ(loss.size(), 2u);
+  // Row 0: log(1 + e^{-1}) + log(1 + e^{-2} + e^{-0.5}); row 1: log(1 + e^{-3} + e^{1.5} + 1).
+  EXPECT_NEAR(std::get<double>(loss[0].v), std::log(1 + std::exp(-1.0)) + std::log(1 + std::exp(-2.0) + std::exp(-0.5)), 1e-5);
+  EXPECT_NEAR(std::get<double>(loss[1].v), std::log(2 + std::exp(-3.0) + std::exp(1.5)), 1e-5);
+  EXPECT_EQ(std::get<Json::Array>(obj.at("grad").v).size(), 2u);
+
+  WriteText(Path("sp.json"), R"({"row_splits": [0, 2, 2], "indices": [0, 2]})");
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--sparse_labels=" + Path("sp.json")}), 0) << err_.str();
+  auto sparse = ParseJson(out_.str());
+  EXPECT_EQ(std::get<double>(std::get<Json::Array>(std::get<Json::Object>(sparse->v).at("loss").v)[0].v),
+            std::get<double>(loss[0].v));
+}
+
+TEST_F(CliTest, PredictWithFloat16NpyAndTopK) {
+  const uint16_t half[4] = {0x4000, 0xBC00, 0x3C00, 0x0000};  // 2, -1, 1, 0
+  WriteNpy(Path("s16.npy"), "<f2", "(1, 4)", half, sizeof(half));
+  ASSERT_EQ(Run({"predict", "--scores=" + Path("s16.npy"), "--top_k=1", "--min_labels=2"}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), StartsWith("{\"rows\":[{\"labels\":[0,2],\"probs\":["));
+  auto json = ParseJson(out_.str());
+  ASSERT_TRUE(json.ok());
+  const auto& row = std::get<Json::Object>(std::get<Json::Array>(std::get<Json::Object>(json->v).at("rows").v)[0].v);
+  const auto& probs = std::get<Json::Array>(row.at("probs").v);
+  EXPECT_NEAR(std::get<double>(probs[0].v), 1 / (1 + std::exp(-4.0)), 1e-7);  // σ(2·2)
+  EXPECT_NEAR(std::get<double>(probs[1].v), 1 / (1 + std::exp(-2.0)), 1e-7);  // σ(2·1)
+}
+
+TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
+  EXPECT_EQ(Run({"loss", "--scores=" + Path("missing.npy"), "--labels=x"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("missing.npy: cannot open"));
+
+  const float scores[4] = {1.0f, std::nanf(""), 0.0f, 0.0f};
+  WriteNpy(Path("nan.npy"), "<f4", "(2, 2)", scores, sizeof(scores));
+  WriteText(Path("t3.json"), "[[0, 1, 0], [1, 0, 0]]");
+  EXPECT_EQ(Run({"loss", "--scores=" + Path("nan.npy"), "--labels=" + Path("t3.json")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("t3.json: shape [2, 3] does not match scores [2, 2]"));
+
+  WriteText(Path("t2.json"), "[[0, 1], [1, 0]]");
+  EXPECT_EQ(Run({"loss", "--scores=" + Path("nan.npy"), "--labels=" + Path("t2.json")}), 1);
+  EXPECT_EQ(err_.str(), "zlpr-cli: server error: INVALID_ARGUMENT: scores[0, 1] is NaN\n");
+
+  WriteNpy(Path("i8.npy"), "<i8", "(1,)", scores, 8);
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("i8.npy")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("dtype '<i8' is not supported"));
+
+  WriteText(Path("ragged.json"), "[[1, 2], [3]]");
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("ragged.json")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("row 1 has 1 values, row 0 has 2"));
+
+  EXPECT_EQ(Run({"frobnicate"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("unknown command 'frobnicate'"));
+}
+
+TEST(CliJsonTest, ParsesNestedValuesAndRejectsGarbage) {
+  auto j = ParseJson(R"({"a": [1, -2.5e3, true, null, "x\"y"], "b": {}})");
+  ASSERT_TRUE(j.ok());
+  const auto& a = std::get<Json::Array>(std::get<Json::Object>(j->v).at("a").v);
+  EXPECT_EQ(std::get<double>(a[1].v), -2500);
+  EXPECT_EQ(std::get<std::string>(a[4].v), "x\"y");
+  EXPECT_EQ(ParseJson("[1, 2").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(JsonString("a\"b\n"), "\"a\\\"b\\n\"");
+}
+
+}  // namespace
+}  // namespace zlpr::cli
