@@ -188,7 +188,9 @@ class CpuBackend final : public Backend {
 };
 
 absl::Status CpuBackend::Loss(const LossInput& in, const LossOutput& out) {
-  if (absl::Status st = internal::ValidateLoss(in, &pool_); !st.ok()) return st;
+  if (!in.validated) {
+    if (absl::Status st = internal::ValidateLoss(in, &pool_); !st.ok()) return st;
+  }
   const int64_t rows = in.scores.rows, cols = in.scores.cols;
   const int64_t chunks = (cols + kChunk - 1) / kChunk;
 
@@ -251,7 +253,9 @@ absl::Status CpuBackend::Probabilities(const MatrixView& scores, const uint8_t* 
 }
 
 absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* probs) {
-  if (absl::Status st = internal::ValidateLabeler(in, &pool_); !st.ok()) return st;
+  if (!in.validated) {
+    if (absl::Status st = internal::ValidateLabeler(in, &pool_); !st.ok()) return st;
+  }
   const int64_t rows = in.scores.rows, cols = in.scores.cols;
   const LabelerOptions& opt = in.options;
 

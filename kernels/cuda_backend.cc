@@ -158,7 +158,7 @@ class CudaBackend final : public Backend {
 };
 
 absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
-  ZLPR_RETURN_IF_ERROR(internal::ValidateLoss(in, &pool_));
+  if (!in.validated) ZLPR_RETURN_IF_ERROR(internal::ValidateLoss(in, &pool_));
   ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
   const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
   const size_t es = DTypeSize(in.scores.dtype);

@@ -73,6 +73,9 @@ struct LossInput {
   std::variant<MatrixView, SparseLabelsView> labels;
   // Optional rows x cols bytes: 1 keeps an entry, 0 excludes it (as does a score of -inf).
   const uint8_t* mask = nullptr;
+  // Set only by a caller that already passed exactly this input through ValidateLossInput
+  // (the server validates each request on arrival): the backend then skips its own scan.
+  bool validated = false;
 };
 
 // Where the loss writes. `loss` has one float per row. `grad` is null for the loss alone, or
@@ -94,6 +97,7 @@ struct LabelerInput {
   MatrixView scores;
   const uint8_t* mask = nullptr;  // optional, as for the loss
   LabelerOptions options;
+  bool validated = false;  // as LossInput::validated, for ValidateLabelerInput
 };
 
 // The labeler's output, in compressed sparse rows: row r's labels are

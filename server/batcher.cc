@@ -74,9 +74,9 @@ bool Batcher::TryCutLocked(SteadyTime now, int* op, Batch* batch,
     any_waiting = true;
     *next_due = std::min(*next_due, earliest_deadline);
     const SteadyTime head = q.items.front()->enqueued_at;
-    const SteadyTime due = q.rows >= options_.max_batch_rows || shutdown_
-                               ? head
-                               : head + options_.max_queue_delay;
+    const bool wait = q.rows < options_.max_batch_rows && !shutdown_ &&
+                      (!options_.adaptive_delay || q.last_batch_requests > 1);
+    const SteadyTime due = wait ? head + options_.max_queue_delay : head;
     if (due <= now) {
       // Among due queues, the one whose oldest request is oldest goes first.
       if (best < 0 || head < queues_[best].items.front()->enqueued_at) best = i;
@@ -97,6 +97,7 @@ bool Batcher::TryCutLocked(SteadyTime now, int* op, Batch* batch,
     batch->push_back(std::move(q.items.front()));
     q.items.pop_front();
   }
+  q.last_batch_requests = batch->size();
   DepthChangedLocked(best);
   *op = best;
   return true;

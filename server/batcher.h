@@ -1,7 +1,10 @@
 // The dynamic batcher: per-operation FIFO queues feeding worker threads with batches.
 //
 // Requests (Work) are queued per operation. A queue is due when max_batch_rows rows wait or
-// its oldest request has waited max_queue_delay; a worker then cuts a batch from its head
+// its oldest request has waited max_queue_delay. With adaptive_delay (the default) the wait
+// applies only while the load makes it pay off, i.e. when the queue's previous batch held more
+// than one request; under light load (a lone caller) a request is cut at once, so waiting
+// never adds latency where no other request would have joined. A worker cuts a batch from its head
 // under the lock (requests cancelled or past their deadline are dropped, not computed) and
 // runs it outside the lock. A request larger than max_batch_rows is a batch of its own. A
 // full queue refuses at once (RESOURCE_EXHAUSTED). Clock and executor are injected, so tests
@@ -59,8 +62,11 @@ using Batch = std::vector<std::unique_ptr<Work>>;
 struct BatcherOptions {
   int num_ops = 1;
   int64_t max_batch_rows = 256;
-  std::chrono::microseconds max_queue_delay{500};
+  std::chrono::microseconds max_queue_delay{250};
   int64_t max_queue_size = 1024;  // requests per operation
+  // Wait for max_queue_delay only when the queue's previous batch merged several requests;
+  // false: always wait (up to max_queue_delay or max_batch_rows).
+  bool adaptive_delay = true;
   // Called under the batcher's lock whenever a queue's length changes (keep it cheap: a gauge).
   std::function<void(int op, int64_t depth)> on_depth;
 };
@@ -98,6 +104,7 @@ class Batcher {
   struct Queue {
     std::deque<std::unique_ptr<Work>> items;
     int64_t rows = 0;
+    size_t last_batch_requests = 0;  // requests in the queue's previous batch
   };
   void DepthChangedLocked(int op);
   bool TryCutLocked(SteadyTime now, int* op, Batch* batch,

@@ -53,6 +53,7 @@ class BatcherTest : public ::testing::Test {
  protected:
   BatcherOptions Options(int64_t max_rows, int64_t delay_us, int64_t queue = 100, int ops = 1) {
     BatcherOptions o;
+    o.adaptive_delay = false;
     o.num_ops = ops;
     o.max_batch_rows = max_rows;
     o.max_queue_delay = microseconds(delay_us);
@@ -101,6 +102,33 @@ TEST_F(BatcherTest, WaitsForTheOldestRequestsDelayThenCutsAPartialBatch) {
   clock_.Advance(microseconds(1));
   ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
   EXPECT_EQ(Ids(batch_), (std::vector<int>{7, 8}));
+}
+
+TEST_F(BatcherTest, AdaptiveDelayCutsALoneRequestAtOnceAndWaitsUnderLoad) {
+  BatcherOptions o = Options(64, 500);
+  o.adaptive_delay = true;
+  Batcher b(o, &clock_);
+  // A lone caller: nothing would join, so no wait.
+  ASSERT_TRUE(b.Enqueue(0, Make(1, 1)).ok());
+  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  EXPECT_EQ(Ids(batch_), (std::vector<int>{1}));
+  batch_.clear();
+  // Several callers: the batch that forms while none is cut merges them...
+  ASSERT_TRUE(b.Enqueue(0, Make(1, 2)).ok());
+  ASSERT_TRUE(b.Enqueue(0, Make(1, 3)).ok());
+  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  EXPECT_EQ(Ids(batch_), (std::vector<int>{2, 3}));
+  batch_.clear();
+  // ...and from then on the queue waits for more, up to the delay.
+  ASSERT_TRUE(b.Enqueue(0, Make(1, 4)).ok());
+  EXPECT_FALSE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  clock_.Advance(microseconds(500));
+  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  EXPECT_EQ(Ids(batch_), (std::vector<int>{4}));
+  batch_.clear();
+  // That batch held one request: load is light again, so the next is cut at once.
+  ASSERT_TRUE(b.Enqueue(0, Make(1, 5)).ok());
+  EXPECT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
 }
 
 TEST_F(BatcherTest, NeverExceedsMaxBatchRowsAndKeepsTheRestQueued) {

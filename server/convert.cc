@@ -102,6 +102,7 @@ absl::StatusOr<LossInput> LossInputFromRequest(const v1::LossRequest& request) {
   }
   ZLPR_RETURN_IF_ERROR(GradDType(request).status());
   ZLPR_RETURN_IF_ERROR(ValidateLossInput(in));
+  in.validated = true;
   return in;
 }
 
@@ -139,6 +140,7 @@ absl::StatusOr<PredictInput> PredictInputFromRequest(const v1::PredictRequest& r
   in.options.min_labels = request.min_labels();
   out.want_probs = request.want_probs();
   ZLPR_RETURN_IF_ERROR(ValidateLabelerInput(in));
+  in.validated = true;
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/echo_service.h"
 
 #ifndef ZLPR_VERSION
 #define ZLPR_VERSION "0.0.0-dev"
@@ -85,9 +86,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Two servers on one port would split traffic silently: make the second fail instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(),
                            &s->grpc_port_);
-  builder.RegisterService(s->service_.get());
+  if (options.echo) {
+    s->echo_ = std::make_unique<EchoService>();
+    builder.RegisterService(s->echo_.get());
+    s->backend_name_ = "echo";
+    s->devices_ = {"echo (no compute)"};
+  } else {
+    builder.RegisterService(s->service_.get());
+  }
   const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
@@ -107,13 +117,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  service_->BeginShutdown();
-  // Waits for every call in progress (queued requests are computed by the still-running
-  // workers), cancelling what is left at the deadline.
-  grpc_server_->Shutdown(std::chrono::system_clock::now() + options_.shutdown_grace);
-  grpc_server_->Wait();
-  service_->Stop();
+  if (grpc_server_ != nullptr) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    service_->BeginShutdown();
+    // Waits for every call in progress (queued requests are computed by the still-running
+    // workers), cancelling what is left at the deadline.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + options_.shutdown_grace);
+    grpc_server_->Wait();
+  }
+  if (service_ != nullptr) service_->Stop();  // also when start-up failed half-way
 }
 
 Server::~Server() { Shutdown(); }

@@ -33,6 +33,8 @@ struct ServerOptions {
   BatcherOptions batcher;
   int64_t max_message_bytes = 64 << 20;
   std::chrono::milliseconds shutdown_grace{10000};
+  // Benchmark baseline: serve EchoService (no validation, batching or compute) instead.
+  bool echo = false;
 };
 
 // The version this build reports (project version from CMake).
@@ -60,6 +62,7 @@ class Server {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ZlprServiceImpl> service_;
+  std::unique_ptr<v1::ZlprService::CallbackService> echo_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int grpc_port_ = 0;

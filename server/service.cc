@@ -417,9 +417,26 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
     }
     const bool want_grad = group.front()->request->want_grad();
     buf.loss.resize(static_cast<size_t>(rows));
-    if (want_grad) buf.grad.resize(static_cast<size_t>(rows * cols));
+    // A lone fp32 gradient is written straight into its response: no copy of rows x cols.
+    float* grad = nullptr;
+    bool grad_in_place = false;
+    if (want_grad) {
+      LossItem& only = *group.front();
+      grad_in_place = group.size() == 1 && GradDType(*only.request).value_or(DType::kFloat32) == DType::kFloat32;
+      if (grad_in_place) {
+        v1::Tensor* t = only.response->mutable_grad();
+        t->add_shape(rows);
+        t->add_shape(cols);
+        t->set_dtype(v1::FLOAT32);
+        t->mutable_data()->resize(static_cast<size_t>(rows * cols) * 4);
+        grad = reinterpret_cast<float*>(t->mutable_data()->data());
+      } else {
+        buf.grad.resize(static_cast<size_t>(rows * cols));
+        grad = buf.grad.data();
+      }
+    }
     const SteadyTime t0 = clock_->Now();
-    const absl::Status st = backend.Loss(in, {buf.loss.data(), want_grad ? buf.grad.data() : nullptr});
+    const absl::Status st = backend.Loss(in, {buf.loss.data(), grad});
     const SteadyTime t1 = clock_->Now();
     const double compute = Seconds(t0, t1);
     metrics_->compute_seconds(Op::kLoss).Observe(compute);
@@ -430,6 +447,7 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
       const int64_t n = it->input.scores.rows;
       const double queue = Seconds(it->enqueued_at, start);
       metrics_->queue_seconds(Op::kLoss).Observe(queue);
+      if (!st.ok() && grad_in_place) it->response->clear_grad();
       if (st.ok()) {
         v1::LossResponse* resp = it->response;
         resp->set_request_id(it->request->request_id());
@@ -438,7 +456,7 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
         for (int64_t r = 0; r < n; ++r) sum += buf.loss[row0 + r];
         resp->set_loss_sum(sum);
         resp->set_loss_mean(sum / static_cast<double>(n));
-        if (want_grad) {
+        if (want_grad && !grad_in_place) {
           const DType grad_dtype = GradDType(*it->request).value_or(DType::kFloat32);
           FillTensor({buf.grad.data() + row0 * cols, static_cast<size_t>(n * cols)}, n, cols,
                      grad_dtype, resp->mutable_grad());
@@ -610,6 +628,7 @@ grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerCon
   info->mutable_batcher()->set_max_batch_rows(options_.batcher.max_batch_rows);
   info->mutable_batcher()->set_max_queue_delay_us(options_.batcher.max_queue_delay.count());
   info->mutable_batcher()->set_max_queue_size(options_.batcher.max_queue_size);
+  info->mutable_batcher()->set_adaptive_delay(options_.batcher.adaptive_delay);
   info->mutable_limits()->set_max_message_bytes(options_.max_message_bytes);
   info->mutable_limits()->set_max_cols(std::numeric_limits<int32_t>::max());
   metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::OK, Seconds(start, clock_->Now()));

@@ -122,6 +122,7 @@ class ServiceTest : public ::testing::Test {
     b.max_batch_rows = 256;
     b.max_queue_delay = std::chrono::microseconds(200);
     b.max_queue_size = 1024;
+    b.adaptive_delay = false;  // tests that hold requests in the queue rely on the delay
     return b;
   }
   std::string Metrics() { return HttpGet(server_->metrics_port(), "/metrics"); }
@@ -131,6 +132,21 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<v1::ZlprService::Stub> stub_;
   std::unique_ptr<Backend> cpu_ = NewCpuBackend({.threads = 1});
 };
+
+TEST(ServerStartTest, APortInUseIsAClearErrorNotACrash) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.backend = "cpu";
+  auto first = Server::Start(o);
+  ASSERT_TRUE(first.ok());
+  o.grpc_address = absl::StrCat("127.0.0.1:", (*first)->grpc_port());
+  auto second = Server::Start(o);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("could not listen there"));
+  o.backend = "tpu";
+  EXPECT_EQ(Server::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
 
 // --- Results equal the kernels' -------------------------------------------------------------
 

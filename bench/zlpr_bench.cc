@@ -1,0 +1,362 @@
+// zlpr-bench: load generator for zlpr-server that tells the truth about latency and throughput.
+//
+//   zlpr-bench --target=127.0.0.1:50051 --rpc=predict --rows=1 --cols=1000 --concurrency=64
+//              --duration_s=10 [--baseline=echo --echo_target=127.0.0.1:50061] [--json=out.json]
+//
+// Closed loop (--concurrency callers, each sending its next request when the last returns) or
+// open loop (--rate requests/s with Poisson arrivals; latency counted from the scheduled
+// arrival, so a stalled server cannot hide its queueing). With --baseline=echo the same
+// payloads run, in the same process and with the same channel settings, against a server
+// started with --echo (the transport's ceiling), and every figure is also given as a ratio.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "kernels/test_util.h"
+#include "zlpr/v1/zlpr.grpc.pb.h"
+
+ABSL_FLAG(std::string, target, "127.0.0.1:50051", "zlpr-server address");
+ABSL_FLAG(std::string, rpc, "predict",
+          "loss | loss_grad | predict | stream_loss | stream_predict");
+ABSL_FLAG(int64_t, rows, 1, "rows per request");
+ABSL_FLAG(int64_t, cols, 1000, "columns (labels) per row");
+ABSL_FLAG(std::string, labels, "dense", "dense | sparse labels (loss RPCs)");
+ABSL_FLAG(int, concurrency, 1, "closed loop: callers (streams: open streams)");
+ABSL_FLAG(double, rate, 0, "open loop: requests per second, Poisson arrivals (0: closed loop)");
+ABSL_FLAG(double, duration_s, 10, "measured seconds");
+ABSL_FLAG(double, warmup_s, 1, "seconds run before measuring");
+ABSL_FLAG(std::string, baseline, "", "echo: also run against --echo_target and print ratios");
+ABSL_FLAG(std::string, echo_target, "127.0.0.1:50061", "a zlpr-server --echo address");
+ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+ABSL_FLAG(bool, progress, true, "print a live progress line to stderr");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "channel message limit (match the server)");
+
+namespace zlpr::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Payload {
+  v1::LossRequest loss;
+  v1::PredictRequest predict;
+  size_t request_bytes = 0;
+};
+
+Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool sparse) {
+  const testing::Problem p = testing::MakeProblem(
+      {.rows = rows, .cols = cols, .labels = sparse ? testing::Labels::kSparseHard : testing::Labels::kHard,
+       .seed = 1});
+  auto tensor = [&](const void* data, size_t bytes, v1::DType dtype, v1::Tensor* t) {
+    t->add_shape(rows);
+    t->add_shape(cols);
+    t->set_dtype(dtype);
+    t->set_data(std::string(static_cast<const char*>(data), bytes));
+  };
+  Payload out;
+  tensor(p.scores.data(), p.scores.size() * 4, v1::FLOAT32, out.loss.mutable_scores());
+  if (sparse) {
+    auto* sp = out.loss.mutable_sparse_labels();
+    sp->mutable_row_splits()->Add(p.row_splits.begin(), p.row_splits.end());
+    sp->mutable_indices()->Add(p.indices.begin(), p.indices.end());
+  } else {
+    tensor(p.dense.data(), p.dense.size() * 4, v1::FLOAT32, out.loss.mutable_dense_labels());
+  }
+  out.loss.set_want_grad(rpc == "loss_grad" || rpc == "stream_loss");
+  *out.predict.mutable_scores() = out.loss.scores();
+  out.predict.set_top_k(5);
+  out.request_bytes = rpc.find("predict") != std::string::npos ? out.predict.ByteSizeLong()
+                                                               : out.loss.ByteSizeLong();
+  return out;
+}
+
+struct Results {
+  std::string target;
+  double seconds = 0;
+  int64_t ok = 0;
+  std::map<std::string, int64_t> errors;
+  std::vector<double> latencies;  // seconds, successful requests
+  double request_bytes = 0, response_bytes = 0;
+  int64_t rows = 0;
+
+  double Rps() const { return ok / seconds; }
+  double RowsPerSecond() const { return static_cast<double>(rows) / seconds; }
+  double MBps() const { return (request_bytes + response_bytes) / seconds / 1e6; }
+  double Quantile(double q) const {
+    if (latencies.empty()) return NAN;
+    const size_t i = std::min(latencies.size() - 1, static_cast<size_t>(q * latencies.size()));
+    return latencies[i];
+  }
+};
+
+// Shared state of one run: counters while measuring, and the stop signal.
+class Recorder {
+ public:
+  Recorder(Clock::time_point measure_from, Clock::time_point stop_at)
+      : measure_from_(measure_from), stop_at_(stop_at) {}
+  bool Done(Clock::time_point now) const { return now >= stop_at_; }
+  void Record(Clock::time_point started, Clock::time_point ended, const grpc::Status& st,
+              size_t req_bytes, size_t resp_bytes, int64_t rows) {
+    if (started < measure_from_ || ended > stop_at_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (st.ok()) {
+      ++res_.ok;
+      res_.latencies.push_back(std::chrono::duration<double>(ended - started).count());
+      res_.request_bytes += static_cast<double>(req_bytes);
+      res_.response_bytes += static_cast<double>(resp_bytes);
+      res_.rows += rows;
+    } else {
+      ++res_.errors[std::string(StatusName(st.error_code()))];
+    }
+  }
+  int64_t ok() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return res_.ok;
+  }
+  Results Take(double seconds) {
+    std::lock_guard<std::mutex> lock(mu_);
+    res_.seconds = seconds;
+    std::sort(res_.latencies.begin(), res_.latencies.end());
+    return std::move(res_);
+  }
+  static const char* StatusName(grpc::StatusCode c) {
+    static const char* const kNames[] = {
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED"};
+    const int i = static_cast<int>(c);
+    return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+  }
+
+ private:
+  const Clock::time_point measure_from_, stop_at_;
+  std::mutex mu_;
+  Results res_;
+};
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  const int max = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
+  args.SetMaxReceiveMessageSize(max);
+  args.SetMaxSendMessageSize(max);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+// One unary call with the callback API; `done(status, response bytes)`.
+void Call(v1::ZlprService::Stub* stub, const std::string& rpc, const Payload& payload,
+          std::function<void(grpc::Status, size_t)> done) {
+  struct State {
+    grpc::ClientContext ctx;
+    v1::LossResponse loss;
+    v1::PredictResponse predict;
+  };
+  auto* s = new State;
+  s->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  if (rpc == "predict") {
+    stub->async()->Predict(&s->ctx, &payload.predict, &s->predict, [s, done](grpc::Status st) {
+      done(st, s->predict.ByteSizeLong());
+      delete s;
+    });
+  } else {
+    stub->async()->ComputeLoss(&s->ctx, &payload.loss, &s->loss, [s, done](grpc::Status st) {
+      done(st, s->loss.ByteSizeLong());
+      delete s;
+    });
+  }
+}
+
+Results RunOnce(const std::string& target, const std::string& label) {
+  const std::string rpc = absl::GetFlag(FLAGS_rpc);
+  const int64_t rows = absl::GetFlag(FLAGS_rows);
+  const Payload payload = MakePayload(rpc, rows, absl::GetFlag(FLAGS_cols),
+                                      absl::GetFlag(FLAGS_labels) == "sparse");
+  auto channel = MakeChannel(target);
+  auto stub = v1::ZlprService::NewStub(channel);
+  const auto start = Clock::now();
+  const auto measure_from = start + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(absl::GetFlag(FLAGS_warmup_s)));
+  const auto stop_at = measure_from + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(absl::GetFlag(FLAGS_duration_s)));
+  Recorder rec(measure_from, stop_at);
+  const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  const double rate = absl::GetFlag(FLAGS_rate);
+  std::atomic<int> outstanding{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  // Under the lock, so that RunOnce cannot return (and destroy mu, cv) while a callback is
+  // still inside.
+  auto finished = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    if (--outstanding == 0) cv.notify_all();
+  };
+
+  std::vector<std::thread> threads;
+  std::function<void()> issue;  // closed loop; lives until every call chain has ended
+  if (rpc == "stream_loss" || rpc == "stream_predict") {
+    // Each stream keeps one message in flight (a trainer's synchronous step loop).
+    for (int i = 0; i < concurrency; ++i) {
+      threads.emplace_back([&] {
+        grpc::ClientContext ctx;
+        if (rpc == "stream_loss") {
+          auto stream = stub->StreamLoss(&ctx);
+          v1::LossResponse resp;
+          while (!rec.Done(Clock::now())) {
+            const auto t0 = Clock::now();
+            if (!stream->Write(payload.loss) || !stream->Read(&resp)) break;
+            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes, resp.ByteSizeLong(), rows);
+          }
+          stream->WritesDone();
+          const grpc::Status st = stream->Finish();
+          if (!st.ok()) rec.Record(measure_from, measure_from, st, 0, 0, 0);
+        } else {
+          auto stream = stub->StreamPredict(&ctx);
+          v1::PredictResponse resp;
+          while (!rec.Done(Clock::now())) {
+            const auto t0 = Clock::now();
+            if (!stream->Write(payload.predict) || !stream->Read(&resp)) break;
+            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes, resp.ByteSizeLong(), rows);
+          }
+          stream->WritesDone();
+          const grpc::Status st = stream->Finish();
+          if (!st.ok()) rec.Record(measure_from, measure_from, st, 0, 0, 0);
+        }
+      });
+    }
+  } else if (rate > 0) {
+    // Open loop: arrivals at exponential intervals, latency from the scheduled time.
+    threads.emplace_back([&] {
+      std::mt19937_64 rng(42);
+      std::exponential_distribution<double> gap(rate);
+      auto next = Clock::now();
+      while (!rec.Done(next)) {
+        std::this_thread::sleep_until(next);
+        const auto scheduled = next;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          ++outstanding;
+        }
+        Call(stub.get(), rpc, payload, [&, scheduled](grpc::Status st, size_t bytes) {
+          rec.Record(scheduled, Clock::now(), st, payload.request_bytes, bytes, rows);
+          finished();
+        });
+        next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
+      }
+    });
+  } else {
+    // Closed loop: `concurrency` chains of calls, each issuing its next call on completion.
+    issue = [&] {
+      const auto t0 = Clock::now();
+      Call(stub.get(), rpc, payload, [&, t0](grpc::Status st, size_t bytes) {
+        const auto t1 = Clock::now();
+        rec.Record(t0, t1, st, payload.request_bytes, bytes, rows);
+        if (!rec.Done(t1)) {
+          issue();
+        } else {
+          finished();
+        }
+      });
+    };
+    outstanding = concurrency;
+    for (int i = 0; i < concurrency; ++i) issue();
+  }
+
+  // Progress line while the run lasts.
+  while (!rec.Done(Clock::now())) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (absl::GetFlag(FLAGS_progress)) {
+      const double t = std::chrono::duration<double>(Clock::now() - start).count();
+      std::fprintf(stderr, "\r%-6s %5.1f s  %8lld ok  %s   ", label.c_str(), t,
+                   static_cast<long long>(rec.ok()), Clock::now() < measure_from ? "(warm-up)" : "");
+    }
+  }
+  for (auto& t : threads) t.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return outstanding.load() == 0; });
+  }
+  if (absl::GetFlag(FLAGS_progress)) std::fprintf(stderr, "\n");
+  Results r = rec.Take(absl::GetFlag(FLAGS_duration_s));
+  r.target = label;
+  return r;
+}
+
+std::string Ms(double s) { return absl::StrFormat("%.3f", s * 1e3); }
+
+void PrintTable(const std::vector<Results>& all) {
+  std::printf("\n| run | req/s | rows/s | MB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  for (const Results& r : all) {
+    std::string errors;
+    for (const auto& [code, n] : r.errors) absl::StrAppend(&errors, code, "=", n, " ");
+    std::printf("| %s | %.0f | %.0f | %.1f | %s | %s | %s | %s | %s |\n", r.target.c_str(), r.Rps(),
+                r.RowsPerSecond(), r.MBps(), Ms(r.Quantile(0.5)).c_str(), Ms(r.Quantile(0.9)).c_str(),
+                Ms(r.Quantile(0.99)).c_str(), Ms(r.Quantile(0.999)).c_str(),
+                errors.empty() ? "none" : errors.c_str());
+  }
+  if (all.size() == 2) {
+    const Results &z = all[0], &e = all[1];
+    std::printf("\nzlpr / echo: throughput %.2fx, bytes/s %.2fx, p50 latency %.2fx, p99 latency %.2fx\n",
+                z.Rps() / e.Rps(), z.MBps() / e.MBps(), z.Quantile(0.5) / e.Quantile(0.5),
+                z.Quantile(0.99) / e.Quantile(0.99));
+  }
+}
+
+void WriteJson(const std::vector<Results>& all, const std::string& path) {
+  std::ofstream f(path);
+  f << "{\"rpc\":\"" << absl::GetFlag(FLAGS_rpc) << "\",\"rows\":" << absl::GetFlag(FLAGS_rows)
+    << ",\"cols\":" << absl::GetFlag(FLAGS_cols) << ",\"concurrency\":" << absl::GetFlag(FLAGS_concurrency)
+    << ",\"rate\":" << absl::GetFlag(FLAGS_rate) << ",\"runs\":[";
+  for (size_t i = 0; i < all.size(); ++i) {
+    const Results& r = all[i];
+    f << (i ? "," : "") << "{\"target\":\"" << r.target << "\",\"ok\":" << r.ok
+      << ",\"rps\":" << r.Rps() << ",\"rows_per_s\":" << r.RowsPerSecond() << ",\"mb_per_s\":" << r.MBps()
+      << ",\"p50_s\":" << r.Quantile(0.5) << ",\"p90_s\":" << r.Quantile(0.9)
+      << ",\"p99_s\":" << r.Quantile(0.99) << ",\"p999_s\":" << r.Quantile(0.999) << ",\"errors\":{";
+    size_t k = 0;
+    for (const auto& [code, n] : r.errors) f << (k++ ? "," : "") << "\"" << code << "\":" << n;
+    f << "}}";
+  }
+  f << "]}\n";
+}
+
+}  // namespace
+}  // namespace zlpr::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Load generator for zlpr-server; see the flags with --helpfull.");
+  absl::ParseCommandLine(argc, argv);
+  using namespace zlpr::bench;
+  std::vector<Results> all;
+  all.push_back(RunOnce(absl::GetFlag(FLAGS_target), "zlpr"));
+  if (absl::GetFlag(FLAGS_baseline) == "echo") {
+    all.push_back(RunOnce(absl::GetFlag(FLAGS_echo_target), "echo"));
+  }
+  std::printf("rpc=%s rows=%lld cols=%lld labels=%s concurrency=%d rate=%.0f duration=%.0fs\n",
+              absl::GetFlag(FLAGS_rpc).c_str(), static_cast<long long>(absl::GetFlag(FLAGS_rows)),
+              static_cast<long long>(absl::GetFlag(FLAGS_cols)), absl::GetFlag(FLAGS_labels).c_str(),
+              absl::GetFlag(FLAGS_concurrency), absl::GetFlag(FLAGS_rate), absl::GetFlag(FLAGS_duration_s));
+  PrintTable(all);
+  if (!absl::GetFlag(FLAGS_json).empty()) WriteJson(all, absl::GetFlag(FLAGS_json));
+  int64_t errors = 0;
+  for (const auto& r : all)
+    for (const auto& [code, n] : r.errors) errors += n;
+  return errors == 0 ? 0 : 1;
+}
