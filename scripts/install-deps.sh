@@ -42,3 +42,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "install-deps: all Debian packages present"
 fi
+
+# Python test tools (the client suite in tests/python), for the python3 on PATH.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, numpy, pytest" 2>/dev/null; then
+  echo "install-deps: installing Python test tools"
+  python3 -m pip install --quiet --disable-pip-version-check -r "$here/tests/python/requirements.txt"
+fi
