@@ -209,7 +209,6 @@ Results RunOnce(const std::string& target, const std::string& label) {
   };
 
   std::vector<std::thread> threads;
-  std::function<void()> issue;  // closed loop; lives until every call chain has ended
   if (rpc == "stream_loss" || rpc == "stream_predict") {
     // Each stream keeps one message in flight (a trainer's synchronous step loop).
     for (int i = 0; i < concurrency; ++i) {
@@ -261,21 +260,28 @@ Results RunOnce(const std::string& target, const std::string& label) {
       }
     });
   } else {
-    // Closed loop: `concurrency` chains of calls, each issuing its next call on completion.
-    issue = [&] {
-      const auto t0 = Clock::now();
-      Call(stub.get(), rpc, payload, [&, t0](grpc::Status st, size_t bytes) {
-        const auto t1 = Clock::now();
-        rec.Record(t0, t1, st, payload.request_bytes, bytes, rows);
-        if (!rec.Done(t1)) {
-          issue();
-        } else {
-          finished();
+    // Closed loop: `concurrency` callers, each a thread making blocking calls back to back.
+    for (int i = 0; i < concurrency; ++i) {
+      threads.emplace_back([&] {
+        v1::LossResponse loss;
+        v1::PredictResponse predict;
+        while (!rec.Done(Clock::now())) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+          const auto t0 = Clock::now();
+          grpc::Status st;
+          size_t bytes = 0;
+          if (rpc == "predict") {
+            st = stub->Predict(&ctx, payload.predict, &predict);
+            bytes = st.ok() ? predict.ByteSizeLong() : 0;
+          } else {
+            st = stub->ComputeLoss(&ctx, payload.loss, &loss);
+            bytes = st.ok() ? loss.ByteSizeLong() : 0;
+          }
+          rec.Record(t0, Clock::now(), st, payload.request_bytes, bytes, rows);
         }
       });
-    };
-    outstanding = concurrency;
-    for (int i = 0; i < concurrency; ++i) issue();
+    }
   }
 
   // Progress line while the run lasts.
