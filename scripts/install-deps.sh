@@ -18,7 +18,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libhwy-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  libssl-dev zlib1g-dev curl
+  libssl-dev zlib1g-dev curl openssl
   python3 python3-pip python3-numpy
 )
 if [ "$want_bench" = 1 ]; then

@@ -2,7 +2,9 @@
 #include <malloc.h>
 #include <signal.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/server.h"
@@ -40,11 +43,37 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
 ABSL_FLAG(double, shutdown_grace_s, 10.0,
           "On SIGTERM/SIGINT, seconds to finish accepted requests before cancelling the rest");
 ABSL_FLAG(int, threads, 0, "Threads of the CPU backend; 0: one per hardware thread");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File with a bearer token that zlpr.v1 calls must send as \"authorization: Bearer "
+          "<token>\" (UNAUTHENTICATED otherwise); health checks are exempt");
 ABSL_FLAG(bool, echo, false,
           "Benchmark baseline: answer every call with an equally sized response without "
           "validating, batching or computing (zlpr-bench --baseline=echo)");
 
 namespace {
+
+// Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
+// for containers; a flag on the command line wins. Returns argv with those flags first.
+std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::string>& storage) {
+  static const char* const kFlags[] = {
+      "grpc_address", "metrics_address", "backend", "devices", "max_batch_rows",
+      "max_queue_delay_us", "adaptive_queue_delay", "max_queue_size", "max_message_bytes",
+      "shutdown_grace_s", "threads", "tls_cert", "tls_key", "tls_client_ca", "auth_token_file",
+      "echo"};
+  for (const char* flag : kFlags) {
+    std::string env = "ZLPR_";
+    for (const char* c = flag; *c; ++c) env += static_cast<char>(std::toupper(*c));
+    if (const char* value = std::getenv(env.c_str())) storage.push_back(absl::StrCat("--", flag, "=", value));
+  }
+  std::vector<char*> args = {argv[0]};
+  for (std::string& s : storage) args.push_back(s.data());
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  return args;
+}
 
 absl::StatusOr<std::vector<int>> ParseDevices(const std::string& s) {
   std::vector<int> out;
@@ -63,7 +92,8 @@ absl::StatusOr<std::vector<int>> ParseDevices(const std::string& s) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves the ZLPR multi-label loss and multi-label decoding over gRPC.\n"
-      "Usage: zlpr-server [--flag=value ...]; --help lists every flag.");
+      "Usage: zlpr-server [--flag=value ...]; --help lists every flag. Each flag can also be\n"
+      "set in the environment as ZLPR_<FLAG>, e.g. ZLPR_MAX_BATCH_ROWS=64 (flags win).");
   // Messages of megabytes are allocated and freed on every call: keep them in the heap for
   // reuse instead of fresh mmap()s, whose page faults and zeroing cost more than the copy.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
@@ -76,7 +106,9 @@ int main(int argc, char** argv) {
   };
   usage.version_string = [] { return std::string("zlpr-server ") + zlpr::server::Version() + "\n"; };
   absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> env_flags;
+  std::vector<char*> args = WithEnvironmentFlags(argc, argv, env_flags);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
   // Signals are taken by sigwait() below, never by a handler in another thread.
   sigset_t signals;
@@ -102,6 +134,10 @@ int main(int argc, char** argv) {
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.echo = absl::GetFlag(FLAGS_echo);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   options.shutdown_grace = std::chrono::milliseconds(
       static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
 

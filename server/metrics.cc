@@ -9,8 +9,8 @@ const char* const kCodeNames[] = {
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
 
-const char* const kRejectNames[] = {"queue_full", "deadline", "cancelled", "invalid",
-                                    "shutting_down"};
+const char* const kRejectNames[] = {"queue_full",    "deadline",       "cancelled",
+                                    "invalid",       "shutting_down",  "unauthenticated"};
 
 // Latency buckets from 50 µs to 30 s.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
@@ -72,8 +72,13 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                     .Name("zlpr_queue_depth")
                     .Help("Requests waiting in the batcher's queue, by operation")
                     .Register(registry);
+  auto& capacity = BuildGauge()
+                       .Name("zlpr_queue_capacity")
+                       .Help("Requests a queue holds before refusing (--max_queue_size), by operation")
+                       .Register(registry);
   for (int o = 0; o < kOps; ++o) {
     const char* op = OpName(static_cast<Op>(o));
+    capacity_[o] = &capacity.Add({{"op", op}});
     queue_[o] = &queue.Add({{"op", op}}, SecondsBuckets());
     compute_[o] = &compute.Add({{"op", op}, {"backend", backend}}, SecondsBuckets());
     batch_rows_[o] = &batch_rows.Add({{"op", op}}, RowBuckets());

@@ -19,7 +19,7 @@ namespace zlpr::server {
 
 enum class Method { kComputeLoss, kPredict, kStreamLoss, kStreamPredict, kGetServerInfo, kCount };
 enum class Op { kLoss, kPredict, kCount };
-enum class Reject { kQueueFull, kDeadline, kCancelled, kInvalid, kShuttingDown, kCount };
+enum class Reject { kQueueFull, kDeadline, kCancelled, kInvalid, kShuttingDown, kUnauthenticated, kCount };
 
 const char* MethodName(Method m);
 const char* OpName(Op op);
@@ -37,6 +37,7 @@ class Metrics {
   prometheus::Histogram& batch_rows(Op op) { return *batch_rows_[static_cast<int>(op)]; }
   prometheus::Counter& rows(Op op) { return *rows_[static_cast<int>(op)]; }
   prometheus::Gauge& queue_depth(Op op) { return *depth_[static_cast<int>(op)]; }
+  prometheus::Gauge& queue_capacity(Op op) { return *capacity_[static_cast<int>(op)]; }
   prometheus::Gauge& inflight() { return *inflight_; }
   prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
   prometheus::Counter& request_bytes() { return *request_bytes_; }
@@ -52,7 +53,7 @@ class Metrics {
   std::array<prometheus::Histogram*, kMethods> duration_{};
   std::array<prometheus::Histogram*, kOps> queue_{}, compute_{}, batch_rows_{};
   std::array<prometheus::Counter*, kOps> rows_{};
-  std::array<prometheus::Gauge*, kOps> depth_{};
+  std::array<prometheus::Gauge*, kOps> depth_{}, capacity_{};
   std::array<prometheus::Counter*, static_cast<int>(Reject::kCount)> rejected_{};
   prometheus::Gauge* inflight_ = nullptr;
   prometheus::Counter* request_bytes_ = nullptr;

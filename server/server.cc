@@ -2,9 +2,12 @@
 #include "server/server.h"
 
 #include <exception>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -48,6 +51,40 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerO
   return backends;
 }
 
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::FailedPreconditionError(absl::StrCat(flag, "=", path, ": cannot read"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (o.tls_cert_file.empty()) {
+    if (!o.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ZLPR_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile("--tls_cert", o.tls_cert_file));
+  ZLPR_ASSIGN_OR_RETURN(pair.private_key, ReadFile("--tls_key", o.tls_key_file));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!o.tls_client_ca_file.empty()) {
+    ZLPR_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile("--tls_client_ca", o.tls_client_ca_file));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
@@ -68,6 +105,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   service_options.batcher.num_ops = static_cast<int>(Op::kCount);
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.version = Version();
+  if (!options.auth_token_file.empty()) {
+    ZLPR_ASSIGN_OR_RETURN(std::string token, ReadFile("--auth_token_file", options.auth_token_file));
+    service_options.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    if (service_options.auth_token.empty()) {
+      return absl::InvalidArgumentError("--auth_token_file=" + options.auth_token_file + ": empty");
+    }
+  }
+  ZLPR_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
   s->service_ = std::make_unique<ZlprServiceImpl>(service_options, std::move(backends),
                                                   s->metrics_.get());
 
@@ -88,8 +133,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::ServerBuilder builder;
   // Two servers on one port would split traffic silently: make the second fail instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(),
-                           &s->grpc_port_);
+  builder.AddListeningPort(options.grpc_address, credentials, &s->grpc_port_);
   if (options.echo) {
     s->echo_ = std::make_unique<EchoService>();
     builder.RegisterService(s->echo_.get());

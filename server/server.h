@@ -35,6 +35,14 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_grace{10000};
   // Benchmark baseline: serve EchoService (no validation, batching or compute) instead.
   bool echo = false;
+  // TLS on the gRPC port when both are set (PEM files); with tls_client_ca also mutual TLS:
+  // clients must present a certificate signed by that CA.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // When set, zlpr.v1 calls need "authorization: Bearer <token>" with the file's token
+  // (surrounding whitespace ignored); health checks and reflection are exempt.
+  std::string auth_token_file;
 };
 
 // The version this build reports (project version from CMake).

@@ -34,6 +34,7 @@ Reject RejectReason(grpc::StatusCode code) {
     case grpc::StatusCode::DEADLINE_EXCEEDED: return Reject::kDeadline;
     case grpc::StatusCode::CANCELLED: return Reject::kCancelled;
     case grpc::StatusCode::UNAVAILABLE: return Reject::kShuttingDown;
+    case grpc::StatusCode::UNAUTHENTICATED: return Reject::kUnauthenticated;
     default: return Reject::kInvalid;
   }
 }
@@ -182,6 +183,12 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
       draining_ = true;
       finished_ = true;
       this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+      return;
+    }
+    if (absl::Status st = service_->Authenticate(ctx); !st.ok()) {
+      service_->metrics().rejected(Reject::kUnauthenticated).Increment();
+      finished_ = true;
+      this->Finish(ToGrpc(st));
       return;
     }
     StartNextRead();
@@ -336,7 +343,11 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
       metrics_(metrics),
       clock_(clock),
       batcher_(WithDepthGauge(options.batcher, metrics), clock),
-      streams_(std::make_unique<StreamRegistry>()) {}
+      streams_(std::make_unique<StreamRegistry>()) {
+  for (Op op : {Op::kLoss, Op::kPredict}) {
+    metrics_->queue_capacity(op).Set(static_cast<double>(options.batcher.max_queue_size));
+  }
+}
 
 ZlprServiceImpl::~ZlprServiceImpl() { Stop(); }
 
@@ -539,6 +550,7 @@ void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::Los
     done({gs});
   };
   if (shutting_down()) return reject(absl::UnavailableError("the server is shutting down"));
+  if (absl::Status st = Authenticate(ctx); !st.ok()) return reject(st);
   absl::StatusOr<LossInput> in = LossInputFromRequest(*request);
   if (!in.ok()) return reject(in.status());
   auto item = std::make_unique<LossItem>(ctx, request, response, *std::move(in),
@@ -557,6 +569,7 @@ void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
     done({gs});
   };
   if (shutting_down()) return reject(absl::UnavailableError("the server is shutting down"));
+  if (absl::Status st = Authenticate(ctx); !st.ok()) return reject(st);
   absl::StatusOr<PredictInput> in = PredictInputFromRequest(*request);
   if (!in.ok()) return reject(in.status());
   auto item = std::make_unique<PredictItem>(ctx, request, response, *std::move(in),
@@ -617,11 +630,40 @@ grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* ZlprServiceImp
       this, ctx, Method::kStreamPredict, &ZlprServiceImpl::SubmitPredict);
 }
 
+absl::Status ZlprServiceImpl::Authenticate(const grpc::CallbackServerContext* ctx) const {
+  const std::string& want = options_.auth_token;
+  if (want.empty()) return absl::OkStatus();
+  const auto& md = ctx->client_metadata();
+  const auto it = md.find("authorization");
+  std::string_view got = it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+  constexpr std::string_view kBearer = "Bearer ";
+  const bool bearer = got.substr(0, kBearer.size()) == kBearer;
+  if (bearer) got.remove_prefix(kBearer.size());
+  // Constant time in the token's contents: every byte of the expected token is compared.
+  unsigned diff = bearer && got.size() == want.size() ? 0u : 1u;
+  for (size_t i = 0; i < want.size(); ++i) {
+    diff |= static_cast<unsigned char>(want[i]) ^
+            static_cast<unsigned char>(i < got.size() ? got[i] : 0);
+  }
+  if (diff != 0) {
+    return absl::UnauthenticatedError(
+        "missing or invalid credentials: send \"authorization: Bearer <token>\"");
+  }
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerContext* ctx,
                                                          const v1::ServerInfoRequest*,
                                                          v1::ServerInfo* info) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const SteadyTime start = clock_->Now();
+  if (absl::Status st = Authenticate(ctx); !st.ok()) {
+    metrics_->rejected(Reject::kUnauthenticated).Increment();
+    metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::UNAUTHENTICATED,
+                          Seconds(start, clock_->Now()));
+    reactor->Finish(ToGrpc(st));
+    return reactor;
+  }
   info->set_version(options_.version);
   info->set_backend(BackendKindName(backends_.front()->kind()));
   for (const auto& b : backends_) info->add_devices(b->Describe());

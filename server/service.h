@@ -36,6 +36,8 @@ struct ServiceOptions {
   std::string version;
   // Stream messages read and not yet answered, per stream, before reading pauses.
   int stream_window = 64;
+  // When not empty, every zlpr.v1 call needs "authorization: Bearer <auth_token>".
+  std::string auth_token;
 };
 
 class StreamRegistry;
@@ -83,6 +85,9 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
                   v1::LossResponse* response, Done done);
   void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
                      v1::PredictResponse* response, Done done);
+
+  // OK when the call carries the bearer token (or none is configured); else UNAUTHENTICATED.
+  absl::Status Authenticate(const grpc::CallbackServerContext* ctx) const;
 
   Metrics& metrics() { return *metrics_; }
   Clock& clock() { return *clock_; }

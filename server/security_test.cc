@@ -1,0 +1,167 @@
+// TLS, mutual TLS and bearer tokens on the gRPC port, with certificates made at test time by
+// the openssl command; the metrics port serves metrics only.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "server/server.h"
+#include "server/test_support.h"
+#include "zlpr/v1/zlpr.grpc.pb.h"
+
+namespace zlpr::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Read(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A CA, a server certificate for localhost/127.0.0.1, a client certificate from the same CA
+// and one from another ("rogue") CA.
+class Certificates {
+ public:
+  Certificates() : dir_(fs::temp_directory_path() / ("zlpr_certs_" + std::to_string(::getpid()))) {
+    fs::create_directories(dir_);
+    const std::string d = dir_.string();
+    const std::string script = absl::StrCat(
+        "set -e; cd ", d, "; exec >/dev/null 2>&1;",
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext;",
+        "for ca in ca rogue; do openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=$ca "
+        "-keyout $ca.key -out $ca.pem; done;",
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr;",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile san.ext -out server.pem;",
+        "for c in client:ca evil:rogue; do n=${c%%:*}; ca=${c##*:};"
+        " openssl req -newkey rsa:2048 -nodes -subj /CN=$n -keyout $n.key -out $n.csr;"
+        " openssl x509 -req -in $n.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2 -out $n.pem;"
+        " done");
+    std::ofstream(dir_ / "make.sh") << script << "\n";
+    ok_ = std::system(("bash " + (dir_ / "make.sh").string()).c_str()) == 0;
+  }
+  ~Certificates() { fs::remove_all(dir_); }
+  bool ok() const { return ok_; }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string pem(const std::string& name) const { return Read(dir_ / name); }
+
+ private:
+  fs::path dir_;
+  bool ok_ = false;
+};
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { certs_ = new Certificates(); }
+  static void TearDownTestSuite() { delete certs_; }
+  void SetUp() override { ASSERT_TRUE(certs_->ok()) << "openssl failed"; }
+
+  void Start(bool mutual, const std::string& token = "") {
+    ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    o.metrics_address = "127.0.0.1:0";
+    o.backend = "cpu";
+    o.threads = 1;
+    o.tls_cert_file = certs_->path("server.pem");
+    o.tls_key_file = certs_->path("server.key");
+    if (mutual) o.tls_client_ca_file = certs_->path("ca.pem");
+    if (!token.empty()) {
+      o.auth_token_file = certs_->path("token");
+      std::ofstream(o.auth_token_file) << token << "\n";
+    }
+    auto s = Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+  }
+  std::shared_ptr<grpc::Channel> Tls(const std::string& client = "") {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = certs_->pem("ca.pem");
+    if (!client.empty()) {
+      ssl.pem_cert_chain = certs_->pem(client + ".pem");
+      ssl.pem_private_key = certs_->pem(client + ".key");
+    }
+    return grpc::CreateChannel(absl::StrCat("localhost:", server_->grpc_port()), grpc::SslCredentials(ssl));
+  }
+  std::shared_ptr<grpc::Channel> Plain() {
+    return grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->grpc_port()),
+                               grpc::InsecureChannelCredentials());
+  }
+  static grpc::Status Info(const std::shared_ptr<grpc::Channel>& ch, const std::string& token = "") {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::ServerInfo info;
+    return v1::ZlprService::NewStub(ch)->GetServerInfo(&ctx, v1::ServerInfoRequest(), &info);
+  }
+
+  static Certificates* certs_;
+  std::unique_ptr<Server> server_;
+};
+
+Certificates* SecurityTest::certs_ = nullptr;
+
+TEST_F(SecurityTest, TlsPortRefusesPlaintextAndServesTlsClients) {
+  Start(/*mutual=*/false);
+  EXPECT_EQ(Info(Plain()).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(Info(Tls()).ok());
+}
+
+TEST_F(SecurityTest, MutualTlsRefusesMissingAndForeignClientCertificates) {
+  Start(/*mutual=*/true);
+  EXPECT_EQ(Info(Tls()).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Info(Tls("evil")).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(Info(Tls("client")).ok());
+}
+
+TEST_F(SecurityTest, BearerTokenIsRequiredButHealthIsExempt) {
+  Start(/*mutual=*/false, "s3cret-token");
+  auto ch = Tls();
+  const grpc::Status none = Info(ch);
+  EXPECT_EQ(none.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(none.error_message(), "missing or invalid credentials: send \"authorization: Bearer <token>\"");
+  EXPECT_EQ(Info(ch, "s3cret-tokeN").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Info(ch, "s3cret").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(Info(ch, "s3cret-token").ok());
+  // Streams and predictions too.
+  {
+    grpc::ClientContext ctx;
+    auto stream = v1::ZlprService::NewStub(ch)->StreamPredict(&ctx);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckResponse resp;
+  EXPECT_TRUE(grpc::health::v1::Health::NewStub(ch)->Check(&ctx, {}, &resp).ok());
+  EXPECT_EQ(MetricValue(HttpGet(server_->metrics_port(), "/metrics"),
+                        "zlpr_rejected_requests_total{reason=\"unauthenticated\"}"), 4);
+}
+
+TEST_F(SecurityTest, MetricsPortServesMetricsOnly) {
+  Start(/*mutual=*/false);
+  EXPECT_THAT(HttpGet(server_->metrics_port(), "/metrics"), ::testing::HasSubstr("zlpr_build_info"));
+  const std::string other = HttpGet(server_->metrics_port(), "/zlpr.v1.ZlprService/GetServerInfo");
+  EXPECT_THAT(other, ::testing::Not(::testing::HasSubstr("zlpr_")));
+}
+
+TEST(SecurityOptionsTest, HalfATlsConfigurationIsRefused) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.backend = "cpu";
+  o.tls_cert_file = "/nonexistent.pem";
+  EXPECT_EQ(Server::Start(o).status().message(), "--tls_cert and --tls_key go together");
+  o.tls_key_file = "/nonexistent.key";
+  EXPECT_EQ(Server::Start(o).status().message(), "--tls_cert=/nonexistent.pem: cannot read");
+}
+
+}  // namespace
+}  // namespace zlpr::server
