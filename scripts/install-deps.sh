@@ -2,13 +2,16 @@
 # Installs every build and test dependency of zlpr-serve, idempotently.
 #   scripts/install-deps.sh           build + test dependencies (what `make test` needs)
 #   scripts/install-deps.sh --bench   also the PyTorch baseline used by bench/ scripts
+#   scripts/install-deps.sh --build   only what building the server and CLI needs (images)
 # Debian packages come from apt (as root, or through sudo); Python test tools from pip.
 set -euo pipefail
 
 want_bench=0
+build_only=0
 for arg in "$@"; do
   case "$arg" in
     --bench) want_bench=1 ;;
+    --build) build_only=1 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -19,8 +22,14 @@ packages=(
   libabsl-dev prometheus-cpp-dev libhwy-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
-  python3 python3-pip python3-numpy
+  python3 python3-pip python3-numpy prometheus
 )
+if [ "$build_only" = 1 ]; then
+  packages=(build-essential cmake ninja-build pkg-config
+            libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+            libabsl-dev prometheus-cpp-dev libhwy-dev libgtest-dev libgmock-dev libbenchmark-dev
+            libssl-dev zlib1g-dev)
+fi
 if [ "$want_bench" = 1 ]; then
   packages+=(python3-torch)
 fi
@@ -43,9 +52,11 @@ else
   echo "install-deps: all Debian packages present"
 fi
 
+[ "$build_only" = 1 ] && exit 0
+
 # Python test tools (the client suite in tests/python), for the python3 on PATH.
 here=$(cd "$(dirname "$0")/.." && pwd)
-if ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, numpy, pytest" 2>/dev/null; then
+if ! python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection, numpy, pytest, kubernetes_validate, yaml" 2>/dev/null; then
   echo "install-deps: installing Python test tools"
   python3 -m pip install --quiet --disable-pip-version-check -r "$here/tests/python/requirements.txt"
 fi

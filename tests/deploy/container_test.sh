@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Builds the image with the README's `docker build` line and runs it for real, through podman
+# (no Docker engine or registry here: see shared/docs/containers.md): Debian base images made
+# with debootstrap, the docker CLI pointed at podman's socket. Then, from the host: zlpr-cli
+# health/info/predict/loss against the container, a /metrics scrape, the image's HEALTHCHECK,
+# and a SIGTERM that must end the server gracefully with exit status 0.
+#   tests/deploy/container_test.sh BUILD_DIR
+set -euo pipefail
+build=$(cd "${1:-build}" && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cli="$build/cli/zlpr-cli"
+[ -x "$cli" ] || { echo "container_test: $cli missing: build first" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "container_test: needs root (podman, debootstrap)" >&2; exit 2; }
+
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in podman runc debootstrap uidmap slirp4netns curl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; fi
+
+scratch=$(mktemp -d /var/tmp/zlpr-container.XXXXXX)
+service_pid=""
+cleanup() {
+  set +e
+  podman rm -f zlpr-test >/dev/null 2>&1
+  podman rmi -f zlpr-serve:test >/dev/null 2>&1
+  [ -n "$service_pid" ] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
+  podman system reset -f >/dev/null 2>&1
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+cat > "$scratch/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+cat > "$scratch/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$scratch/storage"
+runroot = "$scratch/run"
+CONF
+export CONTAINERS_CONF="$scratch/containers.conf" CONTAINERS_STORAGE_CONF="$scratch/storage.conf"
+
+# Base images: FROM lines must resolve locally.
+# The Debian mirror apt uses (deb lines or deb822 URIs), not a security or third-party one.
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+  | grep -E '^(deb |URIs:)' | grep -oE 'https?://[^ ]+/debian/?( |$)' | tr -d ' ' | head -1 || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+echo "container_test: debootstrap bookworm from $mirror"
+debootstrap --variant=minbase bookworm "$scratch/rootfs" "$mirror" >/dev/null
+tar -C "$scratch/rootfs" -c . | podman import - localhost/debian:bookworm >/dev/null
+podman tag localhost/debian:bookworm docker.io/library/debian:bookworm
+podman tag localhost/debian:bookworm docker.io/library/debian:bookworm-slim
+rm -rf "$scratch/rootfs"
+
+# The docker CLI, unchanged, through podman's socket.
+podman system service --time=0 "unix://$scratch/podman.sock" &
+service_pid=$!
+export DOCKER_HOST="unix://$scratch/podman.sock"
+for _ in $(seq 50); do [ -S "$scratch/podman.sock" ] && break; sleep 0.1; done
+docker_cmd=(docker)
+command -v docker >/dev/null || docker_cmd=(podman)
+
+cd "$root"
+echo "container_test: docker build"
+start=$(date +%s)
+DOCKER_BUILDKIT=0 "${docker_cmd[@]}" build -t zlpr-serve:test . > "$scratch/build.log" 2>&1 || { tail -50 "$scratch/build.log"; exit 1; }
+echo "container_test: built in $(( $(date +%s) - start )) s; image size: $(podman image inspect zlpr-serve:test --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+
+port=$(( 40000 + RANDOM % 10000 )); mport=$(( port + 1 ))
+"${docker_cmd[@]}" run -d --name zlpr-test -p 127.0.0.1:$port:50051 -p 127.0.0.1:$mport:9464 \
+  -e ZLPR_MAX_BATCH_ROWS=128 zlpr-serve:test --shutdown_grace_s=5 >/dev/null
+for i in $(seq 100); do
+  "$cli" --target=127.0.0.1:$port --deadline_ms=1000 health >/dev/null 2>&1 && break
+  [ "$i" = 100 ] && { echo "server in the container never became healthy"; "${docker_cmd[@]}" logs zlpr-test; exit 1; }
+  sleep 0.2
+done
+fail() { echo "container_test: FAILED: $*" >&2; "${docker_cmd[@]}" logs zlpr-test >&2 || true; exit 1; }
+
+out=$("$cli" --target=127.0.0.1:$port health); echo "health: $out"
+[ "$out" = '{"service":"","status":"SERVING"}' ] || fail "health"
+out=$("$cli" --target=127.0.0.1:$port info); echo "info: $out"
+echo "$out" | grep -q '"backend":"cpu"' || fail "info backend"
+echo "$out" | grep -q '"max_batch_rows":128' || fail "ZLPR_MAX_BATCH_ROWS from the environment"
+echo '[[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]]' > "$scratch/s.json"
+echo '[[1, 0, 1], [0, 0, 0]]' > "$scratch/t.json"
+out=$("$cli" --target=127.0.0.1:$port predict --scores="$scratch/s.json"); echo "predict: $out"
+echo "$out" | grep -q '"labels":\[0,2\]' || fail "predict labels"
+out=$("$cli" --target=127.0.0.1:$port loss --scores="$scratch/s.json" --labels="$scratch/t.json" --want_grad); echo "loss: $out"
+echo "$out" | grep -q '"loss":\[0.8682' || fail "loss value"
+metrics=$(curl -sf "127.0.0.1:$mport/metrics") || fail "metrics scrape"
+echo "$metrics" | grep -q 'zlpr_requests_total{code="OK",method="Predict"} 1' || fail "metrics counters"
+podman healthcheck run zlpr-test >/dev/null || fail "the image's HEALTHCHECK"
+echo "healthcheck: ok"
+
+"${docker_cmd[@]}" stop -t 20 zlpr-test >/dev/null
+code=$(podman inspect zlpr-test --format '{{.State.ExitCode}}')
+logs=$("${docker_cmd[@]}" logs zlpr-test 2>&1)
+echo "$logs" | grep -q "signal 15, shutting down" || fail "no graceful shutdown in the logs"
+[ "$code" = 0 ] || fail "exit status $code after SIGTERM"
+echo "container_test: PASSED (SIGTERM -> exit 0)"

@@ -1,0 +1,76 @@
+"""The deployment files are valid: Kubernetes manifests against the Kubernetes JSON schemas
+(kubernetes-validate), the Grafana dashboard as JSON with every panel querying a zlpr metric,
+and the compose file as YAML naming the three services."""
+import glob
+import json
+import os
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+K8S = os.path.join(ROOT, "deploy", "k8s")
+KUBERNETES_VERSION = "1.29.0"
+
+
+def documents(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def test_every_kubernetes_manifest_validates_against_the_schemas():
+    checked = 0
+    for path in sorted(glob.glob(os.path.join(K8S, "*.yaml"))):
+        for doc in documents(path):
+            if doc["kind"] in ("Kustomization", "ServiceMonitor"):
+                continue  # not core Kubernetes kinds: checked below
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            checked += 1
+    assert checked >= 6
+
+
+def test_kustomization_lists_every_manifest_and_they_exist():
+    kust = documents(os.path.join(K8S, "kustomization.yaml"))[0]
+    on_disk = {os.path.basename(p) for p in glob.glob(os.path.join(K8S, "*.yaml"))} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == on_disk
+
+
+def test_servicemonitor_scrapes_the_metrics_port_of_the_service():
+    sm = documents(os.path.join(K8S, "servicemonitor.yaml"))[0]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
+    services = documents(os.path.join(K8S, "service.yaml"))
+    regular = next(s for s in services if s["spec"].get("clusterIP") != "None")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= regular["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in regular["spec"]["ports"]}
+
+
+def test_deployments_probe_with_grpc_health_and_gpu_variant_requests_a_gpu():
+    cpu = documents(os.path.join(K8S, "deployment-cpu.yaml"))[0]
+    gpu = documents(os.path.join(K8S, "deployment-gpu.yaml"))[0]
+    for d in (cpu, gpu):
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        assert c["readinessProbe"]["grpc"]["port"] == 50051
+        assert c["livenessProbe"]["grpc"]["port"] == 50051
+        # Selectors of the two Deployments must not claim each other's pods.
+        assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    assert cpu["spec"]["selector"]["matchLabels"] != gpu["spec"]["selector"]["matchLabels"]
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    headless = next(s for s in documents(os.path.join(K8S, "service.yaml")) if s["spec"].get("clusterIP") == "None")
+    assert headless["spec"]["ports"][0]["port"] == 50051
+
+
+def test_grafana_dashboard_panels_query_zlpr_metrics():
+    with open(os.path.join(ROOT, "deploy", "grafana", "dashboards", "zlpr.json")) as f:
+        dash = json.load(f)
+    titles = [p["title"] for p in dash["panels"]]
+    for needed in ("Throughput", "Errors", "Latency", "Queue depth", "Queue time", "batch", "Compute", "Device memory"):
+        assert any(needed.lower() in t.lower() for t in titles), needed
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            assert "zlpr_" in t["expr"], t["expr"]
+
+
+def test_compose_runs_server_prometheus_and_grafana():
+    compose = documents(os.path.join(ROOT, "deploy", "compose.yaml"))[0]
+    assert set(compose["services"]) == {"zlpr-server", "prometheus", "grafana"}
+    assert compose["services"]["zlpr-server"]["build"]["dockerfile"] == "Dockerfile"
