@@ -6,7 +6,7 @@ CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan run bench-cpu format clean
+.PHONY: all deps build test test-unit test-asan test-container run bench-cpu format clean
 
 all: build
 
@@ -17,8 +17,9 @@ build: deps
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Every test: unit and service tests (ctest), then the kernel tests under ASan+UBSan.
-test: test-unit test-asan
+# Every test: unit, service, client and deployment tests (ctest), the kernel tests under
+# ASan+UBSan, then the container image built and run for real (podman, as root).
+test: test-unit test-asan test-container
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -28,6 +29,9 @@ test-asan: deps
 	  -DZLPR_CUDA=OFF -DZLPR_BUILD_SERVICE=OFF -DZLPR_BUILD_BENCH=OFF -DZLPR_SANITIZE=address,undefined
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS) -L kernels
+
+test-container: build
+	tests/deploy/container_test.sh $(BUILD)
 
 # The server on the embedded default backend (CUDA when a device is visible, else the CPU).
 run: build
