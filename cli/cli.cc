@@ -129,6 +129,18 @@ std::optional<Failure> SameShape(const std::string& what, int64_t r, int64_t c, 
   return Failure{2, absl::StrCat(what, ": shape [", r, ", ", c, "] does not match scores [", s.rows, ", ", s.cols, "]")};
 }
 
+// --mask=FILE, when given, into *mask (which *view then points to), checked against scores.
+std::optional<Failure> ReadMask(const Args& a, const FloatMatrix& scores, ByteMatrix* mask,
+                                std::span<const uint8_t>* view) {
+  if (!a.Has("mask")) return std::nullopt;
+  auto m = ReadByteMatrix(a.Get("mask"));
+  if (!m.ok()) return Failure{2, std::string(m.status().message())};
+  if (auto f = SameShape(a.Get("mask"), m->rows, m->cols, scores)) return f;
+  *mask = *std::move(m);
+  *view = mask->data;
+  return std::nullopt;
+}
+
 std::optional<Failure> Health(const Args& a, Client& client, std::ostream& out) {
   const std::string service = a.Get("service");
   auto healthy = client.Healthy(service);
@@ -177,13 +189,8 @@ std::optional<Failure> Loss(const Args& a, Client& client, std::ostream& out) {
     call.indices = sparse->indices;
     call.values = sparse->values;
   }
-  absl::StatusOr<ByteMatrix> mask;
-  if (a.Has("mask")) {
-    mask = ReadByteMatrix(a.Get("mask"));
-    if (!mask.ok()) return Failure{2, std::string(mask.status().message())};
-    if (auto f = SameShape(a.Get("mask"), mask->rows, mask->cols, *scores)) return f;
-    call.mask = mask->data;
-  }
+  ByteMatrix mask;
+  if (auto f = ReadMask(a, *scores, &mask, &call.mask)) return f;
   call.want_grad = a.Has("want_grad");
   const std::string gd = a.Get("grad_dtype", "float32");
   if (gd == "float16") {
@@ -229,13 +236,8 @@ std::optional<Failure> Predict(const Args& a, Client& client, std::ostream& out)
     }
   }
   call.want_probs = a.Has("want_probs");
-  absl::StatusOr<ByteMatrix> mask;
-  if (a.Has("mask")) {
-    mask = ReadByteMatrix(a.Get("mask"));
-    if (!mask.ok()) return Failure{2, std::string(mask.status().message())};
-    if (auto f = SameShape(a.Get("mask"), mask->rows, mask->cols, *scores)) return f;
-    call.mask = mask->data;
-  }
+  ByteMatrix mask;
+  if (auto f = ReadMask(a, *scores, &mask, &call.mask)) return f;
   auto r = client.Predict(call);
   if (!r.ok()) return ServerError(r.status());
   out << "{\"rows\":[";

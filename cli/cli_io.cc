@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "kernels/zlpr.h"
 
 namespace zlpr::cli {
 namespace {
@@ -21,28 +22,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = uint32_t{h & 0x8000u} << 16, exp = (h >> 10) & 0x1Fu;
-  uint32_t mant = h & 0x3FFu, bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112u) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;
-  } else {
-    uint32_t e = 113;
-    while ((mant & 0x400u) == 0) {
-      mant <<= 1;
-      --e;
-    }
-    bits = sign | (e << 23) | ((mant & 0x3FFu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 struct Npy {
@@ -282,11 +261,7 @@ absl::StatusOr<FloatMatrix> ReadFloatMatrix(const std::string& path) {
   } else if (npy->descr == "<f2") {
     if (npy->payload.size() != n * 2) return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d float16 values", path, npy->payload.size(), n));
     m.data.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, npy->payload.data() + 2 * i, 2);
-      m.data[i] = HalfToFloat(h);
-    }
+    WidenToFloat(npy->payload.data(), static_cast<int64_t>(n), DType::kFloat16, m.data.data());
   } else {
     return absl::InvalidArgumentError(absl::StrCat(path, ": dtype '", npy->descr, "' is not supported: save as float32 ('<f4') or float16 ('<f2')"));
   }

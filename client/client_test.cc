@@ -204,7 +204,7 @@ TEST(ClientOptionsTest, ServiceConfigRetriesUnavailableWithRoundRobin) {
   ClientOptions o;
   const std::string json = ServiceConfigJson(o);
   EXPECT_THAT(json, HasSubstr(R"("round_robin")"));
-  EXPECT_THAT(json, HasSubstr(R"("retryableStatusCodes": ["UNAVAILABLE"])"));
+  EXPECT_THAT(json, HasSubstr(R"("retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"])"));
   EXPECT_THAT(json, HasSubstr(R"("maxAttempts": 5)"));
   o.target = "";
   EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);

@@ -245,23 +245,12 @@ class GrpcClient final : public Client {
 
   void ComputeLossAsync(const LossCall& call,
                         std::function<void(absl::StatusOr<LossResult>)> done) override {
-    struct State {
-      grpc::ClientContext ctx;
-      v1::LossRequest req;
-      v1::LossResponse resp;
-    };
-    auto* state = new State;
-    Prepare(&state->ctx, call.deadline);
-    state->req = ToRequest(call);
-    stub_->async()->ComputeLoss(&state->ctx, &state->req, &state->resp,
-                                [state, done = std::move(done)](grpc::Status st) {
-                                  if (st.ok()) {
-                                    done(FromResponse(state->resp));
-                                  } else {
-                                    done(FromGrpc(st));
-                                  }
-                                  delete state;
-                                });
+    CallAsync<v1::LossResponse, LossResult>(
+        call.deadline, ToRequest(call), std::move(done),
+        [this](grpc::ClientContext* ctx, const v1::LossRequest* req, v1::LossResponse* resp,
+               std::function<void(grpc::Status)> cb) {
+          stub_->async()->ComputeLoss(ctx, req, resp, std::move(cb));
+        });
   }
 
   absl::StatusOr<PredictResult> Predict(const PredictCall& call) override {
@@ -276,23 +265,12 @@ class GrpcClient final : public Client {
 
   void PredictAsync(const PredictCall& call,
                     std::function<void(absl::StatusOr<PredictResult>)> done) override {
-    struct State {
-      grpc::ClientContext ctx;
-      v1::PredictRequest req;
-      v1::PredictResponse resp;
-    };
-    auto* state = new State;
-    Prepare(&state->ctx, call.deadline);
-    state->req = ToRequest(call);
-    stub_->async()->Predict(&state->ctx, &state->req, &state->resp,
-                            [state, done = std::move(done)](grpc::Status st) {
-                              if (st.ok()) {
-                                done(FromResponse(state->resp));
-                              } else {
-                                done(FromGrpc(st));
-                              }
-                              delete state;
-                            });
+    CallAsync<v1::PredictResponse, PredictResult>(
+        call.deadline, ToRequest(call), std::move(done),
+        [this](grpc::ClientContext* ctx, const v1::PredictRequest* req, v1::PredictResponse* resp,
+               std::function<void(grpc::Status)> cb) {
+          stub_->async()->Predict(ctx, req, resp, std::move(cb));
+        });
   }
 
   std::unique_ptr<LossStream> OpenLossStream(int window) override {
@@ -341,6 +319,28 @@ class GrpcClient final : public Client {
   std::shared_ptr<grpc::Channel> channel() override { return channel_; }
 
  private:
+  // One callback-API call whose context, request and response live until it completes.
+  template <typename Response, typename Result, typename Request, typename Start>
+  void CallAsync(std::optional<std::chrono::milliseconds> deadline, Request request,
+                 std::function<void(absl::StatusOr<Result>)> done, const Start& start) {
+    struct State {
+      grpc::ClientContext ctx;
+      Request req;
+      Response resp;
+    };
+    auto* state = new State;
+    Prepare(&state->ctx, deadline);
+    state->req = std::move(request);
+    start(&state->ctx, &state->req, &state->resp, [state, done = std::move(done)](grpc::Status st) {
+      if (st.ok()) {
+        done(FromResponse(state->resp));
+      } else {
+        done(FromGrpc(st));
+      }
+      delete state;
+    });
+  }
+
   void Prepare(grpc::ClientContext* ctx, std::optional<std::chrono::milliseconds> deadline) const {
     ctx->set_deadline(std::chrono::system_clock::now() +
                       deadline.value_or(options_.default_deadline));
@@ -357,13 +357,17 @@ class GrpcClient final : public Client {
 
 }  // namespace
 
+// Retries UNAVAILABLE and CANCELLED: every zlpr.v1 call is idempotent, a call the client
+// cancels itself is never retried, and a server shutting down answers calls that reached it
+// but no handler yet with CANCELLED (gRPC core behaviour, grpc/grpc#41785), which must not
+// fail a request that another replica can serve.
 std::string ServiceConfigJson(const ClientOptions& o) {
   return absl::StrFormat(
       R"({"loadBalancingConfig": [{"%s": {}}],
   "methodConfig": [{
     "name": [{"service": "zlpr.v1.ZlprService"}, {"service": "grpc.health.v1.Health"}],
     "retryPolicy": {"maxAttempts": %d, "initialBackoff": "0.05s", "maxBackoff": "2s",
-                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]})",
       o.load_balancing, std::clamp(o.max_attempts, 2, 5));
 }
 

@@ -15,7 +15,8 @@
 //   auto stream = (*client)->OpenLossStream(/*window=*/32);
 //   stream->Send(call);  ...  absl::StatusOr<zlpr::LossResult> next = stream->Receive();
 //
-// Every call is idempotent: UNAVAILABLE is retried (gRPC service config, exponential backoff),
+// Every call is idempotent: UNAVAILABLE (and CANCELLED from a server shutting down) is retried
+// (gRPC service config, exponential backoff),
 // several addresses or a dns:/// name are balanced round_robin, and each call has a default
 // deadline. Errors are the server's status (INVALID_ARGUMENT naming field, row and column, ...).
 #ifndef ZLPR_CLIENT_ZLPR_CLIENT_H_
@@ -46,7 +47,8 @@ struct ClientOptions {
   // Deadline of each unary call unless the call sets its own (streams have none: an epoch can
   // take hours).
   std::chrono::milliseconds default_deadline{30000};
-  // Attempts per call on UNAVAILABLE (1 = no retry), with exponential backoff.
+  // Attempts per call on UNAVAILABLE or a server-side CANCELLED (1 = no retry), with
+  // exponential backoff.
   int max_attempts = 5;
   // Largest message either way; match the server's --max_message_bytes.
   int64_t max_message_bytes = 64 << 20;
@@ -174,7 +176,7 @@ class Client {
   virtual std::shared_ptr<grpc::Channel> channel() = 0;
 };
 
-// The gRPC service config the client uses: round_robin and retries on UNAVAILABLE.
+// The gRPC service config the client uses: round_robin and retries on UNAVAILABLE/CANCELLED.
 std::string ServiceConfigJson(const ClientOptions& options);
 
 }  // namespace zlpr

@@ -540,8 +540,9 @@ void ZlprServiceImpl::RunPredictBatch(Backend& backend, Batch& batch, WorkerBuff
   }
 }
 
-void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
-                                 v1::LossResponse* response, Done done) {
+template <typename ItemT, typename Request, typename Response, typename Parse>
+void ZlprServiceImpl::Submit(int op, const Parse& parse, grpc::CallbackServerContext* ctx,
+                             const Request* request, Response* response, Done done) {
   metrics_->request_bytes().Increment(static_cast<double>(request->ByteSizeLong()));
   auto reject = [&](const absl::Status& st) {
     const grpc::Status gs = ToGrpc(st);
@@ -551,30 +552,22 @@ void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::Los
   };
   if (shutting_down()) return reject(absl::UnavailableError("the server is shutting down"));
   if (absl::Status st = Authenticate(ctx); !st.ok()) return reject(st);
-  absl::StatusOr<LossInput> in = LossInputFromRequest(*request);
+  auto in = parse(*request);
   if (!in.ok()) return reject(in.status());
-  auto item = std::make_unique<LossItem>(ctx, request, response, *std::move(in),
-                                         SteadyDeadline(ctx, *clock_), metrics_, done);
-  if (absl::Status st = batcher_.Enqueue(kOpLoss, std::move(item)); !st.ok()) return reject(st);
+  auto item = std::make_unique<ItemT>(ctx, request, response, *std::move(in),
+                                      SteadyDeadline(ctx, *clock_), metrics_, done);
+  if (absl::Status st = batcher_.Enqueue(op, std::move(item)); !st.ok()) return reject(st);
+}
+
+void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
+                                 v1::LossResponse* response, Done done) {
+  Submit<LossItem>(kOpLoss, LossInputFromRequest, ctx, request, response, std::move(done));
 }
 
 void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
                                     const v1::PredictRequest* request,
                                     v1::PredictResponse* response, Done done) {
-  metrics_->request_bytes().Increment(static_cast<double>(request->ByteSizeLong()));
-  auto reject = [&](const absl::Status& st) {
-    const grpc::Status gs = ToGrpc(st);
-    metrics_->rejected(RejectReason(gs.error_code())).Increment();
-    response->set_request_id(request->request_id());
-    done({gs});
-  };
-  if (shutting_down()) return reject(absl::UnavailableError("the server is shutting down"));
-  if (absl::Status st = Authenticate(ctx); !st.ok()) return reject(st);
-  absl::StatusOr<PredictInput> in = PredictInputFromRequest(*request);
-  if (!in.ok()) return reject(in.status());
-  auto item = std::make_unique<PredictItem>(ctx, request, response, *std::move(in),
-                                            SteadyDeadline(ctx, *clock_), metrics_, done);
-  if (absl::Status st = batcher_.Enqueue(kOpPredict, std::move(item)); !st.ok()) return reject(st);
+  Submit<PredictItem>(kOpPredict, PredictInputFromRequest, ctx, request, response, std::move(done));
 }
 
 namespace {

@@ -97,6 +97,10 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
 
  private:
   struct WorkerBuffers;
+  // Authenticates, validates (parse) and queues one request of operation `op`.
+  template <typename ItemT, typename Request, typename Response, typename Parse>
+  void Submit(int op, const Parse& parse, grpc::CallbackServerContext* ctx, const Request* request,
+              Response* response, Done done);
   void WorkerLoop(size_t worker);
   void RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
   void RunPredictBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
