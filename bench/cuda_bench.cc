@@ -2,8 +2,9 @@
 // issue's shapes, as GB/s and as a fraction of that ceiling.
 //   build/bench/zlpr_cuda_bench [iterations]
 // Bytes counted: loss 8 B/element read (fp32 scores + labels); loss+gradient 8 read + 4
-// written; probabilities 4 read + 4 written. The copy ceiling is (read + written) / time of a
-// cudaMemcpy device-to-device of the op's counted bytes.
+// written; probabilities 4 read + 4 written; labeler 4 read (bench/torch_gpu.py times
+// torch.topk on the same card). The copy ceiling is (read + written) / time of a cudaMemcpy
+// device-to-device of the op's counted bytes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -127,6 +128,30 @@ int main(int argc, char** argv) {
           cuda::LaunchProbabilities(d_s, DType::kFloat32, nullptr, rows, cols, d_grad, nullptr);
       if (!st.ok()) std::exit(1);
     });
+    for (int k : {5, 64}) {
+      int32_t* d_labels;
+      float* d_probs;
+      int32_t* d_count;
+      CHECK_CUDA(cudaMalloc(&d_labels, rows * k * 4));
+      CHECK_CUDA(cudaMalloc(&d_probs, rows * k * 4));
+      CHECK_CUDA(cudaMalloc(&d_count, rows * 4));
+      cuda::DeviceLabelArgs la;
+      la.scores = d_s;
+      la.rows = rows;
+      la.cols = cols;
+      la.z_global = 0.0f;  // θ = 0.5
+      la.top_k = static_cast<uint32_t>(k);
+      la.cap = k;
+      la.labels = d_labels;
+      la.probs = d_probs;
+      la.count = d_count;
+      record(k == 5 ? "labeler θ=0.5 top-5" : "labeler θ=0.5 top-64", n * 4, [&] {
+        if (!cuda::LaunchLabeler(la, nullptr).ok()) std::exit(1);
+      });
+      cudaFree(d_labels);
+      cudaFree(d_probs);
+      cudaFree(d_count);
+    }
     for (void* ptr : {static_cast<void*>(d_s), static_cast<void*>(d_t), static_cast<void*>(d_loss),
                       static_cast<void*>(d_grad), static_cast<void*>(d_copy_src),
                       static_cast<void*>(d_copy_dst), d_ws}) {

@@ -147,14 +147,6 @@ void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTota
   }
 }
 
-// z such that s > z, in fp32, holds exactly when s > ½·logit(θ) in real arithmetic.
-float ScoreThreshold(float theta) {
-  const double z = 0.5 * std::log(static_cast<double>(theta) / (1.0 - theta));
-  float f = static_cast<float>(z);
-  if (static_cast<double>(f) > z) f = std::nextafter(f, kNegInf);
-  return f;
-}
-
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : pool_(threads) {}
@@ -262,9 +254,9 @@ absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* pr
   std::vector<float> z;  // per-label thresholds in score space
   if (opt.label_thresholds != nullptr) {
     z.resize(static_cast<size_t>(cols));
-    for (int64_t c = 0; c < cols; ++c) z[c] = ScoreThreshold(opt.label_thresholds[c]);
+    for (int64_t c = 0; c < cols; ++c) z[c] = internal::ScoreThreshold(opt.label_thresholds[c]);
   }
-  const float z_global = ScoreThreshold(opt.threshold);
+  const float z_global = internal::ScoreThreshold(opt.threshold);
   if (row_labels_.size() < static_cast<size_t>(rows)) row_labels_.resize(rows);
 
   ForEachRow(rows, cols, [&](int64_t r) {

@@ -116,7 +116,8 @@ class CudaBackend final : public Backend {
   int64_t DeviceMemoryBytes() const override {
     int64_t total = 0;
     for (const DeviceBuffer* b : {&scores_, &labels_, &mask_, &loss_, &grad_, &workspace_,
-                                  &splits_, &indices_, &values_, &probs_}) {
+                                  &splits_, &indices_, &values_, &probs_, &z_, &out_labels_,
+                                  &out_probs_, &out_count_}) {
       total += static_cast<int64_t>(b->capacity());
     }
     return total;
@@ -125,10 +126,7 @@ class CudaBackend final : public Backend {
   absl::Status Loss(const LossInput& in, const LossOutput& out) override;
   absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
                              float* probs) override;
-  absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override {
-    // The selection runs on the host CPU kernels; the GPU labeler is not written yet.
-    return cpu_->Label(in, out, probs);
-  }
+  absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override;
 
  private:
   static int HostThreads() {
@@ -153,7 +151,7 @@ class CudaBackend final : public Backend {
   cudaStream_t streams_[kStreams] = {};
   std::vector<cudaEvent_t> events_;
   DeviceBuffer scores_, labels_, mask_, loss_, grad_, workspace_, splits_, indices_, values_,
-      probs_;
+      probs_, z_, out_labels_, out_probs_, out_count_;
   PinnedBuffer pinned_in_, pinned_out_;
 };
 
@@ -308,6 +306,85 @@ absl::Status CudaBackend::Probabilities(const MatrixView& scores, const uint8_t*
       cudaMemcpyAsync(pinned_out_.get(), probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
   ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "probabilities kernel"));
   std::memcpy(probs, pinned_out_.get(), n * 4);
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* probs) {
+  const LabelerOptions& opt = in.options;
+  const int cap = static_cast<int>(std::max(opt.top_k, opt.min_labels));
+  // Without a cap every selected label is returned in order, which is a sort of the selected
+  // entries: the CPU labeler does that; the GPU one handles the capped (top-k) labeler.
+  if (opt.top_k == 0 || cap > cuda::kMaxGpuLabels) return cpu_->Label(in, out, probs);
+  if (!in.validated) ZLPR_RETURN_IF_ERROR(internal::ValidateLabeler(in, &pool_));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
+  const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
+  const size_t sb = n * DTypeSize(in.scores.dtype), mb = in.mask != nullptr ? n : 0;
+  const size_t zb = opt.label_thresholds != nullptr ? cols * 4 : 0;
+  const size_t ob = static_cast<size_t>(rows) * cap * 4;
+  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sb + mb + zb));
+  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(2 * ob + rows * 4 + (probs != nullptr ? n * 4 : 0)));
+  ZLPR_RETURN_IF_ERROR(scores_.Reserve(sb));
+  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mb));
+  ZLPR_RETURN_IF_ERROR(z_.Reserve(zb));
+  ZLPR_RETURN_IF_ERROR(out_labels_.Reserve(ob));
+  ZLPR_RETURN_IF_ERROR(out_probs_.Reserve(ob));
+  ZLPR_RETURN_IF_ERROR(out_count_.Reserve(rows * 4));
+  if (probs != nullptr) ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4));
+  cudaStream_t s = streams_[0];
+  char* pin = pinned_in_.get();
+  std::memcpy(pin, in.scores.data, sb);
+  if (in.mask != nullptr) std::memcpy(pin + sb, in.mask, mb);
+  if (zb > 0) {
+    auto* z = reinterpret_cast<float*>(pin + sb + mb);
+    for (int64_t c = 0; c < cols; ++c) z[c] = internal::ScoreThreshold(opt.label_thresholds[c]);
+  }
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(scores_.get(), pin, sb, cudaMemcpyHostToDevice, s), "H2D"));
+  if (mb > 0) {
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(mask_.get(), pin + sb, mb, cudaMemcpyHostToDevice, s), "H2D"));
+  }
+  if (zb > 0) {
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(z_.get(), pin + sb + mb, zb, cudaMemcpyHostToDevice, s), "H2D"));
+  }
+  const uint8_t* d_mask = mb > 0 ? mask_.get<uint8_t>() : nullptr;
+  cuda::DeviceLabelArgs args;
+  args.scores = scores_.get();
+  args.dtype = in.scores.dtype;
+  args.mask = d_mask;
+  args.z = zb > 0 ? z_.get<float>() : nullptr;
+  args.z_global = internal::ScoreThreshold(opt.threshold);
+  args.rows = rows;
+  args.cols = cols;
+  args.top_k = opt.top_k;
+  args.min_labels = opt.min_labels;
+  args.cap = cap;
+  args.labels = out_labels_.get<int32_t>();
+  args.probs = out_probs_.get<float>();
+  args.count = out_count_.get<int32_t>();
+  ZLPR_RETURN_IF_ERROR(cuda::LaunchLabeler(args, s));
+  char* pout = pinned_out_.get();
+  auto* h_labels = reinterpret_cast<int32_t*>(pout);
+  auto* h_probs = reinterpret_cast<float*>(pout + ob);
+  auto* h_count = reinterpret_cast<int32_t*>(pout + 2 * ob);
+  auto* h_dense = reinterpret_cast<float*>(pout + 2 * ob + rows * 4);
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_labels, args.labels, ob, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_probs, args.probs, ob, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_count, args.count, rows * 4, cudaMemcpyDeviceToHost, s), "D2H"));
+  if (probs != nullptr) {
+    ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), in.scores.dtype, d_mask, rows, cols,
+                                                   probs_.get<float>(), s));
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_dense, probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
+  }
+  ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "labeler kernels"));
+  out->row_offsets.resize(static_cast<size_t>(rows) + 1);
+  out->row_offsets[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) out->row_offsets[r + 1] = out->row_offsets[r] + h_count[r];
+  out->labels.resize(static_cast<size_t>(out->row_offsets[rows]));
+  out->probs.resize(out->labels.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(h_labels + r * cap, h_count[r], out->labels.begin() + out->row_offsets[r]);
+    std::copy_n(h_probs + r * cap, h_count[r], out->probs.begin() + out->row_offsets[r]);
+  }
+  if (probs != nullptr) std::memcpy(probs, h_dense, n * 4);
   return absl::OkStatus();
 }
 

@@ -46,6 +46,28 @@ absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indic
 absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask,
                                  int64_t rows, int64_t cols, float* probs, cudaStream_t stream);
 
+// The labeler on the GPU for top_k in [1, kMaxGpuLabels] and min_labels <= kMaxGpuLabels:
+// per row, the labels the math doc selects (threshold, then the top_k best by score then
+// index, then the min_labels top-up), found by radix selection on (score, index) keys: the
+// row is never sorted, only the <= cap winners are ranked. Row r writes count[r] labels to
+// labels[r * cap ...] with their probabilities. `z` holds per-column score-space thresholds,
+// or is null for `z_global`.
+inline constexpr int kMaxGpuLabels = 1024;
+struct DeviceLabelArgs {
+  const void* scores = nullptr;
+  DType dtype = DType::kFloat32;
+  const uint8_t* mask = nullptr;
+  const float* z = nullptr;
+  float z_global = 0;
+  int64_t rows = 0, cols = 0;
+  uint32_t top_k = 0, min_labels = 0;
+  int cap = 0;  // max(top_k, min_labels)
+  int32_t* labels = nullptr;
+  float* probs = nullptr;
+  int32_t* count = nullptr;
+};
+absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream);
+
 // A CUDA error as a Status naming what failed.
 absl::Status CudaError(cudaError_t err, const char* what);
 

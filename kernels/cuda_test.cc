@@ -1,4 +1,5 @@
 // The CUDA backend against the CPU backend on the same inputs. Skips where no device is visible.
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -78,20 +79,36 @@ TEST_F(CudaBackendTest, SparseDenseAndBatchInvarianceHoldToTheBit) {
 }
 
 TEST_F(CudaBackendTest, ProbabilitiesAndLabelsMatchTheCpu) {
-  for (int64_t cols : {7, 1000, 9000}) {
-    const Problem p = MakeProblem({.rows = 13, .cols = cols, .mask = true, .neg_inf = true,
-                                   .scale = 4.0f, .seed = 8});
-    LabelerInput in;
-    in.scores = {p.scores.data(), DType::kFloat32, 13, cols};
-    in.mask = p.mask.data();
-    in.options = {0.4f, nullptr, 5, 2};
-    LabelSets gpu, cpu;
-    std::vector<float> gp(13 * cols), cp(13 * cols);
-    ASSERT_TRUE(cuda_->Label(in, &gpu, gp.data()).ok());
-    ASSERT_TRUE(cpu_->Label(in, &cpu, cp.data()).ok());
-    EXPECT_EQ(gpu.row_offsets, cpu.row_offsets);
-    EXPECT_EQ(gpu.labels, cpu.labels);
-    for (size_t i = 0; i < gp.size(); ++i) ASSERT_NEAR(gp[i], cp[i], 1e-7 + 1e-6 * cp[i]);
+  struct Case {
+    float threshold;
+    bool per_label;
+    uint32_t top_k, min_labels;
+  };
+  const Case cases[] = {{0.4f, false, 5, 2}, {0.5f, false, 1, 0}, {0.1f, false, 64, 0},
+                        {0.9f, false, 3, 8}, {0.5f, true, 4, 5},  {0.3f, false, 2, 6}};
+  for (int64_t cols : {1, 7, 33, 1000, 9000, 131072}) {
+    Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 13, .cols = cols, .mask = true,
+                             .neg_inf = true, .scale = 4.0f, .seed = 8});
+    for (float& s : p.scores) {
+      if (std::isfinite(s)) s = std::round(s * 4.0f) / 4.0f;  // ties: smaller column first
+    }
+    const int64_t rows = p.spec.rows;
+    std::vector<float> thresholds(cols);
+    for (int64_t c = 0; c < cols; ++c) thresholds[c] = 0.1f + 0.8f * static_cast<float>(c % 9) / 8.0f;
+    for (const Case& k : cases) {
+      LabelerInput in;
+      in.scores = {p.scores.data(), DType::kFloat32, rows, cols};
+      in.mask = p.mask.data();
+      in.options = {k.threshold, k.per_label ? thresholds.data() : nullptr, k.top_k, k.min_labels};
+      LabelSets gpu, cpu;
+      std::vector<float> gp(rows * cols), cp(rows * cols);
+      ASSERT_TRUE(cuda_->Label(in, &gpu, gp.data()).ok());
+      ASSERT_TRUE(cpu_->Label(in, &cpu, cp.data()).ok());
+      ASSERT_EQ(gpu.row_offsets, cpu.row_offsets) << "C=" << cols << " top_k=" << k.top_k;
+      ASSERT_EQ(gpu.labels, cpu.labels) << "C=" << cols << " top_k=" << k.top_k;
+      for (size_t i = 0; i < gpu.probs.size(); ++i) ASSERT_NEAR(gpu.probs[i], cpu.probs[i], 1e-7 + 1e-6 * cpu.probs[i]);
+      for (size_t i = 0; i < gp.size(); ++i) ASSERT_NEAR(gp[i], cp[i], 1e-7 + 1e-6 * cp[i]);
+    }
   }
 }
 

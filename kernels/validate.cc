@@ -239,6 +239,13 @@ absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool) {
   return absl::OkStatus();
 }
 
+float ScoreThreshold(float theta) {
+  const double z = 0.5 * std::log(static_cast<double>(theta) / (1.0 - theta));
+  float f = static_cast<float>(z);
+  if (static_cast<double>(f) > z) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
 bool IsHardSparse(const LossInput& input) {
   const auto* sp = std::get_if<SparseLabelsView>(&input.labels);
   return sp != nullptr && sp->values.empty();

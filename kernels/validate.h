@@ -18,6 +18,10 @@ absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask
 // True when the labels of `input` are given sparse and without values (all 1).
 bool IsHardSparse(const LossInput& input);
 
+// z such that s > z, in fp32, holds exactly when s > ½·logit(θ) in real arithmetic: the
+// labeler's threshold in score space (docs/zlpr-math.md, "Decoding").
+float ScoreThreshold(float theta);
+
 }  // namespace zlpr::internal
 
 #endif  // ZLPR_KERNELS_VALIDATE_H_
