@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -121,6 +122,30 @@ void AppendBytes(std::vector<char>& dst, const void* src, size_t n) {
   const size_t old = dst.size();
   dst.resize(old + n);
   std::memcpy(dst.data() + old, src, n);
+}
+
+// Appends each item's scores (and mask, when the group has masks) to the worker's buffers;
+// the merged views of `rows` rows. `view` maps an item to its (scores, mask).
+template <typename ItemT, typename View>
+std::pair<MatrixView, const uint8_t*> Concatenate(const std::vector<ItemT*>& group, const View& view,
+                                                  int64_t rows, std::vector<char>& scores,
+                                                  std::vector<char>& mask) {
+  const auto [first, first_mask] = view(*group.front());
+  scores.clear();
+  mask.clear();
+  for (const ItemT* it : group) {
+    const auto [s, m] = view(*it);
+    AppendBytes(scores, s.data, s.rows * s.cols * DTypeSize(s.dtype));
+    if (first_mask != nullptr) AppendBytes(mask, m, s.rows * s.cols);
+  }
+  return {MatrixView{scores.data(), first.dtype, rows, first.cols},
+          first_mask != nullptr ? reinterpret_cast<const uint8_t*>(mask.data()) : nullptr};
+}
+
+void SetTiming(v1::Timing* timing, double queue, double compute, int64_t rows) {
+  timing->set_queue_seconds(queue);
+  timing->set_compute_seconds(compute);
+  timing->set_batch_rows(static_cast<uint32_t>(rows));
 }
 
 BatcherOptions WithDepthGauge(BatcherOptions o, Metrics* metrics) {
@@ -385,6 +410,12 @@ void ZlprServiceImpl::WorkerLoop(size_t worker) {
   }
 }
 
+void ZlprServiceImpl::RecordBatch(Op op, int64_t rows, double compute_seconds, bool ok) {
+  metrics_->compute_seconds(op).Observe(compute_seconds);
+  metrics_->batch_rows(op).Observe(static_cast<double>(rows));
+  if (ok) metrics_->rows(op).Increment(static_cast<double>(rows));
+}
+
 void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf) {
   const SteadyTime start = clock_->Now();
   for (const std::vector<LossItem*>& group : Group<LossItem>(batch)) {
@@ -396,15 +427,9 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
     if (group.size() > 1) {
       // Concatenate the group's rows into one input; the kernels are batch-invariant, so each
       // row's bits are those it would get alone.
-      buf.scores.clear();
-      buf.mask.clear();
-      for (const LossItem* it : group) {
-        AppendBytes(buf.scores, it->input.scores.data,
-                    it->input.scores.rows * cols * DTypeSize(it->input.scores.dtype));
-        if (first.mask != nullptr) AppendBytes(buf.mask, it->input.mask, it->input.scores.rows * cols);
-      }
-      in.scores = {buf.scores.data(), first.scores.dtype, rows, cols};
-      in.mask = first.mask != nullptr ? reinterpret_cast<const uint8_t*>(buf.mask.data()) : nullptr;
+      std::tie(in.scores, in.mask) = Concatenate(
+          group, [](const LossItem& it) { return std::make_pair(it.input.scores, it.input.mask); },
+          rows, buf.scores, buf.mask);
       if (const auto* dense = std::get_if<MatrixView>(&first.labels)) {
         buf.labels.clear();
         for (const LossItem* it : group) {
@@ -450,9 +475,7 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
     const absl::Status st = backend.Loss(in, {buf.loss.data(), grad});
     const SteadyTime t1 = clock_->Now();
     const double compute = Seconds(t0, t1);
-    metrics_->compute_seconds(Op::kLoss).Observe(compute);
-    metrics_->batch_rows(Op::kLoss).Observe(static_cast<double>(rows));
-    if (st.ok()) metrics_->rows(Op::kLoss).Increment(static_cast<double>(rows));
+    RecordBatch(Op::kLoss, rows, compute, st.ok());
     int64_t row0 = 0;
     for (LossItem* it : group) {
       const int64_t n = it->input.scores.rows;
@@ -472,10 +495,7 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
           FillTensor({buf.grad.data() + row0 * cols, static_cast<size_t>(n * cols)}, n, cols,
                      grad_dtype, resp->mutable_grad());
         }
-        v1::Timing* timing = resp->mutable_timing();
-        timing->set_queue_seconds(queue);
-        timing->set_compute_seconds(compute);
-        timing->set_batch_rows(static_cast<uint32_t>(rows));
+        SetTiming(resp->mutable_timing(), queue, compute, rows);
       }
       it->Complete({ToGrpc(st), queue, compute});
       row0 += n;
@@ -492,24 +512,19 @@ void ZlprServiceImpl::RunPredictBatch(Backend& backend, Batch& batch, WorkerBuff
     const int64_t cols = first.scores.cols;
     LabelerInput in = first;
     if (group.size() > 1) {
-      buf.scores.clear();
-      buf.mask.clear();
-      for (const PredictItem* it : group) {
-        const LabelerInput& li = it->input.labeler;
-        AppendBytes(buf.scores, li.scores.data, li.scores.rows * cols * DTypeSize(li.scores.dtype));
-        if (first.mask != nullptr) AppendBytes(buf.mask, li.mask, li.scores.rows * cols);
-      }
-      in.scores = {buf.scores.data(), first.scores.dtype, rows, cols};
-      in.mask = first.mask != nullptr ? reinterpret_cast<const uint8_t*>(buf.mask.data()) : nullptr;
+      std::tie(in.scores, in.mask) = Concatenate(
+          group,
+          [](const PredictItem& it) {
+            return std::make_pair(it.input.labeler.scores, it.input.labeler.mask);
+          },
+          rows, buf.scores, buf.mask);
     }
     const bool want_probs = group.front()->input.want_probs;
     if (want_probs) buf.probs.resize(static_cast<size_t>(rows * cols));
     const SteadyTime t0 = clock_->Now();
     const absl::Status st = backend.Label(in, &buf.label_sets, want_probs ? buf.probs.data() : nullptr);
     const double compute = Seconds(t0, clock_->Now());
-    metrics_->compute_seconds(Op::kPredict).Observe(compute);
-    metrics_->batch_rows(Op::kPredict).Observe(static_cast<double>(rows));
-    if (st.ok()) metrics_->rows(Op::kPredict).Increment(static_cast<double>(rows));
+    RecordBatch(Op::kPredict, rows, compute, st.ok());
     const LabelSets& ls = buf.label_sets;
     int64_t row0 = 0;
     for (PredictItem* it : group) {
@@ -529,10 +544,7 @@ void ZlprServiceImpl::RunPredictBatch(Backend& backend, Batch& batch, WorkerBuff
           FillTensor({buf.probs.data() + row0 * cols, static_cast<size_t>(n * cols)}, n, cols,
                      DType::kFloat32, resp->mutable_probs());
         }
-        v1::Timing* timing = resp->mutable_timing();
-        timing->set_queue_seconds(queue);
-        timing->set_compute_seconds(compute);
-        timing->set_batch_rows(static_cast<uint32_t>(rows));
+        SetTiming(resp->mutable_timing(), queue, compute, rows);
       }
       it->Complete({ToGrpc(st), queue, compute});
       row0 += n;

@@ -104,6 +104,7 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   void WorkerLoop(size_t worker);
   void RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
   void RunPredictBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
+  void RecordBatch(Op op, int64_t rows, double compute_seconds, bool ok);
 
   const ServiceOptions options_;
   std::vector<std::unique_ptr<Backend>> backends_;
