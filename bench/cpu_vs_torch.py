@@ -39,8 +39,10 @@ def zlpr_soft(s, t):
     return p + n
 
 
-def time_ns_per_elem(fn, elems, min_time=0.5):
-    fn()
+def time_ns_per_elem(fn, elems, min_time=0.5, warmup=0.3):
+    start = time.perf_counter()
+    while time.perf_counter() - start < warmup:
+        fn()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_time:
         fn()
@@ -73,7 +75,8 @@ def torch_rows(rows, cols):
 
 def ours(bench, core):
     out = subprocess.run(
-        ["taskset", "-c", str(core), bench, "--benchmark_format=json", "--benchmark_min_time=0.5"],
+        ["taskset", "-c", str(core), bench, "--benchmark_format=json", "--benchmark_min_time=0.5",
+         "--benchmark_min_warmup_time=0.3"],
         check=True, capture_output=True, text=True, env={**os.environ, "ZLPR_BENCH_THREADS": "1"},
     ).stdout
     res = {}

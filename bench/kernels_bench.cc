@@ -1,4 +1,4 @@
-// CPU kernel benchmarks: every op at the shapes, reported in ns per element.
+// CPU kernel benchmarks: every op at the shapes (elements per second).
 //   build/bench/zlpr_kernels_bench [--benchmark_filter=...]   (ZLPR_BENCH_THREADS, default 1)
 // bench/cpu_vs_torch.py runs this next to the PyTorch baseline and prints both side by side.
 #include <cstdlib>
@@ -23,11 +23,8 @@ Backend& Cpu() {
   return *backend;
 }
 
+// items_per_second counts elements (rows x cols); bench/cpu_vs_torch.py turns it into ns/element.
 void SetCounters(benchmark::State& state, int64_t elements) {
-  state.counters["ns_per_elem"] = benchmark::Counter(
-      static_cast<double>(elements), benchmark::Counter::kIsIterationInvariantRate |
-                                         benchmark::Counter::kInvert);
-  state.counters["ns_per_elem"].value *= 1e9;
   state.SetItemsProcessed(state.iterations() * elements);
 }
 
