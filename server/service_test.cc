@@ -484,6 +484,25 @@ TEST_F(ServiceTest, StreamPredictAnswersEveryMessageInOrder) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+TEST_F(ServiceTest, ShutdownEndsAnOpenStreamAfterAnsweringWhatItSent) {
+  StartServer();
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamPredict(&ctx);
+  v1::PredictRequest req;
+  *req.mutable_scores() = FloatTensor({1.0f, -1.0f}, 1, 2);
+  ASSERT_TRUE(stream->Write(req));
+  v1::PredictResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_FALSE(resp.has_error());
+  // The trainer keeps the stream open; the server goes down.
+  std::thread stopper([&] { server_->Shutdown(); });
+  EXPECT_FALSE(stream->Read(&resp));
+  const grpc::Status st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(st.error_message(), "the server is shutting down");
+  stopper.join();
+}
+
 // --- Batching -------------------------------------------------------------------------------
 
 TEST_F(ServiceTest, ConcurrentRequestsAreMergedIntoOneBatch) {
