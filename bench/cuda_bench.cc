@@ -20,13 +20,13 @@
 namespace zlpr {
 namespace {
 
-#define CHECK_CUDA(expr)                                                             \
-  do {                                                                               \
-    cudaError_t err_ = (expr);                                                       \
-    if (err_ != cudaSuccess) {                                                       \
-      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(err_));             \
-      std::exit(1);                                                                  \
-    }                                                                                \
+#define CHECK_CUDA(expr)                                                 \
+  do {                                                                   \
+    cudaError_t err_ = (expr);                                           \
+    if (err_ != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(err_)); \
+      std::exit(1);                                                      \
+    }                                                                    \
   } while (0)
 
 // Median milliseconds of `iters` runs of fn on the stream.
@@ -95,7 +95,10 @@ int main(int argc, char** argv) {
     // The ceiling for `bytes` of traffic: a copy that reads bytes/2 and writes bytes/2.
     auto ceiling = [&](size_t bytes) {
       const double ms = TimeMs(
-          [&] { CHECK_CUDA(cudaMemcpyAsync(d_copy_dst, d_copy_src, bytes / 2, cudaMemcpyDeviceToDevice)); },
+          [&] {
+            CHECK_CUDA(
+                cudaMemcpyAsync(d_copy_dst, d_copy_src, bytes / 2, cudaMemcpyDeviceToDevice));
+          },
           iters);
       return static_cast<double>(bytes) / (ms * 1e6);
     };

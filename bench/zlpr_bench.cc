@@ -34,8 +34,7 @@
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "zlpr-server address");
-ABSL_FLAG(std::string, rpc, "predict",
-          "loss | loss_grad | predict | stream_loss | stream_predict");
+ABSL_FLAG(std::string, rpc, "predict", "loss | loss_grad | predict | stream_loss | stream_predict");
 ABSL_FLAG(int64_t, rows, 1, "rows per request");
 ABSL_FLAG(int64_t, cols, 1000, "columns (labels) per row");
 ABSL_FLAG(std::string, labels, "dense", "dense | sparse labels (loss RPCs)");
@@ -62,7 +61,9 @@ struct Payload {
 
 Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool sparse) {
   const testing::Problem p = testing::MakeProblem(
-      {.rows = rows, .cols = cols, .labels = sparse ? testing::Labels::kSparseHard : testing::Labels::kHard,
+      {.rows = rows,
+       .cols = cols,
+       .labels = sparse ? testing::Labels::kSparseHard : testing::Labels::kHard,
        .seed = 1});
   auto tensor = [&](const void* data, size_t bytes, v1::DType dtype, v1::Tensor* t) {
     t->add_shape(rows);
@@ -137,11 +138,23 @@ class Recorder {
     return std::move(res_);
   }
   static const char* StatusName(grpc::StatusCode c) {
-    static const char* const kNames[] = {
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED"};
+    static const char* const kNames[] = {"OK",
+                                         "CANCELLED",
+                                         "UNKNOWN",
+                                         "INVALID_ARGUMENT",
+                                         "DEADLINE_EXCEEDED",
+                                         "NOT_FOUND",
+                                         "ALREADY_EXISTS",
+                                         "PERMISSION_DENIED",
+                                         "RESOURCE_EXHAUSTED",
+                                         "FAILED_PRECONDITION",
+                                         "ABORTED",
+                                         "OUT_OF_RANGE",
+                                         "UNIMPLEMENTED",
+                                         "INTERNAL",
+                                         "UNAVAILABLE",
+                                         "DATA_LOSS",
+                                         "UNAUTHENTICATED"};
     const int i = static_cast<int>(c);
     return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
   }
@@ -186,15 +199,17 @@ void Call(v1::ZlprService::Stub* stub, const std::string& rpc, const Payload& pa
 Results RunOnce(const std::string& target, const std::string& label) {
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
   const int64_t rows = absl::GetFlag(FLAGS_rows);
-  const Payload payload = MakePayload(rpc, rows, absl::GetFlag(FLAGS_cols),
-                                      absl::GetFlag(FLAGS_labels) == "sparse");
+  const Payload payload =
+      MakePayload(rpc, rows, absl::GetFlag(FLAGS_cols), absl::GetFlag(FLAGS_labels) == "sparse");
   auto channel = MakeChannel(target);
   auto stub = v1::ZlprService::NewStub(channel);
   const auto start = Clock::now();
-  const auto measure_from = start + std::chrono::duration_cast<Clock::duration>(
-                                        std::chrono::duration<double>(absl::GetFlag(FLAGS_warmup_s)));
-  const auto stop_at = measure_from + std::chrono::duration_cast<Clock::duration>(
-                                          std::chrono::duration<double>(absl::GetFlag(FLAGS_duration_s)));
+  const auto measure_from =
+      start + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(absl::GetFlag(FLAGS_warmup_s)));
+  const auto stop_at =
+      measure_from + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(absl::GetFlag(FLAGS_duration_s)));
   Recorder rec(measure_from, stop_at);
   const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   const double rate = absl::GetFlag(FLAGS_rate);
@@ -220,7 +235,8 @@ Results RunOnce(const std::string& target, const std::string& label) {
           while (!rec.Done(Clock::now())) {
             const auto t0 = Clock::now();
             if (!stream->Write(payload.loss) || !stream->Read(&resp)) break;
-            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes, resp.ByteSizeLong(), rows);
+            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes,
+                       resp.ByteSizeLong(), rows);
           }
           stream->WritesDone();
           const grpc::Status st = stream->Finish();
@@ -231,7 +247,8 @@ Results RunOnce(const std::string& target, const std::string& label) {
           while (!rec.Done(Clock::now())) {
             const auto t0 = Clock::now();
             if (!stream->Write(payload.predict) || !stream->Read(&resp)) break;
-            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes, resp.ByteSizeLong(), rows);
+            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes,
+                       resp.ByteSizeLong(), rows);
           }
           stream->WritesDone();
           const grpc::Status st = stream->Finish();
@@ -256,7 +273,8 @@ Results RunOnce(const std::string& target, const std::string& label) {
           rec.Record(scheduled, Clock::now(), st, payload.request_bytes, bytes, rows);
           finished();
         });
-        next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
+        next +=
+            std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
       }
     });
   } else {
@@ -290,7 +308,8 @@ Results RunOnce(const std::string& target, const std::string& label) {
     if (absl::GetFlag(FLAGS_progress)) {
       const double t = std::chrono::duration<double>(Clock::now() - start).count();
       std::fprintf(stderr, "\r%-6s %5.1f s  %8lld ok  %s   ", label.c_str(), t,
-                   static_cast<long long>(rec.ok()), Clock::now() < measure_from ? "(warm-up)" : "");
+                   static_cast<long long>(rec.ok()),
+                   Clock::now() < measure_from ? "(warm-up)" : "");
     }
   }
   for (auto& t : threads) t.join();
@@ -313,29 +332,32 @@ void PrintTable(const std::vector<Results>& all) {
     std::string errors;
     for (const auto& [code, n] : r.errors) absl::StrAppend(&errors, code, "=", n, " ");
     std::printf("| %s | %.0f | %.0f | %.1f | %s | %s | %s | %s | %s |\n", r.target.c_str(), r.Rps(),
-                r.RowsPerSecond(), r.MBps(), Ms(r.Quantile(0.5)).c_str(), Ms(r.Quantile(0.9)).c_str(),
-                Ms(r.Quantile(0.99)).c_str(), Ms(r.Quantile(0.999)).c_str(),
-                errors.empty() ? "none" : errors.c_str());
+                r.RowsPerSecond(), r.MBps(), Ms(r.Quantile(0.5)).c_str(),
+                Ms(r.Quantile(0.9)).c_str(), Ms(r.Quantile(0.99)).c_str(),
+                Ms(r.Quantile(0.999)).c_str(), errors.empty() ? "none" : errors.c_str());
   }
   if (all.size() == 2) {
     const Results &z = all[0], &e = all[1];
-    std::printf("\nzlpr / echo: throughput %.2fx, bytes/s %.2fx, p50 latency %.2fx, p99 latency %.2fx\n",
-                z.Rps() / e.Rps(), z.MBps() / e.MBps(), z.Quantile(0.5) / e.Quantile(0.5),
-                z.Quantile(0.99) / e.Quantile(0.99));
+    std::printf(
+        "\nzlpr / echo: throughput %.2fx, bytes/s %.2fx, p50 latency %.2fx, p99 latency %.2fx\n",
+        z.Rps() / e.Rps(), z.MBps() / e.MBps(), z.Quantile(0.5) / e.Quantile(0.5),
+        z.Quantile(0.99) / e.Quantile(0.99));
   }
 }
 
 void WriteJson(const std::vector<Results>& all, const std::string& path) {
   std::ofstream f(path);
   f << "{\"rpc\":\"" << absl::GetFlag(FLAGS_rpc) << "\",\"rows\":" << absl::GetFlag(FLAGS_rows)
-    << ",\"cols\":" << absl::GetFlag(FLAGS_cols) << ",\"concurrency\":" << absl::GetFlag(FLAGS_concurrency)
+    << ",\"cols\":" << absl::GetFlag(FLAGS_cols)
+    << ",\"concurrency\":" << absl::GetFlag(FLAGS_concurrency)
     << ",\"rate\":" << absl::GetFlag(FLAGS_rate) << ",\"runs\":[";
   for (size_t i = 0; i < all.size(); ++i) {
     const Results& r = all[i];
     f << (i ? "," : "") << "{\"target\":\"" << r.target << "\",\"ok\":" << r.ok
-      << ",\"rps\":" << r.Rps() << ",\"rows_per_s\":" << r.RowsPerSecond() << ",\"mb_per_s\":" << r.MBps()
-      << ",\"p50_s\":" << r.Quantile(0.5) << ",\"p90_s\":" << r.Quantile(0.9)
-      << ",\"p99_s\":" << r.Quantile(0.99) << ",\"p999_s\":" << r.Quantile(0.999) << ",\"errors\":{";
+      << ",\"rps\":" << r.Rps() << ",\"rows_per_s\":" << r.RowsPerSecond()
+      << ",\"mb_per_s\":" << r.MBps() << ",\"p50_s\":" << r.Quantile(0.5)
+      << ",\"p90_s\":" << r.Quantile(0.9) << ",\"p99_s\":" << r.Quantile(0.99)
+      << ",\"p999_s\":" << r.Quantile(0.999) << ",\"errors\":{";
     size_t k = 0;
     for (const auto& [code, n] : r.errors) f << (k++ ? "," : "") << "\"" << code << "\":" << n;
     f << "}}";
@@ -357,8 +379,9 @@ int main(int argc, char** argv) {
   }
   std::printf("rpc=%s rows=%lld cols=%lld labels=%s concurrency=%d rate=%.0f duration=%.0fs\n",
               absl::GetFlag(FLAGS_rpc).c_str(), static_cast<long long>(absl::GetFlag(FLAGS_rows)),
-              static_cast<long long>(absl::GetFlag(FLAGS_cols)), absl::GetFlag(FLAGS_labels).c_str(),
-              absl::GetFlag(FLAGS_concurrency), absl::GetFlag(FLAGS_rate), absl::GetFlag(FLAGS_duration_s));
+              static_cast<long long>(absl::GetFlag(FLAGS_cols)),
+              absl::GetFlag(FLAGS_labels).c_str(), absl::GetFlag(FLAGS_concurrency),
+              absl::GetFlag(FLAGS_rate), absl::GetFlag(FLAGS_duration_s));
   PrintTable(all);
   if (!absl::GetFlag(FLAGS_json).empty()) WriteJson(all, absl::GetFlag(FLAGS_json));
   int64_t errors = 0;

@@ -88,8 +88,10 @@ std::optional<Failure> MakeClient(const Args& a, std::unique_ptr<Client>* client
   o.default_deadline = std::chrono::milliseconds(ms);
   if (a.Has("tls")) {
     o.tls = true;
-    for (const auto& [flag, field] : {std::pair<const char*, std::string*>{"tls_ca", &o.tls_root_certs},
-                                      {"tls_cert", &o.tls_client_cert}, {"tls_key", &o.tls_client_key}}) {
+    for (const auto& [flag, field] :
+         {std::pair<const char*, std::string*>{"tls_ca", &o.tls_root_certs},
+          {"tls_cert", &o.tls_client_cert},
+          {"tls_key", &o.tls_client_key}}) {
       if (a.Has(flag)) {
         if (auto f = ReadText(a.Get(flag), field)) return f;
         *field += "\n";
@@ -107,7 +109,8 @@ std::optional<Failure> MakeClient(const Args& a, std::unique_ptr<Client>* client
 }
 
 Failure ServerError(const absl::Status& st) {
-  return Failure{1, absl::StrCat("server error: ", absl::StatusCodeToString(st.code()), ": ", st.message())};
+  return Failure{
+      1, absl::StrCat("server error: ", absl::StatusCodeToString(st.code()), ": ", st.message())};
 }
 
 std::string FloatArray(const float* p, size_t n) {
@@ -124,9 +127,11 @@ std::string Rows(const std::vector<float>& v, int64_t rows, int64_t cols) {
   return s + "]";
 }
 
-std::optional<Failure> SameShape(const std::string& what, int64_t r, int64_t c, const FloatMatrix& s) {
+std::optional<Failure> SameShape(const std::string& what, int64_t r, int64_t c,
+                                 const FloatMatrix& s) {
   if (r == s.rows && c == s.cols) return std::nullopt;
-  return Failure{2, absl::StrCat(what, ": shape [", r, ", ", c, "] does not match scores [", s.rows, ", ", s.cols, "]")};
+  return Failure{2, absl::StrCat(what, ": shape [", r, ", ", c, "] does not match scores [", s.rows,
+                                 ", ", s.cols, "]")};
 }
 
 // --mask=FILE, when given, into *mask (which *view then points to), checked against scores.
@@ -155,9 +160,11 @@ std::optional<Failure> Info(Client& client, std::ostream& out) {
   auto info = client.GetServerInfo();
   if (!info.ok()) return ServerError(info.status());
   std::string devices = "[";
-  for (size_t i = 0; i < info->devices.size(); ++i) absl::StrAppend(&devices, i ? "," : "", JsonString(info->devices[i]));
-  out << "{\"version\":" << JsonString(info->version) << ",\"backend\":" << JsonString(info->backend)
-      << ",\"devices\":" << devices << "],\"max_batch_rows\":" << info->max_batch_rows
+  for (size_t i = 0; i < info->devices.size(); ++i)
+    absl::StrAppend(&devices, i ? "," : "", JsonString(info->devices[i]));
+  out << "{\"version\":" << JsonString(info->version)
+      << ",\"backend\":" << JsonString(info->backend) << ",\"devices\":" << devices
+      << "],\"max_batch_rows\":" << info->max_batch_rows
       << ",\"max_queue_delay_us\":" << info->max_queue_delay_us
       << ",\"max_queue_size\":" << info->max_queue_size
       << ",\"max_message_bytes\":" << info->max_message_bytes << "}\n";
@@ -203,7 +210,8 @@ std::optional<Failure> Loss(const Args& a, Client& client, std::ostream& out) {
   auto r = client.ComputeLoss(call);
   if (!r.ok()) return ServerError(r.status());
   out << "{\"loss\":" << FloatArray(r->loss.data(), r->loss.size())
-      << ",\"loss_sum\":" << JsonNumber(r->loss_sum) << ",\"loss_mean\":" << JsonNumber(r->loss_mean);
+      << ",\"loss_sum\":" << JsonNumber(r->loss_sum)
+      << ",\"loss_mean\":" << JsonNumber(r->loss_mean);
   if (call.want_grad) out << ",\"grad\":" << Rows(r->grad, call.rows, call.cols);
   out << ",\"queue_seconds\":" << JsonNumber(r->queue_seconds)
       << ",\"compute_seconds\":" << JsonNumber(r->compute_seconds) << "}\n";

@@ -18,7 +18,8 @@ namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (", std::strerror(errno), ")"));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat(path, ": cannot open (", std::strerror(errno), ")"));
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -41,9 +42,11 @@ absl::StatusOr<Npy> ParseNpy(const std::string& path, const std::string& bytes) 
     header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
     offset = 10;
   } else {
-    if (bytes.size() < 12) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated .npy header"));
+    if (bytes.size() < 12)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": truncated .npy header"));
     header_len = 0;
-    for (int i = 0; i < 4; ++i) header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+    for (int i = 0; i < 4; ++i)
+      header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
     offset = 12;
   }
   if (bytes.size() < offset + header_len) {
@@ -68,9 +71,11 @@ absl::StatusOr<Npy> ParseNpy(const std::string& path, const std::string& bytes) 
   };
   npy.descr = std::string(absl::StripSuffix(absl::StripPrefix(field("descr"), "'"), "'"));
   if (field("fortran_order") == "True") {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": Fortran-order arrays are not supported; save in C order"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": Fortran-order arrays are not supported; save in C order"));
   }
-  const std::string shape = std::string(absl::StripSuffix(absl::StripPrefix(field("shape"), "("), ")"));
+  const std::string shape =
+      std::string(absl::StripSuffix(absl::StripPrefix(field("shape"), "("), ")"));
   for (absl::string_view d : absl::StrSplit(shape, ',', absl::SkipWhitespace())) {
     int64_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(d), &v)) {
@@ -82,7 +87,8 @@ absl::StatusOr<Npy> ParseNpy(const std::string& path, const std::string& bytes) 
   return npy;
 }
 
-absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, int64_t* rows, int64_t* cols) {
+absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, int64_t* rows,
+                  int64_t* cols) {
   if (shape.size() == 1) {
     *rows = 1;
     *cols = shape[0];
@@ -90,7 +96,8 @@ absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, in
     *rows = shape[0];
     *cols = shape[1];
   } else {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: expected a 1-D or 2-D array, got %d dimensions", path, shape.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: expected a 1-D or 2-D array, got %d dimensions", path, shape.size()));
   }
   return absl::OkStatus();
 }
@@ -98,14 +105,18 @@ absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, in
 // JSON: a number array, or an array of equally long number arrays.
 absl::StatusOr<FloatMatrix> JsonMatrix(const std::string& path, const std::string& text) {
   auto json = ParseJson(text);
-  if (!json.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
+  if (!json.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
   const auto* outer = std::get_if<Json::Array>(&json->v);
-  if (outer == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON array"));
+  if (outer == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON array"));
   FloatMatrix m;
   auto row_of = [&](const Json::Array& row, int64_t r) -> absl::Status {
     for (size_t c = 0; c < row.size(); ++c) {
       const double* x = std::get_if<double>(&row[c].v);
-      if (x == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: [%d][%d] is not a number", path, r, c));
+      if (x == nullptr)
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: [%d][%d] is not a number", path, r, c));
       m.data.push_back(static_cast<float>(*x));
     }
     return absl::OkStatus();
@@ -119,10 +130,12 @@ absl::StatusOr<FloatMatrix> JsonMatrix(const std::string& path, const std::strin
   m.rows = static_cast<int64_t>(outer->size());
   for (size_t r = 0; r < outer->size(); ++r) {
     const auto* row = std::get_if<Json::Array>(&(*outer)[r].v);
-    if (row == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: row %d is not an array", path, r));
+    if (row == nullptr)
+      return absl::InvalidArgumentError(absl::StrFormat("%s: row %d is not an array", path, r));
     if (r == 0) m.cols = static_cast<int64_t>(row->size());
     if (static_cast<int64_t>(row->size()) != m.cols) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s: row %d has %d values, row 0 has %d", path, r, row->size(), m.cols));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: row %d has %d values, row 0 has %d", path, r, row->size(), m.cols));
     }
     if (auto st = row_of(*row, static_cast<int64_t>(r)); !st.ok()) return st;
   }
@@ -209,9 +222,11 @@ class JsonParser {
       return Json{*std::move(str)};
     }
     for (const auto& [word, value] : {std::pair<const char*, Json>{"true", Json{true}},
-                                      {"false", Json{false}}, {"null", Json{nullptr}},
+                                      {"false", Json{false}},
+                                      {"null", Json{nullptr}},
                                       {"NaN", Json{std::nan("")}},
-                                      {"Infinity", Json{HUGE_VAL}}, {"-Infinity", Json{-HUGE_VAL}}}) {
+                                      {"Infinity", Json{HUGE_VAL}},
+                                      {"-Infinity", Json{-HUGE_VAL}}}) {
       if (s_.compare(i_, std::strlen(word), word) == 0) {
         i_ += std::strlen(word);
         return value;
@@ -255,15 +270,21 @@ absl::StatusOr<FloatMatrix> ReadFloatMatrix(const std::string& path) {
   if (auto st = Dims(path, npy->shape, &m.rows, &m.cols); !st.ok()) return st;
   const size_t n = static_cast<size_t>(m.rows * m.cols);
   if (npy->descr == "<f4") {
-    if (npy->payload.size() != n * 4) return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d float32 values", path, npy->payload.size(), n));
+    if (npy->payload.size() != n * 4)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: %d data bytes for %d float32 values", path, npy->payload.size(), n));
     m.data.resize(n);
     std::memcpy(m.data.data(), npy->payload.data(), n * 4);
   } else if (npy->descr == "<f2") {
-    if (npy->payload.size() != n * 2) return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d float16 values", path, npy->payload.size(), n));
+    if (npy->payload.size() != n * 2)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: %d data bytes for %d float16 values", path, npy->payload.size(), n));
     m.data.resize(n);
     WidenToFloat(npy->payload.data(), static_cast<int64_t>(n), DType::kFloat16, m.data.data());
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": dtype '", npy->descr, "' is not supported: save as float32 ('<f4') or float16 ('<f2')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": dtype '", npy->descr,
+                     "' is not supported: save as float32 ('<f4') or float16 ('<f2')"));
   }
   return m;
 }
@@ -283,11 +304,13 @@ absl::StatusOr<ByteMatrix> ReadByteMatrix(const std::string& path) {
   auto npy = ParseNpy(path, *bytes);
   if (!npy.ok()) return npy.status();
   if (npy->descr != "|u1" && npy->descr != "<u1" && npy->descr != "|b1") {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": dtype '", npy->descr, "' is not supported for a mask: save as uint8 or bool"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": dtype '", npy->descr, "' is not supported for a mask: save as uint8 or bool"));
   }
   if (auto st = Dims(path, npy->shape, &m.rows, &m.cols); !st.ok()) return st;
   if (npy->payload.size() != static_cast<size_t>(m.rows * m.cols)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d values", path, npy->payload.size(), m.rows * m.cols));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d values", path,
+                                                      npy->payload.size(), m.rows * m.cols));
   }
   m.data.assign(npy->payload.begin(), npy->payload.end());
   return m;
@@ -297,20 +320,26 @@ absl::StatusOr<SparseLabels> ReadSparseLabels(const std::string& path) {
   auto bytes = ReadFile(path);
   if (!bytes.ok()) return bytes.status();
   auto json = ParseJson(*bytes);
-  if (!json.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
+  if (!json.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
   const auto* obj = std::get_if<Json::Object>(&json->v);
-  if (obj == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON object with row_splits, indices and values"));
+  if (obj == nullptr)
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": expected a JSON object with row_splits, indices and values"));
   SparseLabels out;
   auto numbers = [&](const char* key, bool required, auto& dst) -> absl::Status {
     auto it = obj->find(key);
     if (it == obj->end()) {
-      return required ? absl::InvalidArgumentError(absl::StrCat(path, ": missing \"", key, "\"")) : absl::OkStatus();
+      return required ? absl::InvalidArgumentError(absl::StrCat(path, ": missing \"", key, "\""))
+                      : absl::OkStatus();
     }
     const auto* arr = std::get_if<Json::Array>(&it->second.v);
-    if (arr == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not an array"));
+    if (arr == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not an array"));
     for (const Json& x : *arr) {
       const double* d = std::get_if<double>(&x.v);
-      if (d == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" holds a non-number"));
+      if (d == nullptr)
+        return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" holds a non-number"));
       dst.push_back(static_cast<typename std::decay_t<decltype(dst)>::value_type>(*d));
     }
     return absl::OkStatus();
@@ -325,10 +354,18 @@ std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += absl::StrFormat("\\u%04x", c);

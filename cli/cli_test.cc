@@ -22,7 +22,8 @@ using ::testing::StartsWith;
 // Writes a .npy file of `descr` with the given shape and raw data.
 void WriteNpy(const std::string& path, const std::string& descr, const std::string& shape,
               const void* data, size_t bytes) {
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  std::string header =
+      "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
   while ((10 + header.size() + 1) % 64 != 0) header += ' ';
   header += '\n';
   std::ofstream f(path, std::ios::binary);
@@ -71,14 +72,16 @@ TEST_F(CliTest, HealthAndInfoPrintJson) {
   EXPECT_EQ(Run({"health"}), 0);
   EXPECT_EQ(out_.str(), "{\"service\":\"\",\"status\":\"SERVING\"}\n");
   EXPECT_EQ(Run({"info"}), 0);
-  EXPECT_THAT(out_.str(), StartsWith(absl::StrCat("{\"version\":\"", server::Version(), "\",\"backend\":\"cpu\"")));
+  EXPECT_THAT(out_.str(), StartsWith(absl::StrCat("{\"version\":\"", server::Version(),
+                                                  "\",\"backend\":\"cpu\"")));
 }
 
 TEST_F(CliTest, LossFromNpyAndJsonFiles) {
   const float scores[6] = {2.0f, -1.0f, 0.5f, -3.0f, 1.5f, 0.0f};
   WriteNpy(Path("s.npy"), "<f4", "(2, 3)", scores, sizeof(scores));
   WriteText(Path("t.json"), "[[1, 0, 1], [0, 0, 0]]");
-  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--labels=" + Path("t.json"), "--want_grad"}), 0)
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--labels=" + Path("t.json"), "--want_grad"}),
+            0)
       << err_.str();
   auto json = ParseJson(out_.str());
   ASSERT_TRUE(json.ok()) << out_.str();
@@ -86,25 +89,30 @@ TEST_F(CliTest, LossFromNpyAndJsonFiles) {
   const auto& loss = std::get<Json::Array>(obj.at("loss").v);
   ASSERT_EQ(loss.size(), 2u);
   // Row 0: log(1 + e^{-1}) + log(1 + e^{-2} + e^{-0.5}); row 1: log(1 + e^{-3} + e^{1.5} + 1).
-  EXPECT_NEAR(std::get<double>(loss[0].v), std::log(1 + std::exp(-1.0)) + std::log(1 + std::exp(-2.0) + std::exp(-0.5)), 1e-5);
+  EXPECT_NEAR(std::get<double>(loss[0].v),
+              std::log(1 + std::exp(-1.0)) + std::log(1 + std::exp(-2.0) + std::exp(-0.5)), 1e-5);
   EXPECT_NEAR(std::get<double>(loss[1].v), std::log(2 + std::exp(-3.0) + std::exp(1.5)), 1e-5);
   EXPECT_EQ(std::get<Json::Array>(obj.at("grad").v).size(), 2u);
 
   WriteText(Path("sp.json"), R"({"row_splits": [0, 2, 2], "indices": [0, 2]})");
-  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--sparse_labels=" + Path("sp.json")}), 0) << err_.str();
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--sparse_labels=" + Path("sp.json")}), 0)
+      << err_.str();
   auto sparse = ParseJson(out_.str());
-  EXPECT_EQ(std::get<double>(std::get<Json::Array>(std::get<Json::Object>(sparse->v).at("loss").v)[0].v),
-            std::get<double>(loss[0].v));
+  EXPECT_EQ(
+      std::get<double>(std::get<Json::Array>(std::get<Json::Object>(sparse->v).at("loss").v)[0].v),
+      std::get<double>(loss[0].v));
 }
 
 TEST_F(CliTest, PredictWithFloat16NpyAndTopK) {
   const uint16_t half[4] = {0x4000, 0xBC00, 0x3C00, 0x0000};  // 2, -1, 1, 0
   WriteNpy(Path("s16.npy"), "<f2", "(1, 4)", half, sizeof(half));
-  ASSERT_EQ(Run({"predict", "--scores=" + Path("s16.npy"), "--top_k=1", "--min_labels=2"}), 0) << err_.str();
+  ASSERT_EQ(Run({"predict", "--scores=" + Path("s16.npy"), "--top_k=1", "--min_labels=2"}), 0)
+      << err_.str();
   EXPECT_THAT(out_.str(), StartsWith("{\"rows\":[{\"labels\":[0,2],\"probs\":["));
   auto json = ParseJson(out_.str());
   ASSERT_TRUE(json.ok());
-  const auto& row = std::get<Json::Object>(std::get<Json::Array>(std::get<Json::Object>(json->v).at("rows").v)[0].v);
+  const auto& row = std::get<Json::Object>(
+      std::get<Json::Array>(std::get<Json::Object>(json->v).at("rows").v)[0].v);
   const auto& probs = std::get<Json::Array>(row.at("probs").v);
   EXPECT_NEAR(std::get<double>(probs[0].v), 1 / (1 + std::exp(-4.0)), 1e-7);  // σ(2·2)
   EXPECT_NEAR(std::get<double>(probs[1].v), 1 / (1 + std::exp(-2.0)), 1e-7);  // σ(2·1)

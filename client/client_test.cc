@@ -1,11 +1,10 @@
 // zlpr::Client against a real server on loopback: blocking, async and future calls, streams
 // with backpressure, errors, health and info, round_robin over several servers.
-#include "client/zlpr_client.h"
-
 #include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "client/zlpr_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/test_util.h"
@@ -44,8 +43,8 @@ class ClientTest : public ::testing::Test {
   void SetUp() override {
     server_ = StartServer();
     client_ = Connect(absl::StrCat("127.0.0.1:", server_->grpc_port()));
-    problem_ = testing::MakeProblem({.rows = 3, .cols = 40, .labels = testing::Labels::kSparseSoft,
-                                     .mask = true, .seed = 12});
+    problem_ = testing::MakeProblem(
+        {.rows = 3, .cols = 40, .labels = testing::Labels::kSparseSoft, .mask = true, .seed = 12});
     cpu_->Loss(problem_.Input(false), {want_loss_.data(), want_grad_.data()}).IgnoreError();
   }
   LossCall Call(bool sparse) const {
@@ -87,7 +86,8 @@ TEST_F(ClientTest, ComputeLossBlockingReturnsTheKernelsResults) {
 
 TEST_F(ClientTest, AsyncAndFutureCallsComplete) {
   std::promise<absl::StatusOr<LossResult>> got;
-  client_->ComputeLossAsync(Call(false), [&](absl::StatusOr<LossResult> r) { got.set_value(std::move(r)); });
+  client_->ComputeLossAsync(Call(false),
+                            [&](absl::StatusOr<LossResult> r) { got.set_value(std::move(r)); });
   auto fut = client_->ComputeLossFuture(Call(true));
   const auto a = got.get_future().get();
   const auto b = fut.get();
@@ -185,7 +185,8 @@ TEST_F(ClientTest, PredictStreamAndInfoAndHealth) {
 TEST(ClientBalancingTest, SeveralAddressesAreBalancedRoundRobin) {
   auto a = StartServer();
   auto b = StartServer();
-  auto client = Connect(absl::StrCat("ipv4:127.0.0.1:", a->grpc_port(), ",127.0.0.1:", b->grpc_port()));
+  auto client =
+      Connect(absl::StrCat("ipv4:127.0.0.1:", a->grpc_port(), ",127.0.0.1:", b->grpc_port()));
   const testing::Problem p = testing::MakeProblem({.rows = 1, .cols = 8, .seed = 1});
   PredictCall call;
   call.rows = 1;

@@ -30,9 +30,12 @@ class ServerProcess {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
     posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::vector<std::string> args = {ZLPR_SERVER_BINARY, "--grpc_address=127.0.0.1:0",
-                                     "--metrics_address=127.0.0.1:0", "--backend=cpu",
-                                     "--threads=1", "--shutdown_grace_s=10"};
+    std::vector<std::string> args = {ZLPR_SERVER_BINARY,
+                                     "--grpc_address=127.0.0.1:0",
+                                     "--metrics_address=127.0.0.1:0",
+                                     "--backend=cpu",
+                                     "--threads=1",
+                                     "--shutdown_grace_s=10"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

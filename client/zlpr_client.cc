@@ -22,9 +22,12 @@ absl::Status FromGrpc(const grpc::Status& st) {
 
 v1::DType ToProto(Dtype d) {
   switch (d) {
-    case Dtype::kFloat16: return v1::FLOAT16;
-    case Dtype::kBFloat16: return v1::BFLOAT16;
-    default: return v1::FLOAT32;
+    case Dtype::kFloat16:
+      return v1::FLOAT16;
+    case Dtype::kBFloat16:
+      return v1::BFLOAT16;
+    default:
+      return v1::FLOAT32;
   }
 }
 
@@ -402,14 +405,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
 std::future<absl::StatusOr<LossResult>> Client::ComputeLossFuture(const LossCall& call) {
   auto promise = std::make_shared<std::promise<absl::StatusOr<LossResult>>>();
   auto future = promise->get_future();
-  ComputeLossAsync(call, [promise](absl::StatusOr<LossResult> r) { promise->set_value(std::move(r)); });
+  ComputeLossAsync(call,
+                   [promise](absl::StatusOr<LossResult> r) { promise->set_value(std::move(r)); });
   return future;
 }
 
 std::future<absl::StatusOr<PredictResult>> Client::PredictFuture(const PredictCall& call) {
   auto promise = std::make_shared<std::promise<absl::StatusOr<PredictResult>>>();
   auto future = promise->get_future();
-  PredictAsync(call, [promise](absl::StatusOr<PredictResult> r) { promise->set_value(std::move(r)); });
+  PredictAsync(call,
+               [promise](absl::StatusOr<PredictResult> r) { promise->set_value(std::move(r)); });
   return future;
 }
 

@@ -99,8 +99,8 @@ struct PredictCall {
   int64_t rows = 0;
   int64_t cols = 0;
   std::span<const float> scores;
-  std::optional<float> threshold;            // unset: 0.5
-  std::span<const float> label_thresholds;   // optional, cols entries
+  std::optional<float> threshold;           // unset: 0.5
+  std::span<const float> label_thresholds;  // optional, cols entries
   uint32_t top_k = 0;
   uint32_t min_labels = 0;
   bool want_probs = false;

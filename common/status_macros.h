@@ -6,10 +6,10 @@
 #include "absl/status/statusor.h"
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function if not OK.
-#define ZLPR_RETURN_IF_ERROR(expr)                          \
-  do {                                                      \
-    ::absl::Status zlpr_status_ = (expr);                   \
-    if (!zlpr_status_.ok()) return zlpr_status_;            \
+#define ZLPR_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status zlpr_status_ = (expr);        \
+    if (!zlpr_status_.ok()) return zlpr_status_; \
   } while (0)
 
 #define ZLPR_STATUS_CONCAT_INNER_(a, b) a##b

@@ -25,7 +25,7 @@ namespace {
 
 using internal::ThreadPool;
 
-constexpr int64_t kChunk = 8192;                // columns per chunk
+constexpr int64_t kChunk = 8192;                 // columns per chunk
 constexpr int64_t kElementsPerTask = 32 * 1024;  // short rows are grouped into tasks this big
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -137,8 +137,7 @@ ChunkState ReduceChunk(const ChunkRef& c, int64_t n, float* e) {
   return st;
 }
 
-void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTotals& tot,
-               float* g) {
+void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTotals& tot, float* g) {
   const float sp = tot.p.Scale(st.mp), sn = tot.n.Scale(st.mn);
   if (st.hard) {
     internal::ChunkGradHard(c.t, n, sp, sn, g);
@@ -157,8 +156,7 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Loss(const LossInput& in, const LossOutput& out) override;
-  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
-                             float* probs) override;
+  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask, float* probs) override;
   absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override;
 
  private:
@@ -275,7 +273,8 @@ absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* pr
                                    labels.data(), top_s.data()));
     } else {
       cand.resize(static_cast<size_t>(cols) + internal::kCandidatesSlack);
-      const size_t n = internal::Candidates(s, zp, z_global, static_cast<size_t>(cols), cand.data());
+      const size_t n =
+          internal::Candidates(s, zp, z_global, static_cast<size_t>(cols), cand.data());
       std::sort(cand.begin(), cand.begin() + n,
                 [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
       labels.assign(cand.begin(), cand.begin() + n);
@@ -351,15 +350,16 @@ size_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
   }
   return "unknown";
 }
 
-const char* BackendKindName(BackendKind kind) {
-  return kind == BackendKind::kCpu ? "cpu" : "cuda";
-}
+const char* BackendKindName(BackendKind kind) { return kind == BackendKind::kCpu ? "cpu" : "cuda"; }
 
 }  // namespace zlpr

@@ -84,7 +84,9 @@ HWY_INLINE bool AllOk(const float* HWY_RESTRICT p, size_t n, const Ok& ok) {
 
 bool ScoresOkImpl(const float* HWY_RESTRICT s, size_t n) {
   // s < +inf is false for NaN and +inf alone.
-  return AllOk(s, n, [](DF d, VF v) { return hn::Lt(v, hn::Set(d, std::numeric_limits<float>::infinity())); });
+  return AllOk(s, n, [](DF d, VF v) {
+    return hn::Lt(v, hn::Set(d, std::numeric_limits<float>::infinity()));
+  });
 }
 
 bool LabelsOkImpl(const float* HWY_RESTRICT t, size_t n) {
@@ -221,7 +223,8 @@ void ChunkGradHardImpl(const float* HWY_RESTRICT t, size_t n, float sp_s, float 
   size_t i = 0;
   auto step = [&](VF tv, VF e) {
     const auto pos = hn::Gt(tv, zero);
-    return hn::Sub(hn::Mul(hn::IfThenZeroElse(pos, e), sn), hn::Mul(hn::IfThenElseZero(pos, e), sp));
+    return hn::Sub(hn::Mul(hn::IfThenZeroElse(pos, e), sn),
+                   hn::Mul(hn::IfThenElseZero(pos, e), sp));
   };
   for (; i + N <= n; i += N) {
     hn::StoreU(step(hn::LoadU(d, t + i), hn::LoadU(d, g + i)), d, g + i);
@@ -298,8 +301,8 @@ size_t CandidatesImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT z, 
 // ascending, in that order. One SIMD filter pass: a vector is looked at lane by lane only
 // when a lane beats both its threshold and the current k-th best score, which after the first
 // few vectors is rare, so the row is never sorted.
-size_t TopKImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT z, float z_global,
-                size_t n, size_t k, int32_t* HWY_RESTRICT out_idx, float* HWY_RESTRICT out_s) {
+size_t TopKImpl(const float* HWY_RESTRICT s, const float* HWY_RESTRICT z, float z_global, size_t n,
+                size_t k, int32_t* HWY_RESTRICT out_idx, float* HWY_RESTRICT out_s) {
   const DF d;
   const size_t N = hn::Lanes(d);
   const VF zg = hn::Set(d, z_global);
@@ -368,8 +371,8 @@ void ChunkSumsSoft(const float* s, const float* t, size_t n, float mp, float mn,
 void ChunkGradHard(const float* t, size_t n, float sp, float sn, float* g) {
   HWY_DYNAMIC_DISPATCH(ChunkGradHardImpl)(t, n, sp, sn, g);
 }
-void ChunkGradSoft(const float* s, const float* t, size_t n, float mp, float mn, float sp,
-                   float sn, float* g) {
+void ChunkGradSoft(const float* s, const float* t, size_t n, float mp, float mn, float sp, float sn,
+                   float* g) {
   HWY_DYNAMIC_DISPATCH(ChunkGradSoftImpl)(s, t, n, mp, mn, sp, sn, g);
 }
 void Probs(const float* s, size_t n, float* p) { HWY_DYNAMIC_DISPATCH(ProbsImpl)(s, n, p); }

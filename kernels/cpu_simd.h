@@ -25,8 +25,8 @@ void ChunkSumsSoft(const float* s, const float* t, size_t n, float mp, float mn,
 // In place: g holds the exps from ChunkSumsHard; becomes (1-t)·e·sn - t·e·sp.
 void ChunkGradHard(const float* t, size_t n, float sp, float sn, float* g);
 // g = (1-t)·e^{s-mn}·sn - t·e^{-s-mp}·sp.
-void ChunkGradSoft(const float* s, const float* t, size_t n, float mp, float mn, float sp,
-                   float sn, float* g);
+void ChunkGradSoft(const float* s, const float* t, size_t n, float mp, float mn, float sp, float sn,
+                   float* g);
 // p = σ(2s).
 void Probs(const float* s, size_t n, float* p);
 // Columns with s[c] > z[c] (or z_global), ascending. `out` must have room for n plus one

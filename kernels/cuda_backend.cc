@@ -47,7 +47,9 @@ class DeviceBuffer {
     return absl::OkStatus();
   }
   template <typename T = void>
-  T* get() const { return static_cast<T*>(ptr_); }
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t capacity() const { return capacity_; }
 
  private:
@@ -115,17 +117,16 @@ class CudaBackend final : public Backend {
   }
   int64_t DeviceMemoryBytes() const override {
     int64_t total = 0;
-    for (const DeviceBuffer* b : {&scores_, &labels_, &mask_, &loss_, &grad_, &workspace_,
-                                  &splits_, &indices_, &values_, &probs_, &z_, &out_labels_,
-                                  &out_probs_, &out_count_}) {
+    for (const DeviceBuffer* b :
+         {&scores_, &labels_, &mask_, &loss_, &grad_, &workspace_, &splits_, &indices_, &values_,
+          &probs_, &z_, &out_labels_, &out_probs_, &out_count_}) {
       total += static_cast<int64_t>(b->capacity());
     }
     return total;
   }
 
   absl::Status Loss(const LossInput& in, const LossOutput& out) override;
-  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
-                             float* probs) override;
+  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask, float* probs) override;
   absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override;
 
  private:
@@ -194,9 +195,9 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
     cudaStream_t s0 = streams_[0];
     ZLPR_RETURN_IF_ERROR(CudaError(
         cudaMemcpyAsync(splits_.get(), pin, (rows + 1) * 8, cudaMemcpyHostToDevice, s0), "H2D"));
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(indices_.get(), pin + (rows + 1) * 8, nnz * 4,
-                                                   cudaMemcpyHostToDevice, s0),
-                                   "H2D"));
+    ZLPR_RETURN_IF_ERROR(CudaError(
+        cudaMemcpyAsync(indices_.get(), pin + (rows + 1) * 8, nnz * 4, cudaMemcpyHostToDevice, s0),
+        "H2D"));
     if (!sparse->values.empty()) {
       ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(values_.get(), pin + (rows + 1) * 8 + nnz * 4,
                                                      nnz * 4, cudaMemcpyHostToDevice, s0),
@@ -223,17 +224,18 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
     const int64_t r0 = k * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
     const int64_t cn = (r1 - r0) * cols, off = r0 * cols;
     cudaStream_t s = streams_[k % kStreams];
-    std::memcpy(pin_scores + off * es, static_cast<const char*>(in.scores.data) + off * es, cn * es);
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(scores_.get<char>() + off * es,
-                                                   pin_scores + off * es, cn * es,
-                                                   cudaMemcpyHostToDevice, s),
-                                   "H2D scores"));
+    std::memcpy(pin_scores + off * es, static_cast<const char*>(in.scores.data) + off * es,
+                cn * es);
+    ZLPR_RETURN_IF_ERROR(
+        CudaError(cudaMemcpyAsync(scores_.get<char>() + off * es, pin_scores + off * es, cn * es,
+                                  cudaMemcpyHostToDevice, s),
+                  "H2D scores"));
     float* d_labels = labels_.get<float>() + off;
     if (dense != nullptr) {
       internal::Widen(dense->data, dense->dtype, off, cn, pin_labels + off);
-      ZLPR_RETURN_IF_ERROR(CudaError(
-          cudaMemcpyAsync(d_labels, pin_labels + off, cn * 4, cudaMemcpyHostToDevice, s),
-          "H2D labels"));
+      ZLPR_RETURN_IF_ERROR(
+          CudaError(cudaMemcpyAsync(d_labels, pin_labels + off, cn * 4, cudaMemcpyHostToDevice, s),
+                    "H2D labels"));
     } else {
       ZLPR_RETURN_IF_ERROR(cuda::LaunchDensifyLabels(
           splits_.get<int64_t>() + r0, indices_.get<int32_t>(),
@@ -242,9 +244,9 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
     const uint8_t* d_mask = nullptr;
     if (in.mask != nullptr) {
       std::memcpy(pin_mask + off, in.mask + off, cn);
-      ZLPR_RETURN_IF_ERROR(CudaError(
-          cudaMemcpyAsync(mask_.get<uint8_t>() + off, pin_mask + off, cn, cudaMemcpyHostToDevice, s),
-          "H2D mask"));
+      ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(mask_.get<uint8_t>() + off, pin_mask + off, cn,
+                                                     cudaMemcpyHostToDevice, s),
+                                     "H2D mask"));
       d_mask = mask_.get<uint8_t>() + off;
     }
     cuda::DeviceLossArgs args;
@@ -258,12 +260,13 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
     args.grad = want_grad ? grad_.get<float>() + off : nullptr;
     char* ws = workspace_.get<char>() + cuda::LossWorkspaceBytes(r0, cols);
     ZLPR_RETURN_IF_ERROR(cuda::LaunchLoss(args, ws, /*allow_clusters=*/true, s));
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(pin_loss + r0, args.loss, (r1 - r0) * 4,
-                                                   cudaMemcpyDeviceToHost, s),
-                                   "D2H loss"));
+    ZLPR_RETURN_IF_ERROR(CudaError(
+        cudaMemcpyAsync(pin_loss + r0, args.loss, (r1 - r0) * 4, cudaMemcpyDeviceToHost, s),
+        "D2H loss"));
     if (want_grad) {
-      ZLPR_RETURN_IF_ERROR(CudaError(
-          cudaMemcpyAsync(pin_grad + off, args.grad, cn * 4, cudaMemcpyDeviceToHost, s), "D2H grad"));
+      ZLPR_RETURN_IF_ERROR(
+          CudaError(cudaMemcpyAsync(pin_grad + off, args.grad, cn * 4, cudaMemcpyDeviceToHost, s),
+                    "D2H grad"));
     }
     cudaEvent_t done;
     ZLPR_RETURN_IF_ERROR(EventAt(static_cast<size_t>(k) + 1, &done));
@@ -338,12 +341,15 @@ absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* p
     auto* z = reinterpret_cast<float*>(pin + sb + mb);
     for (int64_t c = 0; c < cols; ++c) z[c] = internal::ScoreThreshold(opt.label_thresholds[c]);
   }
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(scores_.get(), pin, sb, cudaMemcpyHostToDevice, s), "H2D"));
+  ZLPR_RETURN_IF_ERROR(
+      CudaError(cudaMemcpyAsync(scores_.get(), pin, sb, cudaMemcpyHostToDevice, s), "H2D"));
   if (mb > 0) {
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(mask_.get(), pin + sb, mb, cudaMemcpyHostToDevice, s), "H2D"));
+    ZLPR_RETURN_IF_ERROR(
+        CudaError(cudaMemcpyAsync(mask_.get(), pin + sb, mb, cudaMemcpyHostToDevice, s), "H2D"));
   }
   if (zb > 0) {
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(z_.get(), pin + sb + mb, zb, cudaMemcpyHostToDevice, s), "H2D"));
+    ZLPR_RETURN_IF_ERROR(
+        CudaError(cudaMemcpyAsync(z_.get(), pin + sb + mb, zb, cudaMemcpyHostToDevice, s), "H2D"));
   }
   const uint8_t* d_mask = mb > 0 ? mask_.get<uint8_t>() : nullptr;
   cuda::DeviceLabelArgs args;
@@ -366,13 +372,17 @@ absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* p
   auto* h_probs = reinterpret_cast<float*>(pout + ob);
   auto* h_count = reinterpret_cast<int32_t*>(pout + 2 * ob);
   auto* h_dense = reinterpret_cast<float*>(pout + 2 * ob + rows * 4);
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_labels, args.labels, ob, cudaMemcpyDeviceToHost, s), "D2H"));
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_probs, args.probs, ob, cudaMemcpyDeviceToHost, s), "D2H"));
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_count, args.count, rows * 4, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(
+      CudaError(cudaMemcpyAsync(h_labels, args.labels, ob, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(
+      CudaError(cudaMemcpyAsync(h_probs, args.probs, ob, cudaMemcpyDeviceToHost, s), "D2H"));
+  ZLPR_RETURN_IF_ERROR(
+      CudaError(cudaMemcpyAsync(h_count, args.count, rows * 4, cudaMemcpyDeviceToHost, s), "D2H"));
   if (probs != nullptr) {
-    ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), in.scores.dtype, d_mask, rows, cols,
-                                                   probs_.get<float>(), s));
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(h_dense, probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
+    ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), in.scores.dtype, d_mask, rows,
+                                                   cols, probs_.get<float>(), s));
+    ZLPR_RETURN_IF_ERROR(
+        CudaError(cudaMemcpyAsync(h_dense, probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
   }
   ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "labeler kernels"));
   out->row_offsets.resize(static_cast<size_t>(rows) + 1);
@@ -408,7 +418,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
         "cuda:%d: not visible (%d CUDA device%s visible)", device, count, count == 1 ? "" : "s"));
   }
   cudaDeviceProp prop;
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  ZLPR_RETURN_IF_ERROR(
+      CudaError(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
   auto backend = std::make_unique<CudaBackend>(device, prop.name, prop.major, prop.minor,
                                                prop.multiProcessorCount);
   ZLPR_RETURN_IF_ERROR(backend->Init());

@@ -21,9 +21,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
-#include <algorithm>
 #include <string>
 
 #include "kernels/cuda_launch.h"
@@ -106,25 +106,41 @@ __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
 template <typename T>
 __device__ __forceinline__ float ToFloat(T x);
 template <>
-__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__half x) {
+  return __half2float(x);
+}
 template <>
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 
 // A register type of exactly `Bytes` bytes, so a vector load is one instruction.
 template <int Bytes>
 struct Raw;
 template <>
-struct Raw<1> { using type = uint8_t; };
+struct Raw<1> {
+  using type = uint8_t;
+};
 template <>
-struct Raw<2> { using type = uint16_t; };
+struct Raw<2> {
+  using type = uint16_t;
+};
 template <>
-struct Raw<4> { using type = uint32_t; };
+struct Raw<4> {
+  using type = uint32_t;
+};
 template <>
-struct Raw<8> { using type = uint2; };
+struct Raw<8> {
+  using type = uint2;
+};
 template <>
-struct Raw<16> { using type = uint4; };
+struct Raw<16> {
+  using type = uint4;
+};
 
 // Loads V consecutive elements at p (aligned to V elements) widened to float.
 template <int V, typename T>
@@ -288,16 +304,15 @@ __global__ void __launch_bounds__(kSegThreads) SegmentStateKernel(Args<T> a, Row
 }
 
 // One thread per row: merges the segment states in order and writes the loss.
-__global__ void SegmentLossKernel(const RowState* states, int segments, int64_t rows,
-                                  float* loss) {
+__global__ void SegmentLossKernel(const RowState* states, int segments, int64_t rows, float* loss) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row < rows) loss[row] = Finish(MergeInOrder(states + row * segments, segments)).loss;
 }
 
 // Grid (segments, rows): re-reads the segment and writes its gradient (and block 0 the loss).
 template <typename T, int V>
-__global__ void __launch_bounds__(kSegThreads) SegmentGradKernel(Args<T> a,
-                                                                 const RowState* states) {
+__global__ void __launch_bounds__(kSegThreads)
+    SegmentGradKernel(Args<T> a, const RowState* states) {
   const int64_t row = blockIdx.y, seg = blockIdx.x;
   const int64_t begin = seg * kSegmentColumns;
   const int64_t end = min(a.cols, begin + kSegmentColumns);
@@ -362,9 +377,8 @@ __global__ void ProbabilitiesKernel(const T* __restrict__ scores, const uint8_t*
 }
 
 __global__ void DensifyKernel(const int64_t* __restrict__ row_splits,
-                              const int32_t* __restrict__ indices,
-                              const float* __restrict__ values, int64_t cols,
-                              float* __restrict__ labels) {
+                              const int32_t* __restrict__ indices, const float* __restrict__ values,
+                              int64_t cols, float* __restrict__ labels) {
   const int64_t row = blockIdx.x;
   for (int64_t k = row_splits[row] + threadIdx.x; k < row_splits[row + 1]; k += blockDim.x) {
     labels[row * cols + indices[k]] = values != nullptr ? values[k] : 1.0f;
@@ -602,8 +616,8 @@ absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, bool allow_clust
       if (a.grad != nullptr) {
         SegmentGradKernel<T, V><<<grid, kSegThreads, 0, stream>>>(a, states);
       } else {
-        SegmentLossKernel<<<(rows + 127) / 128, 128, 0, stream>>>(states, static_cast<int>(segments),
-                                                                  a.rows, a.loss);
+        SegmentLossKernel<<<(rows + 127) / 128, 128, 0, stream>>>(
+            states, static_cast<int>(segments), a.rows, a.loss);
       }
     }
   }
@@ -613,8 +627,8 @@ absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, bool allow_clust
 template <typename T>
 absl::Status LaunchLossForType(const DeviceLossArgs& d, void* workspace, bool allow_clusters,
                                cudaStream_t stream) {
-  const Args<T> a{static_cast<const T*>(d.scores), d.labels, d.mask, d.rows, d.cols, d.loss,
-                  d.grad};
+  const Args<T> a{
+      static_cast<const T*>(d.scores), d.labels, d.mask, d.rows, d.cols, d.loss, d.grad};
   // 16-byte label and gradient loads need rows that start on 4-float boundaries.
   if (d.cols % 4 == 0) return LaunchLossTyped<T, 4>(a, workspace, allow_clusters, stream);
   return LaunchLossTyped<T, 1>(a, workspace, allow_clusters, stream);
@@ -629,8 +643,7 @@ absl::Status CudaError(cudaError_t err, const char* what) {
 }
 
 size_t LossWorkspaceBytes(int64_t rows, int64_t cols) {
-  return cols > kSegmentColumns ? static_cast<size_t>(rows * Segments(cols)) * sizeof(RowState)
-                                : 0;
+  return cols > kSegmentColumns ? static_cast<size_t>(rows * Segments(cols)) * sizeof(RowState) : 0;
 }
 
 absl::Status LaunchLoss(const DeviceLossArgs& args, void* workspace, bool allow_clusters,
@@ -658,13 +671,13 @@ absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indic
       cudaMemsetAsync(labels, 0, static_cast<size_t>(rows * cols) * sizeof(float), stream),
       "memset labels");
   if (!st.ok()) return st;
-  DensifyKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(row_splits, indices, values,
-                                                                  cols, labels);
+  DensifyKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(row_splits, indices, values, cols,
+                                                                 labels);
   return CudaError(cudaGetLastError(), "densify kernel launch");
 }
 
-absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask,
-                                 int64_t rows, int64_t cols, float* probs, cudaStream_t stream) {
+absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask, int64_t rows,
+                                 int64_t cols, float* probs, cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n == 0) return absl::OkStatus();
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 16));

@@ -39,12 +39,12 @@ absl::Status LaunchLoss(const DeviceLossArgs& args, void* workspace, bool allow_
 
 // Scatters sparse labels (device CSR, rows [0, rows)) into dense `labels`, which it zeroes.
 absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indices,
-                                 const float* values, int64_t rows, int64_t cols,
-                                 float* labels, cudaStream_t stream);
+                                 const float* values, int64_t rows, int64_t cols, float* labels,
+                                 cudaStream_t stream);
 
 // p = σ(2s), 0 where excluded.
-absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask,
-                                 int64_t rows, int64_t cols, float* probs, cudaStream_t stream);
+absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask, int64_t rows,
+                                 int64_t cols, float* probs, cudaStream_t stream);
 
 // The labeler on the GPU for top_k in [1, kMaxGpuLabels] and min_labels <= kMaxGpuLabels:
 // per row, the labels the math doc selects (threshold, then the top_k best by score then

@@ -7,7 +7,8 @@ bool CudaBuilt() { return false; }
 int CudaDeviceCount() { return 0; }
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
   return absl::FailedPreconditionError(
-      "cuda:" + std::to_string(device) + ": this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)");
+      "cuda:" + std::to_string(device) +
+      ": this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)");
 }
 
 }  // namespace zlpr

@@ -39,22 +39,29 @@ TEST_F(CudaBackendTest, LossAndGradientMatchTheCpuAcrossShapes) {
   for (int64_t cols : {1, 7, 31, 32, 33, 1000, 4097, 8193, 131072}) {
     for (Labels kind : {Labels::kHard, Labels::kSoft, Labels::kSparseHard, Labels::kSparseSoft}) {
       for (bool mask : {false, true}) {
-        const Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 9, .cols = cols, .labels = kind,
-                                       .mask = mask, .neg_inf = mask, .scale = 5.0f,
+        const Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 9,
+                                       .cols = cols,
+                                       .labels = kind,
+                                       .mask = mask,
+                                       .neg_inf = mask,
+                                       .scale = 5.0f,
                                        .seed = static_cast<uint64_t>(cols)});
         const int64_t rows = p.spec.rows;
         std::vector<float> gl(rows), gg(rows * cols), cl(rows), cg(rows * cols);
         ASSERT_TRUE(cuda_->Loss(p.Input(), {gl.data(), gg.data()}).ok());
         ASSERT_TRUE(cpu_->Loss(p.Input(), {cl.data(), cg.data()}).ok());
         for (int64_t r = 0; r < rows; ++r) {
-          ASSERT_NEAR(gl[r], cl[r], 2 * testing::LossTolerance(cl[r])) << "C=" << cols << " row " << r;
+          ASSERT_NEAR(gl[r], cl[r], 2 * testing::LossTolerance(cl[r]))
+              << "C=" << cols << " row " << r;
         }
         for (int64_t i = 0; i < rows * cols; ++i) {
-          ASSERT_NEAR(gg[i], cg[i], 2 * testing::GradTolerance(cg[i])) << "C=" << cols << " entry " << i;
+          ASSERT_NEAR(gg[i], cg[i], 2 * testing::GradTolerance(cg[i]))
+              << "C=" << cols << " entry " << i;
         }
         std::vector<float> only(rows);
         ASSERT_TRUE(cuda_->Loss(p.Input(), {only.data(), nullptr}).ok());
-        for (int64_t r = 0; r < rows; ++r) ASSERT_NEAR(only[r], cl[r], 2 * testing::LossTolerance(cl[r]));
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_NEAR(only[r], cl[r], 2 * testing::LossTolerance(cl[r]));
       }
     }
   }
@@ -62,8 +69,8 @@ TEST_F(CudaBackendTest, LossAndGradientMatchTheCpuAcrossShapes) {
 
 TEST_F(CudaBackendTest, SparseDenseAndBatchInvarianceHoldToTheBit) {
   for (int64_t cols : {33, 1000, 20000}) {
-    const Problem p = MakeProblem({.rows = 21, .cols = cols, .labels = Labels::kSparseSoft,
-                                   .mask = true, .seed = 4});
+    const Problem p = MakeProblem(
+        {.rows = 21, .cols = cols, .labels = Labels::kSparseSoft, .mask = true, .seed = 4});
     std::vector<float> sl(21), sg(21 * cols), dl(21), dg(21 * cols);
     ASSERT_TRUE(cuda_->Loss(p.Input(true), {sl.data(), sg.data()}).ok());
     ASSERT_TRUE(cuda_->Loss(p.Input(false), {dl.data(), dg.data()}).ok());
@@ -87,14 +94,19 @@ TEST_F(CudaBackendTest, ProbabilitiesAndLabelsMatchTheCpu) {
   const Case cases[] = {{0.4f, false, 5, 2}, {0.5f, false, 1, 0}, {0.1f, false, 64, 0},
                         {0.9f, false, 3, 8}, {0.5f, true, 4, 5},  {0.3f, false, 2, 6}};
   for (int64_t cols : {1, 7, 33, 1000, 9000, 131072}) {
-    Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 13, .cols = cols, .mask = true,
-                             .neg_inf = true, .scale = 4.0f, .seed = 8});
+    Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 13,
+                             .cols = cols,
+                             .mask = true,
+                             .neg_inf = true,
+                             .scale = 4.0f,
+                             .seed = 8});
     for (float& s : p.scores) {
       if (std::isfinite(s)) s = std::round(s * 4.0f) / 4.0f;  // ties: smaller column first
     }
     const int64_t rows = p.spec.rows;
     std::vector<float> thresholds(cols);
-    for (int64_t c = 0; c < cols; ++c) thresholds[c] = 0.1f + 0.8f * static_cast<float>(c % 9) / 8.0f;
+    for (int64_t c = 0; c < cols; ++c)
+      thresholds[c] = 0.1f + 0.8f * static_cast<float>(c % 9) / 8.0f;
     for (const Case& k : cases) {
       LabelerInput in;
       in.scores = {p.scores.data(), DType::kFloat32, rows, cols};
@@ -106,7 +118,8 @@ TEST_F(CudaBackendTest, ProbabilitiesAndLabelsMatchTheCpu) {
       ASSERT_TRUE(cpu_->Label(in, &cpu, cp.data()).ok());
       ASSERT_EQ(gpu.row_offsets, cpu.row_offsets) << "C=" << cols << " top_k=" << k.top_k;
       ASSERT_EQ(gpu.labels, cpu.labels) << "C=" << cols << " top_k=" << k.top_k;
-      for (size_t i = 0; i < gpu.probs.size(); ++i) ASSERT_NEAR(gpu.probs[i], cpu.probs[i], 1e-7 + 1e-6 * cpu.probs[i]);
+      for (size_t i = 0; i < gpu.probs.size(); ++i)
+        ASSERT_NEAR(gpu.probs[i], cpu.probs[i], 1e-7 + 1e-6 * cpu.probs[i]);
       for (size_t i = 0; i < gp.size(); ++i) ASSERT_NEAR(gp[i], cp[i], 1e-7 + 1e-6 * cp[i]);
     }
   }

@@ -24,7 +24,7 @@ inline float Float16ToFloat(uint16_t h) {
     bits = sign | ((exp + 112u) << 23) | (mant << 13);
   } else if (mant == 0) {
     bits = sign;  // ±0
-  } else {  // subnormal: normalise
+  } else {        // subnormal: normalise
     uint32_t e = 113;
     while ((mant & 0x400u) == 0) {
       mant <<= 1;
@@ -40,7 +40,8 @@ inline uint16_t FloatToFloat16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) return static_cast<uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u));
+  if (abs >= 0x7F800000u)
+    return static_cast<uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u));
   if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow to inf
   if (abs < 0x38800000u) {  // subnormal or zero in fp16
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);

@@ -9,7 +9,8 @@ namespace zlpr::reference {
 namespace {
 
 bool Included(const Row& row, int64_t i) {
-  return (row.mask == nullptr || row.mask[i] != 0) && row.s[i] != -std::numeric_limits<double>::infinity();
+  return (row.mask == nullptr || row.mask[i] != 0) &&
+         row.s[i] != -std::numeric_limits<double>::infinity();
 }
 
 // LSE({0} ∪ values).
@@ -55,7 +56,8 @@ double Prob(double s) { return 1.0 / (1.0 + std::exp(-2.0 * s)); }
 
 std::vector<int32_t> Labels(const LabelRow& row, const LabelOptions& o) {
   auto included = [&](int64_t i) {
-    return (row.mask == nullptr || row.mask[i] != 0) && row.s[i] != -std::numeric_limits<double>::infinity();
+    return (row.mask == nullptr || row.mask[i] != 0) &&
+           row.s[i] != -std::numeric_limits<double>::infinity();
   };
   auto before = [&](int32_t a, int32_t b) {
     return row.s[a] > row.s[b] || (row.s[a] == row.s[b] && a < b);

@@ -20,10 +20,10 @@ struct ProblemSpec {
   int64_t rows = 1;
   int64_t cols = 1;
   Labels labels = Labels::kHard;
-  bool mask = false;          // random mask, with some rows entirely masked
-  bool neg_inf = false;       // some scores -inf
-  float scale = 3.0f;         // scores ~ uniform(-scale, scale)
-  double positive_rate = 0.1; // share of labels that are non-zero
+  bool mask = false;           // random mask, with some rows entirely masked
+  bool neg_inf = false;        // some scores -inf
+  float scale = 3.0f;          // scores ~ uniform(-scale, scale)
+  double positive_rate = 0.1;  // share of labels that are non-zero
   uint64_t seed = 1;
 };
 
@@ -36,7 +36,9 @@ struct Problem {
   std::vector<int32_t> indices;
   std::vector<float> values;
 
-  bool sparse() const { return spec.labels == Labels::kSparseHard || spec.labels == Labels::kSparseSoft; }
+  bool sparse() const {
+    return spec.labels == Labels::kSparseHard || spec.labels == Labels::kSparseSoft;
+  }
 
   LossInput Input(bool as_sparse) const {
     LossInput in;
@@ -63,17 +65,21 @@ struct Problem {
     p.row_splits.push_back(0);
     for (int64_t r = r0; r < r1; ++r) p.row_splits.push_back(row_splits[r + 1] - row_splits[r0]);
     p.indices.assign(indices.begin() + row_splits[r0], indices.begin() + row_splits[r1]);
-    if (!values.empty()) p.values.assign(values.begin() + row_splits[r0], values.begin() + row_splits[r1]);
+    if (!values.empty())
+      p.values.assign(values.begin() + row_splits[r0], values.begin() + row_splits[r1]);
     return p;
   }
 
   std::vector<double> RowScores(int64_t r) const {
-    return std::vector<double>(scores.begin() + r * spec.cols, scores.begin() + (r + 1) * spec.cols);
+    return std::vector<double>(scores.begin() + r * spec.cols,
+                               scores.begin() + (r + 1) * spec.cols);
   }
   std::vector<double> RowLabels(int64_t r) const {
     return std::vector<double>(dense.begin() + r * spec.cols, dense.begin() + (r + 1) * spec.cols);
   }
-  const uint8_t* RowMask(int64_t r) const { return mask.empty() ? nullptr : mask.data() + r * spec.cols; }
+  const uint8_t* RowMask(int64_t r) const {
+    return mask.empty() ? nullptr : mask.data() + r * spec.cols;
+  }
 };
 
 inline Problem MakeProblem(const ProblemSpec& spec) {
@@ -121,7 +127,9 @@ inline Problem MakeProblem(const ProblemSpec& spec) {
 }
 
 // The docs/zlpr-math.md tolerances.
-inline double LossTolerance(double ref) { return std::abs(ref) < 0.1 ? 1e-6 : 1e-5 * std::abs(ref); }
+inline double LossTolerance(double ref) {
+  return std::abs(ref) < 0.1 ? 1e-6 : 1e-5 * std::abs(ref);
+}
 inline double GradTolerance(double ref) { return 1e-6 + 1e-5 * std::abs(ref); }
 
 }  // namespace zlpr::testing

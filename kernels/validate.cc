@@ -69,9 +69,9 @@ absl::Status CheckShape(const MatrixView& m, const char* field) {
         "%s: shape [%d, %d] must have at least one row and one column", field, m.rows, m.cols));
   }
   if (m.cols > kMaxCols || m.rows > kMaxCols) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: shape [%d, %d] is too large (at most %d rows and %d columns)", field, m.rows,
-        m.cols, kMaxCols, kMaxCols));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: shape [%d, %d] is too large (at most %d rows and %d columns)", field,
+                        m.rows, m.cols, kMaxCols, kMaxCols));
   }
   if (m.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": no data"));
@@ -123,8 +123,8 @@ absl::Status CheckDenseLabels(const MatrixView& labels, const MatrixView& scores
                               ThreadPool* pool) {
   if (labels.rows != scores.rows || labels.cols != scores.cols) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("dense_labels: shape [%d, %d] does not match scores [%d, %d]",
-                        labels.rows, labels.cols, scores.rows, scores.cols));
+        absl::StrFormat("dense_labels: shape [%d, %d] does not match scores [%d, %d]", labels.rows,
+                        labels.cols, scores.rows, scores.cols));
   }
   if (labels.data == nullptr) return absl::InvalidArgumentError("dense_labels: no data");
   const int64_t bad = FirstBadRow(labels.rows, pool, [&](int64_t r) {
@@ -168,9 +168,9 @@ absl::Status CheckSparseLabels(const SparseLabelsView& sp, int64_t rows, int64_t
                         splits[rows], nnz));
   }
   if (!sp.values.empty() && static_cast<int64_t>(sp.values.size()) != nnz) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "sparse_labels.values has %d entries, expected 0 or %d (one per index)",
-        sp.values.size(), nnz));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sparse_labels.values has %d entries, expected 0 or %d (one per index)",
+                        sp.values.size(), nnz));
   }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t k = splits[r]; k < splits[r + 1]; ++k) {
@@ -227,9 +227,8 @@ absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool) {
   if (o.label_thresholds != nullptr) {
     for (int64_t c = 0; c < input.scores.cols; ++c) {
       if (!ThresholdOk(o.label_thresholds[c])) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("label_thresholds[%d] = %s must be in (0, 1)", c,
-                            FormatFloat(o.label_thresholds[c])));
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "label_thresholds[%d] = %s must be in (0, 1)", c, FormatFloat(o.label_thresholds[c])));
       }
     }
   } else if (!ThresholdOk(o.threshold)) {

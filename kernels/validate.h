@@ -12,8 +12,7 @@ namespace zlpr::internal {
 // When several entries are invalid, the error names the first in row-major order.
 absl::Status ValidateLoss(const LossInput& input, ThreadPool* pool);
 absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool);
-absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask,
-                                   ThreadPool* pool);
+absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask, ThreadPool* pool);
 
 // True when the labels of `input` are given sparse and without values (all 1).
 bool IsHardSparse(const LossInput& input);

@@ -1,5 +1,7 @@
 // The CPU backend against the float64 reference (kernels/reference.h) and the properties of
 // docs/zlpr-math.md: tolerances, gradient, optimum, sparse = dense, batch invariance.
+#include "kernels/zlpr.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,7 +14,6 @@
 #include "kernels/half.h"
 #include "kernels/reference.h"
 #include "kernels/test_util.h"
-#include "kernels/zlpr.h"
 
 namespace zlpr {
 namespace {
@@ -146,8 +147,13 @@ TEST(CpuLossTest, HardLabelsReduceToTheOriginalZlpr) {
 }
 
 TEST(CpuLossTest, GradientMatchesCentralFiniteDifferencesOfTheFloat64Loss) {
-  ProblemSpec spec{.rows = 4, .cols = 13, .labels = Labels::kSoft, .mask = true, .scale = 4.0f,
-                   .positive_rate = 0.4, .seed = 99};
+  ProblemSpec spec{.rows = 4,
+                   .cols = 13,
+                   .labels = Labels::kSoft,
+                   .mask = true,
+                   .scale = 4.0f,
+                   .positive_rate = 0.4,
+                   .seed = 99};
   const Problem p = MakeProblem(spec);
   auto backend = NewCpuBackend();
   const LossResult res = RunLoss(*backend, p.Input(), true);
@@ -206,8 +212,12 @@ TEST(CpuLossTest, GradientDescentConvergesToSigmaOfTwoSEqualsLabels) {
 TEST(CpuLossTest, SparseAndDenseLabelsGiveIdenticalBits) {
   for (Labels kind : {Labels::kSparseHard, Labels::kSparseSoft}) {
     for (int64_t cols : {7, 1000, 20000}) {
-      const Problem p = MakeProblem({.rows = 6, .cols = cols, .labels = kind, .mask = true,
-                                     .neg_inf = true, .seed = static_cast<uint64_t>(cols)});
+      const Problem p = MakeProblem({.rows = 6,
+                                     .cols = cols,
+                                     .labels = kind,
+                                     .mask = true,
+                                     .neg_inf = true,
+                                     .seed = static_cast<uint64_t>(cols)});
       auto backend = NewCpuBackend({.threads = 2});
       const LossResult sparse = RunLoss(*backend, p.Input(true), true);
       const LossResult dense = RunLoss(*backend, p.Input(false), true);
@@ -219,8 +229,8 @@ TEST(CpuLossTest, SparseAndDenseLabelsGiveIdenticalBits) {
 
 TEST(CpuLossTest, RowBitsDoNotDependOnTheBatchOrThreadCount) {
   for (int64_t cols : {33, 1000, 20000}) {
-    const Problem p = MakeProblem({.rows = 37, .cols = cols, .labels = Labels::kSoft,
-                                   .mask = true, .seed = 11});
+    const Problem p =
+        MakeProblem({.rows = 37, .cols = cols, .labels = Labels::kSoft, .mask = true, .seed = 11});
     auto one = NewCpuBackend({.threads = 1});
     auto three = NewCpuBackend({.threads = 3});
     const LossResult full = RunLoss(*three, p.Input(), true);
@@ -285,12 +295,13 @@ TEST(CpuLossTest, InvalidInputWritesNothing) {
 
 TEST(CpuProbabilitiesTest, MatchSigmaOfTwoSAndZeroWhereExcluded) {
   for (int64_t cols : {1, 7, 33, 1000, 9000}) {
-    const Problem p = MakeProblem({.rows = 4, .cols = cols, .mask = true, .neg_inf = true,
-                                   .scale = 30.0f, .seed = 3});
+    const Problem p = MakeProblem(
+        {.rows = 4, .cols = cols, .mask = true, .neg_inf = true, .scale = 30.0f, .seed = 3});
     std::vector<float> probs(p.scores.size(), -1.0f);
     auto backend = NewCpuBackend({.threads = 2});
-    ASSERT_TRUE(backend->Probabilities({p.scores.data(), DType::kFloat32, 4, cols},
-                                       p.mask.data(), probs.data())
+    ASSERT_TRUE(backend
+                    ->Probabilities({p.scores.data(), DType::kFloat32, 4, cols}, p.mask.data(),
+                                    probs.data())
                     .ok());
     for (size_t i = 0; i < probs.size(); ++i) {
       const bool excluded = p.mask[i] == 0 || p.scores[i] == -kInf;
@@ -312,8 +323,12 @@ class LabelerTest : public ::testing::TestWithParam<std::tuple<LabelerCase, int6
 
 TEST_P(LabelerTest, MatchesTheReferenceSelectionAndOrder) {
   const auto [lc, cols] = GetParam();
-  Problem p = MakeProblem({.rows = 11, .cols = cols, .mask = true, .neg_inf = true,
-                           .scale = 4.0f, .seed = static_cast<uint64_t>(cols) + lc.top_k});
+  Problem p = MakeProblem({.rows = 11,
+                           .cols = cols,
+                           .mask = true,
+                           .neg_inf = true,
+                           .scale = 4.0f,
+                           .seed = static_cast<uint64_t>(cols) + lc.top_k});
   // Coarse scores make ties, which must go to the smaller index.
   for (float& s : p.scores) {
     if (std::isfinite(s)) s = std::round(s * 4.0f) / 4.0f;
@@ -327,8 +342,7 @@ TEST_P(LabelerTest, MatchesTheReferenceSelectionAndOrder) {
   LabelerInput in;
   in.scores = {p.scores.data(), DType::kFloat32, 11, cols};
   in.mask = p.mask.data();
-  in.options = {lc.threshold, lc.per_label ? thresholds.data() : nullptr, lc.top_k,
-                lc.min_labels};
+  in.options = {lc.threshold, lc.per_label ? thresholds.data() : nullptr, lc.top_k, lc.min_labels};
   LabelSets out;
   std::vector<float> probs(p.scores.size());
   auto backend = NewCpuBackend({.threads = 2});
@@ -350,18 +364,19 @@ TEST_P(LabelerTest, MatchesTheReferenceSelectionAndOrder) {
 }
 
 const LabelerCase kLabelerCases[] = {
-    {"Default", 0.5f, false, 0, 0},      {"LowThreshold", 0.2f, false, 0, 0},
-    {"TopK", 0.5f, false, 3, 0},         {"TopKOfMany", 0.1f, false, 5, 0},
-    {"MinLabels", 0.9f, false, 0, 4},    {"TopKBelowMin", 0.3f, false, 2, 6},
-    {"PerLabel", 0.5f, true, 0, 0},      {"PerLabelTopKMin", 0.5f, true, 4, 5},
+    {"Default", 0.5f, false, 0, 0},   {"LowThreshold", 0.2f, false, 0, 0},
+    {"TopK", 0.5f, false, 3, 0},      {"TopKOfMany", 0.1f, false, 5, 0},
+    {"MinLabels", 0.9f, false, 0, 4}, {"TopKBelowMin", 0.3f, false, 2, 6},
+    {"PerLabel", 0.5f, true, 0, 0},   {"PerLabelTopKMin", 0.5f, true, 4, 5},
 };
 
-INSTANTIATE_TEST_SUITE_P(
-    Options, LabelerTest,
-    ::testing::Combine(::testing::ValuesIn(kLabelerCases), ::testing::Values(1, 7, 33, 1000, 9000)),
-    [](const auto& param_info) {
-      return absl::StrCat(std::get<0>(param_info.param).name, "C", std::get<1>(param_info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Options, LabelerTest,
+                         ::testing::Combine(::testing::ValuesIn(kLabelerCases),
+                                            ::testing::Values(1, 7, 33, 1000, 9000)),
+                         [](const auto& param_info) {
+                           return absl::StrCat(std::get<0>(param_info.param).name, "C",
+                                               std::get<1>(param_info.param));
+                         });
 
 TEST(CpuLabelerTest, ThresholdIsDecidedInScoreSpaceWithoutRounding) {
   // σ(2s) rounds to exactly 0.5f for tiny positive s, but s > 0 is still above θ = 0.5.

@@ -30,9 +30,9 @@ absl::Status Batcher::Enqueue(int op, std::unique_ptr<Work> work) {
     if (shutdown_) return absl::UnavailableError("the server is shutting down");
     Queue& q = queues_[op];
     if (static_cast<int64_t>(q.items.size()) >= options_.max_queue_size) {
-      return absl::ResourceExhaustedError(
-          "the request queue is full (" + std::to_string(options_.max_queue_size) +
-          " requests waiting); retry later");
+      return absl::ResourceExhaustedError("the request queue is full (" +
+                                          std::to_string(options_.max_queue_size) +
+                                          " requests waiting); retry later");
     }
     work->enqueued_at = clock_->Now();
     q.rows += work->rows();

@@ -19,24 +19,27 @@ std::string ShapeString(const v1::Tensor& t) {
 
 absl::StatusOr<DType> FloatDType(v1::DType dtype, const char* field) {
   switch (dtype) {
-    case v1::FLOAT32: return DType::kFloat32;
-    case v1::FLOAT16: return DType::kFloat16;
-    case v1::BFLOAT16: return DType::kBFloat16;
+    case v1::FLOAT32:
+      return DType::kFloat32;
+    case v1::FLOAT16:
+      return DType::kFloat16;
+    case v1::BFLOAT16:
+      return DType::kBFloat16;
     case v1::DTYPE_UNSPECIFIED:
       return absl::InvalidArgumentError(
           absl::StrFormat("%s.dtype is unset: use FLOAT32, FLOAT16 or BFLOAT16", field));
     default:
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s.dtype %s is not allowed: use FLOAT32, FLOAT16 or BFLOAT16", field,
-          v1::DType_Name(dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s.dtype %s is not allowed: use FLOAT32, FLOAT16 or BFLOAT16", field,
+                          v1::DType_Name(dtype)));
   }
 }
 
 // A [rows, cols] tensor whose data holds exactly rows * cols elements of `elem_bytes`.
 absl::Status CheckMatrix(const v1::Tensor& t, const char* field, size_t elem_bytes) {
   if (t.shape_size() != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s.shape %s must have two dimensions [rows, cols]", field, ShapeString(t)));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s.shape %s must have two dimensions [rows, cols]", field, ShapeString(t)));
   }
   const int64_t rows = t.shape(0), cols = t.shape(1);
   if (rows < 1 || cols < 1 || rows > kMaxDim || cols > kMaxDim) {
@@ -45,9 +48,9 @@ absl::Status CheckMatrix(const v1::Tensor& t, const char* field, size_t elem_byt
   }
   const uint64_t want = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols) * elem_bytes;
   if (t.data().size() != want) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s.data has %d bytes, expected %d x %d x %d = %d", field, t.data().size(), rows, cols,
-        elem_bytes, want));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s.data has %d bytes, expected %d x %d x %d = %d", field, t.data().size(),
+                        rows, cols, elem_bytes, want));
   }
   return absl::OkStatus();
 }
@@ -65,8 +68,8 @@ absl::StatusOr<const uint8_t*> Mask(const v1::Tensor& t, const MatrixView& score
   }
   ZLPR_RETURN_IF_ERROR(CheckMatrix(t, "mask", 1));
   if (t.shape(0) != scores.rows || t.shape(1) != scores.cols) {
-    return absl::InvalidArgumentError(absl::StrFormat("mask.shape %s does not match scores [%d, %d]",
-                                                      ShapeString(t), scores.rows, scores.cols));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "mask.shape %s does not match scores [%d, %d]", ShapeString(t), scores.rows, scores.cols));
   }
   return reinterpret_cast<const uint8_t*>(t.data().data());
 }
@@ -89,9 +92,10 @@ absl::StatusOr<LossInput> LossInputFromRequest(const v1::LossRequest& request) {
     }
     case v1::LossRequest::kSparseLabels: {
       const v1::SparseLabels& sp = request.sparse_labels();
-      in.labels = SparseLabelsView{{sp.row_splits().data(), static_cast<size_t>(sp.row_splits_size())},
-                                   {sp.indices().data(), static_cast<size_t>(sp.indices_size())},
-                                   {sp.values().data(), static_cast<size_t>(sp.values_size())}};
+      in.labels =
+          SparseLabelsView{{sp.row_splits().data(), static_cast<size_t>(sp.row_splits_size())},
+                           {sp.indices().data(), static_cast<size_t>(sp.indices_size())},
+                           {sp.values().data(), static_cast<size_t>(sp.values_size())}};
       break;
     }
     default:
@@ -121,18 +125,18 @@ absl::StatusOr<PredictInput> PredictInputFromRequest(const v1::PredictRequest& r
     const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
                           (t.shape_size() == 2 && t.shape(0) == 1 && t.shape(1) == cols);
     if (!shape_ok) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "label_thresholds.shape %s must be [%d] or [1, %d] (one per column)", ShapeString(t),
-          cols, cols));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("label_thresholds.shape %s must be [%d] or [1, %d] (one per column)",
+                          ShapeString(t), cols, cols));
     }
     if (t.dtype() != v1::FLOAT32) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "label_thresholds.dtype %s is not allowed: use FLOAT32", v1::DType_Name(t.dtype())));
     }
     if (t.data().size() != static_cast<size_t>(cols) * 4) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "label_thresholds.data has %d bytes, expected %d x 4 = %d", t.data().size(), cols,
-          cols * 4));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("label_thresholds.data has %d bytes, expected %d x 4 = %d",
+                          t.data().size(), cols, cols * 4));
     }
     in.options.label_thresholds = reinterpret_cast<const float*>(t.data().data());
   }
@@ -157,9 +161,12 @@ void FillTensor(std::span<const float> values, int64_t rows, int64_t cols, DType
 
 v1::DType ToProto(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return v1::FLOAT32;
-    case DType::kFloat16: return v1::FLOAT16;
-    case DType::kBFloat16: return v1::BFLOAT16;
+    case DType::kFloat32:
+      return v1::FLOAT32;
+    case DType::kFloat16:
+      return v1::FLOAT16;
+    case DType::kBFloat16:
+      return v1::BFLOAT16;
   }
   return v1::DTYPE_UNSPECIFIED;
 }

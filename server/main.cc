@@ -59,15 +59,27 @@ namespace {
 // Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
 // for containers; a flag on the command line wins. Returns argv with those flags first.
 std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::string>& storage) {
-  static const char* const kFlags[] = {
-      "grpc_address", "metrics_address", "backend", "devices", "max_batch_rows",
-      "max_queue_delay_us", "adaptive_queue_delay", "max_queue_size", "max_message_bytes",
-      "shutdown_grace_s", "threads", "tls_cert", "tls_key", "tls_client_ca", "auth_token_file",
-      "echo"};
+  static const char* const kFlags[] = {"grpc_address",
+                                       "metrics_address",
+                                       "backend",
+                                       "devices",
+                                       "max_batch_rows",
+                                       "max_queue_delay_us",
+                                       "adaptive_queue_delay",
+                                       "max_queue_size",
+                                       "max_message_bytes",
+                                       "shutdown_grace_s",
+                                       "threads",
+                                       "tls_cert",
+                                       "tls_key",
+                                       "tls_client_ca",
+                                       "auth_token_file",
+                                       "echo"};
   for (const char* flag : kFlags) {
     std::string env = "ZLPR_";
     for (const char* c = flag; *c; ++c) env += static_cast<char>(std::toupper(*c));
-    if (const char* value = std::getenv(env.c_str())) storage.push_back(absl::StrCat("--", flag, "=", value));
+    if (const char* value = std::getenv(env.c_str()))
+      storage.push_back(absl::StrCat("--", flag, "=", value));
   }
   std::vector<char*> args = {argv[0]};
   for (std::string& s : storage) args.push_back(s.data());
@@ -104,7 +116,9 @@ int main(int argc, char** argv) {
   usage.contains_help_flags = [](absl::string_view path) {
     return absl::EndsWith(path, "server/main.cc");
   };
-  usage.version_string = [] { return std::string("zlpr-server ") + zlpr::server::Version() + "\n"; };
+  usage.version_string = [] {
+    return std::string("zlpr-server ") + zlpr::server::Version() + "\n";
+  };
   absl::SetFlagsUsageConfig(usage);
   std::vector<std::string> env_flags;
   std::vector<char*> args = WithEnvironmentFlags(argc, argv, env_flags);
@@ -129,7 +143,8 @@ int main(int argc, char** argv) {
   options.devices = *devices;
   options.threads = absl::GetFlag(FLAGS_threads);
   options.batcher.max_batch_rows = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_batch_rows));
-  options.batcher.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.batcher.max_queue_delay =
+      std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   options.batcher.max_queue_size = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_queue_size));
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
@@ -138,18 +153,19 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
-  options.shutdown_grace = std::chrono::milliseconds(
-      static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
+  options.shutdown_grace =
+      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
 
   auto server = zlpr::server::Server::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "zlpr-server: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::printf("zlpr-server %s listening: gRPC on port %d (%s), metrics on port %d (%s); backend %s: %s\n",
-              zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
-              (*server)->metrics_port(), options.metrics_address.c_str(),
-              (*server)->backend_name().c_str(), absl::StrJoin((*server)->devices(), "; ").c_str());
+  std::printf(
+      "zlpr-server %s listening: gRPC on port %d (%s), metrics on port %d (%s); backend %s: %s\n",
+      zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
+      (*server)->metrics_port(), options.metrics_address.c_str(), (*server)->backend_name().c_str(),
+      absl::StrJoin((*server)->devices(), "; ").c_str());
   std::fflush(stdout);
 
   int sig = 0;

@@ -5,17 +5,18 @@ namespace zlpr::server {
 namespace {
 
 const char* const kCodeNames[] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
-const char* const kRejectNames[] = {"queue_full",    "deadline",       "cancelled",
-                                    "invalid",       "shutting_down",  "unauthenticated"};
+const char* const kRejectNames[] = {"queue_full", "deadline",      "cancelled",
+                                    "invalid",    "shutting_down", "unauthenticated"};
 
 // Latency buckets from 50 µs to 30 s.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
-  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-          5,    10,   30};
+  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
+          0.05, 0.1,  0.25,   0.5,  1,    2.5,    5,    10,   30};
 }
 
 prometheus::Histogram::BucketBoundaries RowBuckets() {
@@ -67,15 +68,17 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                          .Name("zlpr_batch_rows")
                          .Help("Rows in one executed batch, by operation")
                          .Register(registry);
-  auto& rows = BuildCounter().Name("zlpr_rows_total").Help("Rows computed, by operation").Register(registry);
+  auto& rows =
+      BuildCounter().Name("zlpr_rows_total").Help("Rows computed, by operation").Register(registry);
   auto& depth = BuildGauge()
                     .Name("zlpr_queue_depth")
                     .Help("Requests waiting in the batcher's queue, by operation")
                     .Register(registry);
-  auto& capacity = BuildGauge()
-                       .Name("zlpr_queue_capacity")
-                       .Help("Requests a queue holds before refusing (--max_queue_size), by operation")
-                       .Register(registry);
+  auto& capacity =
+      BuildGauge()
+          .Name("zlpr_queue_capacity")
+          .Help("Requests a queue holds before refusing (--max_queue_size), by operation")
+          .Register(registry);
   for (int o = 0; o < kOps; ++o) {
     const char* op = OpName(static_cast<Op>(o));
     capacity_[o] = &capacity.Add({{"op", op}});

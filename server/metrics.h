@@ -19,7 +19,15 @@ namespace zlpr::server {
 
 enum class Method { kComputeLoss, kPredict, kStreamLoss, kStreamPredict, kGetServerInfo, kCount };
 enum class Op { kLoss, kPredict, kCount };
-enum class Reject { kQueueFull, kDeadline, kCancelled, kInvalid, kShuttingDown, kUnauthenticated, kCount };
+enum class Reject {
+  kQueueFull,
+  kDeadline,
+  kCancelled,
+  kInvalid,
+  kShuttingDown,
+  kUnauthenticated,
+  kCount
+};
 
 const char* MethodName(Method m);
 const char* OpName(Op op);

@@ -39,12 +39,14 @@ class Certificates {
         "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext;",
         "for ca in ca rogue; do openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=$ca "
         "-keyout $ca.key -out $ca.pem; done;",
-        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr;",
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out "
+        "server.csr;",
         "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
         "-extfile san.ext -out server.pem;",
         "for c in client:ca evil:rogue; do n=${c%%:*}; ca=${c##*:};"
         " openssl req -newkey rsa:2048 -nodes -subj /CN=$n -keyout $n.key -out $n.csr;"
-        " openssl x509 -req -in $n.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2 -out $n.pem;"
+        " openssl x509 -req -in $n.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2 -out "
+        "$n.pem;"
         " done");
     std::ofstream(dir_ / "make.sh") << script << "\n";
     ok_ = std::system(("bash " + (dir_ / "make.sh").string()).c_str()) == 0;
@@ -89,13 +91,15 @@ class SecurityTest : public ::testing::Test {
       ssl.pem_cert_chain = certs_->pem(client + ".pem");
       ssl.pem_private_key = certs_->pem(client + ".key");
     }
-    return grpc::CreateChannel(absl::StrCat("localhost:", server_->grpc_port()), grpc::SslCredentials(ssl));
+    return grpc::CreateChannel(absl::StrCat("localhost:", server_->grpc_port()),
+                               grpc::SslCredentials(ssl));
   }
   std::shared_ptr<grpc::Channel> Plain() {
     return grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->grpc_port()),
                                grpc::InsecureChannelCredentials());
   }
-  static grpc::Status Info(const std::shared_ptr<grpc::Channel>& ch, const std::string& token = "") {
+  static grpc::Status Info(const std::shared_ptr<grpc::Channel>& ch,
+                           const std::string& token = "") {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
@@ -127,7 +131,8 @@ TEST_F(SecurityTest, BearerTokenIsRequiredButHealthIsExempt) {
   auto ch = Tls();
   const grpc::Status none = Info(ch);
   EXPECT_EQ(none.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(none.error_message(), "missing or invalid credentials: send \"authorization: Bearer <token>\"");
+  EXPECT_EQ(none.error_message(),
+            "missing or invalid credentials: send \"authorization: Bearer <token>\"");
   EXPECT_EQ(Info(ch, "s3cret-tokeN").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(Info(ch, "s3cret").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(Info(ch, "s3cret-token").ok());
@@ -142,12 +147,14 @@ TEST_F(SecurityTest, BearerTokenIsRequiredButHealthIsExempt) {
   grpc::health::v1::HealthCheckResponse resp;
   EXPECT_TRUE(grpc::health::v1::Health::NewStub(ch)->Check(&ctx, {}, &resp).ok());
   EXPECT_EQ(MetricValue(HttpGet(server_->metrics_port(), "/metrics"),
-                        "zlpr_rejected_requests_total{reason=\"unauthenticated\"}"), 4);
+                        "zlpr_rejected_requests_total{reason=\"unauthenticated\"}"),
+            4);
 }
 
 TEST_F(SecurityTest, MetricsPortServesMetricsOnly) {
   Start(/*mutual=*/false);
-  EXPECT_THAT(HttpGet(server_->metrics_port(), "/metrics"), ::testing::HasSubstr("zlpr_build_info"));
+  EXPECT_THAT(HttpGet(server_->metrics_port(), "/metrics"),
+              ::testing::HasSubstr("zlpr_build_info"));
   const std::string other = HttpGet(server_->metrics_port(), "/zlpr.v1.ZlprService/GetServerInfo");
   EXPECT_THAT(other, ::testing::Not(::testing::HasSubstr("zlpr_")));
 }

@@ -106,15 +106,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.version = Version();
   if (!options.auth_token_file.empty()) {
-    ZLPR_ASSIGN_OR_RETURN(std::string token, ReadFile("--auth_token_file", options.auth_token_file));
+    ZLPR_ASSIGN_OR_RETURN(std::string token,
+                          ReadFile("--auth_token_file", options.auth_token_file));
     service_options.auth_token = std::string(absl::StripAsciiWhitespace(token));
     if (service_options.auth_token.empty()) {
       return absl::InvalidArgumentError("--auth_token_file=" + options.auth_token_file + ": empty");
     }
   }
   ZLPR_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
-  s->service_ = std::make_unique<ZlprServiceImpl>(service_options, std::move(backends),
-                                                  s->metrics_.get());
+  s->service_ =
+      std::make_unique<ZlprServiceImpl>(service_options, std::move(backends), s->metrics_.get());
 
   if (!options.metrics_address.empty()) {
     try {

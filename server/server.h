@@ -27,9 +27,9 @@ namespace zlpr::server {
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:50051";
   std::string metrics_address = "0.0.0.0:9464";  // empty: no metrics endpoint
-  std::string backend = "auto";                 // auto | cpu | cuda
-  std::vector<int> devices;                     // CUDA devices; empty: all visible
-  int threads = 0;                              // CPU backend threads; 0: all cores
+  std::string backend = "auto";                  // auto | cpu | cuda
+  std::vector<int> devices;                      // CUDA devices; empty: all visible
+  int threads = 0;                               // CPU backend threads; 0: all cores
   BatcherOptions batcher;
   int64_t max_message_bytes = 64 << 20;
   std::chrono::milliseconds shutdown_grace{10000};

@@ -18,9 +18,7 @@ namespace {
 constexpr int kOpLoss = static_cast<int>(Op::kLoss);
 constexpr int kOpPredict = static_cast<int>(Op::kPredict);
 
-double Seconds(SteadyTime a, SteadyTime b) {
-  return std::chrono::duration<double>(b - a).count();
-}
+double Seconds(SteadyTime a, SteadyTime b) { return std::chrono::duration<double>(b - a).count(); }
 
 SteadyTime SteadyDeadline(const grpc::CallbackServerContext* ctx, const Clock& clock) {
   const auto deadline = ctx->deadline();
@@ -31,12 +29,18 @@ SteadyTime SteadyDeadline(const grpc::CallbackServerContext* ctx, const Clock& c
 
 Reject RejectReason(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return Reject::kQueueFull;
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return Reject::kDeadline;
-    case grpc::StatusCode::CANCELLED: return Reject::kCancelled;
-    case grpc::StatusCode::UNAVAILABLE: return Reject::kShuttingDown;
-    case grpc::StatusCode::UNAUTHENTICATED: return Reject::kUnauthenticated;
-    default: return Reject::kInvalid;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return Reject::kQueueFull;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return Reject::kDeadline;
+    case grpc::StatusCode::CANCELLED:
+      return Reject::kCancelled;
+    case grpc::StatusCode::UNAVAILABLE:
+      return Reject::kShuttingDown;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return Reject::kUnauthenticated;
+    default:
+      return Reject::kInvalid;
   }
 }
 
@@ -100,8 +104,10 @@ PredictKey KeyOf(const PredictItem& it) {
     per_label.assign(reinterpret_cast<const char*>(in.options.label_thresholds),
                      static_cast<size_t>(in.scores.cols) * 4);
   }
-  return {in.scores.cols, static_cast<int>(in.scores.dtype), in.mask != nullptr, threshold_bits,
-          std::move(per_label), in.options.top_k, in.options.min_labels, it.input.want_probs};
+  return {in.scores.cols,        static_cast<int>(in.scores.dtype),
+          in.mask != nullptr,    threshold_bits,
+          std::move(per_label),  in.options.top_k,
+          in.options.min_labels, it.input.want_probs};
 }
 
 // Groups a batch's items by key, keeping arrival order inside each group.
@@ -127,8 +133,9 @@ void AppendBytes(std::vector<char>& dst, const void* src, size_t n) {
 // Appends each item's scores (and mask, when the group has masks) to the worker's buffers;
 // the merged views of `rows` rows. `view` maps an item to its (scores, mask).
 template <typename ItemT, typename View>
-std::pair<MatrixView, const uint8_t*> Concatenate(const std::vector<ItemT*>& group, const View& view,
-                                                  int64_t rows, std::vector<char>& scores,
+std::pair<MatrixView, const uint8_t*> Concatenate(const std::vector<ItemT*>& group,
+                                                  const View& view, int64_t rows,
+                                                  std::vector<char>& scores,
                                                   std::vector<char>& mask) {
   const auto [first, first_mask] = view(*group.front());
   scores.clear();
@@ -253,9 +260,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
                              resp->mutable_error()->set_code(outcome.status.error_code());
                              resp->mutable_error()->set_message(outcome.status.error_message());
                            }
-                           service_->metrics().RequestDone(
-                               method_, outcome.status.error_code(),
-                               Seconds(start, service_->clock().Now()));
+                           service_->metrics().RequestDone(method_, outcome.status.error_code(),
+                                                           Seconds(start, service_->clock().Now()));
                            Completed(seq, std::move(owned->second));
                          });
   }
@@ -444,7 +450,8 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
         for (const LossItem* it : group) {
           const auto& sp = std::get<SparseLabelsView>(it->input.labels);
           const int64_t base = buf.splits.back();
-          for (size_t r = 1; r < sp.row_splits.size(); ++r) buf.splits.push_back(base + sp.row_splits[r]);
+          for (size_t r = 1; r < sp.row_splits.size(); ++r)
+            buf.splits.push_back(base + sp.row_splits[r]);
           buf.indices.insert(buf.indices.end(), sp.indices.begin(), sp.indices.end());
           buf.values.insert(buf.values.end(), sp.values.begin(), sp.values.end());
         }
@@ -458,7 +465,8 @@ void ZlprServiceImpl::RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers
     bool grad_in_place = false;
     if (want_grad) {
       LossItem& only = *group.front();
-      grad_in_place = group.size() == 1 && GradDType(*only.request).value_or(DType::kFloat32) == DType::kFloat32;
+      grad_in_place = group.size() == 1 &&
+                      GradDType(*only.request).value_or(DType::kFloat32) == DType::kFloat32;
       if (grad_in_place) {
         v1::Tensor* t = only.response->mutable_grad();
         t->add_shape(rows);
@@ -522,7 +530,8 @@ void ZlprServiceImpl::RunPredictBatch(Backend& backend, Batch& batch, WorkerBuff
     const bool want_probs = group.front()->input.want_probs;
     if (want_probs) buf.probs.resize(static_cast<size_t>(rows * cols));
     const SteadyTime t0 = clock_->Now();
-    const absl::Status st = backend.Label(in, &buf.label_sets, want_probs ? buf.probs.data() : nullptr);
+    const absl::Status st =
+        backend.Label(in, &buf.label_sets, want_probs ? buf.probs.data() : nullptr);
     const double compute = Seconds(t0, clock_->Now());
     RecordBatch(Op::kPredict, rows, compute, st.ok());
     const LabelSets& ls = buf.label_sets;
@@ -593,7 +602,8 @@ ZlprServiceImpl::Done UnaryDone(ZlprServiceImpl* service, grpc::CallbackServerCo
   service->metrics().inflight().Increment();
   return [=](const ZlprServiceImpl::Outcome& outcome) {
     if (outcome.status.ok()) {
-      ctx->AddTrailingMetadata("zlpr-queue-seconds", absl::StrFormat("%.9f", outcome.queue_seconds));
+      ctx->AddTrailingMetadata("zlpr-queue-seconds",
+                               absl::StrFormat("%.9f", outcome.queue_seconds));
       ctx->AddTrailingMetadata("zlpr-compute-seconds",
                                absl::StrFormat("%.9f", outcome.compute_seconds));
       service->metrics().response_bytes().Increment(static_cast<double>(response->ByteSizeLong()));
@@ -640,7 +650,8 @@ absl::Status ZlprServiceImpl::Authenticate(const grpc::CallbackServerContext* ct
   if (want.empty()) return absl::OkStatus();
   const auto& md = ctx->client_metadata();
   const auto it = md.find("authorization");
-  std::string_view got = it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+  std::string_view got =
+      it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
   constexpr std::string_view kBearer = "Bearer ";
   const bool bearer = got.substr(0, kBearer.size()) == kBearer;
   if (bearer) got.remove_prefix(kBearer.size());
@@ -678,7 +689,8 @@ grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerCon
   info->mutable_batcher()->set_adaptive_delay(options_.batcher.adaptive_delay);
   info->mutable_limits()->set_max_message_bytes(options_.max_message_bytes);
   info->mutable_limits()->set_max_cols(std::numeric_limits<int32_t>::max());
-  metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::OK, Seconds(start, clock_->Now()));
+  metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::OK,
+                        Seconds(start, clock_->Now()));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -29,8 +29,8 @@
 namespace zlpr::server {
 namespace {
 
-using ::testing::HasSubstr;
 using std::chrono::milliseconds;
+using ::testing::HasSubstr;
 
 // --- Helpers -------------------------------------------------------------------------------
 
@@ -219,7 +219,8 @@ TEST_F(ServiceTest, PredictReturnsTheKernelsLabelSetsAndProbabilities) {
   for (int r = 0; r < 4; ++r) {
     const std::vector<int32_t> want(sets.labels.begin() + sets.row_offsets[r],
                                     sets.labels.begin() + sets.row_offsets[r + 1]);
-    EXPECT_EQ(std::vector<int32_t>(resp.rows(r).labels().begin(), resp.rows(r).labels().end()), want);
+    EXPECT_EQ(std::vector<int32_t>(resp.rows(r).labels().begin(), resp.rows(r).labels().end()),
+              want);
     EXPECT_EQ(resp.rows(r).probs_size(), resp.rows(r).labels_size());
   }
   EXPECT_EQ(Floats(resp.probs()), probs);
@@ -253,35 +254,45 @@ TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn
   StartServer();
   const testing::Problem p = testing::MakeProblem({.rows = 3, .cols = 4, .seed = 1});
   const BadLoss cases[] = {
-      {"nan", [](v1::LossRequest& r) {
+      {"nan",
+       [](v1::LossRequest& r) {
          std::string* d = r.mutable_scores()->mutable_data();
          const float nan = std::nanf("");
          std::memcpy(d->data() + 4 * 6, &nan, 4);
-       }, "scores[1, 2] is NaN"},
+       },
+       "scores[1, 2] is NaN"},
       {"short data", [](v1::LossRequest& r) { r.mutable_scores()->mutable_data()->resize(40); },
        "scores.data has 40 bytes, expected 3 x 4 x 4 = 48"},
       {"1-d shape", [](v1::LossRequest& r) { r.mutable_scores()->mutable_shape()->RemoveLast(); },
        "scores.shape [3] must have two dimensions [rows, cols]"},
-      {"unset dtype", [](v1::LossRequest& r) { r.mutable_scores()->set_dtype(v1::DTYPE_UNSPECIFIED); },
+      {"unset dtype",
+       [](v1::LossRequest& r) { r.mutable_scores()->set_dtype(v1::DTYPE_UNSPECIFIED); },
        "scores.dtype is unset: use FLOAT32, FLOAT16 or BFLOAT16"},
       {"no labels", [](v1::LossRequest& r) { r.clear_dense_labels(); },
        "labels: missing: set dense_labels or sparse_labels"},
-      {"label range", [](v1::LossRequest& r) {
+      {"label range",
+       [](v1::LossRequest& r) {
          std::string* d = r.mutable_dense_labels()->mutable_data();
          const float two = 2.0f;
          std::memcpy(d->data() + 4 * 11, &two, 4);
-       }, "dense_labels[2, 3] = 2 is outside [0, 1]"},
-      {"mask dtype", [](v1::LossRequest& r) {
+       },
+       "dense_labels[2, 3] = 2 is outside [0, 1]"},
+      {"mask dtype",
+       [](v1::LossRequest& r) {
          *r.mutable_mask() = FloatTensor(std::vector<float>(12, 1.0f), 3, 4);
-       }, "mask.dtype FLOAT32 is not allowed: use UINT8"},
-      {"mask value", [](v1::LossRequest& r) {
+       },
+       "mask.dtype FLOAT32 is not allowed: use UINT8"},
+      {"mask value",
+       [](v1::LossRequest& r) {
          std::vector<uint8_t> m(12, 1);
          m[5] = 9;
          *r.mutable_mask() = MaskTensor(m, 3, 4);
-       }, "mask[1, 1] = 9 must be 0 or 1"},
+       },
+       "mask[1, 1] = 9 must be 0 or 1"},
       {"grad dtype", [](v1::LossRequest& r) { r.set_grad_dtype(v1::UINT8); },
        "grad.dtype UINT8 is not allowed: use FLOAT32, FLOAT16 or BFLOAT16"},
-      {"sparse order", [](v1::LossRequest& r) {
+      {"sparse order",
+       [](v1::LossRequest& r) {
          auto* sp = r.mutable_sparse_labels();
          sp->add_row_splits(0);
          sp->add_row_splits(2);
@@ -289,8 +300,9 @@ TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn
          sp->add_row_splits(2);
          sp->add_indices(3);
          sp->add_indices(1);
-       }, "sparse_labels.indices[1] (row 0, column 1) is not greater than the previous index 3: "
-          "indices must be strictly increasing within a row"},
+       },
+       "sparse_labels.indices[1] (row 0, column 1) is not greater than the previous index 3: "
+       "indices must be strictly increasing within a row"},
   };
   for (const BadLoss& c : cases) {
     v1::LossRequest req = LossRequestOf(p, false, true);
@@ -304,7 +316,9 @@ TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn
   EXPECT_TRUE(WaitUntil([&] {
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"invalid\"}") == 10;
   }));
-  EXPECT_EQ(MetricValue(Metrics(), "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"), 10);
+  EXPECT_EQ(MetricValue(Metrics(),
+                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"),
+            10);
 }
 
 TEST_F(ServiceTest, InvalidPredictRequestsGetInvalidArgument) {
@@ -317,13 +331,15 @@ TEST_F(ServiceTest, InvalidPredictRequestsGetInvalidArgument) {
       {[](v1::PredictRequest& r) { r.set_threshold(1.0f); }, "threshold = 1 must be in (0, 1)"},
       {[](v1::PredictRequest& r) {
          *r.mutable_label_thresholds() = FloatTensor({0.5f, 0.5f}, 1, 2);
-       }, "label_thresholds.shape [1, 2] must be [3] or [1, 3] (one per column)"},
+       },
+       "label_thresholds.shape [1, 2] must be [3] or [1, 3] (one per column)"},
       {[](v1::PredictRequest& r) {
          v1::Tensor t = FloatTensor({0.5f, 0.0f, 0.5f}, 1, 3);
          t.mutable_shape()->RemoveLast();
          t.set_shape(0, 3);
          *r.mutable_label_thresholds() = t;
-       }, "label_thresholds[1] = 0 must be in (0, 1)"},
+       },
+       "label_thresholds[1] = 0 must be in (0, 1)"},
       {[](v1::PredictRequest& r) { r.clear_scores(); }, "scores: missing"},
   };
   for (const auto& c : cases) {
@@ -353,7 +369,8 @@ TEST_F(ServiceTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   calls.Add();
   stub_->async()->ComputeLoss(&first_ctx, &req, &first_resp,
                               [&](grpc::Status st) { calls.Done(st); });
-  ASSERT_TRUE(WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}") == 1; }));
+  ASSERT_TRUE(
+      WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}") == 1; }));
   grpc::ClientContext ctx;
   v1::LossResponse resp;
   const grpc::Status st = stub_->ComputeLoss(&ctx, req, &resp);
@@ -396,7 +413,8 @@ TEST_F(ServiceTest, ARequestCancelledWhileQueuedIsNotComputed) {
   v1::PredictResponse resp;
   calls.Add();
   stub_->async()->Predict(&ctx, &req, &resp, [&](grpc::Status st) { calls.Done(st); });
-  ASSERT_TRUE(WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"predict\"}") == 1; }));
+  ASSERT_TRUE(
+      WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"predict\"}") == 1; }));
   ctx.TryCancel();
   EXPECT_EQ(calls.Wait(), std::vector<grpc::StatusCode>{grpc::StatusCode::CANCELLED});
   EXPECT_TRUE(WaitUntil([&] {
@@ -413,9 +431,10 @@ TEST_F(ServiceTest, StreamLossAnswersInOrderWithPerMessageErrorsAndGoesOn) {
   auto stream = stub_->StreamLoss(&ctx);
   std::vector<testing::Problem> problems;
   for (int i = 0; i < 20; ++i) {
-    problems.push_back(testing::MakeProblem(
-        {.rows = 1 + i % 4, .cols = 33, .labels = testing::Labels::kSparseHard,
-         .seed = static_cast<uint64_t>(100 + i)}));
+    problems.push_back(testing::MakeProblem({.rows = 1 + i % 4,
+                                             .cols = 33,
+                                             .labels = testing::Labels::kSparseHard,
+                                             .seed = static_cast<uint64_t>(100 + i)}));
   }
   std::thread writer([&] {
     for (int i = 0; i < 20; ++i) {
@@ -474,8 +493,10 @@ TEST_F(ServiceTest, StreamPredictAnswersEveryMessageInOrder) {
       EXPECT_EQ(resp.error().message(), "threshold = -1 must be in (0, 1)");
     } else {
       ASSERT_EQ(resp.rows_size(), 1);
-      const std::vector<int32_t> want = n % 3 == 0 ? std::vector<int32_t>{0, 2} : std::vector<int32_t>{1, 2};
-      EXPECT_EQ(std::vector<int32_t>(resp.rows(0).labels().begin(), resp.rows(0).labels().end()), want);
+      const std::vector<int32_t> want =
+          n % 3 == 0 ? std::vector<int32_t>{0, 2} : std::vector<int32_t>{1, 2};
+      EXPECT_EQ(std::vector<int32_t>(resp.rows(0).labels().begin(), resp.rows(0).labels().end()),
+                want);
     }
     ++n;
   }
@@ -519,13 +540,16 @@ TEST_F(ServiceTest, ConcurrentRequestsAreMergedIntoOneBatch) {
     *reqs[i].mutable_scores() = FloatTensor({static_cast<float>(i) - 8.0f, 0.5f}, 1, 2);
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     calls.Add();
-    stub_->async()->Predict(ctxs[i].get(), &reqs[i], &resps[i], [&](grpc::Status st) { calls.Done(st); });
+    stub_->async()->Predict(ctxs[i].get(), &reqs[i], &resps[i],
+                            [&](grpc::Status st) { calls.Done(st); });
   }
   for (grpc::StatusCode c : calls.Wait()) EXPECT_EQ(c, grpc::StatusCode::OK);
   for (int i = 0; i < kCalls; ++i) {
     EXPECT_EQ(resps[i].timing().batch_rows(), 16u) << "request " << i;
     const std::vector<int32_t> want = i > 8 ? std::vector<int32_t>{0, 1} : std::vector<int32_t>{1};
-    EXPECT_EQ(std::vector<int32_t>(resps[i].rows(0).labels().begin(), resps[i].rows(0).labels().end()), want);
+    EXPECT_EQ(
+        std::vector<int32_t>(resps[i].rows(0).labels().begin(), resps[i].rows(0).labels().end()),
+        want);
   }
   const std::string m = Metrics();
   EXPECT_EQ(MetricValue(m, "zlpr_batch_rows_count{op=\"predict\"}"), 1);
@@ -548,7 +572,8 @@ TEST_F(ServiceTest, GracefulShutdownUnderLoadAnswersEveryAcceptedRequest) {
   for (int i = 0; i < kCalls; ++i) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     calls.Add();
-    stub_->async()->ComputeLoss(ctxs[i].get(), &req, &resps[i], [&](grpc::Status st) { calls.Done(st); });
+    stub_->async()->ComputeLoss(ctxs[i].get(), &req, &resps[i],
+                                [&](grpc::Status st) { calls.Done(st); });
   }
   // Every call accepted (queued or running) before the shutdown starts.
   ASSERT_TRUE(WaitUntil([&] {
@@ -597,8 +622,11 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
     EXPECT_THAT(body, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   EXPECT_EQ(MetricValue(body, "zlpr_rows_total{op=\"loss\"}"), 3);
-  EXPECT_EQ(MetricValue(body, absl::StrCat("zlpr_build_info{backend=\"cpu\",version=\"", Version(), "\"}")), 1);
-  EXPECT_EQ(MetricValue(body, "zlpr_compute_duration_seconds_count{backend=\"cpu\",op=\"loss\"}"), 1);
+  EXPECT_EQ(MetricValue(
+                body, absl::StrCat("zlpr_build_info{backend=\"cpu\",version=\"", Version(), "\"}")),
+            1);
+  EXPECT_EQ(MetricValue(body, "zlpr_compute_duration_seconds_count{backend=\"cpu\",op=\"loss\"}"),
+            1);
   EXPECT_GT(MetricValue(body, "zlpr_request_bytes_total"), 3 * 10 * 8);
   EXPECT_GT(MetricValue(body, "zlpr_response_bytes_total"), 3 * 10 * 4);
 }
