@@ -245,10 +245,6 @@ float ScoreThreshold(float theta) {
   return f;
 }
 
-bool IsHardSparse(const LossInput& input) {
-  const auto* sp = std::get_if<SparseLabelsView>(&input.labels);
-  return sp != nullptr && sp->values.empty();
-}
 
 }  // namespace zlpr::internal
 

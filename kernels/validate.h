@@ -14,9 +14,6 @@ absl::Status ValidateLoss(const LossInput& input, ThreadPool* pool);
 absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool);
 absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask, ThreadPool* pool);
 
-// True when the labels of `input` are given sparse and without values (all 1).
-bool IsHardSparse(const LossInput& input);
-
 // z such that s > z, in fp32, holds exactly when s > ½·logit(θ) in real arithmetic: the
 // labeler's threshold in score space (docs/zlpr-math.md, "Decoding").
 float ScoreThreshold(float theta);
