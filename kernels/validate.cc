@@ -245,7 +245,6 @@ float ScoreThreshold(float theta) {
   return f;
 }
 
-
 }  // namespace zlpr::internal
 
 namespace zlpr {
