@@ -27,26 +27,29 @@ using cuda::CudaError;
 constexpr int64_t kChunkBytes = 8 << 20;
 constexpr int kStreams = 2;
 
-// Device memory that only grows.
-class DeviceBuffer {
+// Memory that only grows, by at least half its size each time, so a run of slowly growing
+// batches does not reallocate on every call. Device memory and page-locked host memory differ
+// only in their allocator.
+template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+class GrowBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+  GrowBuffer() = default;
+  GrowBuffer(const GrowBuffer&) = delete;
+  GrowBuffer& operator=(const GrowBuffer&) = delete;
+  ~GrowBuffer() {
+    if (ptr_ != nullptr) Free(ptr_);
   }
   absl::Status Reserve(size_t bytes) {
     if (bytes <= capacity_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
+    if (ptr_ != nullptr) Free(ptr_);
     ptr_ = nullptr;
     capacity_ = 0;
-    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMalloc(&ptr_, want), "cudaMalloc"));
+    ZLPR_RETURN_IF_ERROR(CudaError(Alloc(&ptr_, want), "allocating a buffer"));
     capacity_ = want;
     return absl::OkStatus();
   }
-  template <typename T = void>
+  template <typename T = char>
   T* get() const {
     return static_cast<T*>(ptr_);
   }
@@ -57,31 +60,10 @@ class DeviceBuffer {
   size_t capacity_ = 0;
 };
 
-// Page-locked host memory that only grows.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-  }
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= capacity_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    capacity_ = 0;
-    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
-    ZLPR_RETURN_IF_ERROR(CudaError(cudaMallocHost(&ptr_, want), "cudaMallocHost"));
-    capacity_ = want;
-    return absl::OkStatus();
-  }
-  char* get() const { return static_cast<char*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  size_t capacity_ = 0;
-};
+cudaError_t DeviceAlloc(void** p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t HostAlloc(void** p, size_t n) { return cudaMallocHost(p, n); }
+using DeviceBuffer = GrowBuffer<DeviceAlloc, cudaFree>;
+using PinnedBuffer = GrowBuffer<HostAlloc, cudaFreeHost>;
 
 class CudaBackend final : public Backend {
  public:
