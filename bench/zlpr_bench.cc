@@ -226,33 +226,28 @@ Results RunOnce(const std::string& target, const std::string& label) {
   std::vector<std::thread> threads;
   if (rpc == "stream_loss" || rpc == "stream_predict") {
     // Each stream keeps one message in flight (a trainer's synchronous step loop).
+    auto ping_pong = [&](auto open, const auto& request, auto response) {
+      grpc::ClientContext ctx;
+      auto stream = open(&ctx);
+      while (!rec.Done(Clock::now())) {
+        const auto t0 = Clock::now();
+        if (!stream->Write(request) || !stream->Read(&response)) break;
+        rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes,
+                   response.ByteSizeLong(), rows);
+      }
+      stream->WritesDone();
+      const grpc::Status st = stream->Finish();
+      if (!st.ok()) rec.Record(measure_from, measure_from, st, 0, 0, 0);
+    };
     for (int i = 0; i < concurrency; ++i) {
-      threads.emplace_back([&] {
-        grpc::ClientContext ctx;
+      // By value: the threads outlive this block.
+      threads.emplace_back([&, ping_pong] {
         if (rpc == "stream_loss") {
-          auto stream = stub->StreamLoss(&ctx);
-          v1::LossResponse resp;
-          while (!rec.Done(Clock::now())) {
-            const auto t0 = Clock::now();
-            if (!stream->Write(payload.loss) || !stream->Read(&resp)) break;
-            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes,
-                       resp.ByteSizeLong(), rows);
-          }
-          stream->WritesDone();
-          const grpc::Status st = stream->Finish();
-          if (!st.ok()) rec.Record(measure_from, measure_from, st, 0, 0, 0);
+          ping_pong([&](grpc::ClientContext* c) { return stub->StreamLoss(c); }, payload.loss,
+                    v1::LossResponse());
         } else {
-          auto stream = stub->StreamPredict(&ctx);
-          v1::PredictResponse resp;
-          while (!rec.Done(Clock::now())) {
-            const auto t0 = Clock::now();
-            if (!stream->Write(payload.predict) || !stream->Read(&resp)) break;
-            rec.Record(t0, Clock::now(), grpc::Status::OK, payload.request_bytes,
-                       resp.ByteSizeLong(), rows);
-          }
-          stream->WritesDone();
-          const grpc::Status st = stream->Finish();
-          if (!st.ok()) rec.Record(measure_from, measure_from, st, 0, 0, 0);
+          ping_pong([&](grpc::ClientContext* c) { return stub->StreamPredict(c); }, payload.predict,
+                    v1::PredictResponse());
         }
       });
     }

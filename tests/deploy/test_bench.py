@@ -1,0 +1,43 @@
+"""zlpr-bench drives every RPC mode (closed loop, open loop, both streams) against a real
+server without errors, and writes its JSON report."""
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    build = request.config.getoption("--build")
+    proc = subprocess.Popen([os.path.join(build, "server/zlpr-server"), "--grpc_address=127.0.0.1:0",
+                             "--metrics_address=", "--backend=cpu", "--threads=1"],
+                            stdout=subprocess.PIPE, text=True)
+    port = int(re.search(r"gRPC on port (\d+)", proc.stdout.readline()).group(1))
+    yield port
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["--rpc=predict", "--concurrency=4"],
+    ["--rpc=loss_grad", "--concurrency=2", "--labels=sparse"],
+    ["--rpc=loss", "--rate=200"],
+    ["--rpc=stream_loss", "--concurrency=2"],
+    ["--rpc=stream_predict", "--concurrency=2"],
+])
+def test_bench_mode_runs_clean(request, server, args):
+    build = request.config.getoption("--build")
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        r = subprocess.run([os.path.join(build, "bench/zlpr-bench"), f"--target=127.0.0.1:{server}",
+                            "--rows=2", "--cols=64", "--duration_s=0.5", "--warmup_s=0.1",
+                            "--progress=false", f"--json={out.name}", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        report = json.load(open(out.name))
+    run = report["runs"][0]
+    assert run["ok"] > 0 and run["errors"] == {}
+    assert 0 < run["p50_s"] <= run["p99_s"]
