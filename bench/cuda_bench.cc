@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (sm_%d%d, %d SMs), median of %d runs\n", prop.name, prop.major,
               prop.minor, prop.multiProcessorCount, iters);
+  const cuda::DeviceInfo device{.sm_count = prop.multiProcessorCount, .major = prop.major};
 
   const int64_t shapes[][2] = {{32, 1000}, {8192, 1024}, {256, 131072}, {160, 65536}};
   std::vector<Row> rows_out;
@@ -115,7 +116,7 @@ int main(int argc, char** argv) {
     auto launch = [&](bool grad, bool clusters) {
       cuda::DeviceLossArgs a = args;
       a.grad = grad ? d_grad : nullptr;
-      const absl::Status st = cuda::LaunchLoss(a, d_ws, clusters, nullptr);
+      const absl::Status st = cuda::LaunchLoss(a, d_ws, device, clusters, nullptr);
       if (!st.ok()) {
         std::fprintf(stderr, "%s\n", st.ToString().c_str());
         std::exit(1);
@@ -127,8 +128,8 @@ int main(int argc, char** argv) {
       record("loss+grad (no clusters)", n * 12, [&] { launch(true, false); });
     }
     record("probabilities", n * 8, [&] {
-      const absl::Status st =
-          cuda::LaunchProbabilities(d_s, DType::kFloat32, nullptr, rows, cols, d_grad, nullptr);
+      const absl::Status st = cuda::LaunchProbabilities(d_s, DType::kFloat32, nullptr, rows, cols,
+                                                        d_grad, device, nullptr);
       if (!st.ok()) std::exit(1);
     });
     for (int k : {5, 64}) {

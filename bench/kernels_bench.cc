@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "kernels/cpu_simd.h"
 #include "kernels/test_util.h"
 #include "kernels/zlpr.h"
 
@@ -43,13 +44,21 @@ void BM_Loss(benchmark::State& state, Labels labels, bool grad) {
   SetCounters(state, rows * cols);
 }
 
+// The dense probabilities as a Predict with want_probs gets them: the input validated, then
+// the SIMD σ(2s) loop the labeler runs over each row.
 void BM_Probabilities(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = state.range(1);
   const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 7});
   std::vector<float> probs(rows * cols);
+  LabelerInput in;
+  in.scores = {p.scores.data(), DType::kFloat32, rows, cols};
   for (auto _ : state) {
-    benchmark::DoNotOptimize(
-        Cpu().Probabilities({p.scores.data(), DType::kFloat32, rows, cols}, nullptr, probs.data()));
+    const absl::StatusOr<ValidatedLabelerInput> valid = ValidateLabelerInput(in);
+    if (!valid.ok()) state.SkipWithError(valid.status().ToString().c_str());
+    for (int64_t r = 0; r < rows; ++r) {
+      internal::Probs(p.scores.data() + r * cols, static_cast<size_t>(cols),
+                      probs.data() + r * cols);
+    }
     benchmark::ClobberMemory();
   }
   SetCounters(state, rows * cols);

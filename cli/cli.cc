@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "cli/cli_io.h"
-#include "client/zlpr_client.h"
+#include "zlpr/client.h"
 
 namespace zlpr::cli {
 namespace {
@@ -201,9 +201,9 @@ std::optional<Failure> Loss(const Args& a, Client& client, std::ostream& out) {
   call.want_grad = a.Has("want_grad");
   const std::string gd = a.Get("grad_dtype", "float32");
   if (gd == "float16") {
-    call.grad_dtype = Dtype::kFloat16;
+    call.grad_dtype = DType::kFloat16;
   } else if (gd == "bfloat16") {
-    call.grad_dtype = Dtype::kBFloat16;
+    call.grad_dtype = DType::kBFloat16;
   } else if (gd != "float32") {
     return Failure{2, "--grad_dtype: expected float32, float16 or bfloat16"};
   }

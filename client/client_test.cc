@@ -1,10 +1,11 @@
 // zlpr::Client against a real server on loopback: blocking, async and future calls, streams
 // with backpressure, errors, health and info, round_robin over several servers.
+#include "zlpr/client.h"
+
 #include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/zlpr_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/test_util.h"
@@ -109,7 +110,7 @@ TEST_F(ClientTest, AsyncAndFutureCallsComplete) {
 
 TEST_F(ClientTest, NarrowGradientsComeBackWidened) {
   LossCall c = Call(false);
-  c.grad_dtype = Dtype::kFloat16;
+  c.grad_dtype = DType::kFloat16;
   auto r = client_->ComputeLoss(c);
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->grad.size(), want_grad_.size());

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/zlpr_client.h"
 #include "gtest/gtest.h"
 #include "server/test_support.h"
+#include "zlpr/client.h"
 
 extern char** environ;
 

@@ -1,15 +1,13 @@
 // zlpr::Client on a gRPC channel: plain spans in, protobuf inside, plain vectors out.
-#include "client/zlpr_client.h"
-
-#include <condition_variable>
-#include <cstring>
-#include <mutex>
-
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "zlpr/client.h"
+#include "zlpr/v1/tensor.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr {
@@ -20,126 +18,81 @@ absl::Status FromGrpc(const grpc::Status& st) {
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
 }
 
-v1::DType ToProto(Dtype d) {
-  switch (d) {
-    case Dtype::kFloat16:
-      return v1::FLOAT16;
-    case Dtype::kBFloat16:
-      return v1::BFLOAT16;
-    default:
-      return v1::FLOAT32;
-  }
-}
-
-template <typename T>
-void SetTensor(std::span<const T> values, int64_t rows, int64_t cols, v1::DType dtype,
-               v1::Tensor* t) {
-  t->add_shape(rows);
-  t->add_shape(cols);
-  t->set_dtype(dtype);
-  t->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size_bytes()));
-}
-
-float HalfToFloat(uint16_t h, v1::DType dtype) {
-  uint32_t bits;
-  if (dtype == v1::BFLOAT16) {
-    bits = uint32_t{h} << 16;
-  } else {  // IEEE binary16
-    const uint32_t sign = uint32_t{h & 0x8000u} << 16, exp = (h >> 10) & 0x1Fu;
-    uint32_t mant = h & 0x3FFu;
-    if (exp == 0x1F) {
-      bits = sign | 0x7F800000u | (mant << 13);
-    } else if (exp != 0) {
-      bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (mant == 0) {
-      bits = sign;
-    } else {
-      uint32_t e = 113;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --e;
-      }
-      bits = sign | (e << 23) | ((mant & 0x3FFu) << 13);
-    }
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-std::vector<float> ToFloats(const v1::Tensor& t) {
-  if (t.dtype() == v1::FLOAT32 || t.dtype() == v1::DTYPE_UNSPECIFIED) {
-    std::vector<float> v(t.data().size() / 4);
-    std::memcpy(v.data(), t.data().data(), v.size() * 4);
-    return v;
-  }
-  std::vector<float> v(t.data().size() / 2);
-  const auto* p = reinterpret_cast<const uint16_t*>(t.data().data());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = HalfToFloat(p[i], t.dtype());
-  return v;
-}
-
 v1::LossRequest ToRequest(const LossCall& c) {
   v1::LossRequest r;
   r.set_request_id(c.request_id);
-  SetTensor(c.scores, c.rows, c.cols, v1::FLOAT32, r.mutable_scores());
+  v1::EncodeMatrix(c.scores, c.rows, c.cols, DType::kFloat32, r.mutable_scores());
   if (!c.row_splits.empty()) {
     v1::SparseLabels* sp = r.mutable_sparse_labels();
     sp->mutable_row_splits()->Add(c.row_splits.begin(), c.row_splits.end());
     sp->mutable_indices()->Add(c.indices.begin(), c.indices.end());
     sp->mutable_values()->Add(c.values.begin(), c.values.end());
   } else {
-    SetTensor(c.dense_labels, c.rows, c.cols, v1::FLOAT32, r.mutable_dense_labels());
+    v1::EncodeMatrix(c.dense_labels, c.rows, c.cols, DType::kFloat32, r.mutable_dense_labels());
   }
-  if (!c.mask.empty()) SetTensor(c.mask, c.rows, c.cols, v1::UINT8, r.mutable_mask());
+  if (!c.mask.empty()) v1::EncodeMask(c.mask, c.rows, c.cols, r.mutable_mask());
   r.set_want_grad(c.want_grad);
-  r.set_grad_dtype(ToProto(c.grad_dtype));
+  r.set_grad_dtype(v1::ToWire(c.grad_dtype));
   return r;
-}
-
-LossResult FromResponse(const v1::LossResponse& resp) {
-  LossResult out;
-  out.request_id = resp.request_id();
-  out.loss.assign(resp.loss().begin(), resp.loss().end());
-  out.loss_sum = resp.loss_sum();
-  out.loss_mean = resp.loss_mean();
-  if (resp.has_grad()) out.grad = ToFloats(resp.grad());
-  out.queue_seconds = resp.timing().queue_seconds();
-  out.compute_seconds = resp.timing().compute_seconds();
-  out.batch_rows = resp.timing().batch_rows();
-  return out;
 }
 
 v1::PredictRequest ToRequest(const PredictCall& c) {
   v1::PredictRequest r;
   r.set_request_id(c.request_id);
-  SetTensor(c.scores, c.rows, c.cols, v1::FLOAT32, r.mutable_scores());
+  v1::EncodeMatrix(c.scores, c.rows, c.cols, DType::kFloat32, r.mutable_scores());
   if (c.threshold.has_value()) r.set_threshold(*c.threshold);
   if (!c.label_thresholds.empty()) {
-    v1::Tensor* t = r.mutable_label_thresholds();
-    t->add_shape(static_cast<int64_t>(c.label_thresholds.size()));
-    t->set_dtype(v1::FLOAT32);
-    t->set_data(std::string(reinterpret_cast<const char*>(c.label_thresholds.data()),
-                            c.label_thresholds.size_bytes()));
+    v1::EncodeVector(c.label_thresholds, r.mutable_label_thresholds());
   }
   r.set_top_k(c.top_k);
   r.set_min_labels(c.min_labels);
   r.set_want_probs(c.want_probs);
-  if (!c.mask.empty()) SetTensor(c.mask, c.rows, c.cols, v1::UINT8, r.mutable_mask());
+  if (!c.mask.empty()) v1::EncodeMask(c.mask, c.rows, c.cols, r.mutable_mask());
   return r;
 }
 
-PredictResult FromResponse(const v1::PredictResponse& resp) {
+// A response tensor widened to fp32; DATA_LOSS when the server sent something malformed.
+absl::StatusOr<std::vector<float>> ResponseFloats(const v1::Tensor& t, const char* field) {
+  absl::StatusOr<std::vector<float>> v = v1::DecodeFloats(t, field);
+  if (!v.ok()) return absl::DataLossError("the server's response: " + v.status().ToString());
+  return v;
+}
+
+template <typename Result>
+void SetTiming(const v1::Timing& t, Result* out) {
+  out->queue_seconds = t.queue_seconds();
+  out->compute_seconds = t.compute_seconds();
+  out->batch_rows = t.batch_rows();
+}
+
+absl::StatusOr<LossResult> FromResponse(const v1::LossResponse& resp) {
+  LossResult out;
+  out.request_id = resp.request_id();
+  out.loss.assign(resp.loss().begin(), resp.loss().end());
+  out.loss_sum = resp.loss_sum();
+  out.loss_mean = resp.loss_mean();
+  if (resp.has_grad()) {
+    absl::StatusOr<std::vector<float>> grad = ResponseFloats(resp.grad(), "grad");
+    if (!grad.ok()) return grad.status();
+    out.grad = *std::move(grad);
+  }
+  SetTiming(resp.timing(), &out);
+  return out;
+}
+
+absl::StatusOr<PredictResult> FromResponse(const v1::PredictResponse& resp) {
   PredictResult out;
   out.request_id = resp.request_id();
   for (const v1::RowLabels& row : resp.rows()) {
     out.labels.emplace_back(row.labels().begin(), row.labels().end());
     out.probs.emplace_back(row.probs().begin(), row.probs().end());
   }
-  if (resp.has_probs()) out.dense_probs = ToFloats(resp.probs());
-  out.queue_seconds = resp.timing().queue_seconds();
-  out.compute_seconds = resp.timing().compute_seconds();
-  out.batch_rows = resp.timing().batch_rows();
+  if (resp.has_probs()) {
+    absl::StatusOr<std::vector<float>> probs = ResponseFloats(resp.probs(), "probs");
+    if (!probs.ok()) return probs.status();
+    out.dense_probs = *std::move(probs);
+  }
+  SetTiming(resp.timing(), &out);
   return out;
 }
 
@@ -162,7 +115,12 @@ class WindowedStream final : public Base {
     stream_ = open(&ctx_);
   }
   ~WindowedStream() override {
-    if (!finished_) {
+    bool finished;
+    {
+      absl::MutexLock lock(&mu_);
+      finished = finished_;
+    }
+    if (!finished) {
       ctx_.TryCancel();
       (void)stream_->Finish();
     }
@@ -170,16 +128,15 @@ class WindowedStream final : public Base {
 
   absl::Status Send(const Call& call) override {
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (writes_done_) return absl::FailedPreconditionError("Send after Finish");
-      cv_.wait(lock, [&] { return in_flight_ < window_ || broken_; });
+      mu_.Await(absl::Condition(this, &WindowedStream::CanSend));
       if (broken_) return absl::UnavailableError("the stream is broken");
       ++in_flight_;
     }
     if (!stream_->Write(ToRequest(call))) {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       broken_ = true;
-      cv_.notify_all();
       return absl::UnavailableError("the stream is closed: Finish() tells why");
     }
     return absl::OkStatus();
@@ -187,16 +144,14 @@ class WindowedStream final : public Base {
 
   absl::StatusOr<Result> Receive() override {
     Response resp;
-    if (!stream_->Read(&resp)) {
-      std::lock_guard<std::mutex> lock(mu_);
-      broken_ = true;
-      cv_.notify_all();
-      return absl::OutOfRangeError("no more results on this stream");
-    }
+    const bool read = stream_->Read(&resp);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
+      if (!read) {
+        broken_ = true;  // wakes a Send() waiting for the window
+        return absl::OutOfRangeError("no more results on this stream");
+      }
       --in_flight_;
-      cv_.notify_all();
     }
     if (absl::Status st = MessageError(resp); !st.ok()) return st;
     return FromResponse(resp);
@@ -204,28 +159,31 @@ class WindowedStream final : public Base {
 
   absl::Status Finish() override {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (finished_) return absl::FailedPreconditionError("Finish called twice");
       writes_done_ = true;
+      finished_ = true;
     }
     stream_->WritesDone();
     Response drain;
     while (stream_->Read(&drain)) {
     }
-    finished_ = true;
     return FromGrpc(stream_->Finish());
   }
 
  private:
+  bool CanSend() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return in_flight_ < window_ || broken_;
+  }
+
   const int window_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<Request, Response>> stream_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int in_flight_ = 0;
-  bool writes_done_ = false;
-  bool broken_ = false;
-  bool finished_ = false;
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class GrpcClient final : public Client {

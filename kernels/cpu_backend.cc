@@ -15,7 +15,6 @@
 #include "absl/strings/str_format.h"
 #include "hwy/targets.h"
 #include "kernels/cpu_simd.h"
-#include "kernels/half.h"
 #include "kernels/thread_pool.h"
 #include "kernels/validate.h"
 #include "kernels/zlpr.h"
@@ -85,7 +84,7 @@ const float* LoadScores(const MatrixView& scores, const uint8_t* mask, int64_t r
   if (scores.dtype == DType::kFloat32 && mask == nullptr) {
     return static_cast<const float*>(scores.data) + off;
   }
-  internal::Widen(scores.data, scores.dtype, off, n, buf);
+  WidenToFloat(ElementAt(scores.data, scores.dtype, off), n, scores.dtype, buf);
   if (mask != nullptr) {
     for (int64_t i = 0; i < n; ++i) buf[i] = mask[off + i] != 0 ? buf[i] : kNegInf;
   }
@@ -98,7 +97,7 @@ const float* LoadLabels(const LossInput& in, int64_t r, int64_t c0, int64_t n, f
     const int64_t off = r * dense->cols + c0;
     const float* t = static_cast<const float*>(dense->data) + off;
     if (dense->dtype != DType::kFloat32) {
-      internal::Widen(dense->data, dense->dtype, off, n, buf);
+      WidenToFloat(ElementAt(dense->data, dense->dtype, off), n, dense->dtype, buf);
       t = buf;
     }
     return t;
@@ -155,9 +154,18 @@ class CpuBackend final : public Backend {
     return absl::StrFormat("cpu (%s, %d threads)", CpuSimdTarget(), pool_.threads());
   }
 
-  absl::Status Loss(const LossInput& in, const LossOutput& out) override;
-  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask, float* probs) override;
-  absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override;
+  using Backend::Label;
+  using Backend::Loss;
+  absl::Status Loss(const ValidatedLossInput& valid, const LossOutput& out) override;
+  absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override;
+
+ protected:
+  absl::StatusOr<ValidatedLossInput> Validate(const LossInput& in) override {
+    return internal::Validator::Loss(in, &pool_);
+  }
+  absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& in) override {
+    return internal::Validator::Labeler(in, &pool_);
+  }
 
  private:
   // Calls fn(r) for every row, grouping short rows into tasks of about kElementsPerTask.
@@ -177,10 +185,8 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<int32_t>> row_labels_;
 };
 
-absl::Status CpuBackend::Loss(const LossInput& in, const LossOutput& out) {
-  if (!in.validated) {
-    if (absl::Status st = internal::ValidateLoss(in, &pool_); !st.ok()) return st;
-  }
+absl::Status CpuBackend::Loss(const ValidatedLossInput& valid, const LossOutput& out) {
+  const LossInput& in = valid.get();
   const int64_t rows = in.scores.rows, cols = in.scores.cols;
   const int64_t chunks = (cols + kChunk - 1) / kChunk;
 
@@ -226,26 +232,8 @@ absl::Status CpuBackend::Loss(const LossInput& in, const LossOutput& out) {
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Probabilities(const MatrixView& scores, const uint8_t* mask,
-                                       float* probs) {
-  if (absl::Status st = internal::ValidateScoresAndMask(scores, mask, &pool_); !st.ok()) {
-    return st;
-  }
-  const int64_t cols = scores.cols;
-  const int64_t chunks = (cols + kChunk - 1) / kChunk;
-  pool_.ParallelFor(scores.rows * chunks, [&](int64_t u) {
-    const int64_t r = u / chunks, c0 = (u % chunks) * kChunk;
-    const int64_t n = std::min(kChunk, cols - c0);
-    const float* s = LoadScores(scores, mask, r, c0, n, ThreadScratch().s.data());
-    internal::Probs(s, static_cast<size_t>(n), probs + r * cols + c0);
-  });
-  return absl::OkStatus();
-}
-
-absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* probs) {
-  if (!in.validated) {
-    if (absl::Status st = internal::ValidateLabeler(in, &pool_); !st.ok()) return st;
-  }
+absl::Status CpuBackend::Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) {
+  const LabelerInput& in = valid.get();
   const int64_t rows = in.scores.rows, cols = in.scores.cols;
   const LabelerOptions& opt = in.options;
 
@@ -310,7 +298,7 @@ absl::Status CpuBackend::Label(const LabelerInput& in, LabelSets* out, float* pr
     // The same SIMD sigmoid as the dense probabilities, so both agree to the bit.
     picked.resize(labels.size());
     for (size_t k = 0; k < labels.size(); ++k) {
-      picked[k] = internal::LoadAsFloat(in.scores.data, in.scores.dtype, r * cols + labels[k]);
+      picked[k] = LoadAsFloat(in.scores.data, in.scores.dtype, r * cols + labels[k]);
     }
     internal::Probs(picked.data(), picked.size(), out->probs.data() + off);
   }
@@ -328,36 +316,6 @@ std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options) {
 std::string CpuSimdTarget() {
   const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
   return targets.empty() ? "scalar" : hwy::TargetName(targets.front());
-}
-
-void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst) {
-  if (dtype == DType::kFloat32) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-    return;
-  }
-  auto* out = static_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = dtype == DType::kFloat16 ? internal::FloatToFloat16(src[i])
-                                      : internal::FloatToBFloat16(src[i]);
-  }
-}
-
-void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst) {
-  internal::Widen(src, dtype, 0, n, dst);
-}
-
-size_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
-const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kBFloat16:
-      return "bfloat16";
-  }
-  return "unknown";
 }
 
 const char* BackendKindName(BackendKind kind) { return kind == BackendKind::kCpu ? "cpu" : "cuda"; }

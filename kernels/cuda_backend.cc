@@ -12,7 +12,6 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_launch.h"
-#include "kernels/half.h"
 #include "kernels/thread_pool.h"
 #include "kernels/validate.h"
 #include "kernels/zlpr.h"
@@ -70,9 +69,8 @@ class CudaBackend final : public Backend {
   CudaBackend(int device, std::string name, int major, int minor, int sms)
       : device_(device),
         name_(std::move(name)),
-        major_(major),
         minor_(minor),
-        sms_(sms),
+        info_{.sm_count = sms, .major = major},
         pool_(HostThreads()),
         cpu_(NewCpuBackend({.threads = HostThreads()})) {}
 
@@ -95,7 +93,8 @@ class CudaBackend final : public Backend {
 
   BackendKind kind() const override { return BackendKind::kCuda; }
   std::string Describe() const override {
-    return absl::StrFormat("cuda:%d (%s, sm_%d%d, %d SMs)", device_, name_, major_, minor_, sms_);
+    return absl::StrFormat("cuda:%d (%s, sm_%d%d, %d SMs)", device_, name_, info_.major, minor_,
+                           info_.sm_count);
   }
   int64_t DeviceMemoryBytes() const override {
     int64_t total = 0;
@@ -107,9 +106,18 @@ class CudaBackend final : public Backend {
     return total;
   }
 
-  absl::Status Loss(const LossInput& in, const LossOutput& out) override;
-  absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask, float* probs) override;
-  absl::Status Label(const LabelerInput& in, LabelSets* out, float* probs) override;
+  using Backend::Label;
+  using Backend::Loss;
+  absl::Status Loss(const ValidatedLossInput& valid, const LossOutput& out) override;
+  absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override;
+
+ protected:
+  absl::StatusOr<ValidatedLossInput> Validate(const LossInput& in) override {
+    return internal::Validator::Loss(in, &pool_);
+  }
+  absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& in) override {
+    return internal::Validator::Labeler(in, &pool_);
+  }
 
  private:
   static int HostThreads() {
@@ -128,7 +136,8 @@ class CudaBackend final : public Backend {
 
   const int device_;
   const std::string name_;
-  const int major_, minor_, sms_;
+  const int minor_;
+  const cuda::DeviceInfo info_;  // read once from the device's properties
   internal::ThreadPool pool_;
   std::unique_ptr<Backend> cpu_;
   cudaStream_t streams_[kStreams] = {};
@@ -138,8 +147,8 @@ class CudaBackend final : public Backend {
   PinnedBuffer pinned_in_, pinned_out_;
 };
 
-absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
-  if (!in.validated) ZLPR_RETURN_IF_ERROR(internal::ValidateLoss(in, &pool_));
+absl::Status CudaBackend::Loss(const ValidatedLossInput& valid, const LossOutput& out) {
+  const LossInput& in = valid.get();
   ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
   const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
   const size_t es = DTypeSize(in.scores.dtype);
@@ -214,7 +223,7 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
                   "H2D scores"));
     float* d_labels = labels_.get<float>() + off;
     if (dense != nullptr) {
-      internal::Widen(dense->data, dense->dtype, off, cn, pin_labels + off);
+      WidenToFloat(ElementAt(dense->data, dense->dtype, off), cn, dense->dtype, pin_labels + off);
       ZLPR_RETURN_IF_ERROR(
           CudaError(cudaMemcpyAsync(d_labels, pin_labels + off, cn * 4, cudaMemcpyHostToDevice, s),
                     "H2D labels"));
@@ -241,7 +250,7 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
     args.loss = loss_.get<float>() + r0;
     args.grad = want_grad ? grad_.get<float>() + off : nullptr;
     char* ws = workspace_.get<char>() + cuda::LossWorkspaceBytes(r0, cols);
-    ZLPR_RETURN_IF_ERROR(cuda::LaunchLoss(args, ws, /*allow_clusters=*/true, s));
+    ZLPR_RETURN_IF_ERROR(cuda::LaunchLoss(args, ws, info_, /*allow_clusters=*/true, s));
     ZLPR_RETURN_IF_ERROR(CudaError(
         cudaMemcpyAsync(pin_loss + r0, args.loss, (r1 - r0) * 4, cudaMemcpyDeviceToHost, s),
         "D2H loss"));
@@ -264,43 +273,14 @@ absl::Status CudaBackend::Loss(const LossInput& in, const LossOutput& out) {
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Probabilities(const MatrixView& scores, const uint8_t* mask,
-                                        float* probs) {
-  ZLPR_RETURN_IF_ERROR(internal::ValidateScoresAndMask(scores, mask, &pool_));
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
-  const int64_t n = scores.rows * scores.cols;
-  const size_t sb = n * DTypeSize(scores.dtype), mb = mask != nullptr ? n : 0;
-  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sb + mb));
-  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(n * 4));
-  ZLPR_RETURN_IF_ERROR(scores_.Reserve(sb));
-  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mb));
-  ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4));
-  cudaStream_t s = streams_[0];
-  std::memcpy(pinned_in_.get(), scores.data, sb);
-  ZLPR_RETURN_IF_ERROR(CudaError(
-      cudaMemcpyAsync(scores_.get(), pinned_in_.get(), sb, cudaMemcpyHostToDevice, s), "H2D"));
-  if (mask != nullptr) {
-    std::memcpy(pinned_in_.get() + sb, mask, mb);
-    ZLPR_RETURN_IF_ERROR(CudaError(
-        cudaMemcpyAsync(mask_.get(), pinned_in_.get() + sb, mb, cudaMemcpyHostToDevice, s), "H2D"));
-  }
-  ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), scores.dtype,
-                                                 mask != nullptr ? mask_.get<uint8_t>() : nullptr,
-                                                 scores.rows, scores.cols, probs_.get<float>(), s));
-  ZLPR_RETURN_IF_ERROR(CudaError(
-      cudaMemcpyAsync(pinned_out_.get(), probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
-  ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "probabilities kernel"));
-  std::memcpy(probs, pinned_out_.get(), n * 4);
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* probs) {
+absl::Status CudaBackend::Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) {
+  const LabelerInput& in = valid.get();
   const LabelerOptions& opt = in.options;
-  const int cap = static_cast<int>(std::max(opt.top_k, opt.min_labels));
+  // Validation caps top_k and min_labels at the column count (< 2^31), so the cap fits an int.
+  const int64_t cap = std::max(opt.top_k, opt.min_labels);
   // Without a cap every selected label is returned in order, which is a sort of the selected
   // entries: the CPU labeler does that; the GPU one handles the capped (top-k) labeler.
-  if (opt.top_k == 0 || cap > cuda::kMaxGpuLabels) return cpu_->Label(in, out, probs);
-  if (!in.validated) ZLPR_RETURN_IF_ERROR(internal::ValidateLabeler(in, &pool_));
+  if (opt.top_k == 0 || cap > cuda::kMaxGpuLabels) return cpu_->Label(valid, out, probs);
   ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
   const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
   const size_t sb = n * DTypeSize(in.scores.dtype), mb = in.mask != nullptr ? n : 0;
@@ -344,7 +324,7 @@ absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* p
   args.cols = cols;
   args.top_k = opt.top_k;
   args.min_labels = opt.min_labels;
-  args.cap = cap;
+  args.cap = static_cast<int>(cap);
   args.labels = out_labels_.get<int32_t>();
   args.probs = out_probs_.get<float>();
   args.count = out_count_.get<int32_t>();
@@ -362,14 +342,21 @@ absl::Status CudaBackend::Label(const LabelerInput& in, LabelSets* out, float* p
       CudaError(cudaMemcpyAsync(h_count, args.count, rows * 4, cudaMemcpyDeviceToHost, s), "D2H"));
   if (probs != nullptr) {
     ZLPR_RETURN_IF_ERROR(cuda::LaunchProbabilities(scores_.get(), in.scores.dtype, d_mask, rows,
-                                                   cols, probs_.get<float>(), s));
+                                                   cols, probs_.get<float>(), info_, s));
     ZLPR_RETURN_IF_ERROR(
         CudaError(cudaMemcpyAsync(h_dense, probs_.get(), n * 4, cudaMemcpyDeviceToHost, s), "D2H"));
   }
   ZLPR_RETURN_IF_ERROR(CudaError(cudaStreamSynchronize(s), "labeler kernels"));
   out->row_offsets.resize(static_cast<size_t>(rows) + 1);
   out->row_offsets[0] = 0;
-  for (int64_t r = 0; r < rows; ++r) out->row_offsets[r + 1] = out->row_offsets[r] + h_count[r];
+  for (int64_t r = 0; r < rows; ++r) {
+    // The counts come from the device: check them before they size or index anything here.
+    if (h_count[r] < 0 || h_count[r] > cap) {
+      return absl::InternalError(absl::StrFormat(
+          "GPU labeler: row %d reported %d labels, outside [0, %d]", r, h_count[r], cap));
+    }
+    out->row_offsets[r + 1] = out->row_offsets[r] + h_count[r];
+  }
   out->labels.resize(static_cast<size_t>(out->row_offsets[rows]));
   out->probs.resize(out->labels.size());
   for (int64_t r = 0; r < rows; ++r) {

@@ -13,6 +13,13 @@
 
 namespace zlpr::cuda {
 
+// What the launchers need to know of the device; the backend reads it once
+// (cudaGetDeviceProperties) and passes it to every launch.
+struct DeviceInfo {
+  int sm_count = 1;
+  int major = 0;  // compute capability major version
+};
+
 // All pointers are device memory. Inputs must be valid (the backend validates on the host).
 struct DeviceLossArgs {
   const void* scores = nullptr;  // rows x cols of `dtype`
@@ -32,19 +39,22 @@ inline constexpr int64_t kSegmentColumns = 16384;
 size_t LossWorkspaceBytes(int64_t rows, int64_t cols);
 
 // Enqueues the loss (and the gradient when args.grad is set) on `stream`. `workspace` holds
-// LossWorkspaceBytes(rows, cols) bytes. On Hopper, rows of up to 8 segments are finished by a
-// thread-block cluster in one pass (allow_clusters); the result is bit-identical either way.
-absl::Status LaunchLoss(const DeviceLossArgs& args, void* workspace, bool allow_clusters,
-                        cudaStream_t stream);
+// LossWorkspaceBytes(rows, cols) bytes. On Hopper (device.major >= 9), rows of up to 8
+// segments are finished by a thread-block cluster in one pass (allow_clusters); the result is
+// bit-identical either way.
+absl::Status LaunchLoss(const DeviceLossArgs& args, void* workspace, const DeviceInfo& device,
+                        bool allow_clusters, cudaStream_t stream);
 
 // Scatters sparse labels (device CSR, rows [0, rows)) into dense `labels`, which it zeroes.
+// Indices outside [0, cols) are skipped, never written through.
 absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indices,
                                  const float* values, int64_t rows, int64_t cols, float* labels,
                                  cudaStream_t stream);
 
 // p = σ(2s), 0 where excluded.
 absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask, int64_t rows,
-                                 int64_t cols, float* probs, cudaStream_t stream);
+                                 int64_t cols, float* probs, const DeviceInfo& device,
+                                 cudaStream_t stream);
 
 // The labeler on the GPU for top_k in [1, kMaxGpuLabels] and min_labels <= kMaxGpuLabels:
 // per row, the labels the math doc selects (threshold, then the top_k best by score then

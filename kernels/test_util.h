@@ -8,9 +8,9 @@
 #include <random>
 #include <vector>
 
-#include "kernels/half.h"
 #include "kernels/reference.h"
 #include "kernels/zlpr.h"
+#include "zlpr/dtype.h"
 
 namespace zlpr::testing {
 

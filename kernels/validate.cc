@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu_simd.h"
-#include "kernels/half.h"
 
 namespace zlpr::internal {
 namespace {
@@ -48,7 +47,7 @@ int64_t FirstBadRow(int64_t rows, ThreadPool* pool, const RowOk& row_ok) {
 const float* RowAsFloat(const MatrixView& m, int64_t r, std::vector<float>& buf) {
   if (m.dtype == DType::kFloat32) return static_cast<const float*>(m.data) + r * m.cols;
   buf.resize(static_cast<size_t>(m.cols));
-  Widen(m.data, m.dtype, r * m.cols, m.cols, buf.data());
+  WidenToFloat(ElementAt(m.data, m.dtype, r * m.cols), m.cols, m.dtype, buf.data());
   return buf.data();
 }
 
@@ -199,8 +198,6 @@ absl::Status CheckSparseLabels(const SparseLabelsView& sp, int64_t rows, int64_t
 
 bool ThresholdOk(float t) { return t > 0.0f && t < 1.0f; }
 
-}  // namespace
-
 absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask,
                                    ThreadPool* pool) {
   if (absl::Status st = CheckShape(scores, "scores"); !st.ok()) return st;
@@ -208,18 +205,25 @@ absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask
   return CheckMask(mask, scores.rows, scores.cols, pool);
 }
 
-absl::Status ValidateLoss(const LossInput& input, ThreadPool* pool) {
+}  // namespace
+
+absl::StatusOr<ValidatedLossInput> Validator::Loss(const LossInput& input, ThreadPool* pool) {
   if (absl::Status st = ValidateScoresAndMask(input.scores, input.mask, pool); !st.ok()) {
     return st;
   }
+  absl::Status st;
   if (const auto* dense = std::get_if<MatrixView>(&input.labels)) {
-    return CheckDenseLabels(*dense, input.scores, pool);
-  }
-  return CheckSparseLabels(std::get<SparseLabelsView>(input.labels), input.scores.rows,
+    st = CheckDenseLabels(*dense, input.scores, pool);
+  } else {
+    st = CheckSparseLabels(std::get<SparseLabelsView>(input.labels), input.scores.rows,
                            input.scores.cols);
+  }
+  if (!st.ok()) return st;
+  return ValidatedLossInput(input);
 }
 
-absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool) {
+absl::StatusOr<ValidatedLabelerInput> Validator::Labeler(const LabelerInput& input,
+                                                         ThreadPool* pool) {
   if (absl::Status st = ValidateScoresAndMask(input.scores, input.mask, pool); !st.ok()) {
     return st;
   }
@@ -235,7 +239,12 @@ absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool) {
     return absl::InvalidArgumentError(
         absl::StrFormat("threshold = %s must be in (0, 1)", FormatFloat(o.threshold)));
   }
-  return absl::OkStatus();
+  // A row has `cols` labels at most: a larger cap or top-up selects exactly what `cols` does.
+  LabelerInput normalised = input;
+  const auto cols = static_cast<uint64_t>(input.scores.cols);
+  normalised.options.top_k = static_cast<uint32_t>(std::min<uint64_t>(o.top_k, cols));
+  normalised.options.min_labels = static_cast<uint32_t>(std::min<uint64_t>(o.min_labels, cols));
+  return ValidatedLabelerInput(normalised);
 }
 
 float ScoreThreshold(float theta) {
@@ -249,11 +258,30 @@ float ScoreThreshold(float theta) {
 
 namespace zlpr {
 
-absl::Status ValidateLossInput(const LossInput& input) {
-  return internal::ValidateLoss(input, nullptr);
+absl::StatusOr<ValidatedLossInput> ValidateLossInput(const LossInput& input) {
+  return internal::Validator::Loss(input, nullptr);
 }
-absl::Status ValidateLabelerInput(const LabelerInput& input) {
-  return internal::ValidateLabeler(input, nullptr);
+absl::StatusOr<ValidatedLabelerInput> ValidateLabelerInput(const LabelerInput& input) {
+  return internal::Validator::Labeler(input, nullptr);
+}
+
+absl::Status Backend::Loss(const LossInput& input, const LossOutput& out) {
+  absl::StatusOr<ValidatedLossInput> valid = Validate(input);
+  if (!valid.ok()) return valid.status();
+  return Loss(*valid, out);
+}
+
+absl::Status Backend::Label(const LabelerInput& input, LabelSets* out, float* probs) {
+  absl::StatusOr<ValidatedLabelerInput> valid = Validate(input);
+  if (!valid.ok()) return valid.status();
+  return Label(*valid, out, probs);
+}
+
+absl::StatusOr<ValidatedLossInput> Backend::Validate(const LossInput& input) {
+  return ValidateLossInput(input);
+}
+absl::StatusOr<ValidatedLabelerInput> Backend::Validate(const LabelerInput& input) {
+  return ValidateLabelerInput(input);
 }
 
 }  // namespace zlpr

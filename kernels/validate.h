@@ -1,21 +1,33 @@
-// Input validation shared by every backend (docs/zlpr-math.md, "Invalid input").
+// Input validation shared by every backend (docs/MATH.md, "Invalid input"), and the one place
+// that makes ValidatedLossInput / ValidatedLabelerInput.
 #ifndef ZLPR_KERNELS_VALIDATE_H_
 #define ZLPR_KERNELS_VALIDATE_H_
 
-#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/thread_pool.h"
 #include "kernels/zlpr.h"
 
 namespace zlpr::internal {
 
-// As zlpr::ValidateLossInput / ValidateLabelerInput, scanning rows on `pool` when given.
-// When several entries are invalid, the error names the first in row-major order.
-absl::Status ValidateLoss(const LossInput& input, ThreadPool* pool);
-absl::Status ValidateLabeler(const LabelerInput& input, ThreadPool* pool);
-absl::Status ValidateScoresAndMask(const MatrixView& scores, const uint8_t* mask, ThreadPool* pool);
+class Validator {
+ public:
+  // As zlpr::ValidateLossInput / ValidateLabelerInput, scanning rows on `pool` when given.
+  // When several entries are invalid, the error names the first in row-major order.
+  static absl::StatusOr<ValidatedLossInput> Loss(const LossInput& input, ThreadPool* pool);
+  static absl::StatusOr<ValidatedLabelerInput> Labeler(const LabelerInput& input, ThreadPool* pool);
+
+  // For operations that keep validity by construction (concatenating validated inputs),
+  // never for outside input.
+  static ValidatedLossInput AlreadyValid(const LossInput& input) {
+    return ValidatedLossInput(input);
+  }
+  static ValidatedLabelerInput AlreadyValid(const LabelerInput& input) {
+    return ValidatedLabelerInput(input);
+  }
+};
 
 // z such that s > z, in fp32, holds exactly when s > ½·logit(θ) in real arithmetic: the
-// labeler's threshold in score space (docs/zlpr-math.md, "Decoding").
+// labeler's threshold in score space (docs/MATH.md, "Decoding").
 float ScoreThreshold(float theta);
 
 }  // namespace zlpr::internal

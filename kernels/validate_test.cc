@@ -1,12 +1,13 @@
-// Every invalid input of docs/zlpr-math.md is rejected with INVALID_ARGUMENT and a message that
+// Every invalid input of docs/MATH.md is rejected with INVALID_ARGUMENT and a message that
 // names the field, the row and the column.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/half.h"
 #include "kernels/zlpr.h"
+#include "zlpr/dtype.h"
 
 namespace zlpr {
 namespace {
@@ -39,6 +40,10 @@ class ValidateTest : public ::testing::Test {
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
     EXPECT_EQ(st.message(), message);
   }
+  template <typename T>
+  static void ExpectInvalid(const absl::StatusOr<T>& v, const std::string& message) {
+    ExpectInvalid(v.status(), message);
+  }
 };
 
 TEST_F(ValidateTest, AcceptsValidDenseAndSparseInput) {
@@ -67,7 +72,7 @@ TEST_F(ValidateTest, ReportsTheFirstBadEntryInRowMajorOrder) {
 }
 
 TEST_F(ValidateTest, RejectsNaNInHalfPrecisionScores) {
-  std::vector<uint16_t> h(12, internal::FloatToFloat16(0.5f));
+  std::vector<uint16_t> h(12, FloatToFloat16(0.5f));
   h[5] = 0x7E00;  // NaN
   LossInput in = Dense();
   in.scores = {h.data(), DType::kFloat16, 3, 4};
@@ -156,6 +161,90 @@ TEST_F(ValidateTest, BackendRejectsBeforeComputing) {
   const absl::Status st = backend->Loss(Dense(), {loss.data(), nullptr});
   ExpectInvalid(st, "dense_labels[0, 0] = 3 is outside [0, 1]");
   EXPECT_EQ(loss, std::vector<float>(3, 9.0f));
+}
+
+TEST_F(ValidateTest, CapsTopKAndMinLabelsAtTheColumnCount) {
+  LabelerInput in;
+  in.scores = {s_.data(), DType::kFloat32, 3, 4};
+  in.options.top_k = 4294967295u;
+  in.options.min_labels = 4294967295u;
+  auto valid = ValidateLabelerInput(in);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_EQ((*valid)->options.top_k, 4u);
+  EXPECT_EQ((*valid)->options.min_labels, 4u);
+  in.options.top_k = 3;
+  in.options.min_labels = 0;
+  EXPECT_EQ((*ValidateLabelerInput(in))->options.top_k, 3u);
+}
+
+TEST_F(ValidateTest, ABackendSelectsEveryLabelForAHugeTopKWithoutSizingByIt) {
+  // 2^32 - 1 labels asked of a 4-column row: the same answer as top_k = 4, nothing huge
+  // allocated (this used to abort with std::bad_alloc).
+  LabelerInput in;
+  in.scores = {s_.data(), DType::kFloat32, 3, 4};
+  in.options.threshold = 0.01f;
+  in.options.top_k = 4294967295u;
+  in.options.min_labels = 4294967295u;
+  LabelSets huge, four;
+  auto backend = NewCpuBackend({.threads = 1});
+  ASSERT_TRUE(backend->Label(in, &huge, nullptr).ok());
+  in.options.top_k = 4;
+  in.options.min_labels = 4;
+  ASSERT_TRUE(backend->Label(in, &four, nullptr).ok());
+  EXPECT_EQ(huge.labels, four.labels);
+  EXPECT_EQ(huge.row_offsets, (std::vector<int64_t>{0, 4, 7, 11}));  // -inf is never a label
+}
+
+TEST_F(ValidateTest, ConcatenationNeedsMatchingShapesTypesAndOptions) {
+  auto a = ValidateLossInput(Dense());
+  auto b = ValidateLossInput(Sparse());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(Concatenable(*a, *a));
+  EXPECT_FALSE(Concatenable(*a, *b));
+  ConcatBuffers buf;
+  const ValidatedLossInput* parts[] = {&*a, &*b};
+  EXPECT_EQ(ConcatenateLossInputs(parts, &buf).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  LabelerInput x;
+  x.scores = {s_.data(), DType::kFloat32, 3, 4};
+  LabelerInput y = x;
+  y.options.threshold = 0.25f;
+  auto vx = ValidateLabelerInput(x);
+  auto vy = ValidateLabelerInput(y);
+  EXPECT_FALSE(Concatenable(*vx, *vy));
+  y.options.threshold = 0.5f;
+  EXPECT_TRUE(Concatenable(*vx, *ValidateLabelerInput(y)));
+}
+
+TEST_F(ValidateTest, ConcatenatedInputsHoldEveryPartsRowsInOrder) {
+  // Dense labels, sparse labels and masks: the whole equals the parts stacked.
+  for (bool sparse : {false, true}) {
+    auto a = ValidateLossInput(sparse ? Sparse() : Dense());
+    ASSERT_TRUE(a.ok());
+    ConcatBuffers buf;
+    const ValidatedLossInput* parts[] = {&*a, &*a};
+    auto whole = ConcatenateLossInputs(parts, &buf);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_EQ(whole->rows(), 6);
+    const auto* s = static_cast<const float*>((*whole)->scores.data);
+    for (int64_t i = 0; i < 12; ++i) {
+      EXPECT_EQ(std::memcmp(&s[i], &s_[i], 4), 0);
+      EXPECT_EQ(std::memcmp(&s[12 + i], &s_[i], 4), 0);
+      EXPECT_EQ((*whole)->mask[12 + i], mask_[i]);
+    }
+    if (sparse) {
+      const auto& sp = std::get<SparseLabelsView>((*whole)->labels);
+      EXPECT_EQ(std::vector<int64_t>(sp.row_splits.begin(), sp.row_splits.end()),
+                (std::vector<int64_t>{0, 2, 2, 5, 7, 7, 10}));
+      EXPECT_EQ(sp.indices.size(), 10u);
+      EXPECT_EQ(sp.values.size(), 10u);
+    } else {
+      const auto& d = std::get<MatrixView>((*whole)->labels);
+      EXPECT_EQ(d.rows, 6);
+      EXPECT_EQ(static_cast<const float*>(d.data)[12 + 2], 0.5f);
+    }
+  }
 }
 
 }  // namespace

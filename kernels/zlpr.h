@@ -2,7 +2,7 @@
 // the multi-label labeler, on CPUs (SIMD, threads) and NVIDIA GPUs (CUDA), behind one interface.
 //
 // This header is the library's whole public surface. It is host-only C++: no CUDA types and no
-// gRPC. The formulas, edge cases and accuracy are those of docs/zlpr-math.md (shared/docs).
+// gRPC. The formulas, edge cases and accuracy are those of docs/MATH.md.
 //
 // Usage:
 //
@@ -14,8 +14,10 @@
 //   absl::Status st = backend->Loss(in, {loss.data(), grad.data()});
 //   if (!st.ok()) { /* INVALID_ARGUMENT naming the field, row and column */ }
 //
-// Every entry point validates its whole input first (zlpr::ValidateLossInput and
-// zlpr::ValidateLabelerInput) and writes nothing when the input is invalid.
+// A caller that validates ahead of time (the server does, on arrival) keeps the proof in the
+// type: ValidateLossInput returns a ValidatedLossInput, which only the validators (and
+// validity-preserving operations such as ConcatenateLossInputs) can make, and the backend
+// computes such an input without checking it again.
 //
 // Results are deterministic and batch-invariant: the bits of a row's loss, gradient and labels
 // depend only on that row (and, for the labeler, on the per-label thresholds), never on the
@@ -33,21 +35,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "zlpr/dtype.h"
 
 namespace zlpr {
 
-// Element types accepted for scores and dense labels. fp16 and bf16 are widened to fp32 on
-// load; all arithmetic is fp32.
-enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-// Bytes per element of `dtype`.
-size_t DTypeSize(DType dtype);
-const char* DTypeName(DType dtype);
-
-// Writes n fp32 values to `dst` as `dtype` (fp16 and bf16 rounded to nearest even).
-void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst);
-// Writes n values of `dtype` at `src` to `dst` as fp32 (exact).
-void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst);
+namespace internal {
+class Validator;
+}
 
 // A read-only, dense, row-major `rows` x `cols` matrix in host memory.
 struct MatrixView {
@@ -73,9 +67,6 @@ struct LossInput {
   std::variant<MatrixView, SparseLabelsView> labels;
   // Optional rows x cols bytes: 1 keeps an entry, 0 excludes it (as does a score of -inf).
   const uint8_t* mask = nullptr;
-  // Set only by a caller that already passed exactly this input through ValidateLossInput
-  // (the server validates each request on arrival): the backend then skips its own scan.
-  bool validated = false;
 };
 
 // Where the loss writes. `loss` has one float per row. `grad` is null for the loss alone, or
@@ -85,7 +76,7 @@ struct LossOutput {
   float* grad = nullptr;
 };
 
-// How the labeler picks a row's labels (docs/zlpr-math.md, "Decoding").
+// How the labeler picks a row's labels (docs/MATH.md, "Decoding").
 struct LabelerOptions {
   float threshold = 0.5f;                   // global probability threshold, in (0, 1)
   const float* label_thresholds = nullptr;  // optional: cols per-label thresholds in (0, 1)
@@ -97,7 +88,6 @@ struct LabelerInput {
   MatrixView scores;
   const uint8_t* mask = nullptr;  // optional, as for the loss
   LabelerOptions options;
-  bool validated = false;  // as LossInput::validated, for ValidateLabelerInput
 };
 
 // The labeler's output, in compressed sparse rows: row r's labels are
@@ -109,18 +99,72 @@ struct LabelSets {
   std::vector<float> probs;
 };
 
-// Checks a loss input against docs/zlpr-math.md ("Invalid input"). The error is
-// INVALID_ARGUMENT and names the field, row and column, e.g.
-// "scores[3, 17] is NaN" or "sparse_labels.indices[12] (row 2) = 40 is out of range [0, 32)".
-absl::Status ValidateLossInput(const LossInput& input);
-absl::Status ValidateLabelerInput(const LabelerInput& input);
+// A LossInput that passed ValidateLossInput: only the validators and validity-preserving
+// operations (ConcatenateLossInputs) make one, so holding one is the proof. It holds the same
+// views (not the data), which must outlive it.
+class ValidatedLossInput {
+ public:
+  const LossInput& get() const { return input_; }
+  const LossInput* operator->() const { return &input_; }
+  int64_t rows() const { return input_.scores.rows; }
+  int64_t cols() const { return input_.scores.cols; }
+
+ private:
+  friend class internal::Validator;
+  explicit ValidatedLossInput(const LossInput& input) : input_(input) {}
+  LossInput input_;
+};
+
+// A LabelerInput that passed ValidateLabelerInput, as ValidatedLossInput. Its options are
+// normalised: top_k and min_labels are at most the column count (a larger cap selects the
+// same labels), so no request can make a backend size anything by them.
+class ValidatedLabelerInput {
+ public:
+  const LabelerInput& get() const { return input_; }
+  const LabelerInput* operator->() const { return &input_; }
+  int64_t rows() const { return input_.scores.rows; }
+  int64_t cols() const { return input_.scores.cols; }
+
+ private:
+  friend class internal::Validator;
+  explicit ValidatedLabelerInput(const LabelerInput& input) : input_(input) {}
+  LabelerInput input_;
+};
+
+// Checks an input against docs/MATH.md ("Invalid input"). The error is INVALID_ARGUMENT and
+// names the field, row and column, e.g. "scores[3, 17] is NaN" or
+// "sparse_labels.indices[12] (row 2) = 40 is out of range [0, 32)".
+absl::StatusOr<ValidatedLossInput> ValidateLossInput(const LossInput& input);
+absl::StatusOr<ValidatedLabelerInput> ValidateLabelerInput(const LabelerInput& input);
+
+// Buffers that concatenations write into; reuse them across calls to avoid allocations.
+struct ConcatBuffers {
+  std::vector<char> scores, labels, mask;
+  std::vector<int64_t> row_splits;
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+};
+
+// Whether two validated inputs can share one kernel call: the same columns, element types,
+// kind of labels (dense of one type, sparse hard, sparse soft), mask presence and, for the
+// labeler, the same options (thresholds compared by value).
+bool Concatenable(const ValidatedLossInput& a, const ValidatedLossInput& b);
+bool Concatenable(const ValidatedLabelerInput& a, const ValidatedLabelerInput& b);
+
+// The rows of `parts`, in order, as one input. The views point into `buffers` (or, for a single
+// part, into that part's data). Every pair must be Concatenable (else FAILED_PRECONDITION);
+// concatenating valid inputs gives a valid one, so the result is validated. The kernels are
+// batch-invariant, so each row of the result computes to the bits it gets alone.
+absl::StatusOr<ValidatedLossInput> ConcatenateLossInputs(
+    std::span<const ValidatedLossInput* const> parts, ConcatBuffers* buffers);
+absl::StatusOr<ValidatedLabelerInput> ConcatenateLabelerInputs(
+    std::span<const ValidatedLabelerInput* const> parts, ConcatBuffers* buffers);
 
 enum class BackendKind { kCpu, kCuda };
 const char* BackendKindName(BackendKind kind);
 
 // One implementation of the ops. A Backend is driven by one thread at a time; it may use more
-// threads or a GPU internally. Every method validates its input first and returns
-// INVALID_ARGUMENT without writing anything when it is invalid; a device failure is INTERNAL.
+// threads or a GPU internally. A device failure is INTERNAL.
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -129,16 +173,25 @@ class Backend {
   // A one-line description, e.g. "cpu (AVX3, 4 threads)" or "cuda:0 (NVIDIA H200, sm_90)".
   virtual std::string Describe() const = 0;
 
+  // Validates `input` (on the backend's own threads), then computes: INVALID_ARGUMENT without
+  // writing anything when it is invalid.
+  absl::Status Loss(const LossInput& input, const LossOutput& out);
+  absl::Status Label(const LabelerInput& input, LabelSets* out, float* probs);
+
   // Per-row loss, and the gradient when `out.grad` is set.
-  virtual absl::Status Loss(const LossInput& input, const LossOutput& out) = 0;
-  // Dense probabilities σ(2s) into `probs` (rows x cols; 0 at excluded entries).
-  virtual absl::Status Probabilities(const MatrixView& scores, const uint8_t* mask,
-                                     float* probs) = 0;
-  // Label sets, and the dense probabilities too when `probs` is not null.
-  virtual absl::Status Label(const LabelerInput& input, LabelSets* out, float* probs) = 0;
+  virtual absl::Status Loss(const ValidatedLossInput& input, const LossOutput& out) = 0;
+  // Label sets, and the dense probabilities σ(2s) (rows x cols, 0 at excluded entries) too
+  // when `probs` is not null.
+  virtual absl::Status Label(const ValidatedLabelerInput& input, LabelSets* out, float* probs) = 0;
 
   // Device memory held for reuse across calls (0 for the CPU).
   virtual int64_t DeviceMemoryBytes() const { return 0; }
+
+ protected:
+  // Validation for the two entry points above; backends override these to spread the scan
+  // over their threads.
+  virtual absl::StatusOr<ValidatedLossInput> Validate(const LossInput& input);
+  virtual absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& input);
 };
 
 struct CpuOptions {

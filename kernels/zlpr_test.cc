@@ -11,9 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/half.h"
 #include "kernels/reference.h"
 #include "kernels/test_util.h"
+#include "zlpr/dtype.h"
 
 namespace zlpr {
 namespace {
@@ -252,16 +252,15 @@ TEST(CpuLossTest, HalfPrecisionInputsAreWidenedOnLoad) {
   for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
     std::vector<uint16_t> s16(p.scores.size()), t16(p.dense.size());
     for (size_t i = 0; i < s16.size(); ++i) {
-      s16[i] = dtype == DType::kFloat16 ? internal::FloatToFloat16(p.scores[i])
-                                        : internal::FloatToBFloat16(p.scores[i]);
-      t16[i] = dtype == DType::kFloat16 ? internal::FloatToFloat16(p.dense[i])
-                                        : internal::FloatToBFloat16(p.dense[i]);
+      s16[i] =
+          dtype == DType::kFloat16 ? FloatToFloat16(p.scores[i]) : FloatToBFloat16(p.scores[i]);
+      t16[i] = dtype == DType::kFloat16 ? FloatToFloat16(p.dense[i]) : FloatToBFloat16(p.dense[i]);
     }
     // The same problem with the rounded values in fp32.
     Problem widened = p;
     for (size_t i = 0; i < s16.size(); ++i) {
-      widened.scores[i] = internal::LoadAsFloat(s16.data(), dtype, static_cast<int64_t>(i));
-      widened.dense[i] = internal::LoadAsFloat(t16.data(), dtype, static_cast<int64_t>(i));
+      widened.scores[i] = LoadAsFloat(s16.data(), dtype, static_cast<int64_t>(i));
+      widened.dense[i] = LoadAsFloat(t16.data(), dtype, static_cast<int64_t>(i));
     }
     LossInput in = p.Input(false);
     in.scores = {s16.data(), dtype, 5, 777};
@@ -299,10 +298,11 @@ TEST(CpuProbabilitiesTest, MatchSigmaOfTwoSAndZeroWhereExcluded) {
         {.rows = 4, .cols = cols, .mask = true, .neg_inf = true, .scale = 30.0f, .seed = 3});
     std::vector<float> probs(p.scores.size(), -1.0f);
     auto backend = NewCpuBackend({.threads = 2});
-    ASSERT_TRUE(backend
-                    ->Probabilities({p.scores.data(), DType::kFloat32, 4, cols}, p.mask.data(),
-                                    probs.data())
-                    .ok());
+    LabelerInput in;
+    in.scores = {p.scores.data(), DType::kFloat32, 4, cols};
+    in.mask = p.mask.data();
+    LabelSets sets;
+    ASSERT_TRUE(backend->Label(in, &sets, probs.data()).ok());
     for (size_t i = 0; i < probs.size(); ++i) {
       const bool excluded = p.mask[i] == 0 || p.scores[i] == -kInf;
       const double ref = excluded ? 0.0 : reference::Prob(p.scores[i]);

@@ -1,33 +1,43 @@
-// The dynamic batcher: per-operation FIFO queues feeding worker threads with batches.
+// The dynamic batcher: one FIFO queue per job type, feeding worker threads with batches.
 //
-// Requests (Work) are queued per operation. A queue is due when max_batch_rows rows wait or
-// its oldest request has waited max_queue_delay. With adaptive_delay (the default) the wait
-// applies only while the load makes it pay off, i.e. when the queue's previous batch held more
-// than one request; under light load (a lone caller) a request is cut at once, so waiting
-// never adds latency where no other request would have joined. A worker cuts a batch from its head
-// under the lock (requests cancelled or past their deadline are dropped, not computed) and
-// runs it outside the lock. A request larger than max_batch_rows is a batch of its own. A
-// full queue refuses at once (RESOURCE_EXHAUSTED). Clock and executor are injected, so tests
-// drive it without threads, gRPC or real time.
+// A queue is due when max_batch_rows rows wait or its oldest task has waited max_queue_delay.
+// With adaptive_delay (the default) the wait applies only while the load makes it pay off,
+// i.e. when the queue's previous batch held more than one task; under light load (a lone
+// caller) a task is cut at once, so waiting never adds latency where no other task would have
+// joined. A worker cuts a batch from the head of the due queue whose oldest task is oldest,
+// under the lock (tasks cancelled or past their deadline are dropped, not computed), and runs
+// it outside the lock. A task larger than max_batch_rows is a batch of its own. A full queue
+// refuses at once (RESOURCE_EXHAUSTED). Clock is injected, so tests drive it without threads,
+// gRPC or real time. One mutex and condition variable, as Triton's dynamic batcher.
 //
-//   Batcher batcher({.num_ops = 2, .max_batch_rows = 256, .max_queue_delay = 500us,
-//                    .max_queue_size = 1024});
-//   batcher.Enqueue(std::move(work));               // from request handlers
-//   while (batcher.NextBatch(&op, &batch)) Run(op, batch);   // in each worker thread
+//   Batcher<LossJob, PredictJob> batcher({.max_batch_rows = 256, .max_queue_size = 1024});
+//   batcher.Enqueue(Task<LossJob>{.job = ..., .done = ...});        // from request handlers
+//   while (auto batch = batcher.NextBatch()) std::visit(run, *batch);  // in each worker
+//
+// Every task's `done` runs exactly once: from Enqueue (refused), from NextBatch (dropped: the
+// caller cancelled or the deadline passed) or from whoever runs the batch (the executor).
 #ifndef ZLPR_SERVER_BATCHER_H_
 #define ZLPR_SERVER_BATCHER_H_
 
+#include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <memory>
-#include <mutex>
 #include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <variant>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/job.h"
 
 namespace zlpr::server {
 
@@ -42,80 +52,266 @@ class Clock {
 // The real steady clock.
 Clock* SystemClock();
 
-// One request waiting to be computed.
-class Work {
- public:
-  virtual ~Work() = default;
-  virtual int64_t rows() const = 0;
-  // The client gave up (the call was cancelled).
-  virtual bool Cancelled() const = 0;
-  // After this the result is of no use; SteadyTime::max() for none.
-  virtual SteadyTime deadline() const = 0;
-  // Completes the request without computing it (cancelled, expired).
-  virtual void Drop(absl::Status why) = 0;
-
+// One job waiting to be computed, and what the batcher needs to know of its caller.
+template <typename Job>
+struct Task {
+  Job job;
+  // After this the result is of no use.
+  SteadyTime deadline = SteadyTime::max();
+  // True once the caller gave up (checked while queued); empty: never.
+  std::function<bool()> cancelled;
+  // Runs exactly once, with the result or with why the job was not computed.
+  absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done;
+  // Set by Enqueue.
   SteadyTime enqueued_at{};
 };
 
-using Batch = std::vector<std::unique_ptr<Work>>;
+template <typename Job>
+using Batch = std::vector<Task<Job>>;
 
 struct BatcherOptions {
-  int num_ops = 1;
   int64_t max_batch_rows = 256;
   std::chrono::microseconds max_queue_delay{250};
-  int64_t max_queue_size = 1024;  // requests per operation
-  // Wait for max_queue_delay only when the queue's previous batch merged several requests;
+  int64_t max_queue_size = 1024;  // tasks per job type
+  // Wait for max_queue_delay only when the queue's previous batch merged several tasks;
   // false: always wait (up to max_queue_delay or max_batch_rows).
   bool adaptive_delay = true;
   // Called under the batcher's lock whenever a queue's length changes (keep it cheap: a gauge).
-  std::function<void(int op, int64_t depth)> on_depth;
+  std::function<void(JobKind kind, int64_t depth)> on_depth;
+  // Called (outside the lock) for every task the batcher answers itself, before its `done`:
+  // refused (RESOURCE_EXHAUSTED, UNAVAILABLE) or dropped (CANCELLED, DEADLINE_EXCEEDED).
+  std::function<void(JobKind kind, const absl::Status& why)> on_not_computed;
 };
 
+template <typename... Jobs>
 class Batcher {
  public:
-  explicit Batcher(const BatcherOptions& options, Clock* clock = SystemClock());
+  using AnyBatch = std::variant<Batch<Jobs>...>;
+  // A dropped task's answer, to run outside the lock.
+  using Drop = absl::AnyInvocable<void()>;
+
+  explicit Batcher(const BatcherOptions& options, Clock* clock = SystemClock())
+      : options_(options), clock_(clock) {}
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  // Queues `work` for operation `op`. RESOURCE_EXHAUSTED when that queue is full,
-  // UNAVAILABLE after Shutdown(); `work` is destroyed then (not dropped: the caller answers).
-  absl::Status Enqueue(int op, std::unique_ptr<Work> work);
+  // Queues `task`, or answers it at once (RESOURCE_EXHAUSTED when its queue is full,
+  // UNAVAILABLE after Shutdown()) and returns that status.
+  template <typename Job>
+  absl::Status Enqueue(Task<Job> task) {
+    absl::Status refused;
+    {
+      absl::MutexLock lock(&mu_);
+      Queue<Job>& q = std::get<Queue<Job>>(queues_);
+      if (shutdown_) {
+        refused = absl::UnavailableError("the server is shutting down");
+      } else if (static_cast<int64_t>(q.tasks.size()) >= options_.max_queue_size) {
+        refused = absl::ResourceExhaustedError("the request queue is full (" +
+                                               std::to_string(options_.max_queue_size) +
+                                               " requests waiting); retry later");
+      } else {
+        task.enqueued_at = clock_->Now();
+        q.rows += task.job.rows();
+        q.tasks.push_back(std::move(task));
+        DepthChanged(q);
+      }
+    }
+    if (!refused.ok()) {
+      NotComputed<Job>(refused);
+      task.done(refused);
+      return refused;
+    }
+    cv_.Signal();
+    return absl::OkStatus();
+  }
 
-  // Blocks until a batch is due and returns it (true), or returns false once shut down and
-  // drained. Cancelled and expired requests met on the way are Drop()ped, outside the lock.
-  bool NextBatch(int* op, Batch* batch);
+  // Blocks until a batch is due and returns it, or returns nullopt once shut down and drained.
+  // Cancelled and expired tasks met on the way are answered, outside the lock.
+  std::optional<AnyBatch> NextBatch() {
+    for (;;) {
+      std::vector<Drop> drops;
+      std::optional<AnyBatch> batch;
+      bool drained = false;
+      {
+        absl::MutexLock lock(&mu_);
+        for (;;) {
+          const SteadyTime now = clock_->Now();
+          SteadyTime next_due;
+          batch = TryCutLocked(now, &drops, &next_due);
+          if (batch.has_value() || !drops.empty()) break;
+          if (shutdown_ && next_due == SteadyTime::max()) {
+            drained = true;
+            break;
+          }
+          if (next_due == SteadyTime::max()) {
+            cv_.Wait(&mu_);
+          } else {
+            cv_.WaitWithTimeout(&mu_, absl::FromChrono(next_due - now));
+          }
+        }
+      }
+      for (Drop& d : drops) d();
+      if (batch.has_value()) {
+        cv_.Signal();  // another worker may take the next due batch
+        return batch;
+      }
+      if (drained) return std::nullopt;
+    }
+  }
 
   // The non-blocking core of NextBatch, for tests with an injected clock: cuts a batch if one
-  // is due at clock->Now() and returns true; else returns false and sets *next_due to when
-  // the next one will be (SteadyTime::max() when all queues are empty). Requests to drop are
-  // appended to *dropped, for the caller to Drop() outside any lock.
-  bool TryCut(int* op, Batch* batch, std::vector<std::unique_ptr<Work>>* dropped,
-              SteadyTime* next_due);
+  // is due at clock->Now(); else sets *next_due to when the next one will be (SteadyTime::max()
+  // when every queue is empty). Tasks to drop are appended to *drops, for the caller to run
+  // outside any lock.
+  std::optional<AnyBatch> TryCut(std::vector<Drop>* drops, SteadyTime* next_due) {
+    absl::MutexLock lock(&mu_);
+    return TryCutLocked(clock_->Now(), drops, next_due);
+  }
 
-  // Refuses new work; queued work is still handed out (immediately, without waiting for the
-  // delay), after which NextBatch returns false.
-  void Shutdown();
+  // Refuses new tasks; queued ones are still handed out (at once, without waiting for the
+  // delay), after which NextBatch returns nullopt.
+  void Shutdown() {
+    {
+      absl::MutexLock lock(&mu_);
+      shutdown_ = true;
+    }
+    cv_.SignalAll();
+  }
 
-  // Requests waiting in the queue of `op`.
-  int64_t depth(int op) const;
-  const BatcherOptions& options() const { return options_; }
+  // Tasks waiting in the queue of `Job`.
+  template <typename Job>
+  int64_t depth() const {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int64_t>(std::get<Queue<Job>>(queues_).tasks.size());
+  }
 
  private:
+  // Cancellation is not signalled to the batcher: waiting tasks are looked at this often.
+  static constexpr std::chrono::milliseconds kCancelPoll{50};
+
+  template <typename Job>
   struct Queue {
-    std::deque<std::unique_ptr<Work>> items;
+    std::deque<Task<Job>> tasks;
     int64_t rows = 0;
-    size_t last_batch_requests = 0;  // requests in the queue's previous batch
+    size_t last_batch_tasks = 0;  // tasks in the queue's previous batch
   };
-  void DepthChangedLocked(int op);
-  bool TryCutLocked(SteadyTime now, int* op, Batch* batch,
-                    std::vector<std::unique_ptr<Work>>* dropped, SteadyTime* next_due);
+
+  template <typename Job>
+  void DepthChanged(const Queue<Job>& q) {
+    if (options_.on_depth) options_.on_depth(Job::kKind, static_cast<int64_t>(q.tasks.size()));
+  }
+
+  template <typename Job>
+  void NotComputed(const absl::Status& why) {
+    if (options_.on_not_computed) options_.on_not_computed(Job::kKind, why);
+  }
+
+  // Moves the tasks nobody waits for any more out of `q` (into *drops); the earliest deadline
+  // still ahead, so that the worker wakes then to drop that one too.
+  template <typename Job>
+  SteadyTime DropExpiredLocked(Queue<Job>& q, SteadyTime now, std::vector<Drop>* drops)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    SteadyTime earliest = SteadyTime::max();
+    const size_t before = q.tasks.size();
+    for (auto it = q.tasks.begin(); it != q.tasks.end();) {
+      // A call whose deadline passed is also cancelled by gRPC: the deadline is the reason then.
+      absl::Status why;
+      if (it->deadline <= now) {
+        why = absl::DeadlineExceededError("the deadline passed while queued");
+      } else if (it->cancelled && it->cancelled()) {
+        why = absl::CancelledError("the call was cancelled while queued");
+      }
+      if (why.ok()) {
+        earliest = std::min(earliest, it->deadline);
+        ++it;
+        continue;
+      }
+      q.rows -= it->job.rows();
+      drops->push_back([this, task = std::move(*it), why]() mutable {
+        NotComputed<Job>(why);
+        task.done(why);
+      });
+      it = q.tasks.erase(it);
+    }
+    if (q.tasks.size() != before) DepthChanged(q);
+    return earliest;
+  }
+
+  // When `q`'s head is due (SteadyTime::max() when `q` is empty).
+  template <typename Job>
+  SteadyTime DueLocked(const Queue<Job>& q) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (q.tasks.empty()) return SteadyTime::max();
+    const SteadyTime head = q.tasks.front().enqueued_at;
+    const bool wait = q.rows < options_.max_batch_rows && !shutdown_ &&
+                      (!options_.adaptive_delay || q.last_batch_tasks > 1);
+    return wait ? head + options_.max_queue_delay : head;
+  }
+
+  template <typename Job>
+  Batch<Job> CutLocked(Queue<Job>& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Batch<Job> batch;
+    int64_t rows = 0;
+    while (!q.tasks.empty()) {
+      const int64_t n = q.tasks.front().job.rows();
+      if (!batch.empty() && rows + n > options_.max_batch_rows) break;
+      rows += n;
+      q.rows -= n;
+      batch.push_back(std::move(q.tasks.front()));
+      q.tasks.pop_front();
+    }
+    q.last_batch_tasks = batch.size();
+    DepthChanged(q);
+    return batch;
+  }
+
+  std::optional<AnyBatch> TryCutLocked(SteadyTime now, std::vector<Drop>* drops,
+                                       SteadyTime* next_due) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    *next_due = SteadyTime::max();
+    // Among due queues, the one whose oldest task is oldest goes first.
+    size_t best = sizeof...(Jobs);
+    SteadyTime best_head = SteadyTime::max();
+    bool any_waiting = false;
+    size_t index = 0;
+    std::apply(
+        [&](auto&... queue) {
+          auto visit = [&](auto& q) {
+            const SteadyTime earliest_deadline = DropExpiredLocked(q, now, drops);
+            if (!q.tasks.empty()) {
+              any_waiting = true;
+              *next_due = std::min(*next_due, earliest_deadline);
+              const SteadyTime due = DueLocked(q);
+              if (due <= now) {
+                if (q.tasks.front().enqueued_at < best_head) {
+                  best = index;
+                  best_head = q.tasks.front().enqueued_at;
+                }
+              } else {
+                *next_due = std::min(*next_due, due);
+              }
+            }
+            ++index;
+          };
+          (visit(queue), ...);
+        },
+        queues_);
+    if (any_waiting) *next_due = std::min(*next_due, now + kCancelPoll);
+    if (best == sizeof...(Jobs)) return std::nullopt;
+    std::optional<AnyBatch> batch;
+    index = 0;
+    std::apply(
+        [&](auto&... queue) {
+          ((index++ == best ? (void)(batch.emplace(CutLocked(queue))) : (void)0), ...);
+        },
+        queues_);
+    return batch;
+  }
 
   const BatcherOptions options_;
   Clock* const clock_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Queue> queues_;  // guarded by mu_
-  bool shutdown_ = false;      // guarded by mu_
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::tuple<Queue<Jobs>...> queues_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace zlpr::server

@@ -1,5 +1,5 @@
-// The batcher with an injected clock: no threads, no gRPC, no real time (but for the last
-// test, which checks the blocking NextBatch loop with the real clock).
+// The batcher with an injected clock and fake jobs: no threads, no gRPC, no real time (but for
+// the last test, which checks the blocking NextBatch loop with the real clock).
 #include "server/batcher.h"
 
 #include <atomic>
@@ -23,200 +23,216 @@ class FakeClock final : public Clock {
   SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
 };
 
-// What happened to a FakeWork, readable after the batcher destroyed it.
-struct Fate {
-  bool dropped = false;
-  absl::Status why;
+struct FakeResult {};
+
+// Two job types, as the service has two.
+template <JobKind Kind>
+struct FakeJob {
+  using Result = FakeResult;
+  static constexpr JobKind kKind = Kind;
+  int64_t n = 1;
+  int id = 0;
+  int64_t rows() const { return n; }
 };
+using JobA = FakeJob<JobKind::kLoss>;
+using JobB = FakeJob<JobKind::kPredict>;
+using TestBatcher = Batcher<JobA, JobB>;
 
-class FakeWork final : public Work {
- public:
-  FakeWork(int64_t rows, std::shared_ptr<Fate> fate, int work_id = 0)
-      : id(work_id), rows_(rows), fate_(std::move(fate)) {}
-  int64_t rows() const override { return rows_; }
-  bool Cancelled() const override { return cancelled; }
-  SteadyTime deadline() const override { return deadline_at; }
-  void Drop(absl::Status why) override {
-    fate_->dropped = true;
-    fate_->why = std::move(why);
-  }
-  const int id;
-  bool cancelled = false;
-  SteadyTime deadline_at = SteadyTime::max();
-
- private:
-  int64_t rows_;
-  std::shared_ptr<Fate> fate_;
+// How a task was answered by the batcher, readable after the batcher destroyed it.
+struct Fate {
+  bool answered = false;
+  absl::Status why;
 };
 
 class BatcherTest : public ::testing::Test {
  protected:
-  BatcherOptions Options(int64_t max_rows, int64_t delay_us, int64_t queue = 100, int ops = 1) {
+  BatcherOptions Options(int64_t max_rows, int64_t delay_us, int64_t queue = 100) {
     BatcherOptions o;
     o.adaptive_delay = false;
-    o.num_ops = ops;
     o.max_batch_rows = max_rows;
     o.max_queue_delay = microseconds(delay_us);
     o.max_queue_size = queue;
+    o.on_not_computed = [this](JobKind kind, const absl::Status& why) {
+      not_computed_.push_back({kind, why.code()});
+    };
     return o;
   }
-  std::unique_ptr<FakeWork> Make(int64_t rows, int id = 0) {
+  template <typename Job = JobA>
+  Task<Job> Make(int64_t rows, int id = 0) {
     fates_.push_back(std::make_shared<Fate>());
-    return std::make_unique<FakeWork>(rows, fates_.back(), id);
+    Task<Job> t;
+    t.job = Job{.n = rows, .id = id};
+    t.done = [fate = fates_.back()](absl::StatusOr<FakeResult> r) {
+      fate->answered = true;
+      fate->why = r.status();
+    };
+    return t;
   }
-  static std::vector<int> Ids(const Batch& b) {
+  template <typename Job = JobA>
+  static std::vector<int> Ids(const std::optional<TestBatcher::AnyBatch>& b) {
     std::vector<int> ids;
-    for (const auto& w : b) ids.push_back(static_cast<const FakeWork&>(*w).id);
+    for (const Task<Job>& t : std::get<Batch<Job>>(*b)) ids.push_back(t.job.id);
     return ids;
   }
+  std::optional<TestBatcher::AnyBatch> Cut(TestBatcher& b) { return b.TryCut(&drops_, &next_due_); }
 
   FakeClock clock_;
   std::vector<std::shared_ptr<Fate>> fates_;
-  int op_ = -1;
-  Batch batch_;
-  std::vector<std::unique_ptr<Work>> dropped_;
+  std::vector<TestBatcher::Drop> drops_;
+  std::vector<std::pair<JobKind, absl::StatusCode>> not_computed_;
   SteadyTime next_due_;
 };
 
 TEST_F(BatcherTest, CutsABatchAsSoonAsMaxBatchRowsWait) {
-  Batcher b(Options(4, 1000), &clock_);
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(b.Enqueue(0, Make(1, i)).ok());
-  EXPECT_FALSE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 3)).ok());
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(op_, 0);
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{0, 1, 2, 3}));
-  EXPECT_EQ(b.depth(0), 0);
+  TestBatcher b(Options(4, 1000), &clock_);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(b.Enqueue(Make(1, i)).ok());
+  EXPECT_FALSE(Cut(b).has_value());
+  ASSERT_TRUE(b.Enqueue(Make(1, 3)).ok());
+  const auto batch = Cut(b);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Ids(batch), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(b.depth<JobA>(), 0);
 }
 
 TEST_F(BatcherTest, WaitsForTheOldestRequestsDelayThenCutsAPartialBatch) {
-  Batcher b(Options(64, 500), &clock_);
+  TestBatcher b(Options(64, 500), &clock_);
   const SteadyTime t0 = clock_.Now();
-  ASSERT_TRUE(b.Enqueue(0, Make(2, 7)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(2, 7)).ok());
   clock_.Advance(microseconds(200));
-  ASSERT_TRUE(b.Enqueue(0, Make(3, 8)).ok());
-  EXPECT_FALSE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  ASSERT_TRUE(b.Enqueue(Make(3, 8)).ok());
+  EXPECT_FALSE(Cut(b).has_value());
   EXPECT_EQ(next_due_, t0 + microseconds(500));  // from the oldest, not the newest
   clock_.Advance(microseconds(299));
-  EXPECT_FALSE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  EXPECT_FALSE(Cut(b).has_value());
   clock_.Advance(microseconds(1));
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{7, 8}));
+  const auto batch = Cut(b);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Ids(batch), (std::vector<int>{7, 8}));
 }
 
 TEST_F(BatcherTest, AdaptiveDelayCutsALoneRequestAtOnceAndWaitsUnderLoad) {
   BatcherOptions o = Options(64, 500);
   o.adaptive_delay = true;
-  Batcher b(o, &clock_);
+  TestBatcher b(o, &clock_);
   // A lone caller: nothing would join, so no wait.
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 1)).ok());
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{1}));
-  batch_.clear();
+  ASSERT_TRUE(b.Enqueue(Make(1, 1)).ok());
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{1}));
   // Several callers: the batch that forms while none is cut merges them...
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 2)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 3)).ok());
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{2, 3}));
-  batch_.clear();
+  ASSERT_TRUE(b.Enqueue(Make(1, 2)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(1, 3)).ok());
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{2, 3}));
   // ...and from then on the queue waits for more, up to the delay.
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 4)).ok());
-  EXPECT_FALSE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  ASSERT_TRUE(b.Enqueue(Make(1, 4)).ok());
+  EXPECT_FALSE(Cut(b).has_value());
   clock_.Advance(microseconds(500));
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{4}));
-  batch_.clear();
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{4}));
   // That batch held one request: load is light again, so the next is cut at once.
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 5)).ok());
-  EXPECT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
+  ASSERT_TRUE(b.Enqueue(Make(1, 5)).ok());
+  EXPECT_TRUE(Cut(b).has_value());
 }
 
 TEST_F(BatcherTest, NeverExceedsMaxBatchRowsAndKeepsTheRestQueued) {
-  Batcher b(Options(5, 0), &clock_);
-  ASSERT_TRUE(b.Enqueue(0, Make(3, 0)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(3, 1)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(2, 2)).ok());
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{0}));
-  batch_.clear();
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{1, 2}));
+  TestBatcher b(Options(5, 0), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make(3, 0)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(3, 1)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(2, 2)).ok());
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{0}));
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{1, 2}));
 }
 
 TEST_F(BatcherTest, RunsARequestLargerThanMaxBatchRowsAloneInsteadOfRefusingIt) {
-  Batcher b(Options(8, 1000), &clock_);
-  ASSERT_TRUE(b.Enqueue(0, Make(100, 1)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 2)).ok());
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));  // due at once: rows >= max
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{1}));
+  TestBatcher b(Options(8, 1000), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make(100, 1)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(1, 2)).ok());
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{1}));  // due at once: rows >= max
 }
 
-TEST_F(BatcherTest, RejectsWithResourceExhaustedWhenTheQueueIsFull) {
-  Batcher b(Options(8, 1000, /*queue=*/2), &clock_);
-  ASSERT_TRUE(b.Enqueue(0, Make(1)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(1)).ok());
-  const absl::Status st = b.Enqueue(0, Make(1));
+TEST_F(BatcherTest, RefusesWithResourceExhaustedWhenTheQueueIsFullAndAnswersTheTask) {
+  TestBatcher b(Options(8, 1000, /*queue=*/2), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make(1)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(1)).ok());
+  const absl::Status st = b.Enqueue(Make(1));
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(st.message(), "the request queue is full (2 requests waiting); retry later");
-  EXPECT_FALSE(fates_.back()->dropped);  // refused, not dropped: the caller answers
+  EXPECT_TRUE(fates_.back()->answered);
+  EXPECT_EQ(fates_.back()->why, st);
+  EXPECT_FALSE(fates_.front()->answered);
+  ASSERT_EQ(not_computed_.size(), 1u);
+  EXPECT_EQ(not_computed_[0].second, absl::StatusCode::kResourceExhausted);
+  // The other job type has a queue of its own.
+  EXPECT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
 }
 
 TEST_F(BatcherTest, DropsCancelledAndExpiredRequestsWithoutBatchingThem) {
-  Batcher b(Options(8, 100), &clock_);
-  auto cancelled = Make(1, 1);
-  cancelled->cancelled = true;
-  auto expired = Make(1, 2);
-  expired->deadline_at = clock_.Now() + microseconds(50);
-  ASSERT_TRUE(b.Enqueue(0, std::move(cancelled)).ok());
-  ASSERT_TRUE(b.Enqueue(0, std::move(expired)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 3)).ok());
+  TestBatcher b(Options(8, 100), &clock_);
+  Task<JobA> cancelled = Make(1, 1);
+  cancelled.cancelled = [] { return true; };
+  Task<JobA> expired = Make(1, 2);
+  expired.deadline = clock_.Now() + microseconds(50);
+  ASSERT_TRUE(b.Enqueue(std::move(cancelled)).ok());
+  ASSERT_TRUE(b.Enqueue(std::move(expired)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(1, 3)).ok());
   clock_.Advance(microseconds(100));
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{3}));
-  ASSERT_EQ(dropped_.size(), 2u);
-  for (auto& w : dropped_) w->Drop(absl::CancelledError("x"));
-  EXPECT_TRUE(fates_[0]->dropped);
-  EXPECT_TRUE(fates_[1]->dropped);
-  EXPECT_FALSE(fates_[2]->dropped);
+  EXPECT_EQ(Ids(Cut(b)), (std::vector<int>{3}));
+  ASSERT_EQ(drops_.size(), 2u);
+  EXPECT_FALSE(fates_[0]->answered);  // answered only when the caller runs the drops
+  for (auto& d : drops_) d();
+  EXPECT_EQ(fates_[0]->why.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(fates_[1]->why.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(fates_[2]->answered);
+  EXPECT_EQ(not_computed_.size(), 2u);
 }
 
 TEST_F(BatcherTest, NextBatchDropsExpiredRequestsWithTheRightCode) {
-  Batcher b(Options(8, 0), &clock_);
-  auto expired = Make(1, 1);
-  expired->deadline_at = clock_.Now();
-  auto cancelled = Make(1, 2);
-  cancelled->cancelled = true;
-  ASSERT_TRUE(b.Enqueue(0, std::move(expired)).ok());
-  ASSERT_TRUE(b.Enqueue(0, std::move(cancelled)).ok());
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 3)).ok());
-  ASSERT_TRUE(b.NextBatch(&op_, &batch_));
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{3}));
+  TestBatcher b(Options(8, 0), &clock_);
+  Task<JobA> expired = Make(1, 1);
+  expired.deadline = clock_.Now();
+  expired.cancelled = [] { return true; };  // gRPC cancels expired calls: the deadline wins
+  Task<JobA> cancelled = Make(1, 2);
+  cancelled.cancelled = [] { return true; };
+  ASSERT_TRUE(b.Enqueue(std::move(expired)).ok());
+  ASSERT_TRUE(b.Enqueue(std::move(cancelled)).ok());
+  ASSERT_TRUE(b.Enqueue(Make(1, 3)).ok());
+  EXPECT_EQ(Ids(b.NextBatch()), (std::vector<int>{3}));
   EXPECT_EQ(fates_[0]->why.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(fates_[0]->why.message(), "the deadline passed while queued");
   EXPECT_EQ(fates_[1]->why.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(fates_[1]->why.message(), "the call was cancelled while queued");
 }
 
 TEST_F(BatcherTest, TheDueQueueWithTheOldestRequestGoesFirst) {
-  Batcher b(Options(8, 100, 100, /*ops=*/2), &clock_);
-  ASSERT_TRUE(b.Enqueue(1, Make(1, 10)).ok());
+  TestBatcher b(Options(8, 100), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 10)).ok());
   clock_.Advance(microseconds(10));
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 20)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 20)).ok());
   clock_.Advance(microseconds(200));
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(op_, 1);
-  batch_.clear();
-  ASSERT_TRUE(b.TryCut(&op_, &batch_, &dropped_, &next_due_));
-  EXPECT_EQ(op_, 0);
+  EXPECT_EQ(Ids<JobB>(Cut(b)), (std::vector<int>{10}));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{20}));
+}
+
+TEST_F(BatcherTest, ReportsEachQueuesDepthByJobKind) {
+  BatcherOptions o = Options(8, 100);
+  std::vector<std::pair<JobKind, int64_t>> depths;
+  o.on_depth = [&](JobKind kind, int64_t depth) { depths.push_back({kind, depth}); };
+  TestBatcher b(o, &clock_);
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
+  EXPECT_EQ(b.depth<JobB>(), 2);
+  const std::vector<std::pair<JobKind, int64_t>> want = {
+      {JobKind::kLoss, 1}, {JobKind::kPredict, 1}, {JobKind::kPredict, 2}};
+  EXPECT_EQ(depths, want);
 }
 
 TEST_F(BatcherTest, ShutdownRefusesNewWorkAndHandsOutQueuedWorkWithoutWaiting) {
-  Batcher b(Options(64, 1000000), &clock_);
-  ASSERT_TRUE(b.Enqueue(0, Make(1, 1)).ok());
+  TestBatcher b(Options(64, 1000000), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make(1, 1)).ok());
   b.Shutdown();
-  const absl::Status st = b.Enqueue(0, Make(1, 2));
+  const absl::Status st = b.Enqueue(Make(1, 2));
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
-  ASSERT_TRUE(b.NextBatch(&op_, &batch_));  // no waiting for the 1 s delay
-  EXPECT_EQ(Ids(batch_), (std::vector<int>{1}));
-  EXPECT_FALSE(b.NextBatch(&op_, &batch_));  // drained
+  EXPECT_EQ(fates_.back()->why.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Ids(b.NextBatch()), (std::vector<int>{1}));  // no waiting for the 1 s delay
+  EXPECT_FALSE(b.NextBatch().has_value());               // drained
 }
 
 TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
@@ -224,27 +240,32 @@ TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
   o.max_batch_rows = 16;
   o.max_queue_delay = microseconds(200);
   o.max_queue_size = 100000;
-  Batcher b(o);
+  TestBatcher b(o);
   std::atomic<int64_t> rows{0};
   std::vector<std::thread> workers;
   for (int i = 0; i < 3; ++i) {
     workers.emplace_back([&] {
-      int op;
-      Batch batch;
-      while (b.NextBatch(&op, &batch)) {
-        int64_t n = 0;
-        for (auto& w : batch) n += w->rows();
-        EXPECT_LE(n, 16);
-        rows += n;
+      while (auto batch = b.NextBatch()) {
+        std::visit(
+            [&](auto& tasks) {
+              int64_t n = 0;
+              for (auto& t : tasks) n += t.job.rows();
+              EXPECT_LE(n, 16);
+              rows += n;
+            },
+            *batch);
       }
     });
   }
   for (int i = 0; i < 5000; ++i) {
-    ASSERT_TRUE(b.Enqueue(0, std::make_unique<FakeWork>(1, std::make_shared<Fate>())).ok());
+    Task<JobA> a;
+    ASSERT_TRUE(b.Enqueue(std::move(a)).ok());
+    Task<JobB> c;
+    ASSERT_TRUE(b.Enqueue(std::move(c)).ok());
   }
   b.Shutdown();
   for (auto& t : workers) t.join();
-  EXPECT_EQ(rows.load(), 5000);
+  EXPECT_EQ(rows.load(), 10000);
 }
 
 }  // namespace

@@ -1,87 +1,68 @@
-// Structural checks of zlpr.v1 tensors, then the kernels' value checks.
+// zlpr.v1 requests to jobs (tensor checks through the codec, then the kernels' validators) and
+// results to responses.
 #include "server/convert.h"
-
-#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "zlpr/v1/tensor.h"
 
 namespace zlpr::server {
 namespace {
 
-constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
-
-std::string ShapeString(const v1::Tensor& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.shape_size(); ++i) absl::StrAppendFormat(&s, i ? ", %d" : "%d", t.shape(i));
-  return s + "]";
-}
-
-absl::StatusOr<DType> FloatDType(v1::DType dtype, const char* field) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return DType::kFloat32;
-    case v1::FLOAT16:
-      return DType::kFloat16;
-    case v1::BFLOAT16:
-      return DType::kBFloat16;
-    case v1::DTYPE_UNSPECIFIED:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s.dtype is unset: use FLOAT32, FLOAT16 or BFLOAT16", field));
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s.dtype %s is not allowed: use FLOAT32, FLOAT16 or BFLOAT16", field,
-                          v1::DType_Name(dtype)));
-  }
-}
-
-// A [rows, cols] tensor whose data holds exactly rows * cols elements of `elem_bytes`.
-absl::Status CheckMatrix(const v1::Tensor& t, const char* field, size_t elem_bytes) {
-  if (t.shape_size() != 2) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s.shape %s must have two dimensions [rows, cols]", field, ShapeString(t)));
-  }
-  const int64_t rows = t.shape(0), cols = t.shape(1);
-  if (rows < 1 || cols < 1 || rows > kMaxDim || cols > kMaxDim) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s.shape %s must have 1 to %d rows and columns", field, ShapeString(t), kMaxDim));
-  }
-  const uint64_t want = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols) * elem_bytes;
-  if (t.data().size() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s.data has %d bytes, expected %d x %d x %d = %d", field, t.data().size(),
-                        rows, cols, elem_bytes, want));
-  }
-  return absl::OkStatus();
-}
+constexpr std::initializer_list<v1::DType> kFloatTypes = {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16};
 
 absl::StatusOr<MatrixView> FloatMatrix(const v1::Tensor& t, const char* field) {
-  ZLPR_ASSIGN_OR_RETURN(const DType dtype, FloatDType(t.dtype(), field));
-  ZLPR_RETURN_IF_ERROR(CheckMatrix(t, field, DTypeSize(dtype)));
-  return MatrixView{t.data().data(), dtype, t.shape(0), t.shape(1)};
+  ZLPR_ASSIGN_OR_RETURN(const v1::MatrixBytes m, v1::CheckMatrix(t, field, kFloatTypes));
+  return MatrixView{m.data, *v1::FromWire(m.dtype), m.rows, m.cols};
 }
 
 absl::StatusOr<const uint8_t*> Mask(const v1::Tensor& t, const MatrixView& scores) {
-  if (t.dtype() != v1::UINT8) {
+  ZLPR_ASSIGN_OR_RETURN(const v1::MatrixBytes m, v1::CheckMatrix(t, "mask", {v1::UINT8}));
+  if (m.rows != scores.rows || m.cols != scores.cols) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("mask.dtype %s is not allowed: use UINT8", v1::DType_Name(t.dtype())));
+        absl::StrFormat("mask.shape %s does not match scores [%d, %d]", v1::ShapeString(t),
+                        scores.rows, scores.cols));
   }
-  ZLPR_RETURN_IF_ERROR(CheckMatrix(t, "mask", 1));
-  if (t.shape(0) != scores.rows || t.shape(1) != scores.cols) {
+  return reinterpret_cast<const uint8_t*>(m.data);
+}
+
+// The gradient's element type (FLOAT32 when unset).
+absl::StatusOr<DType> GradDType(v1::DType wire) {
+  if (wire == v1::DTYPE_UNSPECIFIED) return DType::kFloat32;
+  if (const std::optional<DType> d = v1::FromWire(wire)) return *d;
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "grad.dtype %s is not allowed: use FLOAT32, FLOAT16 or BFLOAT16", v1::DType_Name(wire)));
+}
+
+absl::StatusOr<const float*> LabelThresholds(const v1::Tensor& t, int64_t cols) {
+  const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
+                        (t.shape_size() == 2 && t.shape(0) == 1 && t.shape(1) == cols);
+  if (!shape_ok) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("label_thresholds.shape %s must be [%d] or [1, %d] (one per column)",
+                        v1::ShapeString(t), cols, cols));
+  }
+  if (t.dtype() != v1::FLOAT32) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "mask.shape %s does not match scores [%d, %d]", ShapeString(t), scores.rows, scores.cols));
+        "label_thresholds.dtype %s is not allowed: use FLOAT32", v1::DType_Name(t.dtype())));
   }
-  return reinterpret_cast<const uint8_t*>(t.data().data());
+  if (t.data().size() != static_cast<size_t>(cols) * 4) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("label_thresholds.data has %d bytes, expected %d x 4 = %d", t.data().size(),
+                        cols, cols * 4));
+  }
+  return reinterpret_cast<const float*>(t.data().data());
+}
+
+void SetTiming(const Timing& t, v1::Timing* out) {
+  out->set_queue_seconds(t.queue_seconds);
+  out->set_compute_seconds(t.compute_seconds);
+  out->set_batch_rows(static_cast<uint32_t>(t.batch_rows));
 }
 
 }  // namespace
 
-absl::StatusOr<DType> GradDType(const v1::LossRequest& request) {
-  if (request.grad_dtype() == v1::DTYPE_UNSPECIFIED) return DType::kFloat32;
-  return FloatDType(request.grad_dtype(), "grad");
-}
-
-absl::StatusOr<LossInput> LossInputFromRequest(const v1::LossRequest& request) {
+absl::StatusOr<LossJob> LossJobFromRequest(const v1::LossRequest& request) {
   LossInput in;
   if (!request.has_scores()) return absl::InvalidArgumentError("scores: missing");
   ZLPR_ASSIGN_OR_RETURN(in.scores, FloatMatrix(request.scores(), "scores"));
@@ -104,15 +85,14 @@ absl::StatusOr<LossInput> LossInputFromRequest(const v1::LossRequest& request) {
   if (request.has_mask()) {
     ZLPR_ASSIGN_OR_RETURN(in.mask, Mask(request.mask(), in.scores));
   }
-  ZLPR_RETURN_IF_ERROR(GradDType(request).status());
-  ZLPR_RETURN_IF_ERROR(ValidateLossInput(in));
-  in.validated = true;
-  return in;
+  ZLPR_ASSIGN_OR_RETURN(const DType grad_dtype, GradDType(request.grad_dtype()));
+  ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
+  return LossJob{
+      .input = std::move(valid), .want_grad = request.want_grad(), .grad_dtype = grad_dtype};
 }
 
-absl::StatusOr<PredictInput> PredictInputFromRequest(const v1::PredictRequest& request) {
-  PredictInput out;
-  LabelerInput& in = out.labeler;
+absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& request) {
+  LabelerInput in;
   if (!request.has_scores()) return absl::InvalidArgumentError("scores: missing");
   ZLPR_ASSIGN_OR_RETURN(in.scores, FloatMatrix(request.scores(), "scores"));
   if (request.has_mask()) {
@@ -120,55 +100,41 @@ absl::StatusOr<PredictInput> PredictInputFromRequest(const v1::PredictRequest& r
   }
   in.options.threshold = request.has_threshold() ? request.threshold() : 0.5f;
   if (request.has_label_thresholds()) {
-    const v1::Tensor& t = request.label_thresholds();
-    const int64_t cols = in.scores.cols;
-    const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
-                          (t.shape_size() == 2 && t.shape(0) == 1 && t.shape(1) == cols);
-    if (!shape_ok) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("label_thresholds.shape %s must be [%d] or [1, %d] (one per column)",
-                          ShapeString(t), cols, cols));
-    }
-    if (t.dtype() != v1::FLOAT32) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "label_thresholds.dtype %s is not allowed: use FLOAT32", v1::DType_Name(t.dtype())));
-    }
-    if (t.data().size() != static_cast<size_t>(cols) * 4) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("label_thresholds.data has %d bytes, expected %d x 4 = %d",
-                          t.data().size(), cols, cols * 4));
-    }
-    in.options.label_thresholds = reinterpret_cast<const float*>(t.data().data());
+    ZLPR_ASSIGN_OR_RETURN(in.options.label_thresholds,
+                          LabelThresholds(request.label_thresholds(), in.scores.cols));
   }
   in.options.top_k = request.top_k();
   in.options.min_labels = request.min_labels();
-  out.want_probs = request.want_probs();
-  ZLPR_RETURN_IF_ERROR(ValidateLabelerInput(in));
-  in.validated = true;
-  return out;
+  ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
+  return PredictJob{.input = std::move(valid), .want_probs = request.want_probs()};
 }
 
-void FillTensor(std::span<const float> values, int64_t rows, int64_t cols, DType dtype,
-                v1::Tensor* tensor) {
-  tensor->clear_shape();
-  tensor->add_shape(rows);
-  tensor->add_shape(cols);
-  tensor->set_dtype(ToProto(dtype));
-  std::string* data = tensor->mutable_data();
-  data->resize(values.size() * DTypeSize(dtype));
-  NarrowFromFloat(values.data(), static_cast<int64_t>(values.size()), dtype, data->data());
-}
-
-v1::DType ToProto(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return v1::FLOAT32;
-    case DType::kFloat16:
-      return v1::FLOAT16;
-    case DType::kBFloat16:
-      return v1::BFLOAT16;
+void FillResponse(LossResult result, v1::LossResponse* response) {
+  const int64_t rows = static_cast<int64_t>(result.loss.size());
+  response->mutable_loss()->Assign(result.loss.begin(), result.loss.end());
+  response->set_loss_sum(result.loss_sum);
+  response->set_loss_mean(result.loss_mean);
+  if (!result.grad.empty()) {
+    v1::EncodeMatrixBytes(std::move(result.grad), rows, result.cols, result.grad_dtype,
+                          response->mutable_grad());
   }
-  return v1::DTYPE_UNSPECIFIED;
+  SetTiming(result.timing, response->mutable_timing());
+}
+
+void FillResponse(PredictResult result, v1::PredictResponse* response) {
+  const LabelSets& ls = result.labels;
+  const int64_t rows = static_cast<int64_t>(ls.row_offsets.size()) - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    v1::RowLabels* row = response->add_rows();
+    const int64_t b = ls.row_offsets[r], e = ls.row_offsets[r + 1];
+    row->mutable_labels()->Assign(ls.labels.begin() + b, ls.labels.begin() + e);
+    row->mutable_probs()->Assign(ls.probs.begin() + b, ls.probs.begin() + e);
+  }
+  if (!result.probs.empty()) {
+    v1::EncodeMatrixBytes(std::move(result.probs), rows, result.cols, DType::kFloat32,
+                          response->mutable_probs());
+  }
+  SetTiming(result.timing, response->mutable_timing());
 }
 
 }  // namespace zlpr::server

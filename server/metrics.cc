@@ -1,14 +1,10 @@
 // Metric families and their cached handles.
 #include "server/metrics.h"
 
+#include "absl/status/status.h"
+
 namespace zlpr::server {
 namespace {
-
-const char* const kCodeNames[] = {
-    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
-    "DATA_LOSS", "UNAUTHENTICATED"};
 
 const char* const kRejectNames[] = {"queue_full", "deadline",      "cancelled",
                                     "invalid",    "shutting_down", "unauthenticated"};
@@ -31,13 +27,6 @@ const char* MethodName(Method m) {
   return kNames[static_cast<int>(m)];
 }
 
-const char* OpName(Op op) { return op == Op::kLoss ? "loss" : "predict"; }
-
-const char* CodeName(grpc::StatusCode code) {
-  const int c = static_cast<int>(code);
-  return c >= 0 && c < 17 ? kCodeNames[c] : "UNKNOWN";
-}
-
 Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                  const std::string& backend, const std::vector<int>& cuda_devices) {
   using namespace prometheus;
@@ -52,7 +41,8 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   for (int m = 0; m < kMethods; ++m) {
     const char* method = MethodName(static_cast<Method>(m));
     for (int c = 0; c < kCodes; ++c) {
-      requests_[m][c] = &requests.Add({{"method", method}, {"code", kCodeNames[c]}});
+      const std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
+      requests_[m][c] = &requests.Add({{"method", method}, {"code", code}});
     }
     duration_[m] = &duration.Add({{"method", method}}, SecondsBuckets());
   }
@@ -80,7 +70,7 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
           .Help("Requests a queue holds before refusing (--max_queue_size), by operation")
           .Register(registry);
   for (int o = 0; o < kOps; ++o) {
-    const char* op = OpName(static_cast<Op>(o));
+    const char* op = JobKindName(static_cast<JobKind>(o));
     capacity_[o] = &capacity.Add({{"op", op}});
     queue_[o] = &queue.Add({{"op", op}}, SecondsBuckets());
     compute_[o] = &compute.Add({{"op", op}, {"backend", backend}}, SecondsBuckets());

@@ -14,11 +14,11 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/job.h"
 
 namespace zlpr::server {
 
 enum class Method { kComputeLoss, kPredict, kStreamLoss, kStreamPredict, kGetServerInfo, kCount };
-enum class Op { kLoss, kPredict, kCount };
 enum class Reject {
   kQueueFull,
   kDeadline,
@@ -30,7 +30,6 @@ enum class Reject {
 };
 
 const char* MethodName(Method m);
-const char* OpName(Op op);
 
 class Metrics {
  public:
@@ -40,12 +39,12 @@ class Metrics {
           const std::vector<int>& cuda_devices);
 
   void RequestDone(Method m, grpc::StatusCode code, double seconds);
-  prometheus::Histogram& queue_seconds(Op op) { return *queue_[static_cast<int>(op)]; }
-  prometheus::Histogram& compute_seconds(Op op) { return *compute_[static_cast<int>(op)]; }
-  prometheus::Histogram& batch_rows(Op op) { return *batch_rows_[static_cast<int>(op)]; }
-  prometheus::Counter& rows(Op op) { return *rows_[static_cast<int>(op)]; }
-  prometheus::Gauge& queue_depth(Op op) { return *depth_[static_cast<int>(op)]; }
-  prometheus::Gauge& queue_capacity(Op op) { return *capacity_[static_cast<int>(op)]; }
+  prometheus::Histogram& queue_seconds(JobKind k) { return *queue_[static_cast<int>(k)]; }
+  prometheus::Histogram& compute_seconds(JobKind k) { return *compute_[static_cast<int>(k)]; }
+  prometheus::Histogram& batch_rows(JobKind k) { return *batch_rows_[static_cast<int>(k)]; }
+  prometheus::Counter& rows(JobKind k) { return *rows_[static_cast<int>(k)]; }
+  prometheus::Gauge& queue_depth(JobKind k) { return *depth_[static_cast<int>(k)]; }
+  prometheus::Gauge& queue_capacity(JobKind k) { return *capacity_[static_cast<int>(k)]; }
   prometheus::Gauge& inflight() { return *inflight_; }
   prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
   prometheus::Counter& request_bytes() { return *request_bytes_; }
@@ -56,7 +55,7 @@ class Metrics {
  private:
   static constexpr int kCodes = 17;
   static constexpr int kMethods = static_cast<int>(Method::kCount);
-  static constexpr int kOps = static_cast<int>(Op::kCount);
+  static constexpr int kOps = kJobKinds;
   std::array<std::array<prometheus::Counter*, kCodes>, kMethods> requests_{};
   std::array<prometheus::Histogram*, kMethods> duration_{};
   std::array<prometheus::Histogram*, kOps> queue_{}, compute_{}, batch_rows_{};
@@ -68,9 +67,6 @@ class Metrics {
   prometheus::Counter* response_bytes_ = nullptr;
   std::vector<prometheus::Gauge*> device_memory_;
 };
-
-// The canonical name of a gRPC status code, e.g. "INVALID_ARGUMENT".
-const char* CodeName(grpc::StatusCode code);
 
 }  // namespace zlpr::server
 

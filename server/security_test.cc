@@ -167,7 +167,8 @@ TEST(SecurityOptionsTest, HalfATlsConfigurationIsRefused) {
   o.tls_cert_file = "/nonexistent.pem";
   EXPECT_EQ(Server::Start(o).status().message(), "--tls_cert and --tls_key go together");
   o.tls_key_file = "/nonexistent.key";
-  EXPECT_EQ(Server::Start(o).status().message(), "--tls_cert=/nonexistent.pem: cannot read");
+  EXPECT_EQ(Server::Start(o).status().message(),
+            "--tls_cert=/nonexistent.pem: cannot open (No such file or directory)");
 }
 
 }  // namespace

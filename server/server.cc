@@ -2,12 +2,11 @@
 #include "server/server.h"
 
 #include <exception>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "common/file.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -53,12 +52,13 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerO
 
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::FailedPreconditionError(absl::StrCat(flag, "=", path, ": cannot read"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// The contents of the file a flag names; the error names the flag.
+absl::StatusOr<std::string> ReadFlagFile(const std::string& flag, const std::string& path) {
+  absl::StatusOr<std::string> contents = ReadFile(path);
+  if (!contents.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(flag, "=", contents.status().message()));
+  }
+  return contents;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
@@ -73,11 +73,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   }
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  ZLPR_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile("--tls_cert", o.tls_cert_file));
-  ZLPR_ASSIGN_OR_RETURN(pair.private_key, ReadFile("--tls_key", o.tls_key_file));
+  ZLPR_ASSIGN_OR_RETURN(pair.cert_chain, ReadFlagFile("--tls_cert", o.tls_cert_file));
+  ZLPR_ASSIGN_OR_RETURN(pair.private_key, ReadFlagFile("--tls_key", o.tls_key_file));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   if (!o.tls_client_ca_file.empty()) {
-    ZLPR_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile("--tls_client_ca", o.tls_client_ca_file));
+    ZLPR_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                          ReadFlagFile("--tls_client_ca", o.tls_client_ca_file));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
@@ -102,12 +103,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->metrics_ = std::make_unique<Metrics>(*s->registry_, Version(), s->backend_name_, cuda_devices);
   ServiceOptions service_options;
   service_options.batcher = options.batcher;
-  service_options.batcher.num_ops = static_cast<int>(Op::kCount);
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.version = Version();
   if (!options.auth_token_file.empty()) {
     ZLPR_ASSIGN_OR_RETURN(std::string token,
-                          ReadFile("--auth_token_file", options.auth_token_file));
+                          ReadFlagFile("--auth_token_file", options.auth_token_file));
     service_options.auth_token = std::string(absl::StripAsciiWhitespace(token));
     if (service_options.auth_token.empty()) {
       return absl::InvalidArgumentError("--auth_token_file=" + options.auth_token_file + ": empty");

@@ -1,11 +1,11 @@
-// zlpr.v1.ZlprService on gRPC's callback API, in front of the dynamic batcher and one worker
-// thread per backend (one CPU backend, or one CUDA backend per device).
+// zlpr.v1.ZlprService on gRPC's callback API: the front end of the request path.
 //
-// A request is validated on arrival in the gRPC thread that received it (INVALID_ARGUMENT
-// naming field, row and column), queued per operation, cut into a batch with others by the
-// batcher, computed by a worker (requests of the same shape and options are concatenated into
-// one kernel call; results are sliced back), and answered from the worker. Nothing blocks
-// inside a reaction. Streams answer every message in order, with per-message errors.
+// A request is authenticated and converted on arrival, in the gRPC thread that received it
+// (convert.h: INVALID_ARGUMENT naming field, row and column), into a typed job; the job is
+// queued in the batcher, cut into a batch with others, run by a worker's executor
+// (executor.h), and its result is turned into the response, from the worker. Nothing blocks
+// inside a reaction. Streams (stream_reactor.h) answer every message in order, with
+// per-message errors.
 //
 //   ZlprServiceImpl service(options, std::move(backends), &metrics);
 //   builder.RegisterService(&service);
@@ -16,15 +16,15 @@
 #define ZLPR_SERVER_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/zlpr.h"
+#include "server/auth.h"
 #include "server/batcher.h"
+#include "server/executor.h"
 #include "server/metrics.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
@@ -73,22 +73,19 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   // What a request's completion is told: the status and where the time went.
   struct Outcome {
     grpc::Status status;
-    double queue_seconds = 0;
-    double compute_seconds = 0;
+    Timing timing;
   };
   using Done = std::function<void(const Outcome&)>;
 
-  // Validates and queues one request; `done` runs exactly once, from this thread (rejected) or a
-  // worker (computed or dropped), after `response` is filled. `request` and `response` must
-  // stay alive until then.
+  // Authenticates, converts and queues one request; `done` runs exactly once, from this thread
+  // (rejected) or a worker (computed or dropped), after `response` is filled. `request` and
+  // `response` must stay alive until then.
   void SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
                   v1::LossResponse* response, Done done);
   void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
                      v1::PredictResponse* response, Done done);
 
-  // OK when the call carries the bearer token (or none is configured); else UNAUTHENTICATED.
-  absl::Status Authenticate(const grpc::CallbackServerContext* ctx) const;
-
+  const BearerAuth& auth() const { return auth_; }
   Metrics& metrics() { return *metrics_; }
   Clock& clock() { return *clock_; }
   bool shutting_down() const { return shutting_down_.load(); }
@@ -96,23 +93,19 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   StreamRegistry& streams() { return *streams_; }
 
  private:
-  struct WorkerBuffers;
-  // Authenticates, validates (parse) and queues one request of operation `op`.
-  template <typename ItemT, typename Request, typename Response, typename Parse>
-  void Submit(int op, const Parse& parse, grpc::CallbackServerContext* ctx, const Request* request,
+  class MetricsListener;
+  template <typename Job, typename Request, typename Response, typename Convert>
+  void Submit(const Convert& convert, grpc::CallbackServerContext* ctx, const Request* request,
               Response* response, Done done);
-  void WorkerLoop(size_t worker);
-  void RunLossBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
-  void RunPredictBatch(Backend& backend, Batch& batch, WorkerBuffers& buf);
-  void RecordBatch(Op op, int64_t rows, double compute_seconds, bool ok);
 
   const ServiceOptions options_;
-  std::vector<std::unique_ptr<Backend>> backends_;
+  const BearerAuth auth_;
   Metrics* const metrics_;
   Clock* const clock_;
-  Batcher batcher_;
+  JobBatcher batcher_;
+  std::unique_ptr<MetricsListener> listener_;
+  Workers workers_;
   std::unique_ptr<StreamRegistry> streams_;
-  std::vector<std::thread> workers_;
   std::atomic<bool> shutting_down_{false};
 };
 

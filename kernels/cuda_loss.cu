@@ -1,9 +1,9 @@
-// CUDA kernels of the ZLPR loss, its gradient and the probabilities σ(2s).
+// CUDA kernels of the ZLPR loss and its gradient, and the sparse-label scatter they read from.
 //
 // Why they look like this: the loss is bandwidth-bound (8 bytes read per entry, 4 more written
 // for the gradient, a handful of flops), so every kernel reads each entry once from HBM with
 // 16-byte loads where the row length allows, keeps the row in registers, and evaluates both
-// log-sum-exp terms online in that single pass (docs/zlpr-math.md, "Stable evaluation"). The
+// log-sum-exp terms online in that single pass (docs/MATH.md, "Stable evaluation"). The
 // gradient needs the row's final P and N, so it is written by the same kernel from the values
 // still in registers:
 //   - rows of up to 1024 columns: one warp per row (cub::WarpReduce);
@@ -17,15 +17,13 @@
 // never depend on the batch it came in (batch invariance), and partial states merge in a fixed
 // order (determinism).
 #include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
 #include <string>
 
+#include "kernels/cuda_common.cuh"
 #include "kernels/cuda_launch.h"
 
 namespace zlpr::cuda {
@@ -99,74 +97,6 @@ __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
   if (t < 1.0f) g += (1.0f - t) * expf(s - tot.mn) * tot.inv_dn;
   if (t > 0.0f) g -= t * expf(-s - tot.mp) * tot.inv_dp;
   return g;
-}
-
-// --- Loads and stores --------------------------------------------------------------------
-
-template <typename T>
-__device__ __forceinline__ float ToFloat(T x);
-template <>
-__device__ __forceinline__ float ToFloat(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ float ToFloat(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-// A register type of exactly `Bytes` bytes, so a vector load is one instruction.
-template <int Bytes>
-struct Raw;
-template <>
-struct Raw<1> {
-  using type = uint8_t;
-};
-template <>
-struct Raw<2> {
-  using type = uint16_t;
-};
-template <>
-struct Raw<4> {
-  using type = uint32_t;
-};
-template <>
-struct Raw<8> {
-  using type = uint2;
-};
-template <>
-struct Raw<16> {
-  using type = uint4;
-};
-
-// Loads V consecutive elements at p (aligned to V elements) widened to float.
-template <int V, typename T>
-__device__ __forceinline__ void LoadVec(const T* __restrict__ p, float* out) {
-  using R = typename Raw<V * sizeof(T)>::type;
-  const R raw = __ldg(reinterpret_cast<const R*>(p));
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int k = 0; k < V; ++k) out[k] = ToFloat(e[k]);
-}
-template <int V>
-__device__ __forceinline__ void LoadMask(const uint8_t* __restrict__ p, uint8_t* out) {
-  using R = typename Raw<V>::type;
-  const R raw = *reinterpret_cast<const R*>(p);
-  const uint8_t* e = reinterpret_cast<const uint8_t*>(&raw);
-#pragma unroll
-  for (int k = 0; k < V; ++k) out[k] = e[k];
-}
-template <int V>
-__device__ __forceinline__ void StoreVec(float* __restrict__ p, const float* v) {
-  using R = typename Raw<V * 4>::type;
-  R raw;
-  float* e = reinterpret_cast<float*>(&raw);
-#pragma unroll
-  for (int k = 0; k < V; ++k) e[k] = v[k];
-  *reinterpret_cast<R*>(p) = raw;
 }
 
 template <typename T>
@@ -358,230 +288,25 @@ __global__ void __launch_bounds__(kSegThreads) ClusterRowKernel(Args<T> a) {
 #endif
 }
 
-// --- Probabilities and densified labels --------------------------------------------------
-
-template <typename T>
-__global__ void ProbabilitiesKernel(const T* __restrict__ scores, const uint8_t* __restrict__ mask,
-                                    int64_t n, float* __restrict__ probs) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float s = ToFloat(scores[i]);
-    float p = 0.0f;
-    if (s != -INFINITY && (mask == nullptr || mask[i] != 0)) {
-      const float e = expf(-2.0f * fabsf(s));
-      const float inv = 1.0f / (1.0f + e);
-      p = s >= 0.0f ? inv : e * inv;
-    }
-    probs[i] = p;
-  }
-}
+// --- Sparse labels ------------------------------------------------------------------------
 
 __global__ void DensifyKernel(const int64_t* __restrict__ row_splits,
                               const int32_t* __restrict__ indices, const float* __restrict__ values,
                               int64_t cols, float* __restrict__ labels) {
   const int64_t row = blockIdx.x;
   for (int64_t k = row_splits[row] + threadIdx.x; k < row_splits[row + 1]; k += blockDim.x) {
-    labels[row * cols + indices[k]] = values != nullptr ? values[k] : 1.0f;
+    const int64_t c = indices[k];
+    if (c >= 0 && c < cols) labels[row * cols + c] = values != nullptr ? values[k] : 1.0f;
   }
-}
-
-// --- Labeler ------------------------------------------------------------------------------
-//
-// One block per row. The labels are the `want` largest keys among the entries a predicate
-// admits, where a key orders by score descending and then column ascending (distinct for every
-// column). They are found by radix selection: one counting pass, then up to eight 8-bit
-// histogram passes over the row fix the want-th largest key exactly; the <= want entries at or
-// above it are collected and ranked among themselves. The row is never sorted.
-
-constexpr int kLabelThreads = 256;
-
-__device__ __forceinline__ uint32_t OrderedBits(float s) {
-  const uint32_t u = __float_as_uint(s);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ __forceinline__ uint64_t LabelKey(float s, int64_t c) {
-  return (static_cast<uint64_t>(OrderedBits(s)) << 32) |
-         static_cast<uint64_t>(0xFFFFFFFFu - static_cast<uint32_t>(c));
-}
-
-__device__ __forceinline__ int64_t KeyColumn(uint64_t key) {
-  return static_cast<int64_t>(0xFFFFFFFFu - static_cast<uint32_t>(key & 0xFFFFFFFFu));
-}
-
-__device__ __forceinline__ float Sigmoid2(float s) {
-  const float e = expf(-2.0f * fabsf(s));
-  const float inv = 1.0f / (1.0f + e);
-  return s >= 0.0f ? inv : e * inv;
-}
-
-template <typename T>
-struct LabelRow {
-  const T* s;
-  const uint8_t* m;
-  const float* z;
-  float z_global;
-  int64_t cols;
-  __device__ __forceinline__ float Score(int64_t c) const {
-    const float v = ToFloat(s[c]);
-    return (m != nullptr && m[c] == 0) ? -INFINITY : v;
-  }
-  __device__ __forceinline__ bool Passes(float v, int64_t c) const {
-    return v > (z != nullptr ? z[c] : z_global);
-  }
-};
-
-// The first selection: entries above their threshold.
-template <typename T>
-struct Passing {
-  const LabelRow<T>* row;
-  __device__ __forceinline__ bool operator()(float v, int64_t c, uint64_t) const {
-    return row->Passes(v, c);
-  }
-};
-
-// The top-up: unexcluded entries the first selection did not take.
-template <typename T>
-struct NotSelected {
-  const LabelRow<T>* row;
-  bool first_all;
-  uint64_t first_kth;
-  __device__ __forceinline__ bool operator()(float v, int64_t c, uint64_t key) const {
-    if (v == -INFINITY) return false;
-    return !(row->Passes(v, c) && (first_all || key >= first_kth));
-  }
-};
-
-struct LabelShared {
-  unsigned hist[256];
-  uint64_t keys[kMaxGpuLabels];
-  int nkeys;
-  uint64_t prefix, prefix_mask;
-  int remaining;
-  int total;
-};
-
-// Among the entries `pred` admits, the `want` largest keys: returns how many there are
-// (min(want, admitted)); *all when every admitted entry is in, else *kth is the smallest key in.
-template <typename T, typename Pred>
-__device__ int SelectLargest(const LabelRow<T>& row, const Pred& pred, int want, LabelShared& sh,
-                             bool* all, uint64_t* kth) {
-  using BlockReduce = cub::BlockReduce<int, kLabelThreads>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  int local = 0;
-  for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-    const float v = row.Score(c);
-    local += pred(v, c, LabelKey(v, c)) ? 1 : 0;
-  }
-  const int total = BlockReduce(temp).Sum(local);
-  if (threadIdx.x == 0) sh.total = total;
-  __syncthreads();
-  if (sh.total <= want) {
-    *all = true;
-    *kth = 0;
-    return sh.total;
-  }
-  if (threadIdx.x == 0) {
-    sh.prefix = 0;
-    sh.prefix_mask = 0;
-    sh.remaining = want;
-  }
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
-    __syncthreads();
-    const uint64_t prefix = sh.prefix, mask = sh.prefix_mask;
-    for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-      const float v = row.Score(c);
-      const uint64_t key = LabelKey(v, c);
-      if ((key & mask) == prefix && pred(v, c, key)) {
-        atomicAdd(&sh.hist[(key >> shift) & 0xFFu], 1u);
-      }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int cum = 0;
-      for (int b = 255; b >= 0; --b) {
-        const int h = static_cast<int>(sh.hist[b]);
-        if (cum + h >= sh.remaining) {
-          sh.remaining -= cum;
-          sh.prefix |= static_cast<uint64_t>(b) << shift;
-          sh.prefix_mask |= 0xFFull << shift;
-          break;
-        }
-        cum += h;
-      }
-    }
-    __syncthreads();
-  }
-  *all = false;
-  *kth = sh.prefix;  // keys are distinct: the full prefix is the want-th largest key
-  return want;
-}
-
-// Collects the selected entries' keys, ranks them (largest first) and writes columns and
-// probabilities to out_labels/out_probs[0, n).
-template <typename T, typename Pred>
-__device__ void WriteSelected(const LabelRow<T>& row, const Pred& pred, bool all, uint64_t kth,
-                              int n, LabelShared& sh, int32_t* out_labels, float* out_probs) {
-  if (threadIdx.x == 0) sh.nkeys = 0;
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-    const float v = row.Score(c);
-    const uint64_t key = LabelKey(v, c);
-    if (pred(v, c, key) && (all || key >= kth)) sh.keys[atomicAdd(&sh.nkeys, 1)] = key;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += kLabelThreads) {
-    const uint64_t key = sh.keys[i];
-    int rank = 0;
-    for (int j = 0; j < n; ++j) rank += sh.keys[j] > key ? 1 : 0;
-    const int64_t c = KeyColumn(key);
-    out_labels[rank] = static_cast<int32_t>(c);
-    out_probs[rank] = Sigmoid2(row.Score(c));
-  }
-  __syncthreads();
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kLabelThreads) LabelKernel(DeviceLabelArgs a) {
-  __shared__ LabelShared sh;
-  const int64_t r = blockIdx.x;
-  LabelRow<T> row{static_cast<const T*>(a.scores) + r * a.cols,
-                  a.mask != nullptr ? a.mask + r * a.cols : nullptr, a.z, a.z_global, a.cols};
-  int32_t* labels = a.labels + r * a.cap;
-  float* probs = a.probs + r * a.cap;
-  bool all1;
-  uint64_t kth1;
-  const Passing<T> passing{&row};
-  const int n1 = SelectLargest(row, passing, static_cast<int>(a.top_k), sh, &all1, &kth1);
-  WriteSelected(row, passing, all1, kth1, n1, sh, labels, probs);
-  int n2 = 0;
-  if (static_cast<int>(a.min_labels) > n1) {
-    const NotSelected<T> rest{&row, all1, kth1};
-    bool all2;
-    uint64_t kth2;
-    n2 = SelectLargest(row, rest, static_cast<int>(a.min_labels) - n1, sh, &all2, &kth2);
-    WriteSelected(row, rest, all2, kth2, n2, sh, labels + n1, probs + n1);
-  }
-  if (threadIdx.x == 0) a.count[r] = n1 + n2;
 }
 
 // --- Launchers ---------------------------------------------------------------------------
 
 int64_t Segments(int64_t cols) { return (cols + kSegmentColumns - 1) / kSegmentColumns; }
 
-int DeviceMajor() {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    return 0;
-  }
-  return major;
-}
-
 template <typename T, int V>
-absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, bool allow_clusters,
-                             cudaStream_t stream) {
+absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, const DeviceInfo& device,
+                             bool allow_clusters, cudaStream_t stream) {
   const int64_t cols = a.cols;
   const unsigned rows = static_cast<unsigned>(a.rows);
   if (cols <= 256) {
@@ -596,7 +321,7 @@ absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, bool allow_clust
     const int64_t segments = Segments(cols);
     const dim3 grid(static_cast<unsigned>(segments), rows);
     if (allow_clusters && a.grad != nullptr && segments <= kMaxClusterSegments &&
-        DeviceMajor() >= 9) {
+        device.major >= 9) {
       cudaLaunchConfig_t config = {};
       config.gridDim = grid;
       config.blockDim = dim3(kSegThreads);
@@ -624,16 +349,6 @@ absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, bool allow_clust
   return CudaError(cudaGetLastError(), "loss kernel launch");
 }
 
-template <typename T>
-absl::Status LaunchLossForType(const DeviceLossArgs& d, void* workspace, bool allow_clusters,
-                               cudaStream_t stream) {
-  const Args<T> a{
-      static_cast<const T*>(d.scores), d.labels, d.mask, d.rows, d.cols, d.loss, d.grad};
-  // 16-byte label and gradient loads need rows that start on 4-float boundaries.
-  if (d.cols % 4 == 0) return LaunchLossTyped<T, 4>(a, workspace, allow_clusters, stream);
-  return LaunchLossTyped<T, 1>(a, workspace, allow_clusters, stream);
-}
-
 }  // namespace
 
 absl::Status CudaError(cudaError_t err, const char* what) {
@@ -646,21 +361,20 @@ size_t LossWorkspaceBytes(int64_t rows, int64_t cols) {
   return cols > kSegmentColumns ? static_cast<size_t>(rows * Segments(cols)) * sizeof(RowState) : 0;
 }
 
-absl::Status LaunchLoss(const DeviceLossArgs& args, void* workspace, bool allow_clusters,
-                        cudaStream_t stream) {
-  if (args.rows == 0) return absl::OkStatus();
-  if (args.rows > 65535 && args.cols > kSegmentColumns) {
+absl::Status LaunchLoss(const DeviceLossArgs& d, void* workspace, const DeviceInfo& device,
+                        bool allow_clusters, cudaStream_t stream) {
+  if (d.rows == 0) return absl::OkStatus();
+  if (d.rows > 65535 && d.cols > kSegmentColumns) {
     return absl::InvalidArgumentError("more than 65535 rows of over 16384 columns in one launch");
   }
-  switch (args.dtype) {
-    case DType::kFloat32:
-      return LaunchLossForType<float>(args, workspace, allow_clusters, stream);
-    case DType::kFloat16:
-      return LaunchLossForType<__half>(args, workspace, allow_clusters, stream);
-    case DType::kBFloat16:
-      return LaunchLossForType<__nv_bfloat16>(args, workspace, allow_clusters, stream);
-  }
-  return absl::InvalidArgumentError("unknown dtype");
+  return DispatchDType(d.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const Args<T> a{
+        static_cast<const T*>(d.scores), d.labels, d.mask, d.rows, d.cols, d.loss, d.grad};
+    // 16-byte label and gradient loads need rows that start on 4-float boundaries.
+    if (d.cols % 4 == 0) return LaunchLossTyped<T, 4>(a, workspace, device, allow_clusters, stream);
+    return LaunchLossTyped<T, 1>(a, workspace, device, allow_clusters, stream);
+  });
 }
 
 absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indices,
@@ -674,49 +388,6 @@ absl::Status LaunchDensifyLabels(const int64_t* row_splits, const int32_t* indic
   DensifyKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(row_splits, indices, values, cols,
                                                                  labels);
   return CudaError(cudaGetLastError(), "densify kernel launch");
-}
-
-absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t* mask, int64_t rows,
-                                 int64_t cols, float* probs, cudaStream_t stream) {
-  const int64_t n = rows * cols;
-  if (n == 0) return absl::OkStatus();
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 16));
-  switch (dtype) {
-    case DType::kFloat32:
-      ProbabilitiesKernel<<<blocks, 256, 0, stream>>>(static_cast<const float*>(scores), mask, n,
-                                                      probs);
-      break;
-    case DType::kFloat16:
-      ProbabilitiesKernel<<<blocks, 256, 0, stream>>>(static_cast<const __half*>(scores), mask, n,
-                                                      probs);
-      break;
-    case DType::kBFloat16:
-      ProbabilitiesKernel<<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(scores),
-                                                      mask, n, probs);
-      break;
-  }
-  return CudaError(cudaGetLastError(), "probabilities kernel launch");
-}
-
-absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream) {
-  if (args.rows == 0) return absl::OkStatus();
-  if (args.top_k == 0 || args.cap < 1 || args.cap > kMaxGpuLabels ||
-      static_cast<int>(args.top_k) > args.cap || static_cast<int>(args.min_labels) > args.cap) {
-    return absl::InvalidArgumentError("GPU labeler: needs 1 <= top_k, min_labels <= cap <= 1024");
-  }
-  const unsigned blocks = static_cast<unsigned>(args.rows);
-  switch (args.dtype) {
-    case DType::kFloat32:
-      LabelKernel<float><<<blocks, kLabelThreads, 0, stream>>>(args);
-      break;
-    case DType::kFloat16:
-      LabelKernel<__half><<<blocks, kLabelThreads, 0, stream>>>(args);
-      break;
-    case DType::kBFloat16:
-      LabelKernel<__nv_bfloat16><<<blocks, kLabelThreads, 0, stream>>>(args);
-      break;
-  }
-  return CudaError(cudaGetLastError(), "labeler kernel launch");
 }
 
 }  // namespace zlpr::cuda

@@ -1,6 +1,9 @@
 // zlpr::Client: the C++ client of zlpr.v1.ZlprService. Callers pass plain spans and shapes and
 // get plain vectors back; no protobuf code of their own (the generated types stay available in
-// "zlpr/v1/zlpr.grpc.pb.h" for those who want them).
+// <zlpr/v1/zlpr.grpc.pb.h>, and their Tensor codec in <zlpr/v1/tensor.h>, for those who want
+// them).
+//
+//   #include <zlpr/client.h>      // find_package(zlpr) + target_link_libraries(app zlpr::client)
 //
 //   zlpr::ClientOptions options;
 //   options.target = "dns:///zlpr.example.internal:50051";   // or "host:port", "ipv4:a:p,b:p"
@@ -19,8 +22,8 @@
 // (gRPC service config, exponential backoff),
 // several addresses or a dns:/// name are balanced round_robin, and each call has a default
 // deadline. Errors are the server's status (INVALID_ARGUMENT naming field, row and column, ...).
-#ifndef ZLPR_CLIENT_ZLPR_CLIENT_H_
-#define ZLPR_CLIENT_ZLPR_CLIENT_H_
+#ifndef ZLPR_CLIENT_H_
+#define ZLPR_CLIENT_H_
 
 #include <chrono>
 #include <cstdint>
@@ -34,6 +37,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "zlpr/dtype.h"
 
 namespace grpc {
 class Channel;
@@ -64,8 +68,6 @@ struct ClientOptions {
   std::string auth_token;
 };
 
-enum class Dtype { kFloat32, kFloat16, kBFloat16 };
-
 // A loss request. Spans point at the caller's memory, which must stay alive during the call
 // (for async calls: until the request is sent, i.e. until the call returns).
 struct LossCall {
@@ -79,7 +81,7 @@ struct LossCall {
   std::span<const float> values;        // sparse labels: values (empty: all 1)
   std::span<const uint8_t> mask;        // optional rows * cols, 1 keeps, 0 excludes
   bool want_grad = false;
-  Dtype grad_dtype = Dtype::kFloat32;
+  DType grad_dtype = DType::kFloat32;
   std::optional<std::chrono::milliseconds> deadline;  // unset: ClientOptions::default_deadline
 };
 
@@ -181,4 +183,4 @@ std::string ServiceConfigJson(const ClientOptions& options);
 
 }  // namespace zlpr
 
-#endif  // ZLPR_CLIENT_ZLPR_CLIENT_H_
+#endif  // ZLPR_CLIENT_H_

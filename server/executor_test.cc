@@ -1,0 +1,251 @@
+// The executor with a fake backend and an injected clock: grouping, concatenation, slicing,
+// narrowing, error isolation and timing, without gRPC, kernels or real time.
+#include "server/executor.h"
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace zlpr::server {
+namespace {
+
+using std::chrono::microseconds;
+
+class FakeClock final : public Clock {
+ public:
+  SteadyTime Now() const override { return now_; }
+  void Advance(microseconds d) { now_ += d; }
+
+ private:
+  SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
+};
+
+// Computes something simple and row-local (loss = row sum of scores, gradient = 2s, label = the
+// row's largest column, probability = 0.25 everywhere), takes 5 ms of fake time per call, and
+// fails every call whose input has `fail_cols` columns.
+class FakeBackend final : public Backend {
+ public:
+  explicit FakeBackend(FakeClock* clock) : clock_(clock) {}
+  BackendKind kind() const override { return BackendKind::kCpu; }
+  std::string Describe() const override { return "fake"; }
+
+  using Backend::Label;
+  using Backend::Loss;
+  absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
+    calls.push_back(in.rows());
+    clock_->Advance(microseconds(5000));
+    if (in.cols() == fail_cols) return absl::InternalError("the device fell over");
+    const auto* s = static_cast<const float*>(in->scores.data);
+    for (int64_t r = 0; r < in.rows(); ++r) {
+      out.loss[r] = 0;
+      for (int64_t c = 0; c < in.cols(); ++c) out.loss[r] += s[r * in.cols() + c];
+    }
+    if (out.grad != nullptr) {
+      for (int64_t i = 0; i < in.rows() * in.cols(); ++i) out.grad[i] = 2 * s[i];
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
+    calls.push_back(in.rows());
+    clock_->Advance(microseconds(5000));
+    const auto* s = static_cast<const float*>(in->scores.data);
+    out->row_offsets = {0};
+    out->labels.clear();
+    out->probs.clear();
+    for (int64_t r = 0; r < in.rows(); ++r) {
+      int32_t best = 0;
+      for (int32_t c = 1; c < in.cols(); ++c) {
+        if (s[r * in.cols() + c] > s[r * in.cols() + best]) best = c;
+      }
+      out->labels.push_back(best);
+      out->probs.push_back(0.75f);
+      out->row_offsets.push_back(static_cast<int64_t>(out->labels.size()));
+    }
+    if (probs != nullptr) std::fill(probs, probs + in.rows() * in.cols(), 0.25f);
+    return absl::OkStatus();
+  }
+
+  std::vector<int64_t> calls;  // rows of each kernel call
+  int64_t fail_cols = -1;
+
+ private:
+  FakeClock* const clock_;
+};
+
+class RecordingListener final : public ExecutionListener {
+ public:
+  void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) override {
+    kernel_calls.push_back({kind, rows, seconds, ok});
+  }
+  void OnQueued(JobKind, double seconds) override { queued.push_back(seconds); }
+  void OnBatchDone(size_t, const Backend&) override {}
+
+  struct Call {
+    JobKind kind;
+    int64_t rows;
+    double seconds;
+    bool ok;
+  };
+  std::vector<Call> kernel_calls;
+  std::vector<double> queued;
+};
+
+// Scores r * 10 + c of `rows` x `cols`, owned by the test so that views stay valid.
+struct Data {
+  std::vector<float> scores, labels;
+  Data(int64_t rows, int64_t cols, float base = 0)
+      : scores(rows * cols), labels(rows * cols, 0.0f) {
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      scores[i] = base + static_cast<float>((i / cols) * 10 + i % cols);
+    }
+  }
+};
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  LossJob LossOf(const Data& d, int64_t rows, int64_t cols, bool grad,
+                 DType grad_dtype = DType::kFloat32) {
+    LossInput in;
+    in.scores = {d.scores.data(), DType::kFloat32, rows, cols};
+    in.labels = MatrixView{d.labels.data(), DType::kFloat32, rows, cols};
+    auto valid = ValidateLossInput(in);
+    EXPECT_TRUE(valid.ok()) << valid.status();
+    return LossJob{.input = *valid, .want_grad = grad, .grad_dtype = grad_dtype};
+  }
+  PredictJob PredictOf(const Data& d, int64_t rows, int64_t cols, bool probs, uint32_t top_k = 1) {
+    LabelerInput in;
+    in.scores = {d.scores.data(), DType::kFloat32, rows, cols};
+    in.options.top_k = top_k;
+    auto valid = ValidateLabelerInput(in);
+    EXPECT_TRUE(valid.ok()) << valid.status();
+    return PredictJob{.input = *valid, .want_probs = probs};
+  }
+  static std::vector<float> Floats(const std::string& bytes) {
+    std::vector<float> v(bytes.size() / 4);
+    std::memcpy(v.data(), bytes.data(), v.size() * 4);
+    return v;
+  }
+
+  FakeClock clock_;
+  FakeBackend backend_{&clock_};
+  RecordingListener listener_;
+  Executor executor_{&backend_, &clock_, &listener_};
+};
+
+TEST_F(ExecutorTest, ConcatenatesCompatibleJobsIntoOneKernelCallAndSlicesTheResultsBack) {
+  const Data a(2, 3, 0), b(3, 3, 100), c(1, 3, 1000);
+  const LossJob ja = LossOf(a, 2, 3, true), jb = LossOf(b, 3, 3, true), jc = LossOf(c, 1, 3, true);
+  const LossJob* jobs[] = {&ja, &jb, &jc};
+  const auto results = executor_.Run(jobs);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{6}));
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& r : results) ASSERT_TRUE(r.ok()) << r.status();
+  // Row r of job b: 3 * (100 + 10 r) + (0 + 1 + 2).
+  EXPECT_EQ(results[1]->loss, (std::vector<float>{303, 333, 363}));
+  EXPECT_EQ(results[1]->loss_sum, 999);
+  EXPECT_EQ(results[1]->loss_mean, 333);
+  EXPECT_EQ(Floats(results[2]->grad), (std::vector<float>{2000, 2002, 2004}));
+  EXPECT_EQ(results[0]->cols, 3);
+  EXPECT_EQ(results[0]->timing.batch_rows, 6);
+  EXPECT_DOUBLE_EQ(results[0]->timing.compute_seconds, 0.005);
+  ASSERT_EQ(listener_.kernel_calls.size(), 1u);
+  EXPECT_EQ(listener_.kernel_calls[0].rows, 6);
+  EXPECT_TRUE(listener_.kernel_calls[0].ok);
+}
+
+TEST_F(ExecutorTest, JobsThatCannotShareAKernelCallRunInGroupsOfTheirOwn) {
+  const Data a(1, 3), b(1, 4), c(2, 3);
+  const LossJob ja = LossOf(a, 1, 3, false), jb = LossOf(b, 1, 4, false),
+                jc = LossOf(c, 2, 3, false), jd = LossOf(c, 2, 3, true);
+  const LossJob* jobs[] = {&ja, &jb, &jc, &jd};
+  const auto results = executor_.Run(jobs);
+  // Groups in order of their first job: {a, c} (3 columns, no gradient), {b}, {d}.
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{3, 1, 2}));
+  EXPECT_EQ(results[2]->loss, (std::vector<float>{3, 33}));
+  EXPECT_TRUE(results[2]->grad.empty());
+  EXPECT_EQ(Floats(results[3]->grad).size(), 6u);
+}
+
+TEST_F(ExecutorTest, NarrowsEachJobsGradientToItsOwnDtype) {
+  const Data a(1, 2, 0.5f);
+  const LossJob half = LossOf(a, 1, 2, true, DType::kFloat16);
+  const LossJob brain = LossOf(a, 1, 2, true, DType::kBFloat16);
+  const LossJob full = LossOf(a, 1, 2, true, DType::kFloat32);
+  const LossJob* jobs[] = {&half, &brain, &full};
+  const auto results = executor_.Run(jobs);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{3}));  // one call; narrowed when sliced
+  ASSERT_EQ(results[0]->grad.size(), 4u);
+  uint16_t h[2], bf[2];
+  std::memcpy(h, results[0]->grad.data(), 4);
+  std::memcpy(bf, results[1]->grad.data(), 4);
+  EXPECT_EQ(h[1], FloatToFloat16(3.0f));  // 2 * 1.5
+  EXPECT_EQ(bf[0], FloatToBFloat16(1.0f));
+  EXPECT_EQ(results[1]->grad_dtype, DType::kBFloat16);
+  EXPECT_EQ(Floats(results[2]->grad), (std::vector<float>{1.0f, 3.0f}));
+}
+
+TEST_F(ExecutorTest, ABackendErrorFailsTheJobsOfThatKernelCallOnly) {
+  backend_.fail_cols = 4;
+  const Data a(1, 3), b(2, 4);
+  const LossJob ja = LossOf(a, 1, 3, false), jb = LossOf(b, 2, 4, false),
+                jc = LossOf(b, 1, 4, false);
+  const LossJob* jobs[] = {&ja, &jb, &jc};
+  const auto results = executor_.Run(jobs);
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_EQ(results[1].status(), absl::InternalError("the device fell over"));
+  EXPECT_EQ(results[2].status(), absl::InternalError("the device fell over"));
+  ASSERT_EQ(listener_.kernel_calls.size(), 2u);
+  EXPECT_FALSE(listener_.kernel_calls[1].ok);
+}
+
+TEST_F(ExecutorTest, PredictResultsAreSlicedPerJobWithTheirProbabilities) {
+  const Data a(2, 3), b(1, 3);
+  const PredictJob ja = PredictOf(a, 2, 3, true), jb = PredictOf(b, 1, 3, true),
+                   jc = PredictOf(b, 1, 3, true, /*top_k=*/2);
+  const PredictJob* jobs[] = {&ja, &jb, &jc};
+  const auto results = executor_.Run(jobs);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{3, 1}));  // top_k differs: own group
+  ASSERT_TRUE(results[0].ok() && results[1].ok() && results[2].ok());
+  EXPECT_EQ(results[0]->labels.row_offsets, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(results[0]->labels.labels, (std::vector<int32_t>{2, 2}));
+  EXPECT_EQ(results[1]->labels.row_offsets, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(results[1]->labels.probs, (std::vector<float>{0.75f}));
+  EXPECT_EQ(Floats(results[0]->probs), std::vector<float>(6, 0.25f));
+  EXPECT_EQ(Floats(results[1]->probs), std::vector<float>(3, 0.25f));
+  EXPECT_EQ(results[2]->cols, 3);
+}
+
+TEST_F(ExecutorTest, ExecuteAnswersEveryTaskCutByTheBatcherWithItsQueueTime) {
+  BatcherOptions o;
+  o.adaptive_delay = false;
+  o.max_batch_rows = 8;
+  o.max_queue_delay = microseconds(300);
+  JobBatcher batcher(o, &clock_);
+  const Data a(1, 3), b(2, 3);
+  std::vector<absl::StatusOr<LossResult>> answers(2);
+  auto task = [&](const Data& d, int64_t rows, int i) {
+    return Task<LossJob>{
+        .job = LossOf(d, rows, 3, false),
+        .done = [&answers, i](absl::StatusOr<LossResult> r) { answers[i] = std::move(r); }};
+  };
+  ASSERT_TRUE(batcher.Enqueue(task(a, 1, 0)).ok());
+  clock_.Advance(microseconds(100));
+  ASSERT_TRUE(batcher.Enqueue(task(b, 2, 1)).ok());
+  clock_.Advance(microseconds(200));
+  std::vector<JobBatcher::Drop> drops;
+  SteadyTime next_due;
+  std::optional<JobBatcher::AnyBatch> batch = batcher.TryCut(&drops, &next_due);
+  ASSERT_TRUE(batch.has_value());
+  std::visit([&](auto& tasks) { executor_.Execute(tasks); }, *batch);
+  ASSERT_TRUE(answers[0].ok() && answers[1].ok());
+  EXPECT_DOUBLE_EQ(answers[0]->timing.queue_seconds, 300e-6);
+  EXPECT_DOUBLE_EQ(answers[1]->timing.queue_seconds, 200e-6);
+  EXPECT_EQ(answers[1]->loss, (std::vector<float>{3, 33}));
+  EXPECT_EQ(answers[1]->timing.batch_rows, 3);
+  EXPECT_EQ(listener_.queued.size(), 2u);
+}
+
+}  // namespace
+}  // namespace zlpr::server
