@@ -25,12 +25,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "kernels/test_util.h"
+#include "zlpr/v1/tensor.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "zlpr-server address");
@@ -65,20 +69,14 @@ Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool spa
        .cols = cols,
        .labels = sparse ? testing::Labels::kSparseHard : testing::Labels::kHard,
        .seed = 1});
-  auto tensor = [&](const void* data, size_t bytes, v1::DType dtype, v1::Tensor* t) {
-    t->add_shape(rows);
-    t->add_shape(cols);
-    t->set_dtype(dtype);
-    t->set_data(std::string(static_cast<const char*>(data), bytes));
-  };
   Payload out;
-  tensor(p.scores.data(), p.scores.size() * 4, v1::FLOAT32, out.loss.mutable_scores());
+  v1::EncodeMatrix(p.scores, rows, cols, DType::kFloat32, out.loss.mutable_scores());
   if (sparse) {
     auto* sp = out.loss.mutable_sparse_labels();
     sp->mutable_row_splits()->Add(p.row_splits.begin(), p.row_splits.end());
     sp->mutable_indices()->Add(p.indices.begin(), p.indices.end());
   } else {
-    tensor(p.dense.data(), p.dense.size() * 4, v1::FLOAT32, out.loss.mutable_dense_labels());
+    v1::EncodeMatrix(p.dense, rows, cols, DType::kFloat32, out.loss.mutable_dense_labels());
   }
   out.loss.set_want_grad(rpc == "loss_grad" || rpc == "stream_loss");
   *out.predict.mutable_scores() = out.loss.scores();
@@ -124,7 +122,7 @@ class Recorder {
       res_.response_bytes += static_cast<double>(resp_bytes);
       res_.rows += rows;
     } else {
-      ++res_.errors[std::string(StatusName(st.error_code()))];
+      ++res_.errors[absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code()))];
     }
   }
   int64_t ok() {
@@ -136,27 +134,6 @@ class Recorder {
     res_.seconds = seconds;
     std::sort(res_.latencies.begin(), res_.latencies.end());
     return std::move(res_);
-  }
-  static const char* StatusName(grpc::StatusCode c) {
-    static const char* const kNames[] = {"OK",
-                                         "CANCELLED",
-                                         "UNKNOWN",
-                                         "INVALID_ARGUMENT",
-                                         "DEADLINE_EXCEEDED",
-                                         "NOT_FOUND",
-                                         "ALREADY_EXISTS",
-                                         "PERMISSION_DENIED",
-                                         "RESOURCE_EXHAUSTED",
-                                         "FAILED_PRECONDITION",
-                                         "ABORTED",
-                                         "OUT_OF_RANGE",
-                                         "UNIMPLEMENTED",
-                                         "INTERNAL",
-                                         "UNAVAILABLE",
-                                         "DATA_LOSS",
-                                         "UNAUTHENTICATED"};
-    const int i = static_cast<int>(c);
-    return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
   }
 
  private:
@@ -364,7 +341,16 @@ void WriteJson(const std::vector<Results>& all, const std::string& path) {
 }  // namespace zlpr::bench
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Load generator for zlpr-server; see the flags with --helpfull.");
+  absl::SetProgramUsageMessage(
+      "Load generator for zlpr-server (closed or open loop, unary or streams, with an echo "
+      "baseline).\nUsage: zlpr-bench [--flag=value ...]; --help lists the flags.");
+  absl::FlagsUsageConfig usage;
+  // --help lists this file's flags (absl's default matches the file name to the binary's, and
+  // zlpr_bench.cc is not zlpr-bench).
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "bench/zlpr_bench.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   using namespace zlpr::bench;
   std::vector<Results> all;

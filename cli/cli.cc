@@ -1,291 +1,338 @@
-// zlpr-cli's commands on top of zlpr::Client.
+// zlpr-cli's flags and commands on top of zlpr::Client.
 #include "cli/cli.h"
 
-#include <fstream>
-#include <map>
+#include <algorithm>
 #include <optional>
-#include <sstream>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "cli/cli_io.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 #include "zlpr/client.h"
+
+ABSL_FLAG(std::string, target, "127.0.0.1:50051",
+          "Server address: host:port, ipv4:a:p,b:p (balanced round_robin) or dns:///name:port");
+ABSL_FLAG(int64_t, deadline_ms, 30000, "Deadline of each call, in milliseconds");
+ABSL_FLAG(bool, tls, false, "Connect over TLS (the system's roots unless --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM file of the CA bundle that signs the server's certificate");
+ABSL_FLAG(std::string, tls_cert, "", "PEM file of the client certificate chain (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM file of the client's private key (mutual TLS)");
+ABSL_FLAG(std::string, tls_server_name, "", "Name to check in the server's certificate");
+ABSL_FLAG(std::string, token_file, "",
+          "File with a bearer token, sent as \"authorization: Bearer <token>\"");
+ABSL_FLAG(std::string, service, "", "health: the service to check (\"\" = the whole server)");
+ABSL_FLAG(std::string, scores, "", "loss, predict: FILE of scores [rows, cols] (.npy or JSON)");
+ABSL_FLAG(std::string, labels, "", "loss: FILE of dense labels [rows, cols] in [0, 1]");
+ABSL_FLAG(std::string, sparse_labels, "",
+          "loss: JSON FILE {\"row_splits\": [...], \"indices\": [...], \"values\": [...]}");
+ABSL_FLAG(std::string, mask, "", "loss, predict: FILE of a [rows, cols] 0/1 mask");
+ABSL_FLAG(bool, want_grad, false, "loss: also return the gradient");
+ABSL_FLAG(std::string, grad_dtype, "float32", "loss: float32, float16 or bfloat16");
+ABSL_FLAG(std::optional<float>, threshold, std::nullopt,
+          "predict: probability threshold in (0, 1) (0.5 when unset)");
+ABSL_FLAG(std::string, label_thresholds, "", "predict: FILE of one threshold per column");
+ABSL_FLAG(uint32_t, top_k, 0, "predict: keep at most this many labels per row (0: no cap)");
+ABSL_FLAG(uint32_t, min_labels, 0, "predict: top each row up to this many labels");
+ABSL_FLAG(bool, want_probs, false, "predict: also return the dense probabilities");
 
 namespace zlpr::cli {
 namespace {
 
-constexpr char kUsage[] = R"(usage: zlpr-cli [connection flags] COMMAND [command flags]
+using Json = nlohmann::ordered_json;
+
+constexpr char kUsage[] = R"(usage: zlpr-cli COMMAND [--flag=value ...]
 
 commands:
-  health   [--service=NAME]            grpc.health.v1 Check ("" = whole server); exit 1 unless SERVING
-  info                                 server version, backend, devices, batcher settings, limits
-  loss     --scores=FILE (--labels=FILE | --sparse_labels=FILE) [--mask=FILE]
-           [--want_grad] [--grad_dtype=float32|float16|bfloat16]
-  predict  --scores=FILE [--threshold=P] [--label_thresholds=FILE] [--top_k=K]
-           [--min_labels=N] [--want_probs] [--mask=FILE]
+  health    grpc.health.v1 Check of --service; exit 1 unless SERVING
+  info      server version, backend, devices, batcher settings, limits
+  loss      --scores=FILE (--labels=FILE | --sparse_labels=FILE) [--mask=FILE] [--want_grad]
+  predict   --scores=FILE [--threshold=P] [--label_thresholds=FILE] [--top_k=K] [--min_labels=N]
+            [--want_probs] [--mask=FILE]
 
-connection flags:
-  --target=HOST:PORT   (default 127.0.0.1:50051; also ipv4:a:p,b:p or dns:///name:port)
-  --deadline_ms=N      (default 30000)
-  --tls --tls_ca=PEM --tls_cert=PEM --tls_key=PEM --tls_server_name=NAME
-  --token_file=FILE    bearer token sent as "authorization: Bearer <token>"
+FILE: .npy (float32 or float16, C order; masks uint8 or bool) or JSON (an array of rows; the
+strings "-inf", "inf" and "nan" stand for those values). Output: JSON on stdout; errors on
+stderr. Exit status: 0 ok, 1 the server's error (or NOT_SERVING), 2 usage or input file.)";
 
-FILE: .npy (float32 or float16, C order; masks uint8 or bool) or JSON (an array of rows).
-Sparse labels: JSON {"row_splits": [...], "indices": [...], "values": [...]}.
-Output: JSON on stdout; errors on stderr (exit 1: the server's error, 2: usage or input).)";
+// Marks a status as the server's answer (exit 1) rather than a local problem (exit 2).
+constexpr char kServerPayload[] = "zlpr-cli/server-error";
 
-struct Args {
-  std::map<std::string, std::string> flags;
-  std::vector<std::string> positional;
-  bool Has(const std::string& k) const { return flags.count(k) > 0; }
-  std::string Get(const std::string& k, const std::string& def = "") const {
-    auto it = flags.find(k);
-    return it == flags.end() ? def : it->second;
+absl::Status ServerError(absl::Status st) {
+  st.SetPayload(kServerPayload, absl::Cord("1"));
+  return st;
+}
+
+// The flags defined in this file, for --help.
+std::string FlagsHelp() {
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "cli/cli.cc")) flags.push_back(flag);
   }
-};
+  std::sort(flags.begin(), flags.end(), [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  std::string out = "\nflags:\n";
+  for (const absl::CommandLineFlag* f : flags) {
+    absl::StrAppend(&out, "  --", f->Name(), "  ", f->Help(), " (default: \"", f->DefaultValue(),
+                    "\")\n");
+  }
+  return out;
+}
 
-Args Parse(const std::vector<std::string>& args) {
-  Args a;
-  for (const std::string& s : args) {
-    if (absl::StartsWith(s, "--")) {
-      const size_t eq = s.find('=');
-      if (eq == std::string::npos) {
-        a.flags[s.substr(2)] = "true";
-      } else {
-        a.flags[s.substr(2, eq - 2)] = s.substr(eq + 1);
-      }
-    } else {
-      a.positional.push_back(s);
+// Sets the flags in `args` through absl's registry and returns the positional arguments.
+// "--name=value", "--name value" is not accepted (ambiguous with positionals); booleans also
+// take "--name" and "--noname".
+absl::StatusOr<std::vector<std::string>> ParseArgs(const std::vector<std::string>& args) {
+  std::vector<std::string> positional;
+  for (const std::string& arg : args) {
+    if (!absl::StartsWith(arg, "--")) {
+      positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2), value;
+    const size_t eq = name.find('=');
+    const bool has_value = eq != std::string::npos;
+    if (has_value) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && !has_value && absl::StartsWith(name, "no")) {
+      flag = absl::FindCommandLineFlag(name.substr(2));
+      if (flag != nullptr && flag->IsOfType<bool>()) value = "false";
+    } else if (flag != nullptr && !has_value && flag->IsOfType<bool>()) {
+      value = "true";
+    }
+    if (flag == nullptr || !absl::EndsWith(flag->Filename(), "cli/cli.cc")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (zlpr-cli --help lists the flags)"));
+    }
+    if (!has_value && !flag->IsOfType<bool>()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " needs a value: --", name, "=..."));
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, "=", value, ": ", error));
     }
   }
+  return positional;
+}
+
+// The contents of the file `flag` names, whitespace trimmed (tokens, PEM files).
+absl::StatusOr<std::string> FlagFile(const absl::Flag<std::string>& flag, const char* name) {
+  absl::StatusOr<std::string> text = ReadFile(absl::GetFlag(flag));
+  if (!text.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", text.status().message()));
+  return std::string(absl::StripAsciiWhitespace(*text));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> MakeClient() {
+  ClientOptions o;
+  o.target = absl::GetFlag(FLAGS_target);
+  o.default_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms));
+  if (absl::GetFlag(FLAGS_tls)) {
+    o.tls = true;
+    if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
+      ZLPR_ASSIGN_OR_RETURN(o.tls_root_certs, FlagFile(FLAGS_tls_ca, "tls_ca"));
+    }
+    if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+      ZLPR_ASSIGN_OR_RETURN(o.tls_client_cert, FlagFile(FLAGS_tls_cert, "tls_cert"));
+    }
+    if (!absl::GetFlag(FLAGS_tls_key).empty()) {
+      ZLPR_ASSIGN_OR_RETURN(o.tls_client_key, FlagFile(FLAGS_tls_key, "tls_key"));
+    }
+    o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  }
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    ZLPR_ASSIGN_OR_RETURN(o.auth_token, FlagFile(FLAGS_token_file, "token_file"));
+  }
+  return Client::Create(o);
+}
+
+Json Floats(const float* p, size_t n) {
+  Json a = Json::array();
+  for (size_t i = 0; i < n; ++i) a.push_back(JsonFloat(p[i]));
   return a;
 }
 
-// An error to report: its exit code and message.
-struct Failure {
-  int code;
-  std::string message;
-};
-
-std::optional<Failure> ReadText(const std::string& path, std::string* out) {
-  std::ifstream in(path);
-  if (!in) return Failure{2, absl::StrCat(path, ": cannot open")};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  *out = std::string(absl::StripAsciiWhitespace(ss.str()));
-  return std::nullopt;
+Json Rows(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  Json a = Json::array();
+  for (int64_t r = 0; r < rows; ++r)
+    a.push_back(Floats(v.data() + r * cols, static_cast<size_t>(cols)));
+  return a;
 }
 
-std::optional<Failure> MakeClient(const Args& a, std::unique_ptr<Client>* client) {
-  ClientOptions o;
-  o.target = a.Get("target", "127.0.0.1:50051");
-  int64_t ms = 30000;
-  if (a.Has("deadline_ms") && !absl::SimpleAtoi(a.Get("deadline_ms"), &ms)) {
-    return Failure{2, "--deadline_ms: not a number"};
+absl::Status SameShape(const std::string& what, int64_t r, int64_t c, const FloatMatrix& s) {
+  if (r == s.rows && c == s.cols) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, ": shape [", r, ", ", c, "] does not match scores [", s.rows, ", ", s.cols, "]"));
+}
+
+absl::StatusOr<FloatMatrix> Scores(const char* command) {
+  if (absl::GetFlag(FLAGS_scores).empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(command, ": --scores=FILE is required"));
   }
-  o.default_deadline = std::chrono::milliseconds(ms);
-  if (a.Has("tls")) {
-    o.tls = true;
-    for (const auto& [flag, field] :
-         {std::pair<const char*, std::string*>{"tls_ca", &o.tls_root_certs},
-          {"tls_cert", &o.tls_client_cert},
-          {"tls_key", &o.tls_client_key}}) {
-      if (a.Has(flag)) {
-        if (auto f = ReadText(a.Get(flag), field)) return f;
-        *field += "\n";
-      }
-    }
-    o.tls_server_name = a.Get("tls_server_name");
-  }
-  if (a.Has("token_file")) {
-    if (auto f = ReadText(a.Get("token_file"), &o.auth_token)) return f;
-  }
-  auto c = Client::Create(o);
-  if (!c.ok()) return Failure{2, c.status().ToString()};
-  *client = *std::move(c);
-  return std::nullopt;
+  return ReadFloatMatrix(absl::GetFlag(FLAGS_scores));
 }
 
-Failure ServerError(const absl::Status& st) {
-  return Failure{
-      1, absl::StrCat("server error: ", absl::StatusCodeToString(st.code()), ": ", st.message())};
+// --mask=FILE, when given, into *mask, checked against the scores.
+absl::Status ReadMask(const FloatMatrix& scores, ByteMatrix* mask) {
+  const std::string path = absl::GetFlag(FLAGS_mask);
+  if (path.empty()) return absl::OkStatus();
+  ZLPR_ASSIGN_OR_RETURN(*mask, ReadByteMatrix(path));
+  return SameShape(path, mask->rows, mask->cols, scores);
 }
 
-std::string FloatArray(const float* p, size_t n) {
-  std::string s = "[";
-  for (size_t i = 0; i < n; ++i) absl::StrAppend(&s, i ? "," : "", JsonNumber(p[i]));
-  return s + "]";
-}
-
-std::string Rows(const std::vector<float>& v, int64_t rows, int64_t cols) {
-  std::string s = "[";
-  for (int64_t r = 0; r < rows; ++r) {
-    absl::StrAppend(&s, r ? "," : "", FloatArray(v.data() + r * cols, static_cast<size_t>(cols)));
-  }
-  return s + "]";
-}
-
-std::optional<Failure> SameShape(const std::string& what, int64_t r, int64_t c,
-                                 const FloatMatrix& s) {
-  if (r == s.rows && c == s.cols) return std::nullopt;
-  return Failure{2, absl::StrCat(what, ": shape [", r, ", ", c, "] does not match scores [", s.rows,
-                                 ", ", s.cols, "]")};
-}
-
-// --mask=FILE, when given, into *mask (which *view then points to), checked against scores.
-std::optional<Failure> ReadMask(const Args& a, const FloatMatrix& scores, ByteMatrix* mask,
-                                std::span<const uint8_t>* view) {
-  if (!a.Has("mask")) return std::nullopt;
-  auto m = ReadByteMatrix(a.Get("mask"));
-  if (!m.ok()) return Failure{2, std::string(m.status().message())};
-  if (auto f = SameShape(a.Get("mask"), m->rows, m->cols, scores)) return f;
-  *mask = *std::move(m);
-  *view = mask->data;
-  return std::nullopt;
-}
-
-std::optional<Failure> Health(const Args& a, Client& client, std::ostream& out) {
-  const std::string service = a.Get("service");
-  auto healthy = client.Healthy(service);
+absl::Status Health(Client& client, std::ostream& out) {
+  const std::string service = absl::GetFlag(FLAGS_service);
+  absl::StatusOr<bool> healthy = client.Healthy(service);
   if (!healthy.ok()) return ServerError(healthy.status());
-  out << "{\"service\":" << JsonString(service) << ",\"status\":\""
-      << (*healthy ? "SERVING" : "NOT_SERVING") << "\"}\n";
-  if (!*healthy) return Failure{1, "not serving"};
-  return std::nullopt;
+  out << Json{{"service", service}, {"status", *healthy ? "SERVING" : "NOT_SERVING"}}.dump()
+      << "\n";
+  if (!*healthy) return ServerError(absl::UnavailableError("not serving"));
+  return absl::OkStatus();
 }
 
-std::optional<Failure> Info(Client& client, std::ostream& out) {
-  auto info = client.GetServerInfo();
+absl::Status Info(Client& client, std::ostream& out) {
+  absl::StatusOr<ServerInfo> info = client.GetServerInfo();
   if (!info.ok()) return ServerError(info.status());
-  std::string devices = "[";
-  for (size_t i = 0; i < info->devices.size(); ++i)
-    absl::StrAppend(&devices, i ? "," : "", JsonString(info->devices[i]));
-  out << "{\"version\":" << JsonString(info->version)
-      << ",\"backend\":" << JsonString(info->backend) << ",\"devices\":" << devices
-      << "],\"max_batch_rows\":" << info->max_batch_rows
-      << ",\"max_queue_delay_us\":" << info->max_queue_delay_us
-      << ",\"max_queue_size\":" << info->max_queue_size
-      << ",\"max_message_bytes\":" << info->max_message_bytes << "}\n";
-  return std::nullopt;
+  out << Json{{"version", info->version},
+              {"backend", info->backend},
+              {"devices", info->devices},
+              {"max_batch_rows", info->max_batch_rows},
+              {"max_queue_delay_us", info->max_queue_delay_us},
+              {"max_queue_size", info->max_queue_size},
+              {"max_message_bytes", info->max_message_bytes}}
+             .dump()
+      << "\n";
+  return absl::OkStatus();
 }
 
-std::optional<Failure> Loss(const Args& a, Client& client, std::ostream& out) {
-  if (!a.Has("scores")) return Failure{2, "loss: --scores=FILE is required"};
-  if (a.Has("labels") == a.Has("sparse_labels")) {
-    return Failure{2, "loss: give exactly one of --labels=FILE and --sparse_labels=FILE"};
+absl::StatusOr<DType> GradDType() {
+  const std::string gd = absl::GetFlag(FLAGS_grad_dtype);
+  for (DType d : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    if (gd == DTypeName(d)) return d;
   }
-  auto scores = ReadFloatMatrix(a.Get("scores"));
-  if (!scores.ok()) return Failure{2, std::string(scores.status().message())};
+  return absl::InvalidArgumentError("--grad_dtype: expected float32, float16 or bfloat16");
+}
+
+absl::Status Loss(Client& client, std::ostream& out) {
+  const bool dense = !absl::GetFlag(FLAGS_labels).empty();
+  if (dense == !absl::GetFlag(FLAGS_sparse_labels).empty()) {
+    return absl::InvalidArgumentError(
+        "loss: give exactly one of --labels=FILE and --sparse_labels=FILE");
+  }
+  ZLPR_ASSIGN_OR_RETURN(const FloatMatrix scores, Scores("loss"));
   LossCall call;
-  call.rows = scores->rows;
-  call.cols = scores->cols;
-  call.scores = scores->data;
-  absl::StatusOr<FloatMatrix> labels;
-  absl::StatusOr<SparseLabels> sparse;
-  if (a.Has("labels")) {
-    labels = ReadFloatMatrix(a.Get("labels"));
-    if (!labels.ok()) return Failure{2, std::string(labels.status().message())};
-    if (auto f = SameShape(a.Get("labels"), labels->rows, labels->cols, *scores)) return f;
-    call.dense_labels = labels->data;
+  call.rows = scores.rows;
+  call.cols = scores.cols;
+  call.scores = scores.data;
+  FloatMatrix labels;
+  SparseLabels sparse;
+  if (dense) {
+    ZLPR_ASSIGN_OR_RETURN(labels, ReadFloatMatrix(absl::GetFlag(FLAGS_labels)));
+    ZLPR_RETURN_IF_ERROR(SameShape(absl::GetFlag(FLAGS_labels), labels.rows, labels.cols, scores));
+    call.dense_labels = labels.data;
   } else {
-    sparse = ReadSparseLabels(a.Get("sparse_labels"));
-    if (!sparse.ok()) return Failure{2, std::string(sparse.status().message())};
-    call.row_splits = sparse->row_splits;
-    call.indices = sparse->indices;
-    call.values = sparse->values;
+    ZLPR_ASSIGN_OR_RETURN(sparse, ReadSparseLabels(absl::GetFlag(FLAGS_sparse_labels)));
+    call.row_splits = sparse.row_splits;
+    call.indices = sparse.indices;
+    call.values = sparse.values;
   }
   ByteMatrix mask;
-  if (auto f = ReadMask(a, *scores, &mask, &call.mask)) return f;
-  call.want_grad = a.Has("want_grad");
-  const std::string gd = a.Get("grad_dtype", "float32");
-  if (gd == "float16") {
-    call.grad_dtype = DType::kFloat16;
-  } else if (gd == "bfloat16") {
-    call.grad_dtype = DType::kBFloat16;
-  } else if (gd != "float32") {
-    return Failure{2, "--grad_dtype: expected float32, float16 or bfloat16"};
-  }
-  auto r = client.ComputeLoss(call);
+  ZLPR_RETURN_IF_ERROR(ReadMask(scores, &mask));
+  call.mask = mask.data;
+  call.want_grad = absl::GetFlag(FLAGS_want_grad);
+  ZLPR_ASSIGN_OR_RETURN(call.grad_dtype, GradDType());
+  absl::StatusOr<LossResult> r = client.ComputeLoss(call);
   if (!r.ok()) return ServerError(r.status());
-  out << "{\"loss\":" << FloatArray(r->loss.data(), r->loss.size())
-      << ",\"loss_sum\":" << JsonNumber(r->loss_sum)
-      << ",\"loss_mean\":" << JsonNumber(r->loss_mean);
-  if (call.want_grad) out << ",\"grad\":" << Rows(r->grad, call.rows, call.cols);
-  out << ",\"queue_seconds\":" << JsonNumber(r->queue_seconds)
-      << ",\"compute_seconds\":" << JsonNumber(r->compute_seconds) << "}\n";
-  return std::nullopt;
+  Json j;
+  j["loss"] = Floats(r->loss.data(), r->loss.size());
+  j["loss_sum"] = r->loss_sum;
+  j["loss_mean"] = r->loss_mean;
+  if (call.want_grad) j["grad"] = Rows(r->grad, call.rows, call.cols);
+  j["queue_seconds"] = r->queue_seconds;
+  j["compute_seconds"] = r->compute_seconds;
+  out << j.dump() << "\n";
+  return absl::OkStatus();
 }
 
-std::optional<Failure> Predict(const Args& a, Client& client, std::ostream& out) {
-  if (!a.Has("scores")) return Failure{2, "predict: --scores=FILE is required"};
-  auto scores = ReadFloatMatrix(a.Get("scores"));
-  if (!scores.ok()) return Failure{2, std::string(scores.status().message())};
+absl::Status Predict(Client& client, std::ostream& out) {
+  ZLPR_ASSIGN_OR_RETURN(const FloatMatrix scores, Scores("predict"));
   PredictCall call;
-  call.rows = scores->rows;
-  call.cols = scores->cols;
-  call.scores = scores->data;
-  if (a.Has("threshold")) {
-    float t;
-    if (!absl::SimpleAtof(a.Get("threshold"), &t)) return Failure{2, "--threshold: not a number"};
-    call.threshold = t;
+  call.rows = scores.rows;
+  call.cols = scores.cols;
+  call.scores = scores.data;
+  call.threshold = absl::GetFlag(FLAGS_threshold);
+  FloatMatrix thresholds;
+  if (!absl::GetFlag(FLAGS_label_thresholds).empty()) {
+    ZLPR_ASSIGN_OR_RETURN(thresholds, ReadFloatMatrix(absl::GetFlag(FLAGS_label_thresholds)));
+    call.label_thresholds = thresholds.data;
   }
-  absl::StatusOr<FloatMatrix> thresholds;
-  if (a.Has("label_thresholds")) {
-    thresholds = ReadFloatMatrix(a.Get("label_thresholds"));
-    if (!thresholds.ok()) return Failure{2, std::string(thresholds.status().message())};
-    call.label_thresholds = thresholds->data;
-  }
-  for (const auto& [flag, field] : {std::pair<const char*, uint32_t*>{"top_k", &call.top_k},
-                                    {"min_labels", &call.min_labels}}) {
-    if (a.Has(flag) && !absl::SimpleAtoi(a.Get(flag), field)) {
-      return Failure{2, absl::StrCat("--", flag, ": not a non-negative integer")};
-    }
-  }
-  call.want_probs = a.Has("want_probs");
+  call.top_k = absl::GetFlag(FLAGS_top_k);
+  call.min_labels = absl::GetFlag(FLAGS_min_labels);
+  call.want_probs = absl::GetFlag(FLAGS_want_probs);
   ByteMatrix mask;
-  if (auto f = ReadMask(a, *scores, &mask, &call.mask)) return f;
-  auto r = client.Predict(call);
+  ZLPR_RETURN_IF_ERROR(ReadMask(scores, &mask));
+  call.mask = mask.data;
+  absl::StatusOr<PredictResult> r = client.Predict(call);
   if (!r.ok()) return ServerError(r.status());
-  out << "{\"rows\":[";
+  Json rows = Json::array();
   for (size_t i = 0; i < r->labels.size(); ++i) {
-    out << (i ? "," : "") << "{\"labels\":[";
-    for (size_t k = 0; k < r->labels[i].size(); ++k) out << (k ? "," : "") << r->labels[i][k];
-    out << "],\"probs\":" << FloatArray(r->probs[i].data(), r->probs[i].size()) << "}";
+    rows.push_back(
+        Json{{"labels", r->labels[i]}, {"probs", Floats(r->probs[i].data(), r->probs[i].size())}});
   }
-  out << "]";
-  if (call.want_probs) out << ",\"probs\":" << Rows(r->dense_probs, call.rows, call.cols);
-  out << "}\n";
-  return std::nullopt;
+  Json j;
+  j["rows"] = std::move(rows);
+  if (call.want_probs) j["probs"] = Rows(r->dense_probs, call.rows, call.cols);
+  out << j.dump() << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Run(const std::string& command, std::ostream& out) {
+  if (command != "health" && command != "info" && command != "loss" && command != "predict") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown command '", command, "'"));
+  }
+  ZLPR_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, MakeClient());
+  if (command == "health") return Health(*client, out);
+  if (command == "info") return Info(*client, out);
+  if (command == "loss") return Loss(*client, out);
+  return Predict(*client, out);
 }
 
 }  // namespace
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  const Args a = Parse(args);
-  if (a.Has("help") || a.positional.empty()) {
-    (a.Has("help") ? out : err) << kUsage << "\n";
-    return a.Has("help") ? 0 : 2;
+  const absl::FlagSaver restore_flags_on_return;
+  if (std::find(args.begin(), args.end(), "--help") != args.end()) {
+    out << kUsage << "\n" << FlagsHelp();
+    return 0;
   }
-  const std::string& command = a.positional[0];
-  if (command != "health" && command != "info" && command != "loss" && command != "predict") {
-    err << "zlpr-cli: unknown command '" << command << "'\n" << kUsage << "\n";
-    return 2;
+  absl::StatusOr<std::vector<std::string>> positional = ParseArgs(args);
+  absl::Status st = positional.status();
+  if (st.ok() && positional->size() != 1) {
+    st = absl::InvalidArgumentError(
+        positional->empty()
+            ? "no command"
+            : absl::StrCat("one command at a time, got: ", absl::StrJoin(*positional, " ")));
   }
-  std::unique_ptr<Client> client;
-  std::optional<Failure> failure = MakeClient(a, &client);
-  if (!failure) {
-    if (command == "health") failure = Health(a, *client, out);
-    if (command == "info") failure = Info(*client, out);
-    if (command == "loss") failure = Loss(a, *client, out);
-    if (command == "predict") failure = Predict(a, *client, out);
+  if (st.ok()) st = Run(positional->front(), out);
+  if (st.ok()) return 0;
+  const bool server = st.GetPayload(kServerPayload).has_value();
+  if (server) {
+    err << "zlpr-cli: server error: " << absl::StatusCodeToString(st.code()) << ": " << st.message()
+        << "\n";
+    return 1;
   }
-  if (failure) {
-    err << "zlpr-cli: " << failure->message << "\n";
-    return failure->code;
+  err << "zlpr-cli: " << st.message() << "\n";
+  if (!positional.ok() || positional->size() != 1 || absl::StartsWith(st.message(), "unknown")) {
+    err << kUsage << "\n";
   }
-  return 0;
+  return 2;
 }
 
 }  // namespace zlpr::cli

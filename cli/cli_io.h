@@ -1,16 +1,14 @@
-// Input and output of zlpr-cli: .npy (float32, float16, uint8; C order) and JSON matrices, a
-// small JSON reader, and JSON writing of results.
+// Input and output of zlpr-cli: .npy (float32, float16, uint8/bool; C order) and JSON matrices
+// and sparse labels in, JSON out. JSON is read and written with nlohmann-json.
 #ifndef ZLPR_CLI_CLI_IO_H_
 #define ZLPR_CLI_CLI_IO_H_
 
 #include <cstdint>
-#include <map>
-#include <memory>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 
 namespace zlpr::cli {
 
@@ -25,8 +23,9 @@ struct ByteMatrix {
 };
 
 // `path` ending in .npy: NumPy format, float32 or float16 (widened), C order, 1 or 2
-// dimensions. Anything else: JSON, an array of rows of numbers (or one array of numbers).
-// Errors name the file and what is wrong with it.
+// dimensions. Anything else: JSON, an array of rows of numbers (or one array of numbers); the
+// strings "-inf", "inf" and "nan" (any case, also "-Infinity", "Infinity", "NaN") stand for
+// the values JSON has no literal for. Errors name the file and what is wrong with it.
 absl::StatusOr<FloatMatrix> ReadFloatMatrix(const std::string& path);
 // As ReadFloatMatrix, for masks: .npy of uint8 or bool, or JSON of 0/1.
 absl::StatusOr<ByteMatrix> ReadByteMatrix(const std::string& path);
@@ -39,17 +38,12 @@ struct SparseLabels {
 // JSON {"row_splits": [...], "indices": [...], "values": [...]} ("values" optional).
 absl::StatusOr<SparseLabels> ReadSparseLabels(const std::string& path);
 
-// A parsed JSON value.
-struct Json {
-  using Array = std::vector<Json>;
-  using Object = std::map<std::string, Json>;
-  std::variant<std::nullptr_t, bool, double, std::string, Array, Object> v;
-};
-absl::StatusOr<Json> ParseJson(const std::string& text);
+// Parses JSON text; INVALID_ARGUMENT with the parser's position and reason.
+absl::StatusOr<nlohmann::ordered_json> ParseJson(const std::string& text);
 
-// JSON text of a string (quoted, escaped) and of a float (shortest round-trip form).
-std::string JsonString(const std::string& s);
-std::string JsonNumber(double x);
+// A float as a JSON number with the shortest decimal form that reads back as the same float
+// (0.1f prints as 0.1, not 0.10000000149011612).
+nlohmann::ordered_json JsonFloat(float f);
 
 }  // namespace zlpr::cli
 

@@ -85,22 +85,21 @@ TEST_F(CliTest, LossFromNpyAndJsonFiles) {
       << err_.str();
   auto json = ParseJson(out_.str());
   ASSERT_TRUE(json.ok()) << out_.str();
-  const auto& obj = std::get<Json::Object>(json->v);
-  const auto& loss = std::get<Json::Array>(obj.at("loss").v);
+  const auto& loss = json->at("loss");
   ASSERT_EQ(loss.size(), 2u);
   // Row 0: log(1 + e^{-1}) + log(1 + e^{-2} + e^{-0.5}); row 1: log(1 + e^{-3} + e^{1.5} + 1).
-  EXPECT_NEAR(std::get<double>(loss[0].v),
+  EXPECT_NEAR(loss[0].get<double>(),
               std::log(1 + std::exp(-1.0)) + std::log(1 + std::exp(-2.0) + std::exp(-0.5)), 1e-5);
-  EXPECT_NEAR(std::get<double>(loss[1].v), std::log(2 + std::exp(-3.0) + std::exp(1.5)), 1e-5);
-  EXPECT_EQ(std::get<Json::Array>(obj.at("grad").v).size(), 2u);
+  EXPECT_NEAR(loss[1].get<double>(), std::log(2 + std::exp(-3.0) + std::exp(1.5)), 1e-5);
+  EXPECT_EQ(json->at("grad").size(), 2u);
 
   WriteText(Path("sp.json"), R"({"row_splits": [0, 2, 2], "indices": [0, 2]})");
   ASSERT_EQ(Run({"loss", "--scores=" + Path("s.npy"), "--sparse_labels=" + Path("sp.json")}), 0)
       << err_.str();
   auto sparse = ParseJson(out_.str());
-  EXPECT_EQ(
-      std::get<double>(std::get<Json::Array>(std::get<Json::Object>(sparse->v).at("loss").v)[0].v),
-      std::get<double>(loss[0].v));
+  ASSERT_TRUE(sparse.ok());
+  EXPECT_EQ(sparse->at("loss")[0].get<float>(), loss[0].get<float>());
+  EXPECT_FALSE(sparse->contains("grad"));  // --want_grad of the previous run does not stick
 }
 
 TEST_F(CliTest, PredictWithFloat16NpyAndTopK) {
@@ -111,11 +110,24 @@ TEST_F(CliTest, PredictWithFloat16NpyAndTopK) {
   EXPECT_THAT(out_.str(), StartsWith("{\"rows\":[{\"labels\":[0,2],\"probs\":["));
   auto json = ParseJson(out_.str());
   ASSERT_TRUE(json.ok());
-  const auto& row = std::get<Json::Object>(
-      std::get<Json::Array>(std::get<Json::Object>(json->v).at("rows").v)[0].v);
-  const auto& probs = std::get<Json::Array>(row.at("probs").v);
-  EXPECT_NEAR(std::get<double>(probs[0].v), 1 / (1 + std::exp(-4.0)), 1e-7);  // σ(2·2)
-  EXPECT_NEAR(std::get<double>(probs[1].v), 1 / (1 + std::exp(-2.0)), 1e-7);  // σ(2·1)
+  const auto& probs = json->at("rows")[0].at("probs");
+  EXPECT_NEAR(probs[0].get<double>(), 1 / (1 + std::exp(-4.0)), 1e-7);  // σ(2·2)
+  EXPECT_NEAR(probs[1].get<double>(), 1 / (1 + std::exp(-2.0)), 1e-7);  // σ(2·1)
+  // Floats print in their shortest form that reads back as the same float.
+  EXPECT_EQ(JsonFloat(0.1f).dump(), "0.1");
+  EXPECT_EQ(JsonFloat(-3.0f).dump(), "-3.0");
+}
+
+TEST_F(CliTest, MinusInfinityInJsonScoresExcludesAnEntry) {
+  WriteText(Path("s.json"), R"([[3.0, "-inf", -1.0]])");
+  WriteText(Path("t.json"), "[[1, 1, 0]]");
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s.json"), "--labels=" + Path("t.json")}), 0)
+      << err_.str();
+  auto json = ParseJson(out_.str());
+  ASSERT_TRUE(json.ok());
+  // Only columns 0 and 2 count: log(1 + e^{-3}) + log(1 + e^{-1}).
+  EXPECT_NEAR(json->at("loss")[0].get<double>(),
+              std::log(1 + std::exp(-3.0)) + std::log(1 + std::exp(-1.0)), 1e-6);
 }
 
 TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
@@ -142,16 +154,43 @@ TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
 
   EXPECT_EQ(Run({"frobnicate"}), 2);
   EXPECT_THAT(err_.str(), HasSubstr("unknown command 'frobnicate'"));
+
+  WriteText(Path("bad.json"), "[[1, 2], [3, ");
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("bad.json")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("bad.json: invalid JSON: "));
 }
 
-TEST(CliJsonTest, ParsesNestedValuesAndRejectsGarbage) {
-  auto j = ParseJson(R"({"a": [1, -2.5e3, true, null, "x\"y"], "b": {}})");
+TEST_F(CliTest, UnknownFlagsAndBadValuesAreUsageErrors) {
+  EXPECT_EQ(Run({"health", "--colour=blue"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("unknown flag --colour (zlpr-cli --help lists the flags)"));
+  EXPECT_EQ(Run({"predict", "--top_k=-3", "--scores=x.json"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("--top_k=-3: "));
+  EXPECT_EQ(Run({"predict", "--top_k"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("--top_k needs a value"));
+  EXPECT_EQ(Run({"health", "info"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("one command at a time, got: health info"));
+  EXPECT_EQ(Run({"--helpfull"}), 2);  // only this program's flags exist here
+}
+
+TEST_F(CliTest, HelpListsEveryFlag) {
+  EXPECT_EQ(Run({"--help"}), 0);
+  for (const char* flag : {"--target", "--deadline_ms", "--scores", "--labels", "--sparse_labels",
+                           "--mask", "--want_grad", "--grad_dtype", "--threshold", "--top_k",
+                           "--min_labels", "--want_probs", "--token_file", "--tls"}) {
+    EXPECT_THAT(out_.str(), HasSubstr(std::string("\n  ") + flag + "  ")) << flag;
+  }
+}
+
+TEST_F(CliTest, JsonKeepsEscapesBothWaysAndUnknownServicesAreServerErrors) {
+  // A service name with a quote, a backslash and a newline: printed escaped, read back whole.
+  const std::string name = "a\"b\\c\nd";
+  EXPECT_EQ(Run({"health", "--service=" + name}), 1);  // no such service: the server says so
+  EXPECT_THAT(err_.str(), HasSubstr("server error: NOT_FOUND"));
+  auto j = ParseJson(R"({"a": [1, -2.5e3, true, null, "x\"y\u00e9"]})");
   ASSERT_TRUE(j.ok());
-  const auto& a = std::get<Json::Array>(std::get<Json::Object>(j->v).at("a").v);
-  EXPECT_EQ(std::get<double>(a[1].v), -2500);
-  EXPECT_EQ(std::get<std::string>(a[4].v), "x\"y");
+  EXPECT_EQ(j->at("a")[4].get<std::string>(), "x\"y\xc3\xa9");
+  EXPECT_EQ(nlohmann::ordered_json(name).dump(), R"("a\"b\\c\nd")");
   EXPECT_EQ(ParseJson("[1, 2").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(JsonString("a\"b\n"), "\"a\\\"b\\n\"");
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "kernels/test_util.h"
 #include "server/server.h"
 #include "server/test_support.h"
+#include "zlpr/v1/tensor.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr::server {
@@ -36,26 +37,20 @@ using ::testing::HasSubstr;
 
 v1::Tensor FloatTensor(const std::vector<float>& v, int64_t rows, int64_t cols) {
   v1::Tensor t;
-  t.add_shape(rows);
-  t.add_shape(cols);
-  t.set_dtype(v1::FLOAT32);
-  t.set_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+  v1::EncodeMatrix(v, rows, cols, DType::kFloat32, &t);
   return t;
 }
 
 v1::Tensor MaskTensor(const std::vector<uint8_t>& v, int64_t rows, int64_t cols) {
   v1::Tensor t;
-  t.add_shape(rows);
-  t.add_shape(cols);
-  t.set_dtype(v1::UINT8);
-  t.set_data(std::string(v.begin(), v.end()));
+  v1::EncodeMask(v, rows, cols, &t);
   return t;
 }
 
 std::vector<float> Floats(const v1::Tensor& t) {
-  std::vector<float> v(t.data().size() / 4);
-  std::memcpy(v.data(), t.data().data(), v.size() * 4);
-  return v;
+  absl::StatusOr<std::vector<float>> v = v1::DecodeFloats(t, "tensor");
+  EXPECT_TRUE(v.ok()) << v.status();
+  return v.value_or(std::vector<float>());
 }
 
 v1::LossRequest LossRequestOf(const testing::Problem& p, bool sparse, bool want_grad) {
@@ -186,10 +181,12 @@ TEST_F(ServiceTest, ComputeLossNarrowsTheGradientToTheAskedDtype) {
   ASSERT_TRUE(stub_->ComputeLoss(&ctx, req, &resp).ok());
   EXPECT_EQ(resp.grad().dtype(), v1::BFLOAT16);
   ASSERT_EQ(resp.grad().data().size(), 2u * 9 * 2);
-  std::vector<float> loss(2), grad(18), widened(18);
+  std::vector<float> loss(2), grad(18);
   ASSERT_TRUE(cpu_->Loss(p.Input(false), {loss.data(), grad.data()}).ok());
-  WidenToFloat(resp.grad().data().data(), 18, DType::kBFloat16, widened.data());
-  for (int i = 0; i < 18; ++i) EXPECT_NEAR(widened[i], grad[i], std::abs(grad[i]) / 128 + 1e-30);
+  const std::vector<float> widened = Floats(resp.grad());
+  ASSERT_EQ(widened.size(), 18u);
+  // Narrowed with round-to-nearest-even: exactly the bf16 of the fp32 gradient.
+  for (int i = 0; i < 18; ++i) EXPECT_EQ(widened[i], BFloat16ToFloat(FloatToBFloat16(grad[i])));
 }
 
 TEST_F(ServiceTest, PredictReturnsTheKernelsLabelSetsAndProbabilities) {
