@@ -32,7 +32,7 @@ def zlpr_hard(y_pred, y_true):
 
 
 def zlpr_soft(s, t):
-    """Soft labels, the stable form of docs/zlpr-math.md: P = LSE(0, -s + log t), N = LSE(0, s + log1p(-t))."""
+    """Soft labels, the stable form of docs/MATH.md: P = LSE(0, -s + log t), N = LSE(0, s + log1p(-t))."""
     zeros = torch.zeros_like(s[..., :1])
     p = torch.logsumexp(torch.cat([zeros, -s + torch.log(t)], dim=-1), dim=-1)
     n = torch.logsumexp(torch.cat([zeros, s + torch.log1p(-t)], dim=-1), dim=-1)

@@ -12,11 +12,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -114,7 +113,7 @@ class Recorder {
   void Record(Clock::time_point started, Clock::time_point ended, const grpc::Status& st,
               size_t req_bytes, size_t resp_bytes, int64_t rows) {
     if (started < measure_from_ || ended > stop_at_) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (st.ok()) {
       ++res_.ok;
       res_.latencies.push_back(std::chrono::duration<double>(ended - started).count());
@@ -126,11 +125,11 @@ class Recorder {
     }
   }
   int64_t ok() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return res_.ok;
   }
   Results Take(double seconds) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     res_.seconds = seconds;
     std::sort(res_.latencies.begin(), res_.latencies.end());
     return std::move(res_);
@@ -138,8 +137,8 @@ class Recorder {
 
  private:
   const Clock::time_point measure_from_, stop_at_;
-  std::mutex mu_;
-  Results res_;
+  absl::Mutex mu_;
+  Results res_ ABSL_GUARDED_BY(mu_);
 };
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
@@ -190,14 +189,13 @@ Results RunOnce(const std::string& target, const std::string& label) {
   Recorder rec(measure_from, stop_at);
   const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   const double rate = absl::GetFlag(FLAGS_rate);
-  std::atomic<int> outstanding{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  // Under the lock, so that RunOnce cannot return (and destroy mu, cv) while a callback is
-  // still inside.
+  // Open-loop calls in flight. Counted under the lock, so that RunOnce cannot return (and
+  // destroy mu) while a callback is still inside.
+  absl::Mutex mu;
+  int outstanding = 0;
   auto finished = [&] {
-    std::lock_guard<std::mutex> lock(mu);
-    if (--outstanding == 0) cv.notify_all();
+    absl::MutexLock lock(&mu);
+    --outstanding;
   };
 
   std::vector<std::thread> threads;
@@ -238,7 +236,7 @@ Results RunOnce(const std::string& target, const std::string& label) {
         std::this_thread::sleep_until(next);
         const auto scheduled = next;
         {
-          std::lock_guard<std::mutex> lock(mu);
+          absl::MutexLock lock(&mu);
           ++outstanding;
         }
         Call(stub.get(), rpc, payload, [&, scheduled](grpc::Status st, size_t bytes) {
@@ -286,8 +284,9 @@ Results RunOnce(const std::string& target, const std::string& label) {
   }
   for (auto& t : threads) t.join();
   {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return outstanding.load() == 0; });
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &outstanding));
   }
   if (absl::GetFlag(FLAGS_progress)) std::fprintf(stderr, "\n");
   Results r = rec.Take(absl::GetFlag(FLAGS_duration_s));

@@ -2,7 +2,7 @@
 // time to the best one the CPU supports (SSE4, AVX2, AVX-512, NEON, SVE...).
 //
 // They work on one chunk of one row, in fp32, with excluded entries (mask 0) already turned
-// into -inf scores by the caller. Shape of the math (docs/zlpr-math.md): each log-sum-exp term
+// into -inf scores by the caller. Shape of the math (docs/MATH.md): each log-sum-exp term
 // is evaluated in two passes over the chunk while it sits in L1/L2: the maximum of the
 // exponents (with the appended 0), then the sum of exponentials shifted by it, so every exp
 // argument is <= 0. For hard labels an entry belongs to exactly one of the two terms, so one

@@ -1,4 +1,4 @@
-// float64 reference of docs/zlpr-math.md.
+// float64 reference of docs/MATH.md.
 #include "kernels/reference.h"
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // Plain float64 evaluation of the ZLPR formulas: the oracle for every kernel test.
-// Slow and obvious on purpose; it follows docs/zlpr-math.md line by line.
+// Slow and obvious on purpose; it follows docs/MATH.md line by line.
 #ifndef ZLPR_KERNELS_REFERENCE_H_
 #define ZLPR_KERNELS_REFERENCE_H_
 

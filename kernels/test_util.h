@@ -126,7 +126,7 @@ inline Problem MakeProblem(const ProblemSpec& spec) {
   return p;
 }
 
-// The docs/zlpr-math.md tolerances.
+// The docs/MATH.md tolerances.
 inline double LossTolerance(double ref) {
   return std::abs(ref) < 0.1 ? 1e-6 : 1e-5 * std::abs(ref);
 }

@@ -9,10 +9,10 @@ ThreadPool::ThreadPool(int threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  start_cv_.notify_all();
+  start_cv_.SignalAll();
   for (auto& t : workers_) t.join();
 }
 
@@ -30,17 +30,17 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     fn_ = &fn;
     n_ = n;
     next_.store(0, std::memory_order_relaxed);
     active_ = static_cast<int>(workers_.size());
     ++generation_;
   }
-  start_cv_.notify_all();
+  start_cv_.SignalAll();
   RunShare();
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return active_ == 0; });
+  absl::MutexLock lock(&mu_);
+  while (active_ != 0) done_cv_.Wait(&mu_);
   fn_ = nullptr;
 }
 
@@ -48,15 +48,15 @@ void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      absl::MutexLock lock(&mu_);
+      while (!stop_ && generation_ == seen) start_cv_.Wait(&mu_);
       if (stop_) return;
       seen = generation_;
     }
     RunShare();
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_ == 0) done_cv_.notify_one();
+      absl::MutexLock lock(&mu_);
+      if (--active_ == 0) done_cv_.Signal();
     }
   }
 }

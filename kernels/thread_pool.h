@@ -3,12 +3,13 @@
 #define ZLPR_KERNELS_THREAD_POOL_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace zlpr::internal {
 
@@ -32,12 +33,14 @@ class ThreadPool {
   void RunShare();
 
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable start_cv_;
-  std::condition_variable done_cv_;
-  uint64_t generation_ = 0;  // guarded by mu_
-  int active_ = 0;           // workers still inside the current loop; guarded by mu_
-  bool stop_ = false;        // guarded by mu_
+  absl::Mutex mu_;
+  absl::CondVar start_cv_;
+  absl::CondVar done_cv_;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;  // workers still inside the current loop
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // The current loop: written under mu_ before generation_ moves on, read (without the lock) by
+  // workers that saw it move, and by no one once active_ is back to 0.
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};

@@ -1,5 +1,5 @@
 // The CPU backend against the float64 reference (kernels/reference.h) and the properties of
-// docs/zlpr-math.md: tolerances, gradient, optimum, sparse = dense, batch invariance.
+// docs/MATH.md: tolerances, gradient, optimum, sparse = dense, batch invariance.
 #include "kernels/zlpr.h"
 
 #include <cmath>

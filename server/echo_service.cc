@@ -3,6 +3,8 @@
 
 #include <memory>
 
+#include "server/service.h"
+
 namespace zlpr::server {
 namespace {
 
@@ -12,7 +14,13 @@ int64_t Rows(const v1::Tensor& t) { return t.shape_size() > 0 ? t.shape(0) : 0; 
 template <typename Request, typename Response>
 class EchoStream final : public grpc::ServerBidiReactor<Request, Response> {
  public:
-  EchoStream() { this->StartRead(&request_); }
+  explicit EchoStream(const absl::Status& auth) {
+    if (!auth.ok()) {
+      this->Finish(ToGrpc(auth));
+      return;
+    }
+    this->StartRead(&request_);
+  }
   void OnReadDone(bool ok) override {
     if (!ok) {
       this->Finish(grpc::Status::OK);
@@ -36,6 +44,17 @@ class EchoStream final : public grpc::ServerBidiReactor<Request, Response> {
   Response response_;
 };
 
+// Answers a unary call: `fill` the response when the call carries the token.
+template <typename Fill>
+grpc::ServerUnaryReactor* Answer(const BearerAuth& auth, grpc::CallbackServerContext* ctx,
+                                 const Fill& fill) {
+  auto* reactor = ctx->DefaultReactor();
+  const absl::Status st = auth.Check(*ctx);
+  if (st.ok()) fill();
+  reactor->Finish(ToGrpc(st));
+  return reactor;
+}
+
 }  // namespace
 
 void EchoService::Echo(const v1::LossRequest& request, v1::LossResponse* response) {
@@ -53,38 +72,29 @@ void EchoService::Echo(const v1::PredictRequest& request, v1::PredictResponse* r
 grpc::ServerUnaryReactor* EchoService::ComputeLoss(grpc::CallbackServerContext* ctx,
                                                    const v1::LossRequest* request,
                                                    v1::LossResponse* response) {
-  Echo(*request, response);
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return Answer(auth_, ctx, [&] { Echo(*request, response); });
 }
 
 grpc::ServerUnaryReactor* EchoService::Predict(grpc::CallbackServerContext* ctx,
                                                const v1::PredictRequest* request,
                                                v1::PredictResponse* response) {
-  Echo(*request, response);
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return Answer(auth_, ctx, [&] { Echo(*request, response); });
 }
 
 grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* EchoService::StreamLoss(
-    grpc::CallbackServerContext*) {
-  return new EchoStream<v1::LossRequest, v1::LossResponse>();
+    grpc::CallbackServerContext* ctx) {
+  return new EchoStream<v1::LossRequest, v1::LossResponse>(auth_.Check(*ctx));
 }
 
 grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* EchoService::StreamPredict(
-    grpc::CallbackServerContext*) {
-  return new EchoStream<v1::PredictRequest, v1::PredictResponse>();
+    grpc::CallbackServerContext* ctx) {
+  return new EchoStream<v1::PredictRequest, v1::PredictResponse>(auth_.Check(*ctx));
 }
 
 grpc::ServerUnaryReactor* EchoService::GetServerInfo(grpc::CallbackServerContext* ctx,
                                                      const v1::ServerInfoRequest*,
                                                      v1::ServerInfo* info) {
-  info->set_backend("echo");
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return Answer(auth_, ctx, [&] { info->set_backend("echo"); });
 }
 
 }  // namespace zlpr::server

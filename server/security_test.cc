@@ -151,6 +151,38 @@ TEST_F(SecurityTest, BearerTokenIsRequiredButHealthIsExempt) {
             4);
 }
 
+TEST(EchoSecurityTest, TheEchoBaselineAsksForTheTokenToo) {
+  const fs::path token =
+      fs::temp_directory_path() / ("zlpr_echo_token_" + std::to_string(::getpid()));
+  std::ofstream(token) << "echo-token\n";
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.backend = "cpu";
+  o.echo = true;
+  o.auth_token_file = token.string();
+  auto server = Server::Start(o);
+  fs::remove(token);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ZlprService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->grpc_port()), grpc::InsecureChannelCredentials()));
+  v1::PredictRequest req;
+  v1::PredictResponse resp;
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub->Predict(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->StreamLoss(&ctx);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer echo-token");
+  EXPECT_TRUE(stub->Predict(&ctx, req, &resp).ok());
+}
+
 TEST_F(SecurityTest, MetricsPortServesMetricsOnly) {
   Start(/*mutual=*/false);
   EXPECT_THAT(HttpGet(server_->metrics_port(), "/metrics"),

@@ -136,7 +136,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.grpc_address, credentials, &s->grpc_port_);
   if (options.echo) {
-    s->echo_ = std::make_unique<EchoService>();
+    s->echo_ = std::make_unique<EchoService>(service_options.auth_token);
     builder.RegisterService(s->echo_.get());
     s->backend_name_ = "echo";
     s->devices_ = {"echo (no compute)"};

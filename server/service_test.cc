@@ -7,15 +7,14 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
 #include <functional>
-#include <mutex>
 #include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -74,25 +73,25 @@ v1::LossRequest LossRequestOf(const testing::Problem& p, bool sparse, bool want_
 class CallCounter {
  public:
   void Add() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     ++pending_;
   }
   void Done(const grpc::Status& st) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     codes_.push_back(st.error_code());
-    if (--pending_ == 0) cv_.notify_all();
+    --pending_;
   }
   std::vector<grpc::StatusCode> Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return pending_ == 0; });
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* pending) { return *pending == 0; }, &pending_));
     return codes_;
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int pending_ = 0;
-  std::vector<grpc::StatusCode> codes_;
+  absl::Mutex mu_;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<grpc::StatusCode> codes_ ABSL_GUARDED_BY(mu_);
 };
 
 class ServiceTest : public ::testing::Test {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the image with the README's `docker build` line and runs it for real, through podman
-# (no Docker engine or registry here: see shared/docs/containers.md): Debian base images made
-# with debootstrap, the docker CLI pointed at podman's socket. Then, from the host: zlpr-cli
+# (docs/DEPLOY.md, "Testing the image without a Docker engine"): Debian base images made with
+# debootstrap from the mirror apt is configured with, the docker CLI pointed at podman's
+# socket. Then, from the host: zlpr-cli
 # health/info/predict/loss against the container, a /metrics scrape, the image's HEALTHCHECK,
 # and a SIGTERM that must end the server gracefully with exit status 0.
 #   tests/deploy/container_test.sh BUILD_DIR
@@ -51,7 +52,11 @@ export CONTAINERS_CONF="$scratch/containers.conf" CONTAINERS_STORAGE_CONF="$scra
 # The Debian mirror apt uses (deb lines or deb822 URIs), not a security or third-party one.
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
   | grep -E '^(deb |URIs:)' | grep -oE 'https?://[^ ]+/debian/?( |$)' | tr -d ' ' | head -1 || true)
-mirror=${mirror:-http://deb.debian.org/debian}
+if [ -z "$mirror" ]; then
+  echo "container_test: apt has no Debian mirror configured (no deb line or URIs: entry ending in /debian" >&2
+  echo "in /etc/apt/sources.list or /etc/apt/sources.list.d): cannot debootstrap the base images" >&2
+  exit 1
+fi
 echo "container_test: debootstrap bookworm from $mirror"
 debootstrap --variant=minbase bookworm "$scratch/rootfs" "$mirror" >/dev/null
 tar -C "$scratch/rootfs" -c . | podman import - localhost/debian:bookworm >/dev/null

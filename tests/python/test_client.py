@@ -1,5 +1,5 @@
 """A client written in another language: every RPC of zlpr.v1 (plus health and reflection)
-from Python, checked against a numpy float64 evaluation of docs/zlpr-math.md."""
+from Python, checked against a numpy float64 evaluation of docs/MATH.md."""
 import grpc
 import numpy as np
 import pytest
