@@ -160,12 +160,7 @@ class CpuBackend final : public Backend {
   absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override;
 
  protected:
-  absl::StatusOr<ValidatedLossInput> Validate(const LossInput& in) override {
-    return internal::Validator::Loss(in, &pool_);
-  }
-  absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& in) override {
-    return internal::Validator::Labeler(in, &pool_);
-  }
+  internal::ThreadPool* validation_pool() override { return &pool_; }
 
  private:
   // Calls fn(r) for every row, grouping short rows into tasks of about kElementsPerTask.

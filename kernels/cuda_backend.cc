@@ -112,12 +112,7 @@ class CudaBackend final : public Backend {
   absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override;
 
  protected:
-  absl::StatusOr<ValidatedLossInput> Validate(const LossInput& in) override {
-    return internal::Validator::Loss(in, &pool_);
-  }
-  absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& in) override {
-    return internal::Validator::Labeler(in, &pool_);
-  }
+  internal::ThreadPool* validation_pool() override { return &pool_; }
 
  private:
   static int HostThreads() {

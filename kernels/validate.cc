@@ -266,22 +266,16 @@ absl::StatusOr<ValidatedLabelerInput> ValidateLabelerInput(const LabelerInput& i
 }
 
 absl::Status Backend::Loss(const LossInput& input, const LossOutput& out) {
-  absl::StatusOr<ValidatedLossInput> valid = Validate(input);
+  absl::StatusOr<ValidatedLossInput> valid = internal::Validator::Loss(input, validation_pool());
   if (!valid.ok()) return valid.status();
   return Loss(*valid, out);
 }
 
 absl::Status Backend::Label(const LabelerInput& input, LabelSets* out, float* probs) {
-  absl::StatusOr<ValidatedLabelerInput> valid = Validate(input);
+  absl::StatusOr<ValidatedLabelerInput> valid =
+      internal::Validator::Labeler(input, validation_pool());
   if (!valid.ok()) return valid.status();
   return Label(*valid, out, probs);
-}
-
-absl::StatusOr<ValidatedLossInput> Backend::Validate(const LossInput& input) {
-  return ValidateLossInput(input);
-}
-absl::StatusOr<ValidatedLabelerInput> Backend::Validate(const LabelerInput& input) {
-  return ValidateLabelerInput(input);
 }
 
 }  // namespace zlpr

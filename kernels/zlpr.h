@@ -40,8 +40,9 @@
 namespace zlpr {
 
 namespace internal {
+class ThreadPool;
 class Validator;
-}
+}  // namespace internal
 
 // A read-only, dense, row-major `rows` x `cols` matrix in host memory.
 struct MatrixView {
@@ -99,37 +100,27 @@ struct LabelSets {
   std::vector<float> probs;
 };
 
-// A LossInput that passed ValidateLossInput: only the validators and validity-preserving
-// operations (ConcatenateLossInputs) make one, so holding one is the proof. It holds the same
-// views (not the data), which must outlive it.
-class ValidatedLossInput {
+// An input that passed validation: only the validators and validity-preserving operations
+// (ConcatenateLossInputs, ConcatenateLabelerInputs) make one, so holding one is the proof. It
+// holds the same views (not the data), which must outlive it.
+template <typename Input>
+class Validated {
  public:
-  const LossInput& get() const { return input_; }
-  const LossInput* operator->() const { return &input_; }
+  const Input& get() const { return input_; }
+  const Input* operator->() const { return &input_; }
   int64_t rows() const { return input_.scores.rows; }
   int64_t cols() const { return input_.scores.cols; }
 
  private:
   friend class internal::Validator;
-  explicit ValidatedLossInput(const LossInput& input) : input_(input) {}
-  LossInput input_;
+  explicit Validated(const Input& input) : input_(input) {}
+  Input input_;
 };
 
-// A LabelerInput that passed ValidateLabelerInput, as ValidatedLossInput. Its options are
-// normalised: top_k and min_labels are at most the column count (a larger cap selects the
-// same labels), so no request can make a backend size anything by them.
-class ValidatedLabelerInput {
- public:
-  const LabelerInput& get() const { return input_; }
-  const LabelerInput* operator->() const { return &input_; }
-  int64_t rows() const { return input_.scores.rows; }
-  int64_t cols() const { return input_.scores.cols; }
-
- private:
-  friend class internal::Validator;
-  explicit ValidatedLabelerInput(const LabelerInput& input) : input_(input) {}
-  LabelerInput input_;
-};
+using ValidatedLossInput = Validated<LossInput>;
+// Its options are normalised: top_k and min_labels are at most the column count (a larger cap
+// selects the same labels), so no request can make a backend size anything by them.
+using ValidatedLabelerInput = Validated<LabelerInput>;
 
 // Checks an input against docs/MATH.md ("Invalid input"). The error is INVALID_ARGUMENT and
 // names the field, row and column, e.g. "scores[3, 17] is NaN" or
@@ -188,10 +179,8 @@ class Backend {
   virtual int64_t DeviceMemoryBytes() const { return 0; }
 
  protected:
-  // Validation for the two entry points above; backends override these to spread the scan
-  // over their threads.
-  virtual absl::StatusOr<ValidatedLossInput> Validate(const LossInput& input);
-  virtual absl::StatusOr<ValidatedLabelerInput> Validate(const LabelerInput& input);
+  // Threads the validation of the two entry points above is spread over (null: the caller's).
+  virtual internal::ThreadPool* validation_pool() { return nullptr; }
 };
 
 struct CpuOptions {

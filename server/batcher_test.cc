@@ -8,20 +8,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/test_support.h"
 
 namespace zlpr::server {
 namespace {
 
 using std::chrono::microseconds;
-
-class FakeClock final : public Clock {
- public:
-  SteadyTime Now() const override { return now_; }
-  void Advance(microseconds d) { now_ += d; }
-
- private:
-  SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
-};
 
 struct FakeResult {};
 

@@ -2,6 +2,7 @@
 #include "server/executor.h"
 
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace zlpr::server {
@@ -26,6 +27,34 @@ std::vector<std::vector<size_t>> Group(std::span<const Job* const> jobs, const S
   return groups;
 }
 
+// Runs `jobs` group by group: the jobs that `same` lets share a kernel call have their inputs
+// concatenated by `concat`, and `compute(group, input)` runs that call and returns one result
+// per job of the group; each result lands in its job's place.
+template <typename Job, typename Same, typename Concat, typename Compute>
+std::vector<absl::StatusOr<typename Job::Result>> RunGroups(std::span<const Job* const> jobs,
+                                                            const Same& same, const Concat& concat,
+                                                            const Compute& compute) {
+  using Input = std::remove_cvref_t<decltype(jobs[0]->input)>;
+  std::vector<absl::StatusOr<typename Job::Result>> out(jobs.size());
+  for (const std::vector<size_t>& group : Group(jobs, same)) {
+    std::vector<const Job*> members;
+    std::vector<const Input*> parts;
+    for (size_t i : group) {
+      members.push_back(jobs[i]);
+      parts.push_back(&jobs[i]->input);
+    }
+    const absl::StatusOr<Input> in = concat(std::span<const Input* const>(parts));
+    if (!in.ok()) {
+      for (size_t i : group) out[i] = in.status();
+      continue;
+    }
+    std::vector<absl::StatusOr<typename Job::Result>> results =
+        compute(std::span<const Job* const>(members), *in);
+    for (size_t k = 0; k < group.size(); ++k) out[group[k]] = std::move(results[k]);
+  }
+  return out;
+}
+
 // Bytes of n fp32 values, narrowed to `dtype`.
 std::string Narrowed(const float* values, int64_t n, DType dtype) {
   std::string out(static_cast<size_t>(n) * DTypeSize(dtype), '\0');
@@ -38,127 +67,127 @@ std::string Narrowed(const float* values, int64_t n, DType dtype) {
 Executor::Executor(Backend* backend, Clock* clock, ExecutionListener* listener)
     : backend_(backend), clock_(clock), listener_(listener) {}
 
-double Executor::SecondsSince(SteadyTime t0) const {
-  return std::chrono::duration<double>(clock_->Now() - t0).count();
+Executor::KernelCall Executor::TimedKernelCall(JobKind kind, int64_t rows,
+                                               const std::function<absl::Status()>& call) {
+  const SteadyTime t0 = clock_->Now();
+  const absl::Status status = call();
+  const double seconds = std::chrono::duration<double>(clock_->Now() - t0).count();
+  if (listener_ != nullptr) listener_->OnKernelCall(kind, rows, seconds, status.ok());
+  return {status, seconds};
 }
 
 std::vector<absl::StatusOr<LossResult>> Executor::Run(std::span<const LossJob* const> jobs) {
-  std::vector<absl::StatusOr<LossResult>> out(jobs.size());
-  const auto same = [](const LossJob& a, const LossJob& b) {
-    return a.want_grad == b.want_grad && Concatenable(a.input, b.input);
-  };
-  for (const std::vector<size_t>& group : Group(jobs, same)) {
-    std::vector<const ValidatedLossInput*> parts;
-    for (size_t i : group) parts.push_back(&jobs[i]->input);
-    const absl::StatusOr<ValidatedLossInput> in = ConcatenateLossInputs(parts, &concat_);
-    if (!in.ok()) {
-      for (size_t i : group) out[i] = in.status();
-      continue;
-    }
-    const LossJob& first = *jobs[group.front()];
-    const int64_t rows = in->rows(), cols = in->cols();
-    loss_.resize(static_cast<size_t>(rows));
-    // A lone fp32 gradient is written straight into its result, which the front end moves
-    // into its response: no copy of rows x cols.
-    const bool grad_in_place =
-        first.want_grad && group.size() == 1 && first.grad_dtype == DType::kFloat32;
-    std::string whole_grad;
-    float* grad = nullptr;
+  return RunGroups(
+      jobs,
+      [](const LossJob& a, const LossJob& b) {
+        return a.want_grad == b.want_grad && Concatenable(a.input, b.input);
+      },
+      [&](std::span<const ValidatedLossInput* const> parts) {
+        return ConcatenateLossInputs(parts, &concat_);
+      },
+      [&](std::span<const LossJob* const> group, const ValidatedLossInput& in) {
+        return RunLossGroup(group, in);
+      });
+}
+
+std::vector<absl::StatusOr<PredictResult>> Executor::Run(std::span<const PredictJob* const> jobs) {
+  return RunGroups(
+      jobs,
+      [](const PredictJob& a, const PredictJob& b) {
+        return a.want_probs == b.want_probs && Concatenable(a.input, b.input);
+      },
+      [&](std::span<const ValidatedLabelerInput* const> parts) {
+        return ConcatenateLabelerInputs(parts, &concat_);
+      },
+      [&](std::span<const PredictJob* const> group, const ValidatedLabelerInput& in) {
+        return RunPredictGroup(group, in);
+      });
+}
+
+std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
+    std::span<const LossJob* const> group, const ValidatedLossInput& in) {
+  const LossJob& first = *group.front();
+  const int64_t rows = in.rows(), cols = in.cols();
+  loss_.resize(static_cast<size_t>(rows));
+  // A lone fp32 gradient is written straight into its result, which the front end moves into
+  // its response: no copy of rows x cols.
+  const bool grad_in_place =
+      first.want_grad && group.size() == 1 && first.grad_dtype == DType::kFloat32;
+  std::string whole_grad;
+  float* grad = nullptr;
+  if (grad_in_place) {
+    whole_grad.resize(static_cast<size_t>(rows * cols) * sizeof(float));
+    grad = reinterpret_cast<float*>(whole_grad.data());
+  } else if (first.want_grad) {
+    grad_.resize(static_cast<size_t>(rows * cols));
+    grad = grad_.data();
+  }
+  const KernelCall call = TimedKernelCall(JobKind::kLoss, rows, [&] {
+    return backend_->Loss(in, {loss_.data(), grad});
+  });
+  if (!call.status.ok()) return {group.size(), call.status};
+  std::vector<absl::StatusOr<LossResult>> out;
+  int64_t row0 = 0;
+  for (const LossJob* job : group) {
+    const int64_t n = job->rows();
+    LossResult r;
+    r.loss.assign(loss_.begin() + row0, loss_.begin() + row0 + n);
+    for (float l : r.loss) r.loss_sum += l;
+    r.loss_mean = r.loss_sum / static_cast<double>(n);
+    r.cols = cols;
+    r.grad_dtype = job->grad_dtype;
     if (grad_in_place) {
-      whole_grad.resize(static_cast<size_t>(rows * cols) * sizeof(float));
-      grad = reinterpret_cast<float*>(whole_grad.data());
-    } else if (first.want_grad) {
-      grad_.resize(static_cast<size_t>(rows * cols));
-      grad = grad_.data();
+      r.grad = std::move(whole_grad);
+    } else if (job->want_grad) {
+      r.grad = Narrowed(grad_.data() + row0 * cols, n * cols, job->grad_dtype);
     }
-    const SteadyTime t0 = clock_->Now();
-    const absl::Status st = backend_->Loss(*in, {loss_.data(), grad});
-    const double compute = SecondsSince(t0);
-    if (listener_ != nullptr) listener_->OnKernelCall(JobKind::kLoss, rows, compute, st.ok());
-    int64_t row0 = 0;
-    for (size_t i : group) {
-      const LossJob& job = *jobs[i];
-      const int64_t n = job.rows();
-      if (!st.ok()) {
-        out[i] = st;
-        continue;
-      }
-      LossResult r;
-      r.loss.assign(loss_.begin() + row0, loss_.begin() + row0 + n);
-      for (float l : r.loss) r.loss_sum += l;
-      r.loss_mean = r.loss_sum / static_cast<double>(n);
-      r.cols = cols;
-      r.grad_dtype = job.grad_dtype;
-      if (grad_in_place) {
-        r.grad = std::move(whole_grad);
-      } else if (job.want_grad) {
-        r.grad = Narrowed(grad_.data() + row0 * cols, n * cols, job.grad_dtype);
-      }
-      r.timing.compute_seconds = compute;
-      r.timing.batch_rows = rows;
-      out[i] = std::move(r);
-      row0 += n;
-    }
+    r.timing = {.compute_seconds = call.seconds, .batch_rows = rows};
+    out.push_back(std::move(r));
+    row0 += n;
   }
   return out;
 }
 
-std::vector<absl::StatusOr<PredictResult>> Executor::Run(std::span<const PredictJob* const> jobs) {
-  std::vector<absl::StatusOr<PredictResult>> out(jobs.size());
-  const auto same = [](const PredictJob& a, const PredictJob& b) {
-    return a.want_probs == b.want_probs && Concatenable(a.input, b.input);
-  };
-  for (const std::vector<size_t>& group : Group(jobs, same)) {
-    std::vector<const ValidatedLabelerInput*> parts;
-    for (size_t i : group) parts.push_back(&jobs[i]->input);
-    const absl::StatusOr<ValidatedLabelerInput> in = ConcatenateLabelerInputs(parts, &concat_);
-    if (!in.ok()) {
-      for (size_t i : group) out[i] = in.status();
-      continue;
+std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
+    std::span<const PredictJob* const> group, const ValidatedLabelerInput& in) {
+  const bool want_probs = group.front()->want_probs;
+  const int64_t rows = in.rows(), cols = in.cols();
+  const bool probs_in_place = want_probs && group.size() == 1;
+  std::string whole_probs;
+  float* probs = nullptr;
+  if (probs_in_place) {
+    whole_probs.resize(static_cast<size_t>(rows * cols) * sizeof(float));
+    probs = reinterpret_cast<float*>(whole_probs.data());
+  } else if (want_probs) {
+    probs_.resize(static_cast<size_t>(rows * cols));
+    probs = probs_.data();
+  }
+  const KernelCall call = TimedKernelCall(JobKind::kPredict, rows,
+                                          [&] { return backend_->Label(in, &label_sets_, probs); });
+  if (!call.status.ok()) return {group.size(), call.status};
+  const LabelSets& all = label_sets_;
+  std::vector<absl::StatusOr<PredictResult>> out;
+  int64_t row0 = 0;
+  for (const PredictJob* job : group) {
+    const int64_t n = job->rows();
+    PredictResult r;
+    const int64_t first = all.row_offsets[row0], last = all.row_offsets[row0 + n];
+    r.labels.row_offsets.reserve(static_cast<size_t>(n) + 1);
+    for (int64_t k = row0; k <= row0 + n; ++k) {
+      r.labels.row_offsets.push_back(all.row_offsets[k] - first);
     }
-    const bool want_probs = jobs[group.front()]->want_probs;
-    const int64_t rows = in->rows(), cols = in->cols();
-    const bool probs_in_place = want_probs && group.size() == 1;
-    std::string whole_probs;
-    float* probs = nullptr;
+    r.labels.labels.assign(all.labels.begin() + first, all.labels.begin() + last);
+    r.labels.probs.assign(all.probs.begin() + first, all.probs.begin() + last);
+    r.cols = cols;
     if (probs_in_place) {
-      whole_probs.resize(static_cast<size_t>(rows * cols) * sizeof(float));
-      probs = reinterpret_cast<float*>(whole_probs.data());
+      r.probs = std::move(whole_probs);
     } else if (want_probs) {
-      probs_.resize(static_cast<size_t>(rows * cols));
-      probs = probs_.data();
+      r.probs.assign(reinterpret_cast<const char*>(probs_.data() + row0 * cols),
+                     static_cast<size_t>(n * cols) * sizeof(float));
     }
-    const SteadyTime t0 = clock_->Now();
-    const absl::Status st = backend_->Label(*in, &label_sets_, probs);
-    const double compute = SecondsSince(t0);
-    if (listener_ != nullptr) listener_->OnKernelCall(JobKind::kPredict, rows, compute, st.ok());
-    const LabelSets& all = label_sets_;
-    int64_t row0 = 0;
-    for (size_t i : group) {
-      const int64_t n = jobs[i]->rows();
-      if (!st.ok()) {
-        out[i] = st;
-        continue;
-      }
-      PredictResult r;
-      const int64_t first = all.row_offsets[row0], last = all.row_offsets[row0 + n];
-      r.labels.row_offsets.reserve(static_cast<size_t>(n) + 1);
-      for (int64_t k = row0; k <= row0 + n; ++k)
-        r.labels.row_offsets.push_back(all.row_offsets[k] - first);
-      r.labels.labels.assign(all.labels.begin() + first, all.labels.begin() + last);
-      r.labels.probs.assign(all.probs.begin() + first, all.probs.begin() + last);
-      r.cols = cols;
-      if (probs_in_place) {
-        r.probs = std::move(whole_probs);
-      } else if (want_probs) {
-        r.probs.assign(reinterpret_cast<const char*>(probs_.data() + row0 * cols),
-                       static_cast<size_t>(n * cols) * sizeof(float));
-      }
-      r.timing.compute_seconds = compute;
-      r.timing.batch_rows = rows;
-      out[i] = std::move(r);
-      row0 += n;
-    }
+    r.timing = {.compute_seconds = call.seconds, .batch_rows = rows};
+    out.push_back(std::move(r));
+    row0 += n;
   }
   return out;
 }

@@ -14,6 +14,7 @@
 #define ZLPR_SERVER_EXECUTOR_H_
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <span>
 #include <thread>
@@ -71,7 +72,17 @@ class Executor {
   }
 
  private:
-  double SecondsSince(SteadyTime t0) const;
+  struct KernelCall {
+    absl::Status status;
+    double seconds = 0;
+  };
+  // Runs `call` (one backend call of `rows` rows), timed and reported to the listener.
+  KernelCall TimedKernelCall(JobKind kind, int64_t rows, const std::function<absl::Status()>& call);
+  // One kernel call for a group of jobs that can share it; one result per job.
+  std::vector<absl::StatusOr<LossResult>> RunLossGroup(std::span<const LossJob* const> group,
+                                                       const ValidatedLossInput& in);
+  std::vector<absl::StatusOr<PredictResult>> RunPredictGroup(
+      std::span<const PredictJob* const> group, const ValidatedLabelerInput& in);
 
   Backend* const backend_;
   Clock* const clock_;

@@ -7,20 +7,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/test_support.h"
 
 namespace zlpr::server {
 namespace {
 
 using std::chrono::microseconds;
-
-class FakeClock final : public Clock {
- public:
-  SteadyTime Now() const override { return now_; }
-  void Advance(microseconds d) { now_ += d; }
-
- private:
-  SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
-};
 
 // Computes something simple and row-local (loss = row sum of scores, gradient = 2s, label = the
 // row's largest column, probability = 0.25 everywhere), takes 5 ms of fake time per call, and

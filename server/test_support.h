@@ -1,5 +1,6 @@
-// Helpers for tests that run a server on loopback: HTTP GET of /metrics, sample lookup, and a
-// bounded wait on a condition (no fixed sleeps).
+// Helpers for server tests: an injected clock that moves only when told, and, for tests that
+// run a server on loopback, HTTP GET of /metrics, sample lookup and a bounded wait on a
+// condition (no fixed sleeps).
 #ifndef ZLPR_SERVER_TEST_SUPPORT_H_
 #define ZLPR_SERVER_TEST_SUPPORT_H_
 
@@ -14,8 +15,19 @@
 #include <thread>
 
 #include "absl/strings/str_split.h"
+#include "server/batcher.h"
 
 namespace zlpr::server {
+
+// A Clock that stands still until Advance().
+class FakeClock final : public Clock {
+ public:
+  SteadyTime Now() const override { return now_; }
+  void Advance(std::chrono::microseconds d) { now_ += d; }
+
+ private:
+  SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
+};
 
 // GET http://127.0.0.1:port/path; the body.
 inline std::string HttpGet(int port, const std::string& path) {
