@@ -5,13 +5,17 @@ Runs build/bench/zlpr_kernels_bench (Google Benchmark, JSON) and the PyTorch bas
 run, both pinned to the same core, and prints one Markdown table of ns per element.
 
     /usr/bin/python3 bench/cpu_vs_torch.py --bench build/bench/zlpr_kernels_bench [--core 1]
+        [--before OTHER_BUILD/bench/zlpr_kernels_bench --rounds 3]
 
-Debian's python3-torch (CPU build) is the baseline: `scripts/install-deps.sh --bench`.
+Debian's python3-torch (CPU build) is the baseline: `scripts/install-deps.sh --bench`. With
+--before, an earlier build's benchmark runs in the same invocation, alternating with this one
+for --rounds rounds (medians), and the table gains a before/after column.
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -89,14 +93,26 @@ def ours(bench, core):
     return res
 
 
+def medians(runs):
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default="build/bench/zlpr_kernels_bench")
+    ap.add_argument("--before", default="", help="an earlier build's zlpr_kernels_bench")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating runs of each, medians")
     ap.add_argument("--core", type=int, default=1)
     args = ap.parse_args()
     os.sched_setaffinity(0, {args.core})
     torch.set_num_threads(1)
-    mine = ours(args.bench, args.core)
+    now_runs, before_runs = [], []
+    for _ in range(max(1, args.rounds)):
+        if args.before:
+            before_runs.append(ours(args.before, args.core))
+        now_runs.append(ours(args.bench, args.core))
+    mine = medians(now_runs)
+    before = medians(before_runs) if before_runs else None
     pairs = [
         ("loss, hard labels", "hard", "hard", 6.0),
         ("loss+grad, hard labels", "hard_grad", "hard_grad", 5.0),
@@ -107,14 +123,25 @@ def main():
     ]
     print(f"CPU: {platform.processor() or platform.machine()}, 1 thread pinned to core {args.core}, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print("\n| shape | op | zlpr ns/elem | PyTorch ns/elem | speed-up | target |")
-    print("|---|---|---:|---:|---:|---:|")
+    rounds = f" (medians of {args.rounds} alternating rounds)" if args.rounds > 1 else ""
+    if before:
+        print(f"before: {args.before}; after: {args.bench}{rounds}")
+        print("\n| shape | op | zlpr before ns/elem | zlpr after ns/elem | after/before | PyTorch ns/elem "
+              "| speed-up (after) | target |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("\n| shape | op | zlpr ns/elem | PyTorch ns/elem | speed-up | target |")
+        print("|---|---|---:|---:|---:|---:|")
     for rows, cols in SHAPES:
         t = torch_rows(rows, cols)
         for label, ours_key, torch_key, target in pairs:
             a, b = mine[(ours_key, rows, cols)], t[torch_key]
             verdict = "" if target is None else (f"≥{target:g}× " + ("met" if b / a >= target else "MISSED"))
-            print(f"| {rows}×{cols} | {label} | {a:.2f} | {b:.2f} | {b / a:.1f}× | {verdict} |")
+            if before:
+                p = before[(ours_key, rows, cols)]
+                print(f"| {rows}×{cols} | {label} | {p:.2f} | {a:.2f} | {a / p:.2f} | {b:.2f} | {b / a:.1f}× | {verdict} |")
+            else:
+                print(f"| {rows}×{cols} | {label} | {a:.2f} | {b:.2f} | {b / a:.1f}× | {verdict} |")
 
 
 if __name__ == "__main__":

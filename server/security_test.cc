@@ -3,9 +3,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -19,13 +19,6 @@ namespace zlpr::server {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string Read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // A CA, a server certificate for localhost/127.0.0.1, a client certificate from the same CA
 // and one from another ("rogue") CA.
@@ -54,7 +47,9 @@ class Certificates {
   ~Certificates() { fs::remove_all(dir_); }
   bool ok() const { return ok_; }
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string pem(const std::string& name) const { return Read(dir_ / name); }
+  std::string pem(const std::string& name) const {
+    return ReadFile((dir_ / name).string()).value_or("");
+  }
 
  private:
   fs::path dir_;
