@@ -109,6 +109,34 @@ absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& reque
   return PredictJob{.input = std::move(valid), .want_probs = request.want_probs()};
 }
 
+namespace {
+
+// Field framing: a tag and a length prefix of at most 1 + 10 bytes, for every field; the
+// fixed-size fields (sums, timing, shapes, dtype) fit in this slack too.
+constexpr int64_t kFraming = 11;
+constexpr int64_t kSlack = 160;
+
+int64_t TensorBytes(int64_t rows, int64_t cols, DType dtype) {
+  return 4 * kFraming + rows * cols * static_cast<int64_t>(DTypeSize(dtype));
+}
+
+}  // namespace
+
+int64_t DenseResponseBytes(const LossJob& job, size_t request_id_bytes) {
+  const int64_t rows = job.rows();
+  int64_t bytes = kSlack + kFraming + static_cast<int64_t>(request_id_bytes) + kFraming + 4 * rows;
+  if (job.want_grad) bytes += kFraming + TensorBytes(rows, job.input.cols(), job.grad_dtype);
+  return bytes;
+}
+
+int64_t DenseResponseBytes(const PredictJob& job, size_t request_id_bytes) {
+  const int64_t rows = job.rows();
+  // Each row's RowLabels message costs its framing even when it holds no label.
+  int64_t bytes = kSlack + kFraming + static_cast<int64_t>(request_id_bytes) + 2 * rows;
+  if (job.want_probs) bytes += kFraming + TensorBytes(rows, job.input.cols(), DType::kFloat32);
+  return bytes;
+}
+
 void FillResponse(LossResult result, v1::LossResponse* response) {
   const int64_t rows = static_cast<int64_t>(result.loss.size());
   response->mutable_loss()->Assign(result.loss.begin(), result.loss.end());

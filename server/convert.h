@@ -16,6 +16,13 @@ namespace zlpr::server {
 absl::StatusOr<LossJob> LossJobFromRequest(const v1::LossRequest& request);
 absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& request);
 
+// An upper bound on the serialized size of the response to a job, apart from the label lists a
+// Predict returns (which depend on the scores): the per-row losses, the gradient or the dense
+// probabilities, their framing, and the echoed request id of `request_id_bytes`. Known before
+// anything is computed, so a response that cannot fit the message limit is refused up front.
+int64_t DenseResponseBytes(const LossJob& job, size_t request_id_bytes);
+int64_t DenseResponseBytes(const PredictJob& job, size_t request_id_bytes);
+
 // Fills `response` from `result` (the gradient and probabilities bytes are moved, not copied).
 // The request id is the caller's to set.
 void FillResponse(LossResult result, v1::LossResponse* response);

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -122,7 +123,18 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   std::vector<std::string> env_flags;
   std::vector<char*> args = WithEnvironmentFlags(argc, argv, env_flags);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  const std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "zlpr-server: unexpected argument '%s': flags are --name=value\n",
+                 positional[1]);
+    return 2;
+  }
+  const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
+  if (!std::isfinite(grace_s) || grace_s < 0 || grace_s > 3600) {
+    std::fprintf(stderr, "zlpr-server: --shutdown_grace_s=%g: must be 0 to 3600\n", grace_s);
+    return 2;
+  }
 
   // Signals are taken by sigwait() below, never by a handler in another thread.
   sigset_t signals;
@@ -142,10 +154,10 @@ int main(int argc, char** argv) {
   }
   options.devices = *devices;
   options.threads = absl::GetFlag(FLAGS_threads);
-  options.batcher.max_batch_rows = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_batch_rows));
+  options.batcher.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.batcher.max_queue_delay =
       std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
-  options.batcher.max_queue_size = std::max<int64_t>(1, absl::GetFlag(FLAGS_max_queue_size));
+  options.batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.echo = absl::GetFlag(FLAGS_echo);
@@ -153,13 +165,13 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
-  options.shutdown_grace =
-      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
+  options.shutdown_grace = std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
 
   auto server = zlpr::server::Server::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "zlpr-server: %s\n", server.status().ToString().c_str());
-    return 1;
+    // A flag out of range is a usage error (2); a port in use or a missing device is not (1).
+    return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   std::printf(
       "zlpr-server %s listening: gRPC on port %d (%s), metrics on port %d (%s); backend %s: %s\n",

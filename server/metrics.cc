@@ -6,8 +6,8 @@
 namespace zlpr::server {
 namespace {
 
-const char* const kRejectNames[] = {"queue_full", "deadline",      "cancelled",
-                                    "invalid",    "shutting_down", "unauthenticated"};
+const char* const kRejectNames[] = {"queue_full",    "deadline",        "cancelled", "invalid",
+                                    "shutting_down", "unauthenticated", "too_large"};
 
 // Latency buckets from 50 µs to 30 s.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
@@ -85,7 +85,7 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                    .Add({});
   auto& rejected = BuildCounter()
                        .Name("zlpr_rejected_requests_total")
-                       .Help("Requests answered without being computed, by reason")
+                       .Help("Requests refused, dropped or too large to answer, by reason")
                        .Register(registry);
   for (int r = 0; r < static_cast<int>(Reject::kCount); ++r) {
     rejected_[r] = &rejected.Add({{"reason", kRejectNames[r]}});

@@ -26,6 +26,7 @@ enum class Reject {
   kInvalid,
   kShuttingDown,
   kUnauthenticated,
+  kTooLarge,  // the response would exceed the message limit
   kCount
 };
 

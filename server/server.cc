@@ -3,6 +3,8 @@
 
 #include <exception>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
@@ -21,6 +23,57 @@
 namespace zlpr::server {
 
 const char* Version() { return ZLPR_VERSION; }
+
+namespace {
+
+// "host:port" (or "[v6]:port"): the port, when there is a numeric one, must be 0 to 65535.
+// Other forms gRPC accepts (unix:PATH) are left to gRPC.
+absl::Status CheckAddress(const char* flag, const std::string& address, bool may_be_empty) {
+  if (address.empty()) {
+    if (may_be_empty) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": empty; use HOST:PORT"));
+  }
+  if (absl::StartsWith(address, "unix:")) return absl::OkStatus();
+  const size_t colon = address.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  int value = -1;
+  if (port.empty() || port.size() > 5 || !absl::SimpleAtoi(port, &value) || value < 0 ||
+      value > 65535 || port.find_first_not_of("0123456789") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", address, ": expected HOST:PORT with a port from 0 to 65535"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CheckRange(const char* flag, T value, T low, T high) {
+  if (value >= low && value <= high) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", flag, "=", value, ": must be ", low, " to ", high));
+}
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& o) {
+  ZLPR_RETURN_IF_ERROR(CheckAddress("grpc_address", o.grpc_address, /*may_be_empty=*/false));
+  ZLPR_RETURN_IF_ERROR(CheckAddress("metrics_address", o.metrics_address, /*may_be_empty=*/true));
+  ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
+  ZLPR_RETURN_IF_ERROR(
+      CheckRange<int64_t>("max_batch_rows", o.batcher.max_batch_rows, 1, kMaxBatchRows));
+  ZLPR_RETURN_IF_ERROR(
+      CheckRange<int64_t>("max_queue_size", o.batcher.max_queue_size, 1, kMaxQueueSize));
+  ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_queue_delay_us", o.batcher.max_queue_delay.count(),
+                                           0, kMaxQueueDelay.count()));
+  ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_message_bytes", o.max_message_bytes,
+                                           kMinMessageBytes, kMaxMessageBytes));
+  if (o.shutdown_grace.count() < 0 || o.shutdown_grace > kMaxShutdownGrace) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shutdown_grace_s=", o.shutdown_grace.count() / 1000.0, ": must be 0 to ",
+                     std::chrono::duration<double>(kMaxShutdownGrace).count()));
+  }
+  for (int d : o.devices) ZLPR_RETURN_IF_ERROR(CheckRange("devices", d, 0, 1023));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerOptions& options) {
   std::vector<std::unique_ptr<Backend>> backends;
@@ -87,6 +140,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  ZLPR_RETURN_IF_ERROR(ValidateServerOptions(options));
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   ZLPR_ASSIGN_OR_RETURN(auto backends, MakeBackends(options));
@@ -143,7 +197,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   } else {
     builder.RegisterService(s->service_.get());
   }
-  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  const int max_bytes = static_cast<int>(options.max_message_bytes);  // validated <= INT32_MAX
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   s->service_->Start();

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
@@ -47,6 +48,19 @@ struct ServerOptions {
 
 // The version this build reports (project version from CMake).
 const char* Version();
+
+// Bounds of the options a server accepts (Server::Start refuses anything outside them).
+inline constexpr int kMaxThreads = 1024;
+inline constexpr int64_t kMaxBatchRows = int64_t{1} << 20;
+inline constexpr int64_t kMaxQueueSize = int64_t{1} << 20;
+inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds(60);
+inline constexpr int64_t kMinMessageBytes = 1024;
+inline constexpr int64_t kMaxMessageBytes = 2147483647;  // gRPC's limits are ints
+inline constexpr std::chrono::milliseconds kMaxShutdownGrace = std::chrono::hours(1);
+
+// OK when every option is within its bounds; else INVALID_ARGUMENT naming the flag, the value
+// and what is allowed, e.g. "--max_batch_rows=0: must be 1 to 1048576".
+absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class Server {
  public:

@@ -32,9 +32,20 @@ Reject RejectReason(absl::StatusCode code) {
       return Reject::kShuttingDown;
     case absl::StatusCode::kUnauthenticated:
       return Reject::kUnauthenticated;
+    case absl::StatusCode::kOutOfRange:
+      return Reject::kTooLarge;
     default:
       return Reject::kInvalid;
   }
+}
+
+// OUT_OF_RANGE: the request is fine but its answer would not fit the message limit. Not
+// RESOURCE_EXHAUSTED (a full queue, worth retrying), and no client retries it unchanged.
+absl::Status ResponseTooLarge(int64_t bytes, int64_t limit, const char* qualifier) {
+  return absl::OutOfRangeError(absl::StrFormat(
+      "the response would be %s%d bytes, over the message limit of %d bytes "
+      "(--max_message_bytes): send fewer rows per request or ask for a narrower gradient",
+      qualifier, bytes, limit));
 }
 
 BatcherOptions WithMetrics(BatcherOptions o, Metrics* metrics) {
@@ -120,17 +131,29 @@ void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext
   if (absl::Status st = auth_.Check(*ctx); !st.ok()) return reject(st);
   absl::StatusOr<Job> job = convert(*request);
   if (!job.ok()) return reject(job.status());
-  Task<Job> task{
-      .job = *std::move(job),
-      .deadline = SteadyDeadline(ctx, *clock_),
-      .cancelled = [ctx] { return ctx->IsCancelled(); },
-      .done =
-          [response, done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
-            if (!result.ok()) return done({ToGrpc(result.status())});
-            const Timing timing = result->timing;
-            FillResponse(*std::move(result), response);
-            done({grpc::Status::OK, timing});
-          }};
+  const int64_t limit = options_.max_message_bytes;
+  const int64_t dense = DenseResponseBytes(*job, request->request_id().size());
+  if (dense > limit) return reject(ResponseTooLarge(dense, limit, "at least "));
+  Task<Job> task{.job = *std::move(job),
+                 .deadline = SteadyDeadline(ctx, *clock_),
+                 .cancelled = [ctx] { return ctx->IsCancelled(); },
+                 .done =
+                     [this, request, response, limit,
+                      done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
+                       if (!result.ok()) return done({ToGrpc(result.status())});
+                       const Timing timing = result->timing;
+                       FillResponse(*std::move(result), response);
+                       // Label lists depend on the scores: only now is the whole size known. Answer
+                       // with a clear error rather than let gRPC fail the send.
+                       const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
+                       if (bytes > limit) {
+                         response->Clear();
+                         response->set_request_id(request->request_id());
+                         metrics_->rejected(Reject::kTooLarge).Increment();
+                         return done({ToGrpc(ResponseTooLarge(bytes, limit, ""))});
+                       }
+                       done({grpc::Status::OK, timing});
+                     }};
   // A refusal (queue full, shutting down) is answered through the task's `done`.
   batcher_.Enqueue(std::move(task)).IgnoreError();
 }

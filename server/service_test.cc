@@ -142,6 +142,102 @@ TEST(ServerStartTest, APortInUseIsAClearErrorNotACrash) {
   EXPECT_EQ(Server::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ServerStartTest, OptionsOutOfRangeAreRefusedNamingTheFlag) {
+  const std::vector<std::pair<std::function<void(ServerOptions&)>, std::string>> cases = {
+      {[](ServerOptions& o) { o.grpc_address = "127.0.0.1:99999"; },
+       "--grpc_address=127.0.0.1:99999: expected HOST:PORT with a port from 0 to 65535"},
+      {[](ServerOptions& o) { o.grpc_address = ""; }, "--grpc_address: empty; use HOST:PORT"},
+      {[](ServerOptions& o) { o.metrics_address = "localhost"; },
+       "--metrics_address=localhost: expected HOST:PORT with a port from 0 to 65535"},
+      {[](ServerOptions& o) { o.batcher.max_batch_rows = 0; },
+       "--max_batch_rows=0: must be 1 to 1048576"},
+      {[](ServerOptions& o) { o.batcher.max_batch_rows = -5; },
+       "--max_batch_rows=-5: must be 1 to 1048576"},
+      {[](ServerOptions& o) { o.batcher.max_queue_size = 0; },
+       "--max_queue_size=0: must be 1 to 1048576"},
+      {[](ServerOptions& o) { o.batcher.max_queue_delay = std::chrono::microseconds(-1); },
+       "--max_queue_delay_us=-1: must be 0 to 60000000"},
+      {[](ServerOptions& o) { o.max_message_bytes = 0; },
+       "--max_message_bytes=0: must be 1024 to 2147483647"},
+      {[](ServerOptions& o) { o.max_message_bytes = -1; },
+       "--max_message_bytes=-1: must be 1024 to 2147483647"},
+      {[](ServerOptions& o) { o.threads = -2; }, "--threads=-2: must be 0 to 1024"},
+      {[](ServerOptions& o) { o.threads = 100000; }, "--threads=100000: must be 0 to 1024"},
+      {[](ServerOptions& o) { o.shutdown_grace = std::chrono::milliseconds(-1000); },
+       "--shutdown_grace_s=-1: must be 0 to 3600"},
+  };
+  for (const auto& [change, message] : cases) {
+    ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    o.metrics_address = "";
+    o.backend = "cpu";
+    change(o);
+    const absl::Status st = Server::Start(o).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << message;
+    EXPECT_EQ(st.message(), message);
+  }
+}
+
+TEST(ResponseLimitTest, AResponseThatCannotFitIsRefusedBeforeComputingWithOutOfRange) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "127.0.0.1:0";
+  o.backend = "cpu";
+  o.threads = 1;
+  o.max_message_bytes = 64 << 10;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ZlprService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->grpc_port()), grpc::InsecureChannelCredentials()));
+  // 20 x 1000 fp16 scores (40 kB) asking for an fp32 gradient (80 kB) or probabilities.
+  const testing::Problem p = testing::MakeProblem({.rows = 20, .cols = 1000, .seed = 4});
+  v1::LossRequest loss;
+  v1::EncodeMatrix(p.scores, 20, 1000, DType::kFloat16, loss.mutable_scores());
+  auto* sp = loss.mutable_sparse_labels();
+  sp->mutable_row_splits()->Add(p.row_splits.begin(), p.row_splits.end());
+  sp->mutable_indices()->Add(p.indices.begin(), p.indices.end());
+  loss.set_want_grad(true);
+  {
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    const grpc::Status st = stub->ComputeLoss(&ctx, loss, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+    EXPECT_THAT(st.error_message(), ::testing::StartsWith("the response would be at least 80"));
+    EXPECT_THAT(st.error_message(), HasSubstr("over the message limit of 65536 bytes"));
+  }
+  loss.set_grad_dtype(v1::BFLOAT16);  // 40 kB of gradient fits
+  {
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    EXPECT_TRUE(stub->ComputeLoss(&ctx, loss, &resp).ok());
+  }
+  v1::PredictRequest predict;
+  *predict.mutable_scores() = loss.scores();
+  predict.set_want_probs(true);
+  {
+    grpc::ClientContext ctx;
+    v1::PredictResponse resp;
+    EXPECT_EQ(stub->Predict(&ctx, predict, &resp).error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  }
+  const std::string metrics = HttpGet((*server)->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics, "zlpr_rows_total{op=\"loss\"}"), 20);  // the bf16 one only
+  EXPECT_EQ(MetricValue(metrics, "zlpr_rows_total{op=\"predict\"}"), 0);
+  // Label lists depend on the scores, so their size is known only after the labeler ran: every
+  // label of 20 x 1000 (about 9 bytes each) is over the limit, and answered as clearly.
+  predict.set_want_probs(false);
+  predict.set_threshold(0.0001f);
+  {
+    grpc::ClientContext ctx;
+    v1::PredictResponse resp;
+    const grpc::Status st = stub->Predict(&ctx, predict, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+    EXPECT_THAT(st.error_message(), HasSubstr("over the message limit of 65536 bytes"));
+  }
+  EXPECT_EQ(MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
+                        "zlpr_rejected_requests_total{reason=\"too_large\"}"),
+            3);
+}
+
 // --- Results equal the kernels' -------------------------------------------------------------
 
 TEST_F(ServiceTest, ComputeLossReturnsTheKernelsLossAndGradientPerRow) {
