@@ -178,6 +178,33 @@ TEST(EchoSecurityTest, TheEchoBaselineAsksForTheTokenToo) {
   EXPECT_TRUE(stub->Predict(&ctx, req, &resp).ok());
 }
 
+TEST(MetricsEndpointTest, IdleHalfSentRequestsCannotStarveTheScrape) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "127.0.0.1:0";
+  o.backend = "cpu";
+  o.threads = 1;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->metrics_port();
+  // Eight clients that send half a request and then nothing.
+  std::vector<int> idle;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = ConnectLoopback(port);
+    ASSERT_GE(fd, 0);
+    const std::string half = "GET /metrics HTTP/1.1\r\nHost: x\r\n";
+    ASSERT_EQ(write(fd, half.data(), half.size()), static_cast<ssize_t>(half.size()));
+    idle.push_back(fd);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::string body = HttpGet(port, "/metrics");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_THAT(body, ::testing::HasSubstr("zlpr_build_info"));
+  EXPECT_LT(seconds, 1.0);
+  for (int fd : idle) close(fd);
+}
+
 TEST_F(SecurityTest, MetricsPortServesMetricsOnly) {
   Start(/*mutual=*/false);
   EXPECT_THAT(HttpGet(server_->metrics_port(), "/metrics"),

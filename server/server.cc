@@ -26,6 +26,10 @@ const char* Version() { return ZLPR_VERSION; }
 
 namespace {
 
+// The metrics endpoint's serving threads and its per-read/write timeout (see Server::Start).
+constexpr int kMetricsThreads = 16;
+constexpr int kMetricsTimeoutMs = 2000;
+
 // "host:port" (or "[v6]:port"): the port, when there is a numeric one, must be 0 to 65535.
 // Other forms gRPC accepts (unix:PATH) are left to gRPC.
 absl::Status CheckAddress(const char* flag, const std::string& address, bool may_be_empty) {
@@ -173,7 +177,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   if (!options.metrics_address.empty()) {
     try {
-      s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address);
+      // CivetWeb serves one connection per thread and waits 30 s on a silent one by default,
+      // so two idle, half-sent requests would blind the scrapes: more threads, and a read or
+      // write that stalls for kMetricsTimeoutMs closes its connection.
+      s->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+          "listening_ports", options.metrics_address, "num_threads",
+          std::to_string(kMetricsThreads), "request_timeout_ms", std::to_string(kMetricsTimeoutMs)});
     } catch (const std::exception& e) {
       return absl::UnavailableError(
           absl::StrCat("--metrics_address=", options.metrics_address, ": ", e.what()));

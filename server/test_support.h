@@ -29,8 +29,8 @@ class FakeClock final : public Clock {
   SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
 };
 
-// GET http://127.0.0.1:port/path; the body.
-inline std::string HttpGet(int port, const std::string& path) {
+// A TCP connection to 127.0.0.1:port (-1 when refused), reads giving up after 10 s.
+inline int ConnectLoopback(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -38,8 +38,17 @@ inline std::string HttpGet(int port, const std::string& path) {
   inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return "";
+    return -1;
   }
+  timeval timeout{.tv_sec = 10, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  return fd;
+}
+
+// GET http://127.0.0.1:port/path; the body ("" when the server does not answer in 10 s).
+inline std::string HttpGet(int port, const std::string& path) {
+  const int fd = ConnectLoopback(port);
+  if (fd < 0) return "";
   const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
   (void)!write(fd, req.data(), req.size());
   std::string resp;
