@@ -36,7 +36,7 @@ test-asan: deps
 # installed abseil (scripts/build-tsan-abseil.sh: Debian's is not instrumented, so TSan could
 # not see absl::Mutex). Any report fails the run (halt_on_error).
 TSAN_ENV = LD_LIBRARY_PATH=$(abspath $(TSAN_BUILD))/abseil/lib \
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=4 suppressions=$(CURDIR)/tests/tsan.supp"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=7 suppressions=$(CURDIR)/tests/tsan.supp"
 test-tsan: deps
 	scripts/build-tsan-abseil.sh $(TSAN_BUILD)/abseil
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) \

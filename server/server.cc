@@ -1,6 +1,7 @@
 // Server: assembly, start-up and graceful shutdown.
 #include "server/server.h"
 
+#include <algorithm>
 #include <exception>
 
 #include "absl/strings/match.h"
@@ -8,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -25,6 +28,11 @@ namespace zlpr::server {
 const char* Version() { return ZLPR_VERSION; }
 
 namespace {
+
+// Shutdown: how long calls already on their way in get to reach the service once it refuses
+// new work, and how long gRPC then has to send the statuses of the last calls.
+constexpr std::chrono::milliseconds kDispatchSettle{100};
+constexpr std::chrono::milliseconds kStatusFlush{100};
 
 // The metrics endpoint's serving threads and its per-read/write timeout (see Server::Start).
 constexpr int kMetricsThreads = 16;
@@ -180,9 +188,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       // CivetWeb serves one connection per thread and waits 30 s on a silent one by default,
       // so two idle, half-sent requests would blind the scrapes: more threads, and a read or
       // write that stalls for kMetricsTimeoutMs closes its connection.
-      s->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-          "listening_ports", options.metrics_address, "num_threads",
-          std::to_string(kMetricsThreads), "request_timeout_ms", std::to_string(kMetricsTimeoutMs)});
+      s->exposer_ = std::make_unique<prometheus::Exposer>(
+          std::vector<std::string>{"listening_ports", options.metrics_address, "num_threads",
+                                   std::to_string(kMetricsThreads), "request_timeout_ms",
+                                   std::to_string(kMetricsTimeoutMs)});
     } catch (const std::exception& e) {
       return absl::UnavailableError(
           absl::StrCat("--metrics_address=", options.metrics_address, ": ", e.what()));
@@ -227,10 +236,17 @@ void Server::Shutdown() {
   shut_down_ = true;
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    const absl::Time deadline = absl::Now() + absl::FromChrono(options_.shutdown_grace);
+    // The service refuses new work itself (UNAVAILABLE) while gRPC keeps serving, so nothing
+    // gRPC has received is cancelled; the work in flight finishes (the workers still run).
     service_->BeginShutdown();
-    // Waits for every call in progress (queued requests are computed by the still-running
-    // workers), cancelling what is left at the deadline.
-    grpc_server_->Shutdown(std::chrono::system_clock::now() + options_.shutdown_grace);
+    service_->WaitForAcceptedCalls(deadline);
+    // Calls already on their way in reach the service and get their UNAVAILABLE.
+    absl::SleepFor(std::min(absl::FromChrono(kDispatchSettle), deadline - absl::Now()));
+    // Only then does gRPC stop: statuses still being sent get kStatusFlush; what is left after
+    // it (health watches, reflection streams, idle connections) is cancelled, so the exit
+    // takes as long as the work in flight, not as long as the grace.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + kStatusFlush);
     grpc_server_->Wait();
   }
   if (service_ != nullptr) service_->Stop();  // also when start-up failed half-way

@@ -72,9 +72,10 @@ class Server {
   const std::string& backend_name() const { return backend_name_; }
   const std::vector<std::string>& devices() const { return devices_; }
 
-  // Graceful and idempotent: health turns NOT_SERVING, new calls get UNAVAILABLE, streams end
-  // after answering what they sent, every accepted request is answered (within the grace
-  // period, after which what is left is cancelled), then the workers stop.
+  // Graceful and idempotent: health turns NOT_SERVING, new calls get UNAVAILABLE from the
+  // service, streams end after answering what they sent, every accepted request is answered
+  // (within the grace period, after which what is left is cancelled); then gRPC stops, ending
+  // health watches, reflection streams and idle connections at once, and the workers stop.
   void Shutdown();
 
  private:

@@ -108,9 +108,32 @@ ZlprServiceImpl::~ZlprServiceImpl() { Stop(); }
 void ZlprServiceImpl::Start() { workers_.Start(); }
 
 void ZlprServiceImpl::BeginShutdown() {
-  shutting_down_.store(true);
+  {
+    absl::MutexLock lock(&calls_mu_);
+    shutting_down_.store(true);
+  }
   batcher_.Shutdown();  // queued requests run now, without waiting to fill a batch
   streams_->DrainAll();
+}
+
+bool ZlprServiceImpl::CallBegins() {
+  absl::MutexLock lock(&calls_mu_);
+  if (shutting_down_.load()) return false;
+  ++accepted_calls_;
+  return true;
+}
+
+void ZlprServiceImpl::CallEnds(bool accepted) {
+  if (!accepted) return;
+  absl::MutexLock lock(&calls_mu_);
+  --accepted_calls_;
+}
+
+bool ZlprServiceImpl::WaitForAcceptedCalls(absl::Time deadline) {
+  absl::MutexLock lock(&calls_mu_);
+  return calls_mu_.AwaitWithDeadline(absl::Condition(
+                                         +[](int64_t* n) { return *n == 0; }, &accepted_calls_),
+                                     deadline);
 }
 
 void ZlprServiceImpl::Stop() {
@@ -171,6 +194,22 @@ void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
 
 namespace {
 
+// The reactor of every unary call: like gRPC's default one, and counted by the service from
+// creation to OnDone, so that shutdown can wait for the calls it accepted.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  // Made by NewReactor (stream_reactor.h); `accepted`: the service's CallBegins() for it.
+  UnaryReactor(ZlprServiceImpl* service, bool accepted) : service_(service), accepted_(accepted) {}
+  void OnDone() override {
+    service_->CallEnds(accepted_);
+    delete this;
+  }
+
+ private:
+  ZlprServiceImpl* const service_;
+  const bool accepted_;
+};
+
 // Finishes a unary call: timing in trailing metadata, metrics, then the status.
 template <typename Response>
 ZlprServiceImpl::Done UnaryDone(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx,
@@ -198,7 +237,7 @@ ZlprServiceImpl::Done UnaryDone(ZlprServiceImpl* service, grpc::CallbackServerCo
 grpc::ServerUnaryReactor* ZlprServiceImpl::ComputeLoss(grpc::CallbackServerContext* ctx,
                                                        const v1::LossRequest* request,
                                                        v1::LossResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
   SubmitLoss(ctx, request, response, UnaryDone(this, ctx, reactor, response, Method::kComputeLoss));
   return reactor;
 }
@@ -206,27 +245,31 @@ grpc::ServerUnaryReactor* ZlprServiceImpl::ComputeLoss(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ZlprServiceImpl::Predict(grpc::CallbackServerContext* ctx,
                                                    const v1::PredictRequest* request,
                                                    v1::PredictResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
   SubmitPredict(ctx, request, response, UnaryDone(this, ctx, reactor, response, Method::kPredict));
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* ZlprServiceImpl::StreamLoss(
     grpc::CallbackServerContext* ctx) {
-  return new StreamReactor<v1::LossRequest, v1::LossResponse>(this, ctx, Method::kStreamLoss,
-                                                              &ZlprServiceImpl::SubmitLoss);
+  auto* reactor = NewReactor<StreamReactor<v1::LossRequest, v1::LossResponse>>(
+      this, ctx, Method::kStreamLoss, &ZlprServiceImpl::SubmitLoss, CallBegins());
+  reactor->Start();
+  return reactor;
 }
 
 grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* ZlprServiceImpl::StreamPredict(
     grpc::CallbackServerContext* ctx) {
-  return new StreamReactor<v1::PredictRequest, v1::PredictResponse>(
-      this, ctx, Method::kStreamPredict, &ZlprServiceImpl::SubmitPredict);
+  auto* reactor = NewReactor<StreamReactor<v1::PredictRequest, v1::PredictResponse>>(
+      this, ctx, Method::kStreamPredict, &ZlprServiceImpl::SubmitPredict, CallBegins());
+  reactor->Start();
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerContext* ctx,
                                                          const v1::ServerInfoRequest*,
                                                          v1::ServerInfo* info) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
   const SteadyTime start = clock_->Now();
   if (absl::Status st = auth_.Check(*ctx); !st.ok()) {
     metrics_->rejected(Reject::kUnauthenticated).Increment();

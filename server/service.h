@@ -21,6 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "kernels/zlpr.h"
 #include "server/auth.h"
 #include "server/batcher.h"
@@ -53,6 +56,9 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   // New calls and stream messages get UNAVAILABLE; open streams end (UNAVAILABLE) once every
   // message they already sent is answered; queued requests are still computed.
   void BeginShutdown();
+  // Waits until every call accepted before BeginShutdown() is done (its reactor's OnDone ran),
+  // or `deadline`; false at the deadline.
+  bool WaitForAcceptedCalls(absl::Time deadline);
   // Waits for the queues to drain and joins the workers. Call after the gRPC server shut down.
   void Stop();
 
@@ -85,6 +91,11 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
                      v1::PredictResponse* response, Done done);
 
+  // A call begins (a reactor is made) and ends (its OnDone). Begin returns whether the call was
+  // accepted before shutdown began, which End must be told.
+  bool CallBegins();
+  void CallEnds(bool accepted);
+
   const BearerAuth& auth() const { return auth_; }
   Metrics& metrics() { return *metrics_; }
   Clock& clock() { return *clock_; }
@@ -107,6 +118,8 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   Workers workers_;
   std::unique_ptr<StreamRegistry> streams_;
   std::atomic<bool> shutting_down_{false};
+  absl::Mutex calls_mu_;
+  int64_t accepted_calls_ ABSL_GUARDED_BY(calls_mu_) = 0;  // begun before shutdown, not done
 };
 
 // grpc::Status from absl::Status (the codes are the same numbers).

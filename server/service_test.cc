@@ -757,3 +757,103 @@ TEST_F(ServiceTest, HealthIsServingThenNotServingAfterShutdownBegins) {
 
 }  // namespace
 }  // namespace zlpr::server
+
+namespace zlpr::server {
+namespace {
+
+// A server for the shutdown tests: CPU, one thread, no metrics endpoint, a long grace.
+std::unique_ptr<Server> StartForShutdown() {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.backend = "cpu";
+  o.threads = 1;
+  o.shutdown_grace = std::chrono::seconds(10);
+  auto s = Server::Start(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+TEST(ShutdownTest, UnderLoadNoCallSentBeforeShutdownEndsOtherThanOkOrUnavailable) {
+  const testing::Problem p = testing::MakeProblem({.rows = 1, .cols = 1000, .seed = 2});
+  v1::PredictRequest req;
+  v1::EncodeMatrix(p.scores, 1, 1000, DType::kFloat32, req.mutable_scores());
+  req.set_top_k(5);
+  for (int run = 0; run < 10; ++run) {
+    std::unique_ptr<Server> server = StartForShutdown();
+    ASSERT_NE(server, nullptr);
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->grpc_port()),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = v1::ZlprService::NewStub(channel);
+    using Clock = std::chrono::steady_clock;
+    struct Outcome {
+      Clock::time_point sent;
+      grpc::StatusCode code;
+    };
+    absl::Mutex mu;
+    std::vector<Outcome> outcomes;
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> callers;
+    for (int i = 0; i < 16; ++i) {
+      callers.emplace_back([&] {
+        while (!stop.load()) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+          v1::PredictResponse resp;
+          const Clock::time_point sent = Clock::now();
+          const grpc::Status st = stub->Predict(&ctx, req, &resp);
+          absl::MutexLock lock(&mu);
+          outcomes.push_back({sent, st.error_code()});
+        }
+      });
+    }
+    ASSERT_TRUE(WaitUntil([&] {
+      absl::MutexLock lock(&mu);
+      return outcomes.size() > 200;
+    }));
+    const Clock::time_point signal = Clock::now();
+    server->Shutdown();
+    stop.store(true);
+    for (std::thread& t : callers) t.join();
+    absl::MutexLock lock(&mu);
+    int before = 0, bad = 0;
+    for (const Outcome& o : outcomes) {
+      if (o.sent >= signal) continue;
+      ++before;
+      if (o.code != grpc::StatusCode::OK && o.code != grpc::StatusCode::UNAVAILABLE) {
+        ++bad;
+        ADD_FAILURE() << "run " << run << ": a call sent before the shutdown ended with code "
+                      << o.code;
+      }
+    }
+    EXPECT_GT(before, 200);
+    EXPECT_EQ(bad, 0) << "run " << run;
+  }
+}
+
+TEST(ShutdownTest, HealthWatchesAndIdleConnectionsDoNotHoldTheExit) {
+  std::unique_ptr<Server> server = StartForShutdown();
+  ASSERT_NE(server, nullptr);
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  // An idle connection...
+  auto idle = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->grpc_port()),
+                                  grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(idle->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5)));
+  // ...and an open health watch.
+  grpc::ClientContext watch_ctx;
+  grpc::health::v1::HealthCheckRequest watch_req;
+  auto watch = grpc::health::v1::Health::NewStub(channel)->Watch(&watch_ctx, watch_req);
+  grpc::health::v1::HealthCheckResponse first;
+  ASSERT_TRUE(watch->Read(&first));
+  EXPECT_EQ(first.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  const auto start = std::chrono::steady_clock::now();
+  server->Shutdown();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 1.0) << "the 10 s grace is for work in flight, and there is none";
+  watch_ctx.TryCancel();
+}
+
+}  // namespace
+}  // namespace zlpr::server
