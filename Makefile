@@ -3,11 +3,15 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZERS := convert cli_readers
 CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-container run bench-cpu format clean
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-container run \
+  bench-cpu format clean
 
 all: build
 
@@ -19,9 +23,9 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Every test: unit, service, client and deployment tests (ctest), the kernel tests under
-# ASan+UBSan, the server and client tests under ThreadSanitizer, then the container image built
-# and run for real (podman, as root).
-test: test-unit test-asan test-tsan test-container
+# ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
+# then the container image built and run for real (podman, as root).
+test: test-unit test-asan test-tsan test-fuzz test-container
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -45,6 +49,29 @@ test-tsan: deps
 	$(TSAN_ENV) ctest --test-dir $(TSAN_BUILD) --output-on-failure -j $(JOBS) -L "service|client" \
 	  -E ClientPackage
 
+# libFuzzer harnesses (fuzz/), built with clang under ASan+UBSan. Each run starts from the
+# committed seeds (fuzz/corpus/NAME, read only) and grows its own corpus in $(FUZZ_BUILD);
+# a finding is written to $(FUZZ_BUILD)/ and fails the run.
+fuzz-build: deps
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  $(LAUNCHER) -DZLPR_CUDA=OFF -DZLPR_BUILD_BENCH=OFF -DZLPR_FUZZ=ON -DZLPR_SANITIZE=address,undefined
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZERS:%=zlpr_%_fuzzer)
+
+define run_fuzzers
+	for f in $(FUZZERS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$f && \
+	  $(FUZZ_BUILD)/fuzz/zlpr_$${f}_fuzzer -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/ $(FUZZ_BUILD)/corpus/$$f fuzz/corpus/$$f \
+	    || exit 1; \
+	done
+endef
+
+test-fuzz: fuzz-build
+	$(call run_fuzzers,30)
+
+fuzz: fuzz-build
+	$(call run_fuzzers,$(FUZZ_SECONDS))
+
 test-container: build
 	tests/deploy/container_test.sh $(BUILD)
 
@@ -61,4 +88,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

@@ -176,8 +176,9 @@ absl::StatusOr<FloatMatrix> JsonMatrix(const std::string& path, const std::strin
 absl::StatusOr<Json> ParseJson(const std::string& text) {
   try {
     return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    // nlohmann reports errors by exception; this is the only place they are caught.
+  } catch (const Json::exception& e) {
+    // nlohmann reports errors by exception (parse_error, and out_of_range for a number too
+    // large for a double); this is the only place they are caught.
     return absl::InvalidArgumentError(absl::StrCat("invalid JSON: ", e.what()));
   }
 }
@@ -192,6 +193,20 @@ Json JsonFloat(float f) {
 
 absl::StatusOr<FloatMatrix> ReadFloatMatrix(const std::string& path) {
   ZLPR_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  return ParseFloatMatrix(path, bytes);
+}
+
+absl::StatusOr<ByteMatrix> ReadByteMatrix(const std::string& path) {
+  ZLPR_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  return ParseByteMatrix(path, bytes);
+}
+
+absl::StatusOr<SparseLabels> ReadSparseLabels(const std::string& path) {
+  ZLPR_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  return ParseSparseLabels(path, bytes);
+}
+
+absl::StatusOr<FloatMatrix> ParseFloatMatrix(const std::string& path, const std::string& bytes) {
   if (!absl::EndsWith(path, ".npy")) return JsonMatrix(path, bytes);
   ZLPR_ASSIGN_OR_RETURN(const Npy npy, ParseNpy(path, bytes));
   FloatMatrix m;
@@ -216,16 +231,15 @@ absl::StatusOr<FloatMatrix> ReadFloatMatrix(const std::string& path) {
   return m;
 }
 
-absl::StatusOr<ByteMatrix> ReadByteMatrix(const std::string& path) {
+absl::StatusOr<ByteMatrix> ParseByteMatrix(const std::string& path, const std::string& bytes) {
   ByteMatrix m;
   if (!absl::EndsWith(path, ".npy")) {
-    ZLPR_ASSIGN_OR_RETURN(const FloatMatrix f, ReadFloatMatrix(path));
+    ZLPR_ASSIGN_OR_RETURN(const FloatMatrix f, JsonMatrix(path, bytes));
     m.rows = f.rows;
     m.cols = f.cols;
     for (float x : f.data) m.data.push_back(x != 0.0f ? 1 : 0);
     return m;
   }
-  ZLPR_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
   ZLPR_ASSIGN_OR_RETURN(const Npy npy, ParseNpy(path, bytes));
   if (npy.descr != "|u1" && npy.descr != "<u1" && npy.descr != "|b1") {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -240,8 +254,7 @@ absl::StatusOr<ByteMatrix> ReadByteMatrix(const std::string& path) {
   return m;
 }
 
-absl::StatusOr<SparseLabels> ReadSparseLabels(const std::string& path) {
-  ZLPR_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+absl::StatusOr<SparseLabels> ParseSparseLabels(const std::string& path, const std::string& bytes) {
   absl::StatusOr<Json> json = ParseJson(bytes);
   if (!json.ok())
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));

@@ -38,6 +38,12 @@ struct SparseLabels {
 // JSON {"row_splits": [...], "indices": [...], "values": [...]} ("values" optional).
 absl::StatusOr<SparseLabels> ReadSparseLabels(const std::string& path);
 
+// The same readers on bytes already in memory; `name` decides the format (.npy or JSON) and
+// names the input in errors.
+absl::StatusOr<FloatMatrix> ParseFloatMatrix(const std::string& name, const std::string& bytes);
+absl::StatusOr<ByteMatrix> ParseByteMatrix(const std::string& name, const std::string& bytes);
+absl::StatusOr<SparseLabels> ParseSparseLabels(const std::string& name, const std::string& bytes);
+
 // Parses JSON text; INVALID_ARGUMENT with the parser's position and reason.
 absl::StatusOr<nlohmann::ordered_json> ParseJson(const std::string& text);
 

@@ -158,6 +158,12 @@ TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
   WriteText(Path("bad.json"), "[[1, 2], [3, ");
   EXPECT_EQ(Run({"predict", "--scores=" + Path("bad.json")}), 2);
   EXPECT_THAT(err_.str(), HasSubstr("bad.json: invalid JSON: "));
+
+  // Found by fuzz/cli_readers_fuzzer: a number too large for a double made the JSON library
+  // throw out_of_range, which was not caught, and zlpr-cli died in std::terminate.
+  WriteText(Path("huge.json"), "[[1e999, 2]]");
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("huge.json")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("huge.json: invalid JSON: "));
 }
 
 TEST_F(CliTest, UnknownFlagsAndBadValuesAreUsageErrors) {

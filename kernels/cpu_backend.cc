@@ -67,6 +67,28 @@ RowTotals MergeRow(const ChunkState* states, int64_t n) {
   return t;
 }
 
+// A row total below this can only come from subnormal labels: a label >= 2^-126 on the entry
+// that sets a term's maximum keeps that term's total D >= 2^-126 (and 1 - t >= 2^-24 keeps the
+// negative one above that). Scaling the gradient by 1/D would then overflow, so such rows are
+// evaluated exactly instead (ExactRow).
+constexpr float kMinRowTotal = 1e-30f;
+
+bool NeedsExactRow(const RowTotals& t) { return t.p.D() < kMinRowTotal || t.n.D() < kMinRowTotal; }
+
+// One LSE term in double, online from the appended zero (docs/MATH.md, "Stable evaluation").
+struct ExactLse {
+  double m = 0, r = 1;
+  void Add(double v) {
+    if (v > m) {
+      r = r * std::exp(m - v) + 1;
+      m = v;
+    } else {
+      r += std::exp(v - m);
+    }
+  }
+  double Value() const { return m + std::log(r); }
+};
+
 // Per-thread buffers for widened, masked or densified chunks.
 struct Scratch {
   std::vector<float> s, t;
@@ -136,6 +158,38 @@ ChunkState ReduceChunk(const ChunkRef& c, int64_t n, float* e) {
   return st;
 }
 
+// Row r in double with log t folded into each exponent (x = -s + log t, y = s + log(1 - t)), for
+// the rows NeedsExactRow picks: their fp32 totals are too small to scale by. Writes the loss
+// and, when `grad` is set, the row's gradient.
+void ExactRow(const LossInput& in, int64_t r, float* loss, float* grad) {
+  const int64_t cols = in.scores.cols;
+  std::vector<float> s(static_cast<size_t>(cols)), t(static_cast<size_t>(cols));
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, cols - c0);
+    const ChunkRef c = LoadChunk(in, r, c0, n);
+    std::copy(c.s, c.s + n, s.begin() + c0);
+    std::copy(c.t, c.t + n, t.begin() + c0);
+  }
+  ExactLse p, q;
+  for (int64_t i = 0; i < cols; ++i) {
+    if (s[i] == kNegInf) continue;
+    if (t[i] > 0.0f) p.Add(-static_cast<double>(s[i]) + std::log(static_cast<double>(t[i])));
+    if (t[i] < 1.0f) q.Add(static_cast<double>(s[i]) + std::log1p(-static_cast<double>(t[i])));
+  }
+  const double pv = p.Value(), nv = q.Value();
+  *loss = static_cast<float>(pv + nv);
+  if (grad == nullptr) return;
+  for (int64_t i = 0; i < cols; ++i) {
+    double g = 0;
+    if (s[i] != kNegInf) {
+      const double si = s[i], ti = t[i];
+      if (ti < 1.0) g += std::exp(si + std::log1p(-ti) - nv);
+      if (ti > 0.0) g -= std::exp(-si + std::log(ti) - pv);
+    }
+    grad[i] = static_cast<float>(g);
+  }
+}
+
 void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTotals& tot, float* g) {
   const float sp = tot.p.Scale(st.mp), sn = tot.n.Scale(st.mn);
   if (st.hard) {
@@ -191,6 +245,7 @@ absl::Status CpuBackend::Loss(const ValidatedLossInput& valid, const LossOutput&
       float* g = out.grad != nullptr ? out.grad + r * cols : nullptr;
       const ChunkState st = ReduceChunk(c, cols, g);
       const RowTotals tot = MergeRow(&st, 1);
+      if (NeedsExactRow(tot)) return ExactRow(in, r, &out.loss[r], g);
       out.loss[r] = tot.loss;
       if (g != nullptr) GradChunk(c, cols, st, tot, g);
     });
@@ -221,8 +276,13 @@ absl::Status CpuBackend::Loss(const ValidatedLossInput& valid, const LossOutput&
     pool_.ParallelFor(units, [&](int64_t u) {
       int64_t r, c0;
       const int64_t n = chunk_span(u, &r, &c0);
+      if (NeedsExactRow(totals_[r])) return;
       GradChunk(LoadChunk(in, r, c0, n), n, states_[u], totals_[r], out.grad + r * cols + c0);
     });
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!NeedsExactRow(totals_[r])) continue;
+    ExactRow(in, r, &out.loss[r], out.grad != nullptr ? out.grad + r * cols : nullptr);
   }
   return absl::OkStatus();
 }

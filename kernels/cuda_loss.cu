@@ -73,7 +73,7 @@ __device__ __forceinline__ void AddEntry(RowState& st, float s, float t) {
 
 // What the gradient needs from a finished row: m and 1 / (e^{-m} + r) per term.
 struct RowTotals {
-  float mp, inv_dp, mn, inv_dn, loss;
+  float mp, dp, inv_dp, mn, inv_dn, loss;
 };
 
 __device__ __forceinline__ float LseValue(const Lse& l) {
@@ -84,18 +84,29 @@ __device__ __forceinline__ RowTotals Finish(const RowState& st) {
   RowTotals t;
   t.mp = st.p.m;
   t.mn = st.n.m;
-  t.inv_dp = 1.0f / (expf(-st.p.m) + st.p.r);
+  t.dp = expf(-st.p.m) + st.p.r;
+  t.inv_dp = 1.0f / t.dp;
   t.inv_dn = 1.0f / (expf(-st.n.m) + st.n.r);
   t.loss = LseValue(st.p) + LseValue(st.n);
   return t;
 }
 
-// ∂L/∂s = (1-t)·e^{s-N} - t·e^{-s-P}, each term only where its weight is non-zero.
+// ∂L/∂s = (1-t)·e^{s-N} - t·e^{-s-P}, each term only where its weight is non-zero. The negative
+// total is at least 2^-24 (1 - t >= 2^-24 for t < 1), but the positive one is subnormal when a
+// subnormal label sets its maximum: 1/total is then inf, and that rare term is evaluated with
+// log t folded into the exponent, in double.
 __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
   if (s == -INFINITY) return 0.0f;
   float g = 0.0f;
   if (t < 1.0f) g += (1.0f - t) * expf(s - tot.mn) * tot.inv_dn;
-  if (t > 0.0f) g -= t * expf(-s - tot.mp) * tot.inv_dp;
+  if (t > 0.0f) {
+    if (isfinite(tot.inv_dp)) {
+      g -= t * expf(-s - tot.mp) * tot.inv_dp;
+    } else {
+      const double p = static_cast<double>(tot.mp) + log(static_cast<double>(tot.dp));
+      g -= static_cast<float>(exp(log(static_cast<double>(t)) - static_cast<double>(s) - p));
+    }
+  }
   return g;
 }
 

@@ -290,6 +290,37 @@ TEST(CpuLossTest, InvalidInputWritesNothing) {
   EXPECT_EQ(grad, std::vector<float>(3, -5.0f));
 }
 
+TEST(CpuLossTest, SubnormalLabelsGiveTheExactLossAndGradientNotNaN) {
+  // Found by fuzz/convert_fuzzer: a subnormal label on the entry that sets the positive term's
+  // maximum left that term's fp32 total subnormal, 1/total overflowed, and the gradient was
+  // NaN at every t = 0 entry. One row of one chunk, and one of several chunks.
+  for (int64_t cols : {7, 20000}) {
+    std::vector<float> s(cols), t(cols, 0.0f);
+    for (int64_t c = 0; c < cols; ++c) s[c] = static_cast<float>(c % 5) - 2.0f;
+    t[3] = t[4] = t[5] = 1.0f;
+    s[2] = -std::numeric_limits<float>::infinity();
+    const int64_t tiny = cols - 1;  // in the last chunk of the long row
+    s[tiny] = -344064.0f;
+    t[tiny] = 4.48415509e-44f;  // subnormal
+    LossInput in;
+    in.scores = {s.data(), DType::kFloat32, 1, cols};
+    in.labels = MatrixView{t.data(), DType::kFloat32, 1, cols};
+    float loss = -1;
+    std::vector<float> grad(cols, 9.0f);
+    ASSERT_TRUE(NewCpuBackend({.threads = 2})->Loss(in, {&loss, grad.data()}).ok());
+    const std::vector<double> sd(s.begin(), s.end()), td(t.begin(), t.end());
+    const reference::Row row{sd.data(), td.data(), nullptr, cols};
+    const double ref = reference::Loss(row);
+    EXPECT_NEAR(loss, ref, testing::LossTolerance(ref)) << "cols " << cols;
+    std::vector<double> ref_grad(cols);
+    reference::Grad(row, ref_grad.data());
+    for (int64_t c = 0; c < cols; ++c) {
+      ASSERT_NEAR(grad[c], ref_grad[c], testing::GradTolerance(ref_grad[c])) << "column " << c;
+    }
+    EXPECT_NEAR(grad[tiny], -1.0, 1e-6);
+  }
+}
+
 // --- Probabilities and the labeler ------------------------------------------------------------
 
 TEST(CpuProbabilitiesTest, MatchSigmaOfTwoSAndZeroWhereExcluded) {

@@ -23,6 +23,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
   python3 python3-pip python3-numpy prometheus
+  clang libclang-rt-14-dev
 )
 if [ "$build_only" = 1 ]; then
   packages=(build-essential cmake ninja-build pkg-config

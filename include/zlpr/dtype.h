@@ -99,6 +99,7 @@ inline const void* ElementAt(const void* data, DType dtype, int64_t i) {
 
 // Writes the n values of `dtype` at `src` to `dst` as fp32 (exact).
 inline void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst) {
+  if (n <= 0) return;  // and never memcpy from or to a null pointer
   if (dtype == DType::kFloat32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
@@ -120,6 +121,7 @@ inline float LoadAsFloat(const void* src, DType dtype, int64_t i) {
 
 // Writes the n fp32 values at `src` to `dst` as `dtype` (round to nearest even).
 inline void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst) {
+  if (n <= 0) return;
   if (dtype == DType::kFloat32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
