@@ -1,19 +1,16 @@
 // The transport's ceiling, for benchmarks: zlpr.v1.ZlprService answered without validation,
 // batching or compute, each response as large as the real one would be (ComputeLoss returns
 // the scores' bytes as the gradient, Predict an empty label list per row). zlpr-server --echo.
-// It checks the bearer token as the real service does.
+// The bearer token is checked by the port's credentials (auth.h), for it as for the real service.
 #ifndef ZLPR_SERVER_ECHO_SERVICE_H_
 #define ZLPR_SERVER_ECHO_SERVICE_H_
 
-#include "server/auth.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr::server {
 
 class EchoService final : public v1::ZlprService::CallbackService {
  public:
-  explicit EchoService(std::string auth_token) : auth_(std::move(auth_token)) {}
-
   grpc::ServerUnaryReactor* ComputeLoss(grpc::CallbackServerContext* ctx,
                                         const v1::LossRequest* request,
                                         v1::LossResponse* response) override;
@@ -30,9 +27,6 @@ class EchoService final : public v1::ZlprService::CallbackService {
 
   static void Echo(const v1::LossRequest& request, v1::LossResponse* response);
   static void Echo(const v1::PredictRequest& request, v1::PredictResponse* response);
-
- private:
-  const BearerAuth auth_;
 };
 
 }  // namespace zlpr::server

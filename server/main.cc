@@ -1,4 +1,5 @@
-// zlpr-server: flags in, Server out; SIGTERM or SIGINT shut it down gracefully (exit 0).
+// zlpr-server: flags in, Server out; SIGTERM or SIGINT shut it down gracefully (exit 0), SIGHUP
+// reads --auth_token_file again.
 #include <malloc.h>
 #include <signal.h>
 
@@ -41,6 +42,13 @@ ABSL_FLAG(int64_t, max_queue_size, 1024,
           "Queued requests per operation before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes (clients must allow the same)");
+ABSL_FLAG(int64_t, max_inflight_bytes, 0,
+          "Bytes all requests in flight may hold together (each about twice its message plus "
+          "twice its response); a request that does not fit gets RESOURCE_EXHAUSTED. 0: a "
+          "sixteenth of the memory available (the cgroup limit in a container), at least 256 MiB");
+ABSL_FLAG(int64_t, transport_memory_bytes, 0,
+          "gRPC's resource quota: memory for connections and messages being received or sent "
+          "(under pressure it slows senders down); 0: same default as --max_inflight_bytes");
 ABSL_FLAG(double, shutdown_grace_s, 10.0,
           "On SIGTERM/SIGINT, seconds to finish accepted requests before cancelling the rest");
 ABSL_FLAG(int, threads, 0, "Threads of the CPU backend; 0: one per hardware thread");
@@ -49,8 +57,11 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mutual TLS)");
 ABSL_FLAG(std::string, auth_token_file, "",
-          "File with a bearer token that zlpr.v1 calls must send as \"authorization: Bearer "
-          "<token>\" (UNAUTHENTICATED otherwise); health checks are exempt");
+          "File with a bearer token that calls must send as \"authorization: Bearer <token>\" "
+          "(UNAUTHENTICATED from the headers otherwise; health checks and reflection are exempt). "
+          "Read again when it changes and on SIGHUP");
+ABSL_FLAG(double, auth_token_grace_s, 300,
+          "After the token file changes, seconds the previous token is still accepted");
 ABSL_FLAG(bool, echo, false,
           "Benchmark baseline: answer every call with an equally sized response without "
           "validating, batching or computing (zlpr-bench --baseline=echo)");
@@ -69,12 +80,15 @@ std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::
                                        "adaptive_queue_delay",
                                        "max_queue_size",
                                        "max_message_bytes",
+                                       "max_inflight_bytes",
+                                       "transport_memory_bytes",
                                        "shutdown_grace_s",
                                        "threads",
                                        "tls_cert",
                                        "tls_key",
                                        "tls_client_ca",
                                        "auth_token_file",
+                                       "auth_token_grace_s",
                                        "echo"};
   for (const char* flag : kFlags) {
     std::string env = "ZLPR_";
@@ -108,7 +122,8 @@ int main(int argc, char** argv) {
       "Usage: zlpr-server [--flag=value ...]; --help lists every flag. Each flag can also be\n"
       "set in the environment as ZLPR_<FLAG>, e.g. ZLPR_MAX_BATCH_ROWS=64 (flags win).");
   // Messages of megabytes are allocated and freed on every call: keep them in the heap for
-  // reuse instead of fresh mmap()s, whose page faults and zeroing cost more than the copy.
+  // reuse instead of fresh mmap()s, whose page faults and zeroing cost more than the copy. The
+  // server gives the heap back to the system once the load has gone (MemoryBudget's Reclaimer).
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
@@ -135,12 +150,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "zlpr-server: --shutdown_grace_s=%g: must be 0 to 3600\n", grace_s);
     return 2;
   }
+  const double token_grace_s = absl::GetFlag(FLAGS_auth_token_grace_s);
+  if (!std::isfinite(token_grace_s) || token_grace_s < 0 || token_grace_s > 86400) {
+    std::fprintf(stderr, "zlpr-server: --auth_token_grace_s=%g: must be 0 to 86400\n",
+                 token_grace_s);
+    return 2;
+  }
 
   // Signals are taken by sigwait() below, never by a handler in another thread.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   zlpr::server::ServerOptions options;
@@ -160,11 +182,15 @@ int main(int argc, char** argv) {
   options.batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  options.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);
   options.echo = absl::GetFlag(FLAGS_echo);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.auth_token_grace =
+      std::chrono::milliseconds(static_cast<int64_t>(token_grace_s * 1000));
   options.shutdown_grace = std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
 
   auto server = zlpr::server::Server::Start(options);
@@ -181,7 +207,9 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    (*server)->ReloadAuthToken().IgnoreError();  // an error is logged; the old token stays
+  }
   std::printf("zlpr-server: signal %d, shutting down (grace %.1f s)\n", sig,
               absl::GetFlag(FLAGS_shutdown_grace_s));
   std::fflush(stdout);

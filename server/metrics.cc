@@ -1,13 +1,17 @@
 // Metric families and their cached handles.
 #include "server/metrics.h"
 
+#include <iterator>
+
 #include "absl/status/status.h"
 
 namespace zlpr::server {
 namespace {
 
-const char* const kRejectNames[] = {"queue_full",    "deadline",        "cancelled", "invalid",
-                                    "shutting_down", "unauthenticated", "too_large"};
+const char* const kRejectNames[] = {"queue_full",      "deadline",  "cancelled",
+                                    "invalid",         "shutting_down", "unauthenticated",
+                                    "too_large",       "memory"};
+static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
 // Latency buckets from 50 µs to 30 s.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
@@ -83,6 +87,13 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                    .Help("Requests accepted and not yet answered")
                    .Register(registry)
                    .Add({});
+  auto& inflight_bytes = BuildGauge()
+                             .Name("zlpr_inflight_bytes")
+                             .Help("Bytes of the memory budget held by requests in flight, and "
+                                   "the budget (--max_inflight_bytes)")
+                             .Register(registry);
+  inflight_bytes_ = &inflight_bytes.Add({{"kind", "held"}});
+  inflight_bytes_limit_ = &inflight_bytes.Add({{"kind", "limit"}});
   auto& rejected = BuildCounter()
                        .Name("zlpr_rejected_requests_total")
                        .Help("Requests refused, dropped or too large to answer, by reason")

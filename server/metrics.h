@@ -27,6 +27,7 @@ enum class Reject {
   kShuttingDown,
   kUnauthenticated,
   kTooLarge,  // the response would exceed the message limit
+  kMemory,    // the memory budget for requests in flight could not cover it
   kCount
 };
 
@@ -47,6 +48,8 @@ class Metrics {
   prometheus::Gauge& queue_depth(JobKind k) { return *depth_[static_cast<int>(k)]; }
   prometheus::Gauge& queue_capacity(JobKind k) { return *capacity_[static_cast<int>(k)]; }
   prometheus::Gauge& inflight() { return *inflight_; }
+  prometheus::Gauge& inflight_bytes() { return *inflight_bytes_; }
+  prometheus::Gauge& inflight_bytes_limit() { return *inflight_bytes_limit_; }
   prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
   prometheus::Counter& request_bytes() { return *request_bytes_; }
   prometheus::Counter& response_bytes() { return *response_bytes_; }
@@ -64,6 +67,8 @@ class Metrics {
   std::array<prometheus::Gauge*, kOps> depth_{}, capacity_{};
   std::array<prometheus::Counter*, static_cast<int>(Reject::kCount)> rejected_{};
   prometheus::Gauge* inflight_ = nullptr;
+  prometheus::Gauge* inflight_bytes_ = nullptr;
+  prometheus::Gauge* inflight_bytes_limit_ = nullptr;
   prometheus::Counter* request_bytes_ = nullptr;
   prometheus::Counter* response_bytes_ = nullptr;
   std::vector<prometheus::Gauge*> device_memory_;

@@ -146,6 +146,86 @@ TEST_F(SecurityTest, BearerTokenIsRequiredButHealthIsExempt) {
             4);
 }
 
+// A plaintext server whose token is in a file the test can rewrite.
+class TokenFileTest : public ::testing::Test {
+ protected:
+  void Start(const std::string& token, std::chrono::milliseconds grace,
+             int64_t max_message_bytes = 64 << 20) {
+    std::ofstream(path_) << token << "\n";
+    ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    o.metrics_address = "127.0.0.1:0";
+    o.backend = "cpu";
+    o.threads = 1;
+    o.max_message_bytes = max_message_bytes;
+    o.auth_token_file = path_.string();
+    o.auth_token_grace = grace;
+    auto s = Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    stub_ = v1::ZlprService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", server_->grpc_port()), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override { fs::remove(path_); }
+  grpc::StatusCode Info(const std::string& token) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::ServerInfo info;
+    return stub_->GetServerInfo(&ctx, {}, &info).error_code();
+  }
+  void Rotate(const std::string& token) {
+    const fs::path next = path_.string() + ".next";
+    std::ofstream(next) << token << "\n";
+    fs::rename(next, path_);  // as a secret volume swaps it: atomically
+  }
+
+  const fs::path path_ =
+      fs::temp_directory_path() / ("zlpr_token_" + std::to_string(::getpid()));
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<v1::ZlprService::Stub> stub_;
+};
+
+TEST_F(TokenFileTest, TheTokenIsCheckedFromTheHeadersBeforeTheMessageIsRead) {
+  Start("header-token", std::chrono::minutes(5), /*max_message_bytes=*/1 << 20);
+  // 4 MiB, four times the message limit: were it read, it would be refused as too large.
+  v1::PredictRequest req;
+  req.mutable_scores()->set_data(std::string(4 << 20, '\0'));
+  v1::PredictResponse resp;
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    const grpc::Status st = stub_->Predict(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
+  }
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer header-token");
+  EXPECT_EQ(stub_->Predict(&ctx, req, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const std::string m = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"unauthenticated\"}"), 3);
+  EXPECT_EQ(MetricValue(m, "zlpr_request_bytes_total"), 0);  // nothing reached the service
+}
+
+TEST_F(TokenFileTest, ARotatedTokenIsPickedUpAndThePreviousOneHasAGracePeriod) {
+  Start("first-token", std::chrono::minutes(5));
+  EXPECT_EQ(Info("first-token"), grpc::StatusCode::OK);
+  EXPECT_EQ(Info("second-token"), grpc::StatusCode::UNAUTHENTICATED);
+  Rotate("second-token");
+  EXPECT_TRUE(WaitUntil([&] { return Info("second-token") == grpc::StatusCode::OK; }));
+  EXPECT_EQ(Info("first-token"), grpc::StatusCode::OK);  // within its grace
+  // An empty file is an error that keeps the current token.
+  std::ofstream(path_) << "\n";
+  EXPECT_EQ(server_->ReloadAuthToken().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Info("second-token"), grpc::StatusCode::OK);
+}
+
+TEST_F(TokenFileTest, WithoutGraceTheRotatedTokenIsRefusedAtOnceAfterAReload) {
+  Start("first-token", std::chrono::milliseconds(0));
+  Rotate("second-token");
+  ASSERT_TRUE(server_->ReloadAuthToken().ok());  // what SIGHUP does
+  EXPECT_EQ(Info("second-token"), grpc::StatusCode::OK);
+  EXPECT_EQ(Info("first-token"), grpc::StatusCode::UNAUTHENTICATED);
+}
+
 TEST(EchoSecurityTest, TheEchoBaselineAsksForTheTokenToo) {
   const fs::path token =
       fs::temp_directory_path() / ("zlpr_echo_token_" + std::to_string(::getpid()));

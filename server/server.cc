@@ -2,19 +2,23 @@
 #include "server/server.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "google/protobuf/stubs/logging.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/echo_service.h"
@@ -33,6 +37,12 @@ namespace {
 // new work, and how long gRPC then has to send the statuses of the last calls.
 constexpr std::chrono::milliseconds kDispatchSettle{100};
 constexpr std::chrono::milliseconds kStatusFlush{100};
+
+// How often the token file is checked for a new token, and the reclaimer's period and the
+// freed bytes that make it trim (MemoryBudget's Reclaimer).
+constexpr std::chrono::seconds kTokenPollPeriod{1};
+constexpr std::chrono::seconds kReclaimPeriod{1};
+constexpr int64_t kReclaimMinBytes = int64_t{64} << 20;
 
 // The metrics endpoint's serving threads and its per-read/write timeout (see Server::Start).
 constexpr int kMetricsThreads = 16;
@@ -64,6 +74,41 @@ absl::Status CheckRange(const char* flag, T value, T low, T high) {
       absl::StrCat("--", flag, "=", value, ": must be ", low, " to ", high));
 }
 
+// Protobuf logs a line for every message it cannot parse because a string field is not UTF-8,
+// so a client could make the server write one line per request. Its lines are passed through
+// at most kProtobufLogBurst per kProtobufLogWindow; the rest are counted and the count is
+// reported with the next line that passes.
+constexpr int kProtobufLogBurst = 5;
+constexpr absl::Duration kProtobufLogWindow = absl::Seconds(10);
+
+void RateLimitedProtobufLog(google::protobuf::LogLevel level, const char* file, int line,
+                            const std::string& message) {
+  static absl::Mutex mu(absl::kConstInit);
+  static absl::Time window_start = absl::InfinitePast();
+  static int in_window = 0;
+  static int64_t suppressed = 0;
+  int64_t report_suppressed = 0;
+  {
+    absl::MutexLock lock(&mu);
+    const absl::Time now = absl::Now();
+    if (now - window_start >= kProtobufLogWindow) {
+      window_start = now;
+      in_window = 0;
+    }
+    if (level < google::protobuf::LOGLEVEL_FATAL && ++in_window > kProtobufLogBurst) {
+      ++suppressed;
+      return;
+    }
+    report_suppressed = std::exchange(suppressed, 0);
+  }
+  static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s", kLevels[level], file, line, message.c_str());
+  if (report_suppressed > 0) {
+    std::fprintf(stderr, " (%lld similar lines suppressed)", static_cast<long long>(report_suppressed));
+  }
+  std::fprintf(stderr, "\n");
+}
+
 }  // namespace
 
 absl::Status ValidateServerOptions(const ServerOptions& o) {
@@ -82,6 +127,19 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--shutdown_grace_s=", o.shutdown_grace.count() / 1000.0, ": must be 0 to ",
                      std::chrono::duration<double>(kMaxShutdownGrace).count()));
+  }
+  if (o.max_inflight_bytes != 0) {
+    ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_inflight_bytes", o.max_inflight_bytes,
+                                             kMinInflightBytes, int64_t{1} << 50));
+  }
+  if (o.transport_memory_bytes != 0) {
+    ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("transport_memory_bytes", o.transport_memory_bytes,
+                                             kMinTransportMemoryBytes, int64_t{1} << 50));
+  }
+  if (o.auth_token_grace.count() < 0 || o.auth_token_grace > kMaxAuthTokenGrace) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth_token_grace_s=", o.auth_token_grace.count() / 1000.0,
+                     ": must be 0 to ", std::chrono::duration<double>(kMaxAuthTokenGrace).count()));
   }
   for (int d : o.devices) ZLPR_RETURN_IF_ERROR(CheckRange("devices", d, 0, 1023));
   return absl::OkStatus();
@@ -126,7 +184,8 @@ absl::StatusOr<std::string> ReadFlagFile(const std::string& flag, const std::str
   return contents;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
+absl::StatusOr<TlsPem> ReadTls(const ServerOptions& o) {
+  TlsPem tls;
   if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
@@ -134,25 +193,21 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
     if (!o.tls_client_ca_file.empty()) {
       return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
     }
-    return grpc::InsecureServerCredentials();
+    return tls;
   }
-  grpc::SslServerCredentialsOptions ssl;
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  ZLPR_ASSIGN_OR_RETURN(pair.cert_chain, ReadFlagFile("--tls_cert", o.tls_cert_file));
-  ZLPR_ASSIGN_OR_RETURN(pair.private_key, ReadFlagFile("--tls_key", o.tls_key_file));
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  ZLPR_ASSIGN_OR_RETURN(tls.cert_chain, ReadFlagFile("--tls_cert", o.tls_cert_file));
+  ZLPR_ASSIGN_OR_RETURN(tls.private_key, ReadFlagFile("--tls_key", o.tls_key_file));
   if (!o.tls_client_ca_file.empty()) {
-    ZLPR_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                          ReadFlagFile("--tls_client_ca", o.tls_client_ca_file));
-    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    ZLPR_ASSIGN_OR_RETURN(tls.client_ca, ReadFlagFile("--tls_client_ca", o.tls_client_ca_file));
   }
-  return grpc::SslServerCredentials(ssl);
+  return tls;
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   ZLPR_RETURN_IF_ERROR(ValidateServerOptions(options));
+  google::protobuf::SetLogHandler(RateLimitedProtobufLog);
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   ZLPR_ASSIGN_OR_RETURN(auto backends, MakeBackends(options));
@@ -171,17 +226,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   service_options.batcher = options.batcher;
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.version = Version();
+  s->max_inflight_bytes_ =
+      options.max_inflight_bytes != 0 ? options.max_inflight_bytes : DefaultMemoryShare();
+  service_options.max_inflight_bytes = s->max_inflight_bytes_;
   if (!options.auth_token_file.empty()) {
-    ZLPR_ASSIGN_OR_RETURN(std::string token,
-                          ReadFlagFile("--auth_token_file", options.auth_token_file));
-    service_options.auth_token = std::string(absl::StripAsciiWhitespace(token));
-    if (service_options.auth_token.empty()) {
-      return absl::InvalidArgumentError("--auth_token_file=" + options.auth_token_file + ": empty");
-    }
+    ZLPR_ASSIGN_OR_RETURN(s->tokens_, TokenStore::FromFile(options.auth_token_file,
+                                                           absl::FromChrono(options.auth_token_grace)));
   }
-  ZLPR_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
+  ZLPR_ASSIGN_OR_RETURN(const TlsPem tls, ReadTls(options));
+  Metrics* metrics = s->metrics_.get();
+  auto credentials = ServerCredentials(tls, s->tokens_.get(), [metrics] {
+    metrics->rejected(Reject::kUnauthenticated).Increment();
+  });
   s->service_ =
       std::make_unique<ZlprServiceImpl>(service_options, std::move(backends), s->metrics_.get());
+  // Freed request memory goes back to the system once the load has gone (see Reclaimer).
+  s->reclaimer_ = std::make_unique<Reclaimer>(&s->service_->budget(), kReclaimPeriod,
+                                              kReclaimMinBytes);
 
   if (!options.metrics_address.empty()) {
     try {
@@ -207,8 +268,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Two servers on one port would split traffic silently: make the second fail instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.grpc_address, credentials, &s->grpc_port_);
+  // The transport's own memory (connections, messages being received or sent) is bounded too:
+  // under pressure gRPC shrinks its flow-control windows, so clients send more slowly.
+  grpc::ResourceQuota quota("zlpr-server");
+  quota.Resize(static_cast<size_t>(options.transport_memory_bytes != 0
+                                       ? options.transport_memory_bytes
+                                       : DefaultMemoryShare()));
+  builder.SetResourceQuota(quota);
   if (options.echo) {
-    s->echo_ = std::make_unique<EchoService>(service_options.auth_token);
+    s->echo_ = std::make_unique<EchoService>();
     builder.RegisterService(s->echo_.get());
     s->backend_name_ = "echo";
     s->devices_ = {"echo (no compute)"};
@@ -228,12 +296,43 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::HealthCheckServiceInterface* health = s->grpc_server_->GetHealthCheckService();
   health->SetServingStatus("zlpr.v1.ZlprService", true);
   health->SetServingStatus(true);
+  if (s->tokens_ != nullptr) {
+    Server* server = s.get();
+    s->token_watcher_ = std::thread([server] { server->WatchTokenFile(); });
+  }
   return s;
+}
+
+absl::Status Server::ReloadAuthToken() {
+  if (tokens_ == nullptr) return absl::OkStatus();
+  absl::StatusOr<bool> changed = tokens_->Reload();
+  if (!changed.ok()) {
+    std::fprintf(stderr, "zlpr-server: keeping the current token: %s\n",
+                 std::string(changed.status().message()).c_str());
+    return changed.status();
+  }
+  if (*changed) {
+    std::fprintf(stderr,
+                 "zlpr-server: new bearer token from %s; the previous one is accepted for %.0f s\n",
+                 tokens_->path().c_str(),
+                 std::chrono::duration<double>(options_.auth_token_grace).count());
+  }
+  return absl::OkStatus();
+}
+
+void Server::WatchTokenFile() {
+  while (!stop_watching_.WaitForNotificationWithTimeout(absl::FromChrono(kTokenPollPeriod))) {
+    ReloadAuthToken().IgnoreError();
+  }
 }
 
 void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  if (token_watcher_.joinable()) {
+    stop_watching_.Notify();
+    token_watcher_.join();
+  }
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     const absl::Time deadline = absl::Now() + absl::FromChrono(options_.shutdown_grace);

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +21,9 @@
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "absl/synchronization/notification.h"
+#include "server/auth.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -33,6 +37,11 @@ struct ServerOptions {
   int threads = 0;                               // CPU backend threads; 0: all cores
   BatcherOptions batcher;
   int64_t max_message_bytes = 64 << 20;
+  // Bytes all requests in flight may hold together (MemoryBudget); 0: DefaultMemoryShare().
+  int64_t max_inflight_bytes = 0;
+  // gRPC's resource quota: the memory its transport may use for connections and messages being
+  // received or sent; 0: DefaultMemoryShare().
+  int64_t transport_memory_bytes = 0;
   std::chrono::milliseconds shutdown_grace{10000};
   // Benchmark baseline: serve EchoService (no validation, batching or compute) instead.
   bool echo = false;
@@ -41,9 +50,12 @@ struct ServerOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
-  // When set, zlpr.v1 calls need "authorization: Bearer <token>" with the file's token
-  // (surrounding whitespace ignored); health checks and reflection are exempt.
+  // When set, every call needs "authorization: Bearer <token>" with the file's token
+  // (surrounding whitespace ignored); health checks and reflection are exempt. The file is read
+  // again when it changes (checked every second) and on ReloadAuthToken() (SIGHUP); the
+  // previous token stays valid for auth_token_grace after a change.
   std::string auth_token_file;
+  std::chrono::milliseconds auth_token_grace{std::chrono::minutes(5)};
 };
 
 // The version this build reports (project version from CMake).
@@ -57,6 +69,9 @@ inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds
 inline constexpr int64_t kMinMessageBytes = 1024;
 inline constexpr int64_t kMaxMessageBytes = 2147483647;  // gRPC's limits are ints
 inline constexpr std::chrono::milliseconds kMaxShutdownGrace = std::chrono::hours(1);
+inline constexpr int64_t kMinInflightBytes = int64_t{1} << 20;
+inline constexpr int64_t kMinTransportMemoryBytes = int64_t{16} << 20;
+inline constexpr std::chrono::milliseconds kMaxAuthTokenGrace = std::chrono::hours(24);
 
 // OK when every option is within its bounds; else INVALID_ARGUMENT naming the flag, the value
 // and what is allowed, e.g. "--max_batch_rows=0: must be 1 to 1048576".
@@ -78,16 +93,29 @@ class Server {
   // health watches, reflection streams and idle connections at once, and the workers stop.
   void Shutdown();
 
+  // Reads --auth_token_file again now (SIGHUP); OK and nothing else without one. An unreadable
+  // or empty file keeps the current token and is returned as the error.
+  absl::Status ReloadAuthToken();
+
+  // The memory budget in use (the default resolved).
+  int64_t max_inflight_bytes() const { return max_inflight_bytes_; }
+
  private:
   Server() = default;
+  void WatchTokenFile();
 
   ServerOptions options_;
+  std::unique_ptr<TokenStore> tokens_;  // outlives grpc_server_, whose credentials use it
+  std::thread token_watcher_;
+  absl::Notification stop_watching_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ZlprServiceImpl> service_;
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<Reclaimer> reclaimer_;
+  int64_t max_inflight_bytes_ = 0;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   std::string backend_name_;

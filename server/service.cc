@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "server/convert.h"
 #include "server/stream_reactor.h"
 
@@ -46,6 +47,13 @@ absl::Status ResponseTooLarge(int64_t bytes, int64_t limit, const char* qualifie
       "the response would be %s%d bytes, over the message limit of %d bytes "
       "(--max_message_bytes): send fewer rows per request or ask for a narrower gradient",
       qualifier, bytes, limit));
+}
+
+absl::Status OverBudget(int64_t bytes, const MemoryBudget& budget) {
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "the server's memory for requests in flight is in use (this request needs %d bytes of the "
+      "%d-byte budget, --max_inflight_bytes): retry later, or send fewer rows per request",
+      bytes, budget.limit()));
 }
 
 BatcherOptions WithMetrics(BatcherOptions o, Metrics* metrics) {
@@ -91,8 +99,9 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
                                  std::vector<std::unique_ptr<Backend>> backends, Metrics* metrics,
                                  Clock* clock)
     : options_(options),
-      auth_(options.auth_token),
       metrics_(metrics),
+      budget_(options.max_inflight_bytes,
+              [metrics](int64_t held) { metrics->inflight_bytes().Set(static_cast<double>(held)); }),
       clock_(clock),
       batcher_(WithMetrics(options.batcher, metrics), clock),
       listener_(std::make_unique<MetricsListener>(metrics)),
@@ -101,6 +110,7 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
   for (JobKind kind : {JobKind::kLoss, JobKind::kPredict}) {
     metrics_->queue_capacity(kind).Set(static_cast<double>(options.batcher.max_queue_size));
   }
+  metrics_->inflight_bytes_limit().Set(static_cast<double>(options.max_inflight_bytes));
 }
 
 ZlprServiceImpl::~ZlprServiceImpl() { Stop(); }
@@ -141,22 +151,50 @@ void ZlprServiceImpl::Stop() {
   workers_.Join();
 }
 
+absl::Status ZlprServiceImpl::Receive(grpc::ByteBuffer* raw, google::protobuf::Message* request,
+                                      MemoryBudget::Lease* lease) {
+  const int64_t bytes = static_cast<int64_t>(raw->Length());
+  metrics_->request_bytes().Increment(static_cast<double>(bytes));
+  std::optional<MemoryBudget::Lease> charged = budget_.TryAcquire(2 * bytes);
+  if (!charged) {
+    raw->Clear();
+    metrics_->rejected(Reject::kMemory).Increment();
+    return OverBudget(2 * bytes, budget_);
+  }
+  *lease = *std::move(charged);
+  // Parses and releases the raw bytes (also on failure).
+  if (!grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(raw, request)
+           .ok()) {
+    metrics_->rejected(Reject::kInvalid).Increment();
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the message (%d bytes) is not a valid %s: it does not parse (truncated or not protobuf, "
+        "or a string field such as request_id that is not UTF-8)",
+        bytes, request->GetDescriptor()->full_name()));
+  }
+  return absl::OkStatus();
+}
+
 template <typename Job, typename Request, typename Response, typename Convert>
 void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext* ctx,
-                             const Request* request, Response* response, Done done) {
-  metrics_->request_bytes().Increment(static_cast<double>(request->ByteSizeLong()));
+                             const Request* request, Response* response,
+                             MemoryBudget::Lease* lease, Done done) {
   response->set_request_id(request->request_id());
-  auto reject = [&](const absl::Status& st) {
-    metrics_->rejected(RejectReason(st.code())).Increment();
+  auto reject = [&](const absl::Status& st, Reject reason) {
+    metrics_->rejected(reason).Increment();
     done({ToGrpc(st)});
   };
-  if (shutting_down()) return reject(absl::UnavailableError("the server is shutting down"));
-  if (absl::Status st = auth_.Check(*ctx); !st.ok()) return reject(st);
+  if (shutting_down()) {
+    return reject(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
+  }
   absl::StatusOr<Job> job = convert(*request);
-  if (!job.ok()) return reject(job.status());
+  if (!job.ok()) return reject(job.status(), Reject::kInvalid);
   const int64_t limit = options_.max_message_bytes;
   const int64_t dense = DenseResponseBytes(*job, request->request_id().size());
-  if (dense > limit) return reject(ResponseTooLarge(dense, limit, "at least "));
+  if (dense > limit) return reject(ResponseTooLarge(dense, limit, "at least "), Reject::kTooLarge);
+  // The result and its serialized copy are both held until the response is sent.
+  if (!lease->TryGrow(2 * dense)) {
+    return reject(OverBudget(lease->bytes() + 2 * dense, budget_), Reject::kMemory);
+  }
   Task<Job> task{.job = *std::move(job),
                  .deadline = SteadyDeadline(ctx, *clock_),
                  .cancelled = [ctx] { return ctx->IsCancelled(); },
@@ -182,24 +220,101 @@ void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext
 }
 
 void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
-                                 v1::LossResponse* response, Done done) {
-  Submit<LossJob>(LossJobFromRequest, ctx, request, response, std::move(done));
+                                 v1::LossResponse* response, MemoryBudget::Lease* lease,
+                                 Done done) {
+  Submit<LossJob>(LossJobFromRequest, ctx, request, response, lease, std::move(done));
 }
 
 void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
                                     const v1::PredictRequest* request,
-                                    v1::PredictResponse* response, Done done) {
-  Submit<PredictJob>(PredictJobFromRequest, ctx, request, response, std::move(done));
+                                    v1::PredictResponse* response, MemoryBudget::Lease* lease,
+                                    Done done) {
+  Submit<PredictJob>(PredictJobFromRequest, ctx, request, response, lease, std::move(done));
 }
 
 namespace {
 
-// The reactor of every unary call: like gRPC's default one, and counted by the service from
-// creation to OnDone, so that shutdown can wait for the calls it accepted.
-class UnaryReactor final : public grpc::ServerUnaryReactor {
+// Serializes `response` into `raw` (gRPC's own serializer).
+template <typename Response>
+grpc::Status Serialize(const Response& response, grpc::ByteBuffer* raw) {
+  bool own_buffer = false;
+  return grpc::GenericSerialize<grpc::ProtoBufferWriter, Response>(response, raw, &own_buffer);
+}
+
+// The reactor of a unary compute call. It owns the parsed request, the response and the call's
+// memory lease; it is counted by the service from creation to OnDone, so that shutdown can wait
+// for the calls it accepted. The messages are freed as soon as they are no longer needed, the
+// lease when gRPC is done with the response.
+template <typename Request, typename Response>
+class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  // Made by NewReactor (stream_reactor.h); `accepted`: the service's CallBegins() for it.
-  UnaryReactor(ZlprServiceImpl* service, bool accepted) : service_(service), accepted_(accepted) {}
+  using Submit = void (ZlprServiceImpl::*)(grpc::CallbackServerContext*, const Request*, Response*,
+                                           MemoryBudget::Lease*, ZlprServiceImpl::Done);
+
+  // Stores its arguments only (made by NewReactor, stream_reactor.h); Start() runs the call.
+  UnaryCall(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* raw_out,
+            Method method, bool accepted)
+      : service_(service), ctx_(ctx), raw_out_(raw_out), method_(method), accepted_(accepted) {}
+
+  void Start(grpc::ByteBuffer* raw_in, Submit submit) {
+    start_ = service_->clock().Now();
+    service_->metrics().inflight().Increment();
+    request_ = std::make_unique<Request>();
+    response_ = std::make_unique<Response>();
+    if (service_->shutting_down()) {
+      raw_in->Clear();
+      service_->metrics().rejected(Reject::kShuttingDown).Increment();
+      return Done({grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down")});
+    }
+    if (absl::Status st = service_->Receive(raw_in, request_.get(), &lease_); !st.ok()) {
+      return Done({ToGrpc(st)});
+    }
+    (service_->*submit)(ctx_, request_.get(), response_.get(), &lease_,
+                        [this](const ZlprServiceImpl::Outcome& outcome) { Done(outcome); });
+  }
+
+  void OnDone() override {
+    lease_.Reset();
+    service_->CallEnds(accepted_);
+    delete this;
+  }
+
+ private:
+  // Timing in trailing metadata, the response serialized, metrics, then the status.
+  void Done(const ZlprServiceImpl::Outcome& outcome) {
+    request_.reset();
+    grpc::Status status = outcome.status;
+    if (status.ok()) {
+      ctx_->AddTrailingMetadata("zlpr-queue-seconds",
+                                absl::StrFormat("%.9f", outcome.timing.queue_seconds));
+      ctx_->AddTrailingMetadata("zlpr-compute-seconds",
+                                absl::StrFormat("%.9f", outcome.timing.compute_seconds));
+      status = Serialize(*response_, raw_out_);
+      service_->metrics().response_bytes().Increment(static_cast<double>(raw_out_->Length()));
+    }
+    response_.reset();
+    service_->metrics().RequestDone(
+        method_, status.error_code(),
+        std::chrono::duration<double>(service_->clock().Now() - start_).count());
+    service_->metrics().inflight().Decrement();
+    Finish(status);
+  }
+
+  ZlprServiceImpl* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  grpc::ByteBuffer* const raw_out_;
+  const Method method_;
+  const bool accepted_;
+  SteadyTime start_{};
+  std::unique_ptr<Request> request_;
+  std::unique_ptr<Response> response_;
+  MemoryBudget::Lease lease_;
+};
+
+// The reactor of GetServerInfo: like gRPC's default one, and counted like every call.
+class InfoReactor final : public grpc::ServerUnaryReactor {
+ public:
+  InfoReactor(ZlprServiceImpl* service, bool accepted) : service_(service), accepted_(accepted) {}
   void OnDone() override {
     service_->CallEnds(accepted_);
     delete this;
@@ -210,47 +325,31 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   const bool accepted_;
 };
 
-// Finishes a unary call: timing in trailing metadata, metrics, then the status.
-template <typename Response>
-ZlprServiceImpl::Done UnaryDone(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx,
-                                grpc::ServerUnaryReactor* reactor, Response* response,
-                                Method method) {
-  const SteadyTime start = service->clock().Now();
-  service->metrics().inflight().Increment();
-  return [=](const ZlprServiceImpl::Outcome& outcome) {
-    if (outcome.status.ok()) {
-      ctx->AddTrailingMetadata("zlpr-queue-seconds",
-                               absl::StrFormat("%.9f", outcome.timing.queue_seconds));
-      ctx->AddTrailingMetadata("zlpr-compute-seconds",
-                               absl::StrFormat("%.9f", outcome.timing.compute_seconds));
-      service->metrics().response_bytes().Increment(static_cast<double>(response->ByteSizeLong()));
-    }
-    service->metrics().RequestDone(method, outcome.status.error_code(),
-                                   Seconds(start, service->clock().Now()));
-    service->metrics().inflight().Decrement();
-    reactor->Finish(outcome.status);
-  };
-}
+// gRPC hands the raw request as const, but it is the call's own buffer: Receive() releases its
+// bytes once parsed, so that a request is not held twice.
+grpc::ByteBuffer* Owned(const grpc::ByteBuffer* raw) { return const_cast<grpc::ByteBuffer*>(raw); }
 
 }  // namespace
 
 grpc::ServerUnaryReactor* ZlprServiceImpl::ComputeLoss(grpc::CallbackServerContext* ctx,
-                                                       const v1::LossRequest* request,
-                                                       v1::LossResponse* response) {
-  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
-  SubmitLoss(ctx, request, response, UnaryDone(this, ctx, reactor, response, Method::kComputeLoss));
-  return reactor;
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  auto* call = NewReactor<UnaryCall<v1::LossRequest, v1::LossResponse>>(
+      this, ctx, response, Method::kComputeLoss, CallBegins());
+  call->Start(Owned(request), &ZlprServiceImpl::SubmitLoss);
+  return call;
 }
 
 grpc::ServerUnaryReactor* ZlprServiceImpl::Predict(grpc::CallbackServerContext* ctx,
-                                                   const v1::PredictRequest* request,
-                                                   v1::PredictResponse* response) {
-  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
-  SubmitPredict(ctx, request, response, UnaryDone(this, ctx, reactor, response, Method::kPredict));
-  return reactor;
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) {
+  auto* call = NewReactor<UnaryCall<v1::PredictRequest, v1::PredictResponse>>(
+      this, ctx, response, Method::kPredict, CallBegins());
+  call->Start(Owned(request), &ZlprServiceImpl::SubmitPredict);
+  return call;
 }
 
-grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* ZlprServiceImpl::StreamLoss(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ZlprServiceImpl::StreamLoss(
     grpc::CallbackServerContext* ctx) {
   auto* reactor = NewReactor<StreamReactor<v1::LossRequest, v1::LossResponse>>(
       this, ctx, Method::kStreamLoss, &ZlprServiceImpl::SubmitLoss, CallBegins());
@@ -258,7 +357,7 @@ grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* ZlprServiceImpl::Str
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* ZlprServiceImpl::StreamPredict(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ZlprServiceImpl::StreamPredict(
     grpc::CallbackServerContext* ctx) {
   auto* reactor = NewReactor<StreamReactor<v1::PredictRequest, v1::PredictResponse>>(
       this, ctx, Method::kStreamPredict, &ZlprServiceImpl::SubmitPredict, CallBegins());
@@ -266,18 +365,11 @@ grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* ZlprServiceImp
   return reactor;
 }
 
-grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerContext* ctx,
+grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerContext*,
                                                          const v1::ServerInfoRequest*,
                                                          v1::ServerInfo* info) {
-  grpc::ServerUnaryReactor* reactor = NewReactor<UnaryReactor>(this, CallBegins());
+  grpc::ServerUnaryReactor* reactor = NewReactor<InfoReactor>(this, CallBegins());
   const SteadyTime start = clock_->Now();
-  if (absl::Status st = auth_.Check(*ctx); !st.ok()) {
-    metrics_->rejected(Reject::kUnauthenticated).Increment();
-    metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::UNAUTHENTICATED,
-                          Seconds(start, clock_->Now()));
-    reactor->Finish(ToGrpc(st));
-    return reactor;
-  }
   const auto& backends = workers_.backends();
   info->set_version(options_.version);
   info->set_backend(BackendKindName(backends.front()->kind()));
@@ -288,6 +380,7 @@ grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerCon
   info->mutable_batcher()->set_adaptive_delay(options_.batcher.adaptive_delay);
   info->mutable_limits()->set_max_message_bytes(options_.max_message_bytes);
   info->mutable_limits()->set_max_cols(std::numeric_limits<int32_t>::max());
+  info->mutable_limits()->set_max_inflight_bytes(options_.max_inflight_bytes);
   metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::OK,
                         Seconds(start, clock_->Now()));
   reactor->Finish(grpc::Status::OK);

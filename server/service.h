@@ -1,11 +1,15 @@
 // zlpr.v1.ZlprService on gRPC's callback API: the front end of the request path.
 //
-// A request is authenticated and converted on arrival, in the gRPC thread that received it
-// (convert.h: INVALID_ARGUMENT naming field, row and column), into a typed job; the job is
-// queued in the batcher, cut into a batch with others, run by a worker's executor
-// (executor.h), and its result is turned into the response, from the worker. Nothing blocks
-// inside a reaction. Streams (stream_reactor.h) answer every message in order, with
-// per-message errors.
+// The four compute methods take their messages as raw bytes, so that the service decides what a
+// message may cost before it is parsed and answers one that does not parse with a clear error.
+// A request is charged to the memory budget (memory_budget.h: RESOURCE_EXHAUSTED when it cannot
+// be covered), parsed (INVALID_ARGUMENT when it does not parse) and converted (convert.h:
+// INVALID_ARGUMENT naming field, row and column) on arrival, in the gRPC thread that received
+// it, into a typed job; the job is queued in the batcher, cut into a batch with others, run by a
+// worker's executor (executor.h), and its result is turned into the response, from the worker.
+// Nothing blocks inside a reaction. Streams (stream_reactor.h) answer every message in order,
+// with per-message errors. Bearer tokens are checked by the transport before a call's body is
+// read (credentials.h), not here.
 //
 //   ZlprServiceImpl service(options, std::move(backends), &metrics);
 //   builder.RegisterService(&service);
@@ -25,9 +29,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kernels/zlpr.h"
-#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/executor.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
@@ -39,13 +43,20 @@ struct ServiceOptions {
   std::string version;
   // Stream messages read and not yet answered, per stream, before reading pauses.
   int stream_window = 64;
-  // When not empty, every zlpr.v1 call needs "authorization: Bearer <auth_token>".
-  std::string auth_token;
+  // Bytes that requests in flight may hold in all (see MemoryBudget).
+  int64_t max_inflight_bytes = int64_t{1} << 30;
 };
+
+// The generated service with the four compute methods raw (grpc::ByteBuffer in and out).
+using ZlprServiceBase = v1::ZlprService::WithCallbackMethod_GetServerInfo<
+    v1::ZlprService::WithRawCallbackMethod_ComputeLoss<
+        v1::ZlprService::WithRawCallbackMethod_Predict<
+            v1::ZlprService::WithRawCallbackMethod_StreamLoss<
+                v1::ZlprService::WithRawCallbackMethod_StreamPredict<v1::ZlprService::Service>>>>>;
 
 class StreamRegistry;
 
-class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
+class ZlprServiceImpl final : public ZlprServiceBase {
  public:
   // `backends` must not be empty and all be of one kind; each gets a worker thread.
   ZlprServiceImpl(const ServiceOptions& options, std::vector<std::unique_ptr<Backend>> backends,
@@ -63,14 +74,14 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   void Stop();
 
   grpc::ServerUnaryReactor* ComputeLoss(grpc::CallbackServerContext* ctx,
-                                        const v1::LossRequest* request,
-                                        v1::LossResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
-                                    const v1::PredictRequest* request,
-                                    v1::PredictResponse* response) override;
-  grpc::ServerBidiReactor<v1::LossRequest, v1::LossResponse>* StreamLoss(
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamLoss(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* StreamPredict(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamPredict(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const v1::ServerInfoRequest* request,
@@ -83,35 +94,42 @@ class ZlprServiceImpl final : public v1::ZlprService::CallbackService {
   };
   using Done = std::function<void(const Outcome&)>;
 
-  // Authenticates, converts and queues one request; `done` runs exactly once, from this thread
-  // (rejected) or a worker (computed or dropped), after `response` is filled. `request` and
-  // `response` must stay alive until then.
+  // Admits a received message: charges the memory budget for it (twice its size: the parsed
+  // message and the batch's copy of its tensors) into `lease`, then parses `raw` into `request`
+  // and releases `raw`'s bytes. RESOURCE_EXHAUSTED when the budget cannot cover it,
+  // INVALID_ARGUMENT when it does not parse; counted in the metrics either way.
+  absl::Status Receive(grpc::ByteBuffer* raw, google::protobuf::Message* request,
+                       MemoryBudget::Lease* lease);
+
+  // Converts and queues one received request, growing `lease` by what its response will hold;
+  // `done` runs exactly once, from this thread (rejected) or a worker (computed or dropped),
+  // after `response` is filled. `request`, `response` and `lease` must stay alive until then.
   void SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,
-                  v1::LossResponse* response, Done done);
+                  v1::LossResponse* response, MemoryBudget::Lease* lease, Done done);
   void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
-                     v1::PredictResponse* response, Done done);
+                     v1::PredictResponse* response, MemoryBudget::Lease* lease, Done done);
 
   // A call begins (a reactor is made) and ends (its OnDone). Begin returns whether the call was
   // accepted before shutdown began, which End must be told.
   bool CallBegins();
   void CallEnds(bool accepted);
 
-  const BearerAuth& auth() const { return auth_; }
   Metrics& metrics() { return *metrics_; }
   Clock& clock() { return *clock_; }
   bool shutting_down() const { return shutting_down_.load(); }
   int stream_window() const { return options_.stream_window; }
   StreamRegistry& streams() { return *streams_; }
+  MemoryBudget& budget() { return budget_; }
 
  private:
   class MetricsListener;
   template <typename Job, typename Request, typename Response, typename Convert>
   void Submit(const Convert& convert, grpc::CallbackServerContext* ctx, const Request* request,
-              Response* response, Done done);
+              Response* response, MemoryBudget::Lease* lease, Done done);
 
   const ServiceOptions options_;
-  const BearerAuth auth_;
   Metrics* const metrics_;
+  MemoryBudget budget_;
   Clock* const clock_;
   JobBatcher batcher_;
   std::unique_ptr<MetricsListener> listener_;

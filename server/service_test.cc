@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -18,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "kernels/test_util.h"
@@ -96,7 +98,8 @@ class CallCounter {
 
 class ServiceTest : public ::testing::Test {
  protected:
-  void StartServer(BatcherOptions batcher = DefaultBatcher()) {
+  void StartServer(BatcherOptions batcher = DefaultBatcher(),
+                   const std::function<void(ServerOptions&)>& tweak = nullptr) {
     ServerOptions o;
     o.grpc_address = "127.0.0.1:0";
     o.metrics_address = "127.0.0.1:0";
@@ -104,6 +107,7 @@ class ServiceTest : public ::testing::Test {
     o.threads = 2;
     o.batcher = batcher;
     o.shutdown_grace = std::chrono::seconds(20);
+    if (tweak) tweak(o);
     auto s = Server::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
@@ -595,6 +599,128 @@ TEST_F(ServiceTest, StreamPredictAnswersEveryMessageInOrder) {
   writer.join();
   EXPECT_EQ(n, kMessages);
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Sends `bytes` as the whole message of a unary call to `method` and returns the status.
+grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                          const std::string& bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  absl::Mutex mu;
+  std::optional<grpc::Status> status;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status st) {
+                   absl::MutexLock lock(&mu);
+                   status = std::move(st);
+                 });
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(
+      +[](std::optional<grpc::Status>* s) { return s->has_value(); }, &status));
+  return *status;
+}
+
+TEST_F(ServiceTest, AnUnparseableUnaryRequestGetsInvalidArgumentAndIsCounted) {
+  StartServer();
+  // A field 1 (request_id) whose length runs past the end, and a request_id that is not UTF-8.
+  const std::string truncated("\x0a\x7f\x01\x02", 4);
+  const std::string not_utf8("\x0a\x02\xff\xfe", 4);
+  for (const char* method : {"/zlpr.v1.ZlprService/ComputeLoss", "/zlpr.v1.ZlprService/Predict"}) {
+    for (const std::string& bytes : {truncated, not_utf8}) {
+      const grpc::Status st = RawUnaryCall(channel_, method, bytes);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+      EXPECT_THAT(st.error_message(), HasSubstr("(4 bytes) is not a valid zlpr.v1."));
+      EXPECT_THAT(st.error_message(), HasSubstr("it does not parse"));
+    }
+  }
+  const std::string m = Metrics();
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"),
+            2);
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"Predict\"}"), 2);
+  EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"invalid\"}"), 4);
+  // The server goes on.
+  v1::PredictRequest req;
+  *req.mutable_scores() = FloatTensor({1, -1}, 1, 2);
+  v1::PredictResponse resp;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(stub_->Predict(&ctx, req, &resp).ok());
+}
+
+TEST_F(ServiceTest, AStreamMessageThatDoesNotParseEndsTheStreamWithInvalidArgument) {
+  StartServer();
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamPredict(&ctx);
+  for (int i = 0; i < 3; ++i) {
+    v1::PredictRequest req;
+    // Message 1's request_id is not UTF-8: the client serializes it (logging a complaint), the
+    // server cannot parse it.
+    req.set_request_id(i == 1 ? std::string("\xff\xfe", 2) : std::to_string(i));
+    *req.mutable_scores() = FloatTensor({1, -1}, 1, 2);
+    if (!stream->Write(req)) break;  // the server may have ended the stream already
+  }
+  stream->WritesDone();
+  std::vector<std::string> answered;
+  for (v1::PredictResponse resp; stream->Read(&resp);) answered.push_back(resp.request_id());
+  EXPECT_EQ(answered, std::vector<std::string>{"0"});
+  const grpc::Status st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("stream message 1: the message"));
+  EXPECT_THAT(st.error_message(), HasSubstr("is not a valid zlpr.v1.PredictRequest"));
+  EXPECT_THAT(st.error_message(), HasSubstr("the messages sent after it were not answered"));
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method="
+                                   "\"StreamPredict\"}"),
+            1);
+}
+
+TEST_F(ServiceTest, TheMemoryBudgetRefusesWhatItCannotCoverAndIsReturnedAfterwards) {
+  StartServer(DefaultBatcher(), [](ServerOptions& o) { o.max_inflight_bytes = 1 << 20; });
+  v1::ServerInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub_->GetServerInfo(&ctx, {}, &info).ok());
+  }
+  EXPECT_EQ(info.limits().max_inflight_bytes(), 1 << 20);
+  // 80 x 1000 fp32 scores and labels: 640 000 bytes, charged twice: over the 1 MiB budget.
+  const testing::Problem big = testing::MakeProblem({.rows = 80, .cols = 1000, .seed = 5});
+  v1::LossResponse resp;
+  {
+    grpc::ClientContext ctx;
+    const grpc::Status st = stub_->ComputeLoss(&ctx, LossRequestOf(big, false, false), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(st.error_message(), HasSubstr("of the 1048576-byte budget, --max_inflight_bytes"));
+  }
+  // 50 x 1000: its message fits (800 000 bytes charged), but not with its gradient (another
+  // 2 x 200 000): refused before computing.
+  const testing::Problem half = testing::MakeProblem({.rows = 50, .cols = 1000, .seed = 6});
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub_->ComputeLoss(&ctx, LossRequestOf(half, false, true), &resp).error_code(),
+              grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // Within it: answered, and the budget is whole again afterwards, also over a stream.
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(half, false, false), &resp).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub_->StreamLoss(&ctx);
+    ASSERT_TRUE(stream->Write(LossRequestOf(half, false, false)));
+    ASSERT_TRUE(stream->Write(LossRequestOf(big, false, false)));
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_FALSE(resp.has_error());
+    ASSERT_TRUE(stream->Read(&resp));  // over the budget: answered in its place
+    EXPECT_EQ(resp.error().code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  const std::string m = Metrics();
+  EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"memory\"}"), 3);
+  EXPECT_EQ(MetricValue(m, "zlpr_inflight_bytes{kind=\"limit\"}"), 1 << 20);
+  EXPECT_TRUE(WaitUntil(
+      [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
 }
 
 TEST_F(ServiceTest, ShutdownEndsAnOpenStreamAfterAnsweringWhatItSent) {

@@ -1,11 +1,14 @@
 // The bidirectional stream reactor of StreamLoss and StreamPredict, and the registry of open
 // streams that shutdown drains.
 //
-// A stream reads a message at a time, submits each through the service (the same path as a
-// unary call), and writes the responses strictly in arrival order with one write in flight. At
-// most `stream_window` messages are outstanding (read, not yet written); beyond that reading
-// pauses until a write completes. A bad message is answered with its `error` and the stream
-// goes on. Nothing blocks inside a reaction.
+// A stream reads a message at a time as raw bytes, receives and submits each through the
+// service (the same path as a unary call), and writes the responses strictly in arrival order
+// with one write in flight. At most `stream_window` messages are outstanding (read, not yet
+// written); beyond that reading pauses until a write completes. An invalid message (or one the
+// memory budget cannot cover) is answered with its `error` and the stream goes on; a message
+// that does not parse ends the stream with INVALID_ARGUMENT once the messages before it are
+// answered (its request_id cannot be read, so it cannot be answered in place). Nothing blocks
+// inside a reaction.
 #ifndef ZLPR_SERVER_STREAM_REACTOR_H_
 #define ZLPR_SERVER_STREAM_REACTOR_H_
 
@@ -17,7 +20,10 @@
 
 #include "absl/base/dynamic_annotations.h"
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/service.h"
 
@@ -62,11 +68,11 @@ class StreamRegistry {
 };
 
 template <typename Request, typename Response>
-class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
+class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                             public StreamRegistry::Member {
  public:
   using Submit = void (ZlprServiceImpl::*)(grpc::CallbackServerContext*, const Request*, Response*,
-                                           ZlprServiceImpl::Done);
+                                           MemoryBudget::Lease*, ZlprServiceImpl::Done);
 
   // Stores its arguments only (see NewReactor); Start() begins the stream. `accepted`: the
   // service's CallBegins() for this stream.
@@ -74,8 +80,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
                 Submit submit, bool accepted)
       : service_(service), ctx_(ctx), method_(method), submit_(submit), accepted_(accepted) {}
 
-  // Registers the stream for shutdown, refuses it while shutting down or without credentials,
-  // else starts reading.
+  // Registers the stream for shutdown, refuses it while shutting down, else starts reading.
   void Start() {
     service_->streams().Add(this);
     absl::MutexLock lock(&mu_);
@@ -85,22 +90,16 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
       this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
       return;
     }
-    if (absl::Status st = service_->auth().Check(*ctx_); !st.ok()) {
-      service_->metrics().rejected(Reject::kUnauthenticated).Increment();
-      finished_ = true;
-      this->Finish(ToGrpc(st));
-      return;
-    }
     StartNextReadLocked();
   }
 
   void OnReadDone(bool ok) override {
-    std::unique_ptr<Request> request;
+    std::unique_ptr<grpc::ByteBuffer> raw;
     uint64_t seq;
     {
       absl::MutexLock lock(&mu_);
-      request = std::move(reading_);
-      if (!ok) {
+      raw = std::move(reading_);
+      if (!ok || failed_) {  // the client is done, or the stream already failed: read no more
         reads_done_ = true;
         MaybeFinishLocked();
         return;
@@ -115,35 +114,47 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
     }
     service_->metrics().inflight().Increment();
     const SteadyTime start = service_->clock().Now();
-    auto response = std::make_unique<Response>();
-    Response* raw = response.get();
-    const Request* req = request.get();
-    // The request and response live in the completion until it runs.
-    auto owned = std::make_shared<std::pair<std::unique_ptr<Request>, std::unique_ptr<Response>>>(
-        std::move(request), std::move(response));
-    (service_->*submit_)(
-        ctx_, req, raw, [this, seq, owned, start](const ZlprServiceImpl::Outcome& outcome) {
-          Response* resp = owned->second.get();
-          if (!outcome.status.ok()) {
-            resp->mutable_error()->set_code(outcome.status.error_code());
-            resp->mutable_error()->set_message(outcome.status.error_message());
-          }
-          service_->metrics().RequestDone(
-              method_, outcome.status.error_code(),
-              std::chrono::duration<double>(service_->clock().Now() - start).count());
-          Completed(seq, std::move(owned->second));
-        });
+    // The request, its response and its memory lease live until the response is serialized;
+    // the lease until it is written.
+    auto message = std::make_shared<Message>();
+    auto done = [this, seq, message, start](const ZlprServiceImpl::Outcome& outcome) {
+      message->request.reset();
+      Response& resp = *message->response;
+      if (!outcome.status.ok()) {
+        resp.mutable_error()->set_code(outcome.status.error_code());
+        resp.mutable_error()->set_message(outcome.status.error_message());
+      }
+      service_->metrics().RequestDone(
+          method_, outcome.status.error_code(),
+          std::chrono::duration<double>(service_->clock().Now() - start).count());
+      Completed(seq, message);
+    };
+    const absl::Status received =
+        service_->Receive(raw.get(), message->request.get(), &message->lease);
+    raw.reset();
+    if (absl::IsInvalidArgument(received)) {  // the message does not parse: end the stream
+      service_->metrics().RequestDone(method_, grpc::StatusCode::INVALID_ARGUMENT, 0);
+      Failed(seq, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               absl::StrFormat("stream message %d: %s; the stream ends here, and "
+                                               "the messages sent after it were not answered",
+                                               seq, received.message())));
+      return;
+    }
+    if (!received.ok()) return done({ToGrpc(received)});  // over the budget: answered in order
+    (service_->*submit_)(ctx_, message->request.get(), message->response.get(), &message->lease,
+                         std::move(done));
   }
 
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     writing_ = false;
-    writing_response_.reset();
+    writing_message_.reset();
     ++next_write_seq_;
     --outstanding_;
     service_->metrics().inflight().Decrement();
     if (!ok) broken_ = true;  // the client is gone: answer nothing more
-    if (read_paused_ && !draining_ && !broken_ && outstanding_ < service_->stream_window()) {
+    if (read_paused_ && !draining_ && !broken_ && !failed_ &&
+        outstanding_ < service_->stream_window()) {
       read_paused_ = false;
       StartNextReadLocked();
     }
@@ -164,15 +175,43 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
   }
 
  private:
+  struct Message {
+    std::unique_ptr<Request> request = std::make_unique<Request>();
+    std::unique_ptr<Response> response = std::make_unique<Response>();
+    grpc::ByteBuffer serialized;  // the response, once serialized
+    MemoryBudget::Lease lease;
+  };
+
   void StartNextReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    reading_ = std::make_unique<Request>();
+    reading_ = std::make_unique<grpc::ByteBuffer>();
     this->StartRead(reading_.get());
   }
 
-  void Completed(uint64_t seq, std::unique_ptr<Response> response) ABSL_LOCKS_EXCLUDED(mu_) {
-    service_->metrics().response_bytes().Increment(static_cast<double>(response->ByteSizeLong()));
+  // Serializes the response, then queues it for writing in order.
+  void Completed(uint64_t seq, std::shared_ptr<Message> message) ABSL_LOCKS_EXCLUDED(mu_) {
+    bool own_buffer = false;
+    const grpc::Status serialized = grpc::GenericSerialize<grpc::ProtoBufferWriter, Response>(
+        *message->response, &message->serialized, &own_buffer);
+    message->response.reset();
+    if (!serialized.ok()) return Failed(seq, serialized);
+    service_->metrics().response_bytes().Increment(
+        static_cast<double>(message->serialized.Length()));
     absl::MutexLock lock(&mu_);
-    ready_.emplace(seq, std::move(response));
+    ready_.emplace(seq, std::move(message));
+    WriteNextLocked();
+    MaybeFinishLocked();
+  }
+
+  // Message `seq` cannot be answered (it did not parse): nothing is written for it or after it;
+  // once the messages before it are answered the stream ends with `why`.
+  void Failed(uint64_t seq, const grpc::Status& why) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (!failed_ || seq < failed_seq_) {
+      failed_ = true;
+      failed_seq_ = seq;
+      failed_status_ = why;
+    }
+    ready_.emplace(seq, nullptr);
     WriteNextLocked();
     MaybeFinishLocked();
   }
@@ -181,7 +220,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
     while (!writing_) {
       auto it = ready_.find(next_write_seq_);
       if (it == ready_.end()) return;
-      if (broken_ || finished_) {  // nobody to write to: count it answered
+      // Nothing to write (or not after a failed message), or nobody to write to: count it
+      // answered.
+      if (it->second == nullptr || it->first > failed_seq_ || broken_ || finished_) {
         ready_.erase(it);
         ++next_write_seq_;
         --outstanding_;
@@ -189,15 +230,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
         continue;
       }
       writing_ = true;
-      writing_response_ = std::move(it->second);
+      writing_message_ = std::move(it->second);
       ready_.erase(it);
-      this->StartWrite(writing_response_.get());
+      this->StartWrite(&writing_message_->serialized);
     }
   }
 
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || writing_ || outstanding_ > 0) return;
-    if (reads_done_) {
+    if (failed_) {
+      finished_ = true;
+      this->Finish(failed_status_);
+    } else if (reads_done_) {
       finished_ = true;
       this->Finish(grpc::Status::OK);
     } else if (draining_ || broken_) {
@@ -213,18 +257,22 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response>,
   const bool accepted_;  // begun before shutdown: the server waits for it
 
   absl::Mutex mu_;
-  std::unique_ptr<Request> reading_ ABSL_GUARDED_BY(mu_);  // the one read in flight
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;             // sequence number of the next read
-  uint64_t next_write_seq_ ABSL_GUARDED_BY(mu_) = 0;       // the response that must be written next
-  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;               // read and not yet written
-  std::map<uint64_t, std::unique_ptr<Response>> ready_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<Response> writing_response_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<grpc::ByteBuffer> reading_ ABSL_GUARDED_BY(mu_);  // the one read in flight
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;        // sequence number of the next read
+  uint64_t next_write_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the response that must be written next
+  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;          // read and not yet written
+  // Answered messages waiting for their turn (null: nothing to write for it).
+  std::map<uint64_t, std::shared_ptr<Message>> ready_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Message> writing_message_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a message did not parse (or serialize)
+  uint64_t failed_seq_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;  // the first such message
+  grpc::Status failed_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace zlpr::server
