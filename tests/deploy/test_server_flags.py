@@ -19,6 +19,11 @@ import pytest
     ("--shutdown_grace_s=nan", "--shutdown_grace_s=nan: must be 0 to 3600"),
     ("--threads=-1", "--threads=-1: must be 0 to 1024"),
     ("--threads=100000", "--threads=100000: must be 0 to 1024"),
+    ("--max_inflight_bytes=-1", "--max_inflight_bytes=-1: must be 1048576 to"),
+    ("--max_inflight_bytes=1000", "--max_inflight_bytes=1000: must be 1048576 to"),
+    ("--transport_memory_bytes=-5", "--transport_memory_bytes=-5: must be 16777216 to"),
+    ("--auth_token_grace_s=-1", "--auth_token_grace_s=-1: must be 0 to 86400"),
+    ("--auth_token_grace_s=nan", "--auth_token_grace_s=nan: must be 0 to 86400"),
     ("stray", "unexpected argument 'stray'"),
 ])
 def test_nonsense_start_up_values_are_refused(request, flag, message):
