@@ -316,6 +316,9 @@ void PrintTable(const std::vector<Results>& all) {
   }
 }
 
+// A JSON number, or null when there is none (a quantile of no answers is NaN, which JSON lacks).
+std::string Json(double v) { return std::isfinite(v) ? absl::StrCat(v) : "null"; }
+
 void WriteJson(const std::vector<Results>& all, const std::string& path) {
   std::ofstream f(path);
   f << "{\"rpc\":\"" << absl::GetFlag(FLAGS_rpc) << "\",\"rows\":" << absl::GetFlag(FLAGS_rows)
@@ -325,10 +328,10 @@ void WriteJson(const std::vector<Results>& all, const std::string& path) {
   for (size_t i = 0; i < all.size(); ++i) {
     const Results& r = all[i];
     f << (i ? "," : "") << "{\"target\":\"" << r.target << "\",\"ok\":" << r.ok
-      << ",\"rps\":" << r.Rps() << ",\"rows_per_s\":" << r.RowsPerSecond()
-      << ",\"mb_per_s\":" << r.MBps() << ",\"p50_s\":" << r.Quantile(0.5)
-      << ",\"p90_s\":" << r.Quantile(0.9) << ",\"p99_s\":" << r.Quantile(0.99)
-      << ",\"p999_s\":" << r.Quantile(0.999) << ",\"errors\":{";
+      << ",\"rps\":" << Json(r.Rps()) << ",\"rows_per_s\":" << Json(r.RowsPerSecond())
+      << ",\"mb_per_s\":" << Json(r.MBps()) << ",\"p50_s\":" << Json(r.Quantile(0.5))
+      << ",\"p90_s\":" << Json(r.Quantile(0.9)) << ",\"p99_s\":" << Json(r.Quantile(0.99))
+      << ",\"p999_s\":" << Json(r.Quantile(0.999)) << ",\"errors\":{";
     size_t k = 0;
     for (const auto& [code, n] : r.errors) f << (k++ ? "," : "") << "\"" << code << "\":" << n;
     f << "}}";

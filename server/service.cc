@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "grpcpp/impl/codegen/proto_utils.h"
 #include "server/convert.h"
 #include "server/stream_reactor.h"
 
@@ -233,13 +232,6 @@ void ZlprServiceImpl::SubmitPredict(grpc::CallbackServerContext* ctx,
 }
 
 namespace {
-
-// Serializes `response` into `raw` (gRPC's own serializer).
-template <typename Response>
-grpc::Status Serialize(const Response& response, grpc::ByteBuffer* raw) {
-  bool own_buffer = false;
-  return grpc::GenericSerialize<grpc::ProtoBufferWriter, Response>(response, raw, &own_buffer);
-}
 
 // The reactor of a unary compute call. It owns the parsed request, the response and the call's
 // memory lease; it is counted by the service from creation to OnDone, so that shutdown can wait

@@ -28,6 +28,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "kernels/zlpr.h"
 #include "server/batcher.h"
 #include "server/executor.h"
@@ -142,6 +144,13 @@ class ZlprServiceImpl final : public ZlprServiceBase {
 
 // grpc::Status from absl::Status (the codes are the same numbers).
 grpc::Status ToGrpc(const absl::Status& status);
+
+// Serializes a response message into `raw` (gRPC's own serializer, as a typed method would).
+template <typename Response>
+grpc::Status Serialize(const Response& response, grpc::ByteBuffer* raw) {
+  bool own_buffer = false;
+  return grpc::GenericSerialize<grpc::ProtoBufferWriter, Response>(response, raw, &own_buffer);
+}
 
 }  // namespace zlpr::server
 

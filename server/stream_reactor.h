@@ -22,8 +22,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "grpcpp/impl/codegen/proto_utils.h"
-#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/service.h"
 
@@ -189,9 +187,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
   // Serializes the response, then queues it for writing in order.
   void Completed(uint64_t seq, std::shared_ptr<Message> message) ABSL_LOCKS_EXCLUDED(mu_) {
-    bool own_buffer = false;
-    const grpc::Status serialized = grpc::GenericSerialize<grpc::ProtoBufferWriter, Response>(
-        *message->response, &message->serialized, &own_buffer);
+    const grpc::Status serialized = Serialize(*message->response, &message->serialized);
     message->response.reset();
     if (!serialized.ok()) return Failed(seq, serialized);
     service_->metrics().response_bytes().Increment(

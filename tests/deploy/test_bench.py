@@ -43,6 +43,19 @@ def test_bench_mode_runs_clean(request, server, args):
     assert 0 < run["p50_s"] <= run["p99_s"]
 
 
+def test_a_run_without_answers_still_writes_valid_json(request):
+    """Every call failing (nothing listens there): exit 1, errors counted, quantiles null."""
+    build = request.config.getoption("--build")
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        r = subprocess.run([os.path.join(build, "bench/zlpr-bench"), "--target=127.0.0.1:1",
+                            "--duration_s=0.3", "--warmup_s=0", "--progress=false",
+                            f"--json={out.name}"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        run = json.load(open(out.name))["runs"][0]
+    assert run["ok"] == 0 and run["errors"].get("UNAVAILABLE", 0) > 0
+    assert run["p50_s"] is None and run["p999_s"] is None
+
+
 @pytest.mark.parametrize("tool,flags", [
     ("bench/zlpr-bench", ["--target", "--rpc", "--rows", "--cols", "--concurrency", "--rate",
                           "--duration_s", "--baseline", "--json"]),

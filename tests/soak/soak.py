@@ -196,6 +196,13 @@ def main():
                 break
             time.sleep(0.5)
         rss, fds = server.rss_mib(), server.open_fds()
+        # Of the calls whose deadline passed, how many the server dropped unseen (never
+        # computed) and how many it computed anyway, the expiry not yet seen at the cut.
+        metrics = server.metrics()
+        dropped = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith('zlpr_rejected_requests_total{reason="deadline"}'))
+        expired = sum(n for (kind, _, code), n in outcomes.items()
+                      if code == str(grpc.StatusCode.DEADLINE_EXCEEDED))
         calls = sum(outcomes.values())
         odd = {k: v for k, v in outcomes.items() if k[1] == ODD}
         proto_lines = sum("libprotobuf" in line for line in server.stderr_lines)
@@ -205,6 +212,8 @@ def main():
             print(f"  {kind:14s} {code:40s} {n}")
         print(f"  RSS baseline {base_rss:.1f} MiB, peak {peak:.1f} MiB, after {rss:.1f} MiB; "
               f"open fds baseline {base_fds}, after {fds}; protobuf log lines {proto_lines}")
+        print(f"  deadlines passed: {expired} calls; dropped by the server before computing: "
+              f"{dropped:.0f}; computed anyway: {max(expired - dropped, 0):.0f}")
         if calls == 0:
             failures.append("no calls were made")
         if odd:
