@@ -101,6 +101,12 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   for (int r = 0; r < static_cast<int>(Reject::kCount); ++r) {
     rejected_[r] = &rejected.Add({{"reason", kRejectNames[r]}});
   }
+  late_results_ = &BuildCounter()
+                       .Name("zlpr_late_results_total")
+                       .Help("Requests computed whose deadline had passed by the time the result "
+                             "was ready (the expiry came after the batch was cut): wasted work")
+                       .Register(registry)
+                       .Add({});
   request_bytes_ = &BuildCounter()
                         .Name("zlpr_request_bytes_total")
                         .Help("Serialized bytes of requests received")

@@ -52,6 +52,8 @@ class Metrics {
   prometheus::Gauge& inflight_bytes_limit() { return *inflight_bytes_limit_; }
   prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
   prometheus::Counter& request_bytes() { return *request_bytes_; }
+  // Requests computed although their deadline passed before the result was ready.
+  prometheus::Counter& late_results() { return *late_results_; }
   prometheus::Counter& response_bytes() { return *response_bytes_; }
   // The gauge of the i-th device in `cuda_devices`.
   prometheus::Gauge& device_memory(size_t i) { return *device_memory_[i]; }
@@ -70,6 +72,7 @@ class Metrics {
   prometheus::Gauge* inflight_bytes_ = nullptr;
   prometheus::Gauge* inflight_bytes_limit_ = nullptr;
   prometheus::Counter* request_bytes_ = nullptr;
+  prometheus::Counter* late_results_ = nullptr;
   prometheus::Counter* response_bytes_ = nullptr;
   std::vector<prometheus::Gauge*> device_memory_;
 };

@@ -194,13 +194,15 @@ void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext
   if (!lease->TryGrow(2 * dense)) {
     return reject(OverBudget(lease->bytes() + 2 * dense, budget_), Reject::kMemory);
   }
+  const SteadyTime deadline = SteadyDeadline(ctx, *clock_);
   Task<Job> task{.job = *std::move(job),
-                 .deadline = SteadyDeadline(ctx, *clock_),
+                 .deadline = deadline,
                  .cancelled = [ctx] { return ctx->IsCancelled(); },
                  .done =
-                     [this, request, response, limit,
+                     [this, request, response, limit, deadline,
                       done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
                        if (!result.ok()) return done({ToGrpc(result.status())});
+                       if (clock_->Now() > deadline) metrics_->late_results().Increment();
                        const Timing timing = result->timing;
                        FillResponse(*std::move(result), response);
                        // Label lists depend on the scores: only now is the whole size known. Answer

@@ -492,6 +492,7 @@ TEST_F(ServiceTest, ARequestWhoseDeadlinePassesWhileQueuedIsNotComputed) {
   }));
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_rows_total{op=\"loss\"}"), 0);
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}"), 0);
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_late_results_total"), 0);  // dropped, not computed late
 }
 
 TEST_F(ServiceTest, ARequestCancelledWhileQueuedIsNotComputed) {
@@ -836,7 +837,8 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
        {"zlpr_requests_total", "zlpr_request_duration_seconds", "zlpr_queue_duration_seconds",
         "zlpr_compute_duration_seconds", "zlpr_batch_rows", "zlpr_rows_total", "zlpr_queue_depth",
         "zlpr_inflight_requests", "zlpr_rejected_requests_total", "zlpr_request_bytes_total",
-        "zlpr_response_bytes_total", "zlpr_build_info"}) {
+        "zlpr_response_bytes_total", "zlpr_build_info", "zlpr_inflight_bytes",
+        "zlpr_late_results_total"}) {
     EXPECT_THAT(body, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   EXPECT_EQ(MetricValue(body, "zlpr_rows_total{op=\"loss\"}"), 3);
