@@ -702,9 +702,18 @@ TEST_F(ServiceTest, TheMemoryBudgetRefusesWhatItCannotCoverAndIsReturnedAfterwar
   }
   // Within it: answered, and the budget is whole again afterwards, also over a stream.
   for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(WaitUntil([&] {
+      return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0;
+    }));
     grpc::ClientContext ctx;
     EXPECT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(half, false, false), &resp).ok());
   }
+  // A call's lease is returned when gRPC is done with its response, which can be just after
+  // the client has it.
+  auto budget_free = [&] {
+    return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0;
+  };
+  ASSERT_TRUE(WaitUntil(budget_free));
   {
     grpc::ClientContext ctx;
     auto stream = stub_->StreamLoss(&ctx);
@@ -720,8 +729,7 @@ TEST_F(ServiceTest, TheMemoryBudgetRefusesWhatItCannotCoverAndIsReturnedAfterwar
   const std::string m = Metrics();
   EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"memory\"}"), 3);
   EXPECT_EQ(MetricValue(m, "zlpr_inflight_bytes{kind=\"limit\"}"), 1 << 20);
-  EXPECT_TRUE(WaitUntil(
-      [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
+  EXPECT_TRUE(WaitUntil(budget_free));
 }
 
 TEST_F(ServiceTest, ShutdownEndsAnOpenStreamAfterAnsweringWhatItSent) {
