@@ -4,13 +4,15 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+PYVENV ?= build-pyvenv
 FUZZ_SECONDS ?= 600
 FUZZERS := convert cli_readers
 CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-container run \
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
+  test-container run \
   bench-cpu format clean
 
 all: build
@@ -24,8 +26,9 @@ build: deps
 
 # Every test: unit, service, client and deployment tests (ctest), the kernel tests under
 # ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
+# the Python package (built as a wheel, installed in a fresh venv, tested against the server),
 # then the container image built and run for real (podman, as root).
-test: test-unit test-asan test-tsan test-fuzz test-container
+test: test-unit test-asan test-tsan test-fuzz test-python test-container
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -72,6 +75,15 @@ test-fuzz: fuzz-build
 fuzz: fuzz-build
 	$(call run_fuzzers,$(FUZZ_SECONDS))
 
+# The wheel of python/, installed into a fresh venv over Debian's python3 (whose python3-torch
+# and numpy it sees), then its tests against build/server/zlpr-server, the DDP run included.
+test-python: build
+	rm -rf $(PYVENV) && /usr/bin/python3 -m venv --system-site-packages $(PYVENV)
+	$(PYVENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w $(PYVENV)/dist ./python
+	$(PYVENV)/bin/pip install --quiet --disable-pip-version-check $(PYVENV)/dist/zlpr-*.whl pytest
+	cd python/tests && ../../$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider . \
+	  --server=$(abspath $(BUILD))/server/zlpr-server
+
 test-container: build
 	tests/deploy/container_test.sh $(BUILD)
 
@@ -88,4 +100,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV)

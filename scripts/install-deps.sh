@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Installs every build and test dependency of zlpr-serve, idempotently.
 #   scripts/install-deps.sh           build + test dependencies (what `make test` needs)
-#   scripts/install-deps.sh --bench   also the PyTorch baseline used by bench/ scripts
+#   scripts/install-deps.sh --bench   the same (PyTorch, the bench/ baseline, is now always in)
 #   scripts/install-deps.sh --build   only what building the server and CLI needs (images)
 # Debian packages come from apt (as root, or through sudo); Python test tools from pip.
 set -euo pipefail
 
-want_bench=0
+
 build_only=0
 for arg in "$@"; do
   case "$arg" in
-    --bench) want_bench=1 ;;
+    --bench) ;;  # PyTorch (the bench/ baseline) is always installed now
     --build) build_only=1 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
@@ -22,7 +22,7 @@ packages=(
   libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
-  python3 python3-pip python3-numpy prometheus
+  python3 python3-pip python3-numpy python3-venv python3-torch prometheus
   clang libclang-rt-14-dev
 )
 if [ "$build_only" = 1 ]; then
@@ -31,9 +31,6 @@ if [ "$build_only" = 1 ]; then
             libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev libgtest-dev libgmock-dev
             libbenchmark-dev
             libssl-dev zlib1g-dev)
-fi
-if [ "$want_bench" = 1 ]; then
-  packages+=(python3-torch)
 fi
 
 sudo_cmd=()

@@ -1,0 +1,448 @@
+"""zlpr.Client: numpy in, numpy out, on gRPC (blocking calls; zlpr.aio has the asyncio twin)."""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import grpc
+import numpy as np
+
+from zlpr import _wire
+from zlpr.v1 import zlpr_pb2 as pb
+
+_SERVICE = "/zlpr.v1.ZlprService/"
+# What a request or response carries besides its tensors: ids, shapes, sums, timing, framing.
+_SLACK_BYTES = 4096
+
+
+class ZlprError(Exception):
+    """A call that failed: `code` is the gRPC status code, `message` the server's explanation
+    (INVALID_ARGUMENT names the field, row and column)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SparseLabels:
+    """Sparse labels in CSR form: row r's labels are indices[row_splits[r]:row_splits[r+1]],
+    with values (all 1 when None)."""
+    row_splits: Sequence[int]
+    indices: Sequence[int]
+    values: Optional[Sequence[float]] = None
+
+
+@dataclass
+class LossResult:
+    loss: np.ndarray                 # float32 [rows]
+    loss_sum: float                  # over the rows, accumulated in float64
+    loss_mean: float
+    grad: Optional[np.ndarray]       # [rows, cols] float32 (float16 when asked), or None
+    request_id: str = ""
+    queue_seconds: float = 0.0       # the server's time in its queue and in its kernel
+    compute_seconds: float = 0.0     # (summed over the requests of a split call)
+
+
+@dataclass
+class PredictResult:
+    labels: List[np.ndarray]         # per row, int32: selected labels, best first
+    label_probs: List[np.ndarray]    # per row, float32: their probabilities σ(2s)
+    probs: Optional[np.ndarray]      # [rows, cols] float32 when asked, else None
+    request_id: str = ""
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+
+@dataclass
+class ServerInfo:
+    version: str
+    backend: str
+    devices: List[str]
+    max_batch_rows: int
+    max_message_bytes: int
+    max_inflight_bytes: int
+
+
+def service_config(max_attempts: int, load_balancing: str) -> str:
+    """The gRPC service config the C++ client uses: balancing, and retries with backoff on
+    UNAVAILABLE (and a CANCELLED from a server shutting down)."""
+    config = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if max_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{"service": "zlpr.v1.ZlprService"}, {"service": "grpc.health.v1.Health"}],
+            "retryPolicy": {"maxAttempts": min(max(max_attempts, 2), 5),
+                            "initialBackoff": "0.05s", "maxBackoff": "2s",
+                            "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]
+    return json.dumps(config)
+
+
+@dataclass
+class ChannelSettings:
+    """What Client and aio.Client share: the same meaning as zlpr::ClientOptions in C++."""
+    target: str
+    deadline_s: Optional[float] = 30.0
+    max_attempts: int = 5
+    max_message_bytes: Optional[int] = None   # None: learned from the server (GetServerInfo)
+    load_balancing: str = "round_robin"
+    tls: bool = False
+    tls_root_certs: Optional[bytes] = None    # PEM; None: the system's roots
+    tls_client_cert: Optional[bytes] = None   # mutual TLS
+    tls_client_key: Optional[bytes] = None
+    tls_server_name: Optional[str] = None
+    token: Optional[str] = None               # sent as "authorization: Bearer <token>"
+    options: list = field(default_factory=list)
+
+    def channel_args(self):
+        limit = self.max_message_bytes or (64 << 20)
+        args = [("grpc.max_receive_message_length", max(limit, 4 << 20)),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.service_config", service_config(self.max_attempts, self.load_balancing)),
+                ("grpc.enable_retries", 1 if self.max_attempts > 1 else 0)]
+        if self.tls_server_name:
+            args.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return args + list(self.options)
+
+    def credentials(self):
+        return grpc.ssl_channel_credentials(self.tls_root_certs, self.tls_client_key,
+                                            self.tls_client_cert)
+
+    def metadata(self):
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+
+def _identity(b):
+    return b
+
+
+def loss_request(scores, labels, mask, want_grad, grad_dtype, request_id):
+    """(the small LossRequest fields, [(field, Matrix)]) for a whole call."""
+    s = _wire.Matrix.of(scores, "scores")
+    msg = pb.LossRequest(request_id=request_id, want_grad=want_grad)
+    if grad_dtype is not None:
+        msg.grad_dtype = _wire.wire_dtype(grad_dtype)
+    tensors = [(2, s)]
+    if isinstance(labels, SparseLabels):
+        sp = msg.sparse_labels
+        sp.row_splits.extend(int(v) for v in labels.row_splits)
+        sp.indices.extend(int(v) for v in labels.indices)
+        if labels.values is not None:
+            sp.values.extend(float(v) for v in labels.values)
+    else:
+        tensors.append((3, _wire.Matrix.of(labels, "dense_labels")))
+    if mask is not None:
+        tensors.append((5, _wire.Matrix(np.asarray(mask, dtype=np.uint8), pb.UINT8, "mask")))
+    return msg, tensors
+
+
+def chunk_loss(msg, tensors, begin, end):
+    """The LossRequest of rows [begin, end): slices of the matrices (views) and of sparse
+    labels (re-based)."""
+    part = pb.LossRequest()
+    part.CopyFrom(msg)
+    if msg.HasField("sparse_labels"):
+        sp, out = msg.sparse_labels, part.sparse_labels
+        lo, hi = sp.row_splits[begin], sp.row_splits[end]
+        del out.row_splits[:], out.indices[:], out.values[:]
+        out.row_splits.extend(v - lo for v in sp.row_splits[begin:end + 1])
+        out.indices.extend(sp.indices[lo:hi])
+        if len(sp.values):
+            out.values.extend(sp.values[lo:hi])
+    return part, [(n, m.slice_rows(begin, end)) for n, m in tensors]
+
+
+def row_chunks(rows: int, request_row_bytes: float, response_row_bytes: float, limit: int,
+               fixed_bytes: int = 0) -> List[tuple]:
+    """[begin, end) row ranges whose requests and responses each stay under `limit` bytes."""
+    per_row = max(request_row_bytes, response_row_bytes, 1)
+    n = int(max(1, (limit - _SLACK_BYTES - fixed_bytes) // per_row))
+    return [(b, min(b + n, rows)) for b in range(0, rows, n)] or [(0, 0)]
+
+
+def parse_loss(data: bytes, bf16_bits: bool = False) -> LossResult:
+    rest, grad = _wire.split(data, 5)
+    r = pb.LossResponse.FromString(rest)
+    return LossResult(loss=np.asarray(r.loss, dtype=np.float32), loss_sum=r.loss_sum,
+                      loss_mean=r.loss_mean,
+                      grad=_wire.decode_matrix(grad, widen_bf16=not bf16_bits),
+                      request_id=r.request_id, queue_seconds=r.timing.queue_seconds,
+                      compute_seconds=r.timing.compute_seconds), r
+
+
+def parse_predict(data: bytes) -> PredictResult:
+    rest, probs = _wire.split(data, 3)
+    r = pb.PredictResponse.FromString(rest)
+    return PredictResult(labels=[np.asarray(row.labels, dtype=np.int32) for row in r.rows],
+                         label_probs=[np.asarray(row.probs, dtype=np.float32) for row in r.rows],
+                         probs=_wire.decode_matrix(probs), request_id=r.request_id,
+                         queue_seconds=r.timing.queue_seconds,
+                         compute_seconds=r.timing.compute_seconds), r
+
+
+def merge_loss(parts: List[LossResult], request_id: str) -> LossResult:
+    """One result from the results of consecutive row ranges, as one call would have given:
+    the sum is accumulated in float64 over the rows in order, as the server does."""
+    if len(parts) == 1:
+        return parts[0]
+    loss = np.concatenate([p.loss for p in parts])
+    total = float(np.cumsum(loss, dtype=np.float64)[-1]) if len(loss) else 0.0
+    grads = [p.grad for p in parts]
+    grad = np.concatenate(grads) if all(g is not None for g in grads) else None
+    return LossResult(loss=loss, loss_sum=total, loss_mean=total / len(loss) if len(loss) else 0.0,
+                      grad=grad, request_id=request_id,
+                      queue_seconds=sum(p.queue_seconds for p in parts),
+                      compute_seconds=sum(p.compute_seconds for p in parts))
+
+
+def merge_predict(parts: List[PredictResult], request_id: str) -> PredictResult:
+    if len(parts) == 1:
+        return parts[0]
+    probs = [p.probs for p in parts]
+    return PredictResult(labels=[l for p in parts for l in p.labels],
+                         label_probs=[l for p in parts for l in p.label_probs],
+                         probs=np.concatenate(probs) if all(x is not None for x in probs) else None,
+                         request_id=request_id,
+                         queue_seconds=sum(p.queue_seconds for p in parts),
+                         compute_seconds=sum(p.compute_seconds for p in parts))
+
+
+def predict_request(scores, threshold, label_thresholds, top_k, min_labels, want_probs, mask,
+                    request_id):
+    s = _wire.Matrix.of(scores, "scores")
+    msg = pb.PredictRequest(request_id=request_id, top_k=int(top_k), min_labels=int(min_labels),
+                            want_probs=want_probs)
+    if threshold is not None:
+        msg.threshold = float(threshold)
+    tensors = [(2, s)]
+    if label_thresholds is not None:
+        lt = np.ascontiguousarray(label_thresholds, dtype=np.float32).reshape(1, -1)
+        tensors.append((4, _wire.Matrix(lt, pb.FLOAT32, "label_thresholds")))
+    if mask is not None:
+        tensors.append((8, _wire.Matrix(np.asarray(mask, dtype=np.uint8), pb.UINT8, "mask")))
+    return msg, tensors
+
+
+def chunk_predict(msg, tensors, begin, end):
+    # label_thresholds (field 4) is per column: every chunk carries it whole.
+    return msg, [(n, m if n == 4 else m.slice_rows(begin, end)) for n, m in tensors]
+
+
+def loss_row_bytes(tensors, msg, want_grad, grad_dtype):
+    s = tensors[0][1]
+    req = sum(len(m.data) / max(m.rows, 1) for _, m in tensors)
+    if msg.HasField("sparse_labels"):
+        req += 8 * max(len(msg.sparse_labels.indices), 1) / max(s.rows, 1) + 8
+    grad_size = 4 if grad_dtype is None else _wire._ITEMSIZE[_wire.wire_dtype(grad_dtype)]
+    resp = 4 + (s.cols * grad_size if want_grad else 0)
+    return req, resp
+
+
+def predict_row_bytes(tensors, want_probs):
+    s = tensors[0][1]
+    req = sum(len(m.data) / max(m.rows, 1) for n, m in tensors if n != 4)
+    # A row's label list can hold every column: int32 label and float32 probability.
+    resp = 8 * s.cols + 16 + (4 * s.cols if want_probs else 0)
+    fixed = sum(len(m.data) for n, m in tensors if n == 4)
+    return req, resp, fixed
+
+
+class Client:
+    """A blocking client of zlpr-server.
+
+        client = zlpr.Client("127.0.0.1:50051", token=None, deadline_s=30)
+        r = client.compute_loss(scores, labels, want_grad=True)
+        p = client.predict(scores, top_k=5)
+
+    Calls larger than the server's message limit are split by rows into several requests, sent
+    concurrently, and reassembled in order: the result is the one a single call would give (the
+    server computes each row independently of its batch). Errors raise ZlprError.
+    """
+
+    def __init__(self, target: str, *, deadline_s: Optional[float] = 30.0, max_attempts: int = 5,
+                 max_message_bytes: Optional[int] = None, load_balancing: str = "round_robin",
+                 tls: bool = False, tls_root_certs: Optional[bytes] = None,
+                 tls_client_cert: Optional[bytes] = None, tls_client_key: Optional[bytes] = None,
+                 tls_server_name: Optional[str] = None, token: Optional[str] = None,
+                 max_parallel_chunks: int = 4, options: Optional[list] = None):
+        self.settings = ChannelSettings(
+            target=target, deadline_s=deadline_s, max_attempts=max_attempts,
+            max_message_bytes=max_message_bytes, load_balancing=load_balancing, tls=tls,
+            tls_root_certs=tls_root_certs, tls_client_cert=tls_client_cert,
+            tls_client_key=tls_client_key, tls_server_name=tls_server_name, token=token,
+            options=options or [])
+        args = self.settings.channel_args()
+        self._channel = (grpc.secure_channel(target, self.settings.credentials(), options=args)
+                         if tls else grpc.insecure_channel(target, options=args))
+        self._calls = {m: self._channel.unary_unary(_SERVICE + m, request_serializer=_identity,
+                                                    response_deserializer=_identity)
+                       for m in ("ComputeLoss", "Predict", "GetServerInfo")}
+        self._limit = max_message_bytes
+        self._limit_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_parallel_chunks))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method: str, data: bytes, deadline_s: Optional[float]):
+        timeout = self.settings.deadline_s if deadline_s is None else deadline_s
+        try:
+            return self._calls[method](data, timeout=timeout, metadata=self.settings.metadata())
+        except grpc.RpcError as e:
+            raise ZlprError(e.code(), e.details() or "") from None
+
+    def message_limit(self) -> int:
+        """The largest message the server takes (asked once, then kept)."""
+        with self._limit_lock:
+            if self._limit is None:
+                self._limit = self.server_info().max_message_bytes
+            return self._limit
+
+    def _run_chunks(self, method, msg, tensors, ranges, chunk, parse, deadline_s):
+        if len(ranges) == 1:
+            return [parse(self._call(method, _wire.join(msg, tensors), deadline_s))[0]]
+        futures = [self._pool.submit(lambda b=b, e=e: parse(self._call(
+            method, _wire.join(*chunk(msg, tensors, b, e)), deadline_s))[0]) for b, e in ranges]
+        return [f.result() for f in futures]
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def compute_loss(self, scores, labels, mask=None, want_grad: bool = False,
+                     grad_dtype=None, request_id: str = "",
+                     deadline_s: Optional[float] = None, bf16_bits: bool = False) -> LossResult:
+        """The ZLPR loss of each row of `scores` [rows, cols] (float32 or float16) against
+        `labels` (a dense [rows, cols] array in [0, 1], or SparseLabels), with an optional uint8
+        `mask` (0 excludes an entry); the gradient ∂L/∂s too when `want_grad` (in `grad_dtype`:
+        "float32", "float16" or "bfloat16"; a bfloat16 gradient arrives widened to float32, or
+        as its uint16 bits with `bf16_bits`)."""
+        msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
+        req, resp = loss_row_bytes(tensors, msg, want_grad, grad_dtype)
+        rows = tensors[0][1].rows
+        ranges = row_chunks(rows, req, resp, self.message_limit())
+        if len(ranges) > 1 and msg.HasField("sparse_labels"):
+            if len(msg.sparse_labels.row_splits) != rows + 1:  # let the server name the error
+                ranges = [(0, rows)]
+        parse = functools.partial(parse_loss, bf16_bits=bf16_bits)
+        parts = self._run_chunks("ComputeLoss", msg, tensors, ranges, chunk_loss, parse,
+                                 deadline_s)
+        return merge_loss(parts, request_id)
+
+    def predict(self, scores, threshold: Optional[float] = None, label_thresholds=None,
+                top_k: int = 0, min_labels: int = 0, want_probs: bool = False, mask=None,
+                request_id: str = "", deadline_s: Optional[float] = None) -> PredictResult:
+        """Each row's labels: those with σ(2s) > threshold (0.5 when None; or one threshold per
+        column), at most `top_k` (0: no cap), topped up to `min_labels`; best first, with their
+        probabilities. `want_probs` also returns the dense probabilities."""
+        msg, tensors = predict_request(scores, threshold, label_thresholds, top_k, min_labels,
+                                       want_probs, mask, request_id)
+        req, resp, fixed = predict_row_bytes(tensors, want_probs)
+        ranges = row_chunks(tensors[0][1].rows, req, resp, self.message_limit(), fixed)
+        parts = self._run_chunks("Predict", msg, tensors, ranges, chunk_predict, parse_predict,
+                                 deadline_s)
+        return merge_predict(parts, request_id)
+
+    def server_info(self) -> ServerInfo:
+        r = pb.ServerInfo.FromString(self._call("GetServerInfo", b"", None))
+        return ServerInfo(version=r.version, backend=r.backend, devices=list(r.devices),
+                          max_batch_rows=r.batcher.max_batch_rows,
+                          max_message_bytes=r.limits.max_message_bytes,
+                          max_inflight_bytes=r.limits.max_inflight_bytes)
+
+    def health(self, service: str = "") -> bool:
+        """Whether grpc.health.v1.Health says SERVING for `service` ("" is the whole server)."""
+        call = self._channel.unary_unary("/grpc.health.v1.Health/Check",
+                                         request_serializer=_identity,
+                                         response_deserializer=_identity)
+        # HealthCheckRequest{service = 1} and HealthCheckResponse{status = 1}, SERVING = 1.
+        name = service.encode()
+        request = (b"\x0a" + _wire._varint(len(name)) + name) if name else b""
+        try:
+            return call(request, timeout=self.settings.deadline_s) == b"\x08\x01"
+        except grpc.RpcError:
+            return False
+
+    def loss_stream(self, window: int = 32) -> "LossStream":
+        """A StreamLoss session: send() requests, results() yields them in order; at most
+        `window` requests are in flight (send blocks beyond)."""
+        return LossStream(self, window)
+
+
+class LossStream:
+    """A trainer's long-lived stream: requests go out as they are sent, responses come back in
+    order. Per-message errors are raised by results() as ZlprError, in their place."""
+
+    def __init__(self, client: Client, window: int):
+        self._client = client
+        self._window = threading.Semaphore(window)
+        self._queue: List = []
+        self._cond = threading.Condition()
+        self._closed = False
+        call = client._channel.stream_stream(_SERVICE + "StreamLoss", request_serializer=_identity,
+                                             response_deserializer=_identity)
+        self._responses = call(self._requests(), metadata=client.settings.metadata())
+
+    def _requests(self) -> Iterator[bytes]:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                data = self._queue.pop(0)
+            yield data
+
+    def send(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
+             request_id: str = "") -> None:
+        msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
+        data = _wire.join(msg, tensors)
+        self._window.acquire()
+        with self._cond:
+            self._queue.append(data)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """No more requests; results() ends after the last response."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def receive(self) -> Optional[LossResult]:
+        """The next response in order; None once the stream has ended after close(). A message
+        the server refused raises ZlprError here, and the stream goes on with the next."""
+        try:
+            data = next(self._responses)
+        except StopIteration:
+            return None
+        except grpc.RpcError as e:
+            raise ZlprError(e.code(), e.details() or "") from None
+        self._window.release()
+        result, r = parse_loss(data)
+        if r.HasField("error"):
+            raise ZlprError(status_code(r.error.code), r.error.message)
+        return result
+
+    def results(self) -> Iterator[LossResult]:
+        """receive() until the stream ends (an error ends the iteration by raising)."""
+        while (result := self.receive()) is not None:
+            yield result
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a numeric status code."""
+    for c in grpc.StatusCode:
+        if c.value[0] == number:
+            return c
+    return grpc.StatusCode.UNKNOWN
