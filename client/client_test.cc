@@ -183,6 +183,65 @@ TEST_F(ClientTest, PredictStreamAndInfoAndHealth) {
   EXPECT_TRUE(*healthy);
 }
 
+TEST(ClientSplitTest, CallsOverTheMessageLimitAreSplitByRowsAndBitIdentical) {
+  auto server = StartServer();
+  const std::string target = absl::StrCat("127.0.0.1:", server->grpc_port());
+  auto whole = Connect(target);
+  ClientOptions o;
+  o.target = target;
+  o.max_message_bytes = 64 << 10;  // 64 KiB: 200 x 300 fp32 scores and labels need ~7 requests
+  auto small = Client::Create(o);
+  ASSERT_TRUE(small.ok()) << small.status();
+  for (auto labels : {testing::Labels::kSoft, testing::Labels::kSparseSoft}) {
+    const testing::Problem p = testing::MakeProblem(
+        {.rows = 200, .cols = 300, .labels = labels, .mask = true, .seed = 21});
+    LossCall call;
+    call.rows = 200;
+    call.cols = 300;
+    call.scores = p.scores;
+    if (labels == testing::Labels::kSparseSoft) {
+      call.row_splits = p.row_splits;
+      call.indices = p.indices;
+      call.values = p.values;
+    } else {
+      call.dense_labels = p.dense;
+    }
+    call.mask = p.mask;
+    call.want_grad = true;
+    call.request_id = "split";
+    auto a = whole->ComputeLoss(call);
+    auto b = (*small)->ComputeLoss(call);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    EXPECT_EQ(b->request_id, "split");
+    EXPECT_EQ(a->loss, b->loss);
+    EXPECT_EQ(a->grad, b->grad);
+    EXPECT_EQ(a->loss_sum, b->loss_sum);
+    EXPECT_EQ(a->loss_mean, b->loss_mean);
+    PredictCall pc;
+    pc.rows = 200;
+    pc.cols = 300;
+    pc.scores = p.scores;
+    pc.top_k = 3;
+    pc.want_probs = true;
+    auto pa = whole->Predict(pc);
+    auto pb = (*small)->Predict(pc);
+    ASSERT_TRUE(pa.ok() && pb.ok()) << pa.status() << pb.status();
+    EXPECT_EQ(pa->labels, pb->labels);
+    EXPECT_EQ(pa->dense_probs, pb->dense_probs);
+  }
+  // A split call's errors are the server's, as for one call.
+  std::vector<float> scores(200 * 300, 0.0f), labels(200 * 300, 0.0f);
+  scores[150 * 300 + 7] = std::nanf("");
+  LossCall bad;
+  bad.rows = 200;
+  bad.cols = 300;
+  bad.scores = scores;
+  bad.dense_labels = labels;
+  auto r = (*small)->ComputeLoss(bad);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("is NaN"));
+}
+
 TEST(ClientBalancingTest, SeveralAddressesAreBalancedRoundRobin) {
   auto a = StartServer();
   auto b = StartServer();

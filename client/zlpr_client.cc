@@ -96,6 +96,129 @@ absl::StatusOr<PredictResult> FromResponse(const v1::PredictResponse& resp) {
   return out;
 }
 
+// --- Splitting a call over the message limit --------------------------------------------------
+
+// What a request or response carries besides its tensors (ids, shapes, sums, timing, framing).
+constexpr int64_t kSlackBytes = 4096;
+
+// [begin, end) row ranges whose requests and responses each stay under `limit`, given the
+// bytes per row of each; one range when the whole call fits.
+std::vector<std::pair<int64_t, int64_t>> RowRanges(int64_t rows, double request_row_bytes,
+                                                   double response_row_bytes, int64_t fixed_bytes,
+                                                   int64_t limit) {
+  const double per_row = std::max({request_row_bytes, response_row_bytes, 1.0});
+  const int64_t n = std::max<int64_t>(
+      1, static_cast<int64_t>(static_cast<double>(limit - kSlackBytes - fixed_bytes) / per_row));
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (int64_t b = 0; b < rows; b += n) ranges.emplace_back(b, std::min(b + n, rows));
+  if (ranges.empty()) ranges.emplace_back(0, rows);
+  return ranges;
+}
+
+// Rows [begin, end) of a call: views of the dense parts; sparse labels re-based into `splits`.
+LossCall SliceRows(const LossCall& c, int64_t begin, int64_t end, std::vector<int64_t>* splits) {
+  LossCall part = c;
+  const auto n = static_cast<size_t>(end - begin), cols = static_cast<size_t>(c.cols);
+  part.rows = end - begin;
+  part.scores = c.scores.subspan(begin * cols, n * cols);
+  if (!c.dense_labels.empty()) part.dense_labels = c.dense_labels.subspan(begin * cols, n * cols);
+  if (!c.mask.empty()) part.mask = c.mask.subspan(begin * cols, n * cols);
+  if (!c.row_splits.empty()) {
+    const int64_t lo = c.row_splits[begin], hi = c.row_splits[end];
+    splits->clear();
+    for (int64_t r = begin; r <= end; ++r) splits->push_back(c.row_splits[r] - lo);
+    part.row_splits = *splits;
+    part.indices = c.indices.subspan(lo, hi - lo);
+    if (!c.values.empty()) part.values = c.values.subspan(lo, hi - lo);
+  }
+  return part;
+}
+
+PredictCall SliceRows(const PredictCall& c, int64_t begin, int64_t end) {
+  PredictCall part = c;
+  const auto n = static_cast<size_t>(end - begin), cols = static_cast<size_t>(c.cols);
+  part.rows = end - begin;
+  part.scores = c.scores.subspan(begin * cols, n * cols);
+  if (!c.mask.empty()) part.mask = c.mask.subspan(begin * cols, n * cols);
+  return part;  // label_thresholds are per column: every part carries them whole
+}
+
+// Whether a call's spans are consistent enough to be sliced; otherwise it is sent whole and the
+// server names what is wrong.
+bool Sliceable(const LossCall& c) {
+  const auto cells = static_cast<size_t>(c.rows * c.cols);
+  if (c.rows <= 0 || c.cols <= 0 || c.scores.size() != cells) return false;
+  if (!c.mask.empty() && c.mask.size() != cells) return false;
+  if (c.row_splits.empty()) return c.dense_labels.size() == cells;
+  if (c.row_splits.size() != static_cast<size_t>(c.rows + 1) || c.row_splits.front() != 0 ||
+      c.row_splits.back() != static_cast<int64_t>(c.indices.size())) {
+    return false;
+  }
+  for (size_t r = 1; r < c.row_splits.size(); ++r) {
+    if (c.row_splits[r] < c.row_splits[r - 1]) return false;
+  }
+  return c.values.empty() || c.values.size() == c.indices.size();
+}
+
+bool Sliceable(const PredictCall& c) {
+  const auto cells = static_cast<size_t>(c.rows * c.cols);
+  return c.rows > 0 && c.cols > 0 && c.scores.size() == cells &&
+         (c.mask.empty() || c.mask.size() == cells);
+}
+
+std::vector<std::pair<int64_t, int64_t>> Ranges(const LossCall& c, int64_t limit) {
+  if (!Sliceable(c)) return {{0, c.rows}};
+  const double cols = static_cast<double>(c.cols);
+  double request = 4 * cols + (c.mask.empty() ? 0 : cols);
+  request += c.row_splits.empty()
+                 ? 4 * cols
+                 : 8 + 8 * static_cast<double>(c.indices.size()) / static_cast<double>(c.rows);
+  const double response =
+      4 + (c.want_grad ? cols * static_cast<double>(DTypeSize(c.grad_dtype)) : 0);
+  return RowRanges(c.rows, request, response, 0, limit);
+}
+
+std::vector<std::pair<int64_t, int64_t>> Ranges(const PredictCall& c, int64_t limit) {
+  if (!Sliceable(c)) return {{0, c.rows}};
+  const double cols = static_cast<double>(c.cols);
+  const double request = 4 * cols + (c.mask.empty() ? 0 : cols);
+  // A row's label list can hold every column: an int32 label and a float32 probability each.
+  const double response = 16 + 8 * cols + (c.want_probs ? 4 * cols : 0);
+  const auto fixed = static_cast<int64_t>(4 * c.label_thresholds.size());
+  return RowRanges(c.rows, request, response, fixed, limit);
+}
+
+// The result of consecutive row ranges, as one call would have given it: the sum accumulated
+// over the rows in order in double, as the server does.
+LossResult Merge(std::vector<LossResult> parts, const std::string& request_id) {
+  LossResult out;
+  out.request_id = request_id;
+  for (LossResult& p : parts) {
+    out.loss.insert(out.loss.end(), p.loss.begin(), p.loss.end());
+    out.grad.insert(out.grad.end(), p.grad.begin(), p.grad.end());
+    out.queue_seconds += p.queue_seconds;
+    out.compute_seconds += p.compute_seconds;
+    out.batch_rows = std::max(out.batch_rows, p.batch_rows);
+  }
+  for (float l : out.loss) out.loss_sum += l;
+  out.loss_mean = out.loss.empty() ? 0 : out.loss_sum / static_cast<double>(out.loss.size());
+  return out;
+}
+
+PredictResult Merge(std::vector<PredictResult> parts, const std::string& request_id) {
+  PredictResult out;
+  out.request_id = request_id;
+  for (PredictResult& p : parts) {
+    std::move(p.labels.begin(), p.labels.end(), std::back_inserter(out.labels));
+    std::move(p.probs.begin(), p.probs.end(), std::back_inserter(out.probs));
+    out.dense_probs.insert(out.dense_probs.end(), p.dense_probs.begin(), p.dense_probs.end());
+    out.queue_seconds += p.queue_seconds;
+    out.compute_seconds += p.compute_seconds;
+    out.batch_rows = std::max(out.batch_rows, p.batch_rows);
+  }
+  return out;
+}
+
 // A stream response's per-message error, as a Status; OK when there is none.
 template <typename Response>
 absl::Status MessageError(const Response& resp) {
@@ -195,6 +318,46 @@ class GrpcClient final : public Client {
         health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
   absl::StatusOr<LossResult> ComputeLoss(const LossCall& call) override {
+    const auto ranges = Ranges(call, options_.max_message_bytes);
+    if (ranges.size() == 1) return ComputeLossWhole(call);
+    // Over the message limit: one request per range, concurrently, reassembled in order.
+    std::vector<std::vector<int64_t>> splits(ranges.size());
+    std::vector<std::future<absl::StatusOr<LossResult>>> futures;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      futures.push_back(
+          ComputeLossFuture(SliceRows(call, ranges[i].first, ranges[i].second, &splits[i])));
+    }
+    return Gather(futures, call.request_id);
+  }
+
+  absl::StatusOr<PredictResult> Predict(const PredictCall& call) override {
+    const auto ranges = Ranges(call, options_.max_message_bytes);
+    if (ranges.size() == 1) return PredictWhole(call);
+    std::vector<std::future<absl::StatusOr<PredictResult>>> futures;
+    for (const auto& [begin, end] : ranges) futures.push_back(PredictFuture(SliceRows(call, begin, end)));
+    return Gather(futures, call.request_id);
+  }
+
+ private:
+  // The results of split calls in order, or the first error.
+  template <typename Result>
+  static absl::StatusOr<Result> Gather(std::vector<std::future<absl::StatusOr<Result>>>& futures,
+                                       const std::string& request_id) {
+    std::vector<Result> parts;
+    absl::Status first_error;
+    for (auto& f : futures) {
+      absl::StatusOr<Result> r = f.get();
+      if (!r.ok()) {
+        if (first_error.ok()) first_error = r.status();
+      } else {
+        parts.push_back(*std::move(r));
+      }
+    }
+    if (!first_error.ok()) return first_error;
+    return Merge(std::move(parts), request_id);
+  }
+
+  absl::StatusOr<LossResult> ComputeLossWhole(const LossCall& call) {
     grpc::ClientContext ctx;
     Prepare(&ctx, call.deadline);
     v1::LossResponse resp;
@@ -204,6 +367,17 @@ class GrpcClient final : public Client {
     return FromResponse(resp);
   }
 
+  absl::StatusOr<PredictResult> PredictWhole(const PredictCall& call) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, call.deadline);
+    v1::PredictResponse resp;
+    if (absl::Status st = FromGrpc(stub_->Predict(&ctx, ToRequest(call), &resp)); !st.ok()) {
+      return st;
+    }
+    return FromResponse(resp);
+  }
+
+ public:
   void ComputeLossAsync(const LossCall& call,
                         std::function<void(absl::StatusOr<LossResult>)> done) override {
     CallAsync<v1::LossResponse, LossResult>(
@@ -212,16 +386,6 @@ class GrpcClient final : public Client {
                std::function<void(grpc::Status)> cb) {
           stub_->async()->ComputeLoss(ctx, req, resp, std::move(cb));
         });
-  }
-
-  absl::StatusOr<PredictResult> Predict(const PredictCall& call) override {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, call.deadline);
-    v1::PredictResponse resp;
-    if (absl::Status st = FromGrpc(stub_->Predict(&ctx, ToRequest(call), &resp)); !st.ok()) {
-      return st;
-    }
-    return FromResponse(resp);
   }
 
   void PredictAsync(const PredictCall& call,

@@ -54,7 +54,10 @@ struct ClientOptions {
   // Attempts per call on UNAVAILABLE or a server-side CANCELLED (1 = no retry), with
   // exponential backoff.
   int max_attempts = 5;
-  // Largest message either way; match the server's --max_message_bytes.
+  // Largest message either way; match the server's --max_message_bytes (GetServerInfo says
+  // it). A blocking ComputeLoss or Predict whose request or response would be larger is split
+  // by rows into requests under it, sent concurrently and reassembled in order: the result is
+  // the one a single call gives (the server computes each row independently of its batch).
   int64_t max_message_bytes = 64 << 20;
   // Load-balancing policy across the target's addresses.
   std::string load_balancing = "round_robin";
