@@ -149,6 +149,23 @@ def test_stream_answers_in_order_with_errors_in_place(client):
     assert stream.receive() is None
 
 
+def test_predict_stream_one_request_after_another(client):
+    stream = client.predict_stream(window=1)
+    s = np.array([[1.0, -1.0, 2.0]], dtype=np.float32)
+    for i in range(50):
+        stream.send(s if i != 7 else np.full((1, 3), np.nan, np.float32), top_k=1,
+                    request_id=str(i))
+        if i == 7:
+            with pytest.raises(zlpr.ZlprError) as e:
+                stream.receive()
+            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            continue
+        r = stream.receive()
+        assert r.request_id == str(i) and r.labels[0].tolist() == [2]
+    stream.close()
+    assert stream.receive() is None
+
+
 def test_server_info_and_health(client):
     info = client.server_info()
     assert info.backend == "cpu" and info.max_message_bytes == 64 << 20

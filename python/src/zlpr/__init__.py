@@ -9,9 +9,9 @@ gRPC service).
 zlpr.aio.Client is the asyncio twin; zlpr.torch has the autograd function, the ZlprLoss module
 and a pure-PyTorch reference of the loss.
 """
-from zlpr._client import (Client, LossResult, LossStream, PredictResult, ServerInfo,
-                          SparseLabels, ZlprError)
+from zlpr._client import (Client, LossResult, LossStream, PredictResult, PredictStream,
+                          ServerInfo, SparseLabels, ZlprError)
 
-__all__ = ["Client", "LossResult", "LossStream", "PredictResult", "ServerInfo", "SparseLabels",
-           "ZlprError"]
+__all__ = ["Client", "LossResult", "LossStream", "PredictResult", "PredictStream", "ServerInfo",
+           "SparseLabels", "ZlprError"]
 __version__ = "0.1.0"

@@ -376,22 +376,29 @@ class Client:
             return False
 
     def loss_stream(self, window: int = 32) -> "LossStream":
-        """A StreamLoss session: send() requests, results() yields them in order; at most
-        `window` requests are in flight (send blocks beyond)."""
+        """A StreamLoss session: send() requests, receive() or results() gives their results in
+        order; at most `window` requests are in flight (send() waits beyond)."""
         return LossStream(self, window)
 
+    def predict_stream(self, window: int = 32) -> "PredictStream":
+        """A StreamPredict session, as loss_stream()."""
+        return PredictStream(self, window)
 
-class LossStream:
-    """A trainer's long-lived stream: requests go out as they are sent, responses come back in
-    order. Per-message errors are raised by results() as ZlprError, in their place."""
+
+class _Stream:
+    """A long-lived bidirectional stream: requests go out as they are sent, responses come back
+    in order, at most `window` in flight (send() waits beyond). Per-message errors are raised
+    by receive() in their place, and the stream goes on."""
+
+    _METHOD = ""
 
     def __init__(self, client: Client, window: int):
-        self._client = client
-        self._window = threading.Semaphore(window)
+        self._window = threading.Semaphore(max(1, window))
         self._queue: List = []
         self._cond = threading.Condition()
         self._closed = False
-        call = client._channel.stream_stream(_SERVICE + "StreamLoss", request_serializer=_identity,
+        call = client._channel.stream_stream(_SERVICE + self._METHOD,
+                                             request_serializer=_identity,
                                              response_deserializer=_identity)
         self._responses = call(self._requests(), metadata=client.settings.metadata())
 
@@ -404,24 +411,21 @@ class LossStream:
                 data = self._queue.pop(0)
             yield data
 
-    def send(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
-             request_id: str = "") -> None:
-        msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
-        data = _wire.join(msg, tensors)
+    def _send(self, data: bytes) -> None:
         self._window.acquire()
         with self._cond:
+            if self._closed:
+                raise ValueError("send() after close()")
             self._queue.append(data)
             self._cond.notify()
 
     def close(self) -> None:
-        """No more requests; results() ends after the last response."""
+        """No more requests; receive() returns None after the last response."""
         with self._cond:
             self._closed = True
             self._cond.notify()
 
-    def receive(self) -> Optional[LossResult]:
-        """The next response in order; None once the stream has ended after close(). A message
-        the server refused raises ZlprError here, and the stream goes on with the next."""
+    def _receive(self, parse):
         try:
             data = next(self._responses)
         except StopIteration:
@@ -429,15 +433,45 @@ class LossStream:
         except grpc.RpcError as e:
             raise ZlprError(e.code(), e.details() or "") from None
         self._window.release()
-        result, r = parse_loss(data)
+        result, r = parse(data)
         if r.HasField("error"):
             raise ZlprError(status_code(r.error.code), r.error.message)
         return result
 
-    def results(self) -> Iterator[LossResult]:
+    def results(self) -> Iterator:
         """receive() until the stream ends (an error ends the iteration by raising)."""
         while (result := self.receive()) is not None:
             yield result
+
+
+class LossStream(_Stream):
+    """A StreamLoss session (Client.loss_stream): a trainer's epoch on one stream."""
+
+    _METHOD = "StreamLoss"
+
+    def send(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
+             request_id: str = "") -> None:
+        self._send(_wire.join(*loss_request(scores, labels, mask, want_grad, grad_dtype,
+                                            request_id)))
+
+    def receive(self) -> Optional[LossResult]:
+        """The next result in order; None once the stream has ended after close()."""
+        return self._receive(parse_loss)
+
+
+class PredictStream(_Stream):
+    """A StreamPredict session (Client.predict_stream): the lowest per-call cost for a caller
+    that sends one request after another (no per-call setup)."""
+
+    _METHOD = "StreamPredict"
+
+    def send(self, scores, threshold=None, label_thresholds=None, top_k=0, min_labels=0,
+             want_probs=False, mask=None, request_id: str = "") -> None:
+        self._send(_wire.join(*predict_request(scores, threshold, label_thresholds, top_k,
+                                               min_labels, want_probs, mask, request_id)))
+
+    def receive(self) -> Optional[PredictResult]:
+        return self._receive(parse_predict)
 
 
 def status_code(number: int) -> grpc.StatusCode:
