@@ -202,3 +202,37 @@ def test_asyncio_client(target):
             with pytest.raises(zlpr.ZlprError):
                 await c.predict(s, threshold=0.0)
     asyncio.run(main())
+
+
+def test_tls_and_mutual_tls(server_binary, tmp_path):
+    import shutil
+    import subprocess
+    if not shutil.which("openssl"):
+        pytest.skip("openssl missing")
+    d = str(tmp_path)
+    script = f"""set -e; cd {d}
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ca -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem
+"""
+    subprocess.run(["bash", "-c", script], check=True, capture_output=True)
+    read = lambda name: (tmp_path / name).read_bytes()  # noqa: E731
+    proc, address = start_server(server_binary, f"--tls_cert={d}/server.pem",
+                                 f"--tls_key={d}/server.key", f"--tls_client_ca={d}/ca.pem")
+    port = address.split(":")[1]
+    try:
+        s = np.ones((1, 2), np.float32)
+        with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=read("ca.pem"),
+                         tls_client_cert=read("client.pem"), tls_client_key=read("client.key"),
+                         max_attempts=1) as c:
+            assert c.predict(s).labels[0].tolist() == [0, 1]
+        with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=read("ca.pem"),
+                         max_attempts=1, deadline_s=5, max_message_bytes=1 << 20) as no_cert:
+            with pytest.raises(zlpr.ZlprError) as e:
+                no_cert.predict(s)
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop_server(proc)
