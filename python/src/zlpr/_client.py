@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
@@ -394,8 +395,7 @@ class _Stream:
 
     def __init__(self, client: Client, window: int):
         self._window = threading.Semaphore(max(1, window))
-        self._queue: List = []
-        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # None: no more requests
         self._closed = False
         call = client._channel.stream_stream(_SERVICE + self._METHOD,
                                              request_serializer=_identity,
@@ -403,27 +403,20 @@ class _Stream:
         self._responses = call(self._requests(), metadata=client.settings.metadata())
 
     def _requests(self) -> Iterator[bytes]:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue:
-                    return
-                data = self._queue.pop(0)
+        while (data := self._queue.get()) is not None:
             yield data
 
     def _send(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("send() after close()")
         self._window.acquire()
-        with self._cond:
-            if self._closed:
-                raise ValueError("send() after close()")
-            self._queue.append(data)
-            self._cond.notify()
+        self._queue.put(data)
 
     def close(self) -> None:
         """No more requests; receive() returns None after the last response."""
-        with self._cond:
+        if not self._closed:
             self._closed = True
-            self._cond.notify()
+            self._queue.put(None)
 
     def _receive(self, parse):
         try:
