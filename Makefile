@@ -5,13 +5,14 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 PYVENV ?= build-pyvenv
+OIPVENV ?= build-oipvenv
 FUZZ_SECONDS ?= 600
 FUZZERS := convert cli_readers
 CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python test-oip \
   test-container run \
   bench-cpu format clean
 
@@ -27,8 +28,9 @@ build: deps
 # Every test: unit, service, client and deployment tests (ctest), the kernel tests under
 # ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
 # the Python package (built as a wheel, installed in a fresh venv, tested against the server),
-# then the container image built and run for real (podman, as root).
-test: test-unit test-asan test-tsan test-fuzz test-python test-container
+# Triton's client against the Open Inference Protocol, then the container image built and run
+# for real (podman, as root).
+test: test-unit test-asan test-tsan test-fuzz test-python test-oip test-container
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -84,6 +86,13 @@ test-python: build
 	cd python/tests && ../../$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider . \
 	  --server=$(abspath $(BUILD))/server/zlpr-server
 
+# tritonclient (from PyPI, in its own venv: it pins its own protobuf) against the server.
+test-oip: build
+	rm -rf $(OIPVENV) && /usr/bin/python3 -m venv $(OIPVENV)
+	$(OIPVENV)/bin/pip install --quiet --disable-pip-version-check -r tests/oip/requirements.txt
+	cd tests/oip && ../../$(OIPVENV)/bin/python -m pytest -q -p no:cacheprovider . \
+	  --server=$(abspath $(BUILD))/server/zlpr-server
+
 test-container: build
 	tests/deploy/container_test.sh $(BUILD)
 
@@ -100,4 +109,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(OIPVENV)

@@ -26,8 +26,8 @@ prometheus::Histogram::BucketBoundaries RowBuckets() {
 }  // namespace
 
 const char* MethodName(Method m) {
-  static const char* const kNames[] = {"ComputeLoss", "Predict", "StreamLoss", "StreamPredict",
-                                       "GetServerInfo"};
+  static const char* const kNames[] = {"ComputeLoss",   "Predict",      "StreamLoss",
+                                       "StreamPredict", "GetServerInfo", "ModelInfer"};
   return kNames[static_cast<int>(m)];
 }
 

@@ -18,7 +18,15 @@
 
 namespace zlpr::server {
 
-enum class Method { kComputeLoss, kPredict, kStreamLoss, kStreamPredict, kGetServerInfo, kCount };
+enum class Method {
+  kComputeLoss,
+  kPredict,
+  kStreamLoss,
+  kStreamPredict,
+  kGetServerInfo,
+  kModelInfer,  // the Open Inference Protocol (oip_service.h)
+  kCount
+};
 enum class Reject {
   kQueueFull,
   kDeadline,

@@ -22,6 +22,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/echo_service.h"
+#include "server/oip_service.h"
 
 #ifndef ZLPR_VERSION
 #define ZLPR_VERSION "0.0.0-dev"
@@ -282,6 +283,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     s->devices_ = {"echo (no compute)"};
   } else {
     builder.RegisterService(s->service_.get());
+    // The Open Inference Protocol on the same port and request path.
+    s->inference_ = std::make_unique<InferenceService>(
+        s->service_.get(), options.batcher.max_batch_rows, Version());
+    builder.RegisterService(s->inference_.get());
   }
   const int max_bytes = static_cast<int>(options.max_message_bytes);  // validated <= INT32_MAX
   builder.SetMaxReceiveMessageSize(max_bytes);

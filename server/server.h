@@ -24,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "server/auth.h"
 #include "server/memory_budget.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -112,6 +113,7 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ZlprServiceImpl> service_;
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
+  std::unique_ptr<inference::GRPCInferenceService::CallbackService> inference_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Reclaimer> reclaimer_;

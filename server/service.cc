@@ -173,51 +173,82 @@ absl::Status ZlprServiceImpl::Receive(grpc::ByteBuffer* raw, google::protobuf::M
   return absl::OkStatus();
 }
 
+template <typename Job>
+void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
+                                 MemoryBudget::Lease* lease, int64_t response_bytes,
+                                 absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done) {
+  auto reject = [&](const absl::Status& st, Reject reason) {
+    metrics_->rejected(reason).Increment();
+    done(st);
+  };
+  if (shutting_down()) {
+    return reject(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
+  }
+  const int64_t limit = options_.max_message_bytes;
+  if (response_bytes > limit) {
+    return reject(ResponseTooLarge(response_bytes, limit, "at least "), Reject::kTooLarge);
+  }
+  // The result and its serialized copy are both held until the response is sent.
+  if (!lease->TryGrow(2 * response_bytes)) {
+    return reject(OverBudget(lease->bytes() + 2 * response_bytes, budget_), Reject::kMemory);
+  }
+  const SteadyTime deadline = SteadyDeadline(ctx, *clock_);
+  Task<Job> task{.job = std::move(job),
+                 .deadline = deadline,
+                 .cancelled = [ctx] { return ctx->IsCancelled(); },
+                 .done = [this, deadline, done = std::move(done)](
+                             absl::StatusOr<typename Job::Result> result) mutable {
+                   if (result.ok() && clock_->Now() > deadline) {
+                     metrics_->late_results().Increment();
+                   }
+                   done(std::move(result));
+                 }};
+  // A refusal (queue full, shutting down) is answered through the task's `done`.
+  batcher_.Enqueue(std::move(task)).IgnoreError();
+}
+
+void ZlprServiceImpl::EnqueueLoss(grpc::CallbackServerContext* ctx, LossJob job,
+                                  MemoryBudget::Lease* lease, int64_t response_bytes,
+                                  absl::AnyInvocable<void(absl::StatusOr<LossResult>)> done) {
+  EnqueueJob(ctx, std::move(job), lease, response_bytes, std::move(done));
+}
+
+void ZlprServiceImpl::EnqueuePredict(grpc::CallbackServerContext* ctx, PredictJob job,
+                                     MemoryBudget::Lease* lease, int64_t response_bytes,
+                                     absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done) {
+  EnqueueJob(ctx, std::move(job), lease, response_bytes, std::move(done));
+}
+
 template <typename Job, typename Request, typename Response, typename Convert>
 void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext* ctx,
                              const Request* request, Response* response,
                              MemoryBudget::Lease* lease, Done done) {
   response->set_request_id(request->request_id());
-  auto reject = [&](const absl::Status& st, Reject reason) {
-    metrics_->rejected(reason).Increment();
-    done({ToGrpc(st)});
-  };
-  if (shutting_down()) {
-    return reject(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
-  }
   absl::StatusOr<Job> job = convert(*request);
-  if (!job.ok()) return reject(job.status(), Reject::kInvalid);
+  if (!job.ok()) {
+    metrics_->rejected(Reject::kInvalid).Increment();
+    return done({ToGrpc(job.status())});
+  }
   const int64_t limit = options_.max_message_bytes;
   const int64_t dense = DenseResponseBytes(*job, request->request_id().size());
-  if (dense > limit) return reject(ResponseTooLarge(dense, limit, "at least "), Reject::kTooLarge);
-  // The result and its serialized copy are both held until the response is sent.
-  if (!lease->TryGrow(2 * dense)) {
-    return reject(OverBudget(lease->bytes() + 2 * dense, budget_), Reject::kMemory);
-  }
-  const SteadyTime deadline = SteadyDeadline(ctx, *clock_);
-  Task<Job> task{.job = *std::move(job),
-                 .deadline = deadline,
-                 .cancelled = [ctx] { return ctx->IsCancelled(); },
-                 .done =
-                     [this, request, response, limit, deadline,
-                      done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
-                       if (!result.ok()) return done({ToGrpc(result.status())});
-                       if (clock_->Now() > deadline) metrics_->late_results().Increment();
-                       const Timing timing = result->timing;
-                       FillResponse(*std::move(result), response);
-                       // Label lists depend on the scores: only now is the whole size known. Answer
-                       // with a clear error rather than let gRPC fail the send.
-                       const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
-                       if (bytes > limit) {
-                         response->Clear();
-                         response->set_request_id(request->request_id());
-                         metrics_->rejected(Reject::kTooLarge).Increment();
-                         return done({ToGrpc(ResponseTooLarge(bytes, limit, ""))});
-                       }
-                       done({grpc::Status::OK, timing});
-                     }};
-  // A refusal (queue full, shutting down) is answered through the task's `done`.
-  batcher_.Enqueue(std::move(task)).IgnoreError();
+  EnqueueJob<Job>(
+      ctx, *std::move(job), lease, dense,
+      [this, request, response, limit,
+       done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
+        if (!result.ok()) return done({ToGrpc(result.status())});
+        const Timing timing = result->timing;
+        FillResponse(*std::move(result), response);
+        // Label lists depend on the scores: only now is the whole size known. Answer with a
+        // clear error rather than let gRPC fail the send.
+        const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
+        if (bytes > limit) {
+          response->Clear();
+          response->set_request_id(request->request_id());
+          metrics_->rejected(Reject::kTooLarge).Increment();
+          return done({ToGrpc(ResponseTooLarge(bytes, limit, ""))});
+        }
+        done({grpc::Status::OK, timing});
+      });
 }
 
 void ZlprServiceImpl::SubmitLoss(grpc::CallbackServerContext* ctx, const v1::LossRequest* request,

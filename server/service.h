@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
@@ -111,6 +112,18 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   void SubmitPredict(grpc::CallbackServerContext* ctx, const v1::PredictRequest* request,
                      v1::PredictResponse* response, MemoryBudget::Lease* lease, Done done);
 
+  // For every front end: queues a converted job for the batcher, after checking that its
+  // response (`response_bytes`, its dense size) fits the message limit (OUT_OF_RANGE) and growing
+  // `lease` by twice it (RESOURCE_EXHAUSTED); refused while shutting down (UNAVAILABLE). `done`
+  // runs exactly once, from this thread (refused) or a worker, with the result or why there is
+  // none; `lease` and whatever the job's views point into must stay alive until then.
+  void EnqueueLoss(grpc::CallbackServerContext* ctx, LossJob job, MemoryBudget::Lease* lease,
+                   int64_t response_bytes,
+                   absl::AnyInvocable<void(absl::StatusOr<LossResult>)> done);
+  void EnqueuePredict(grpc::CallbackServerContext* ctx, PredictJob job,
+                      MemoryBudget::Lease* lease, int64_t response_bytes,
+                      absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done);
+
   // A call begins (a reactor is made) and ends (its OnDone). Begin returns whether the call was
   // accepted before shutdown began, which End must be told.
   bool CallBegins();
@@ -122,9 +135,14 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   int stream_window() const { return options_.stream_window; }
   StreamRegistry& streams() { return *streams_; }
   MemoryBudget& budget() { return budget_; }
+  int64_t max_message_bytes() const { return options_.max_message_bytes; }
 
  private:
   class MetricsListener;
+  template <typename Job>
+  void EnqueueJob(grpc::CallbackServerContext* ctx, Job job, MemoryBudget::Lease* lease,
+                  int64_t response_bytes,
+                  absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done);
   template <typename Job, typename Request, typename Response, typename Convert>
   void Submit(const Convert& convert, grpc::CallbackServerContext* ctx, const Request* request,
               Response* response, MemoryBudget::Lease* lease, Done done);

@@ -1,0 +1,136 @@
+"""tritonclient's gRPC client, unchanged, against zlpr-server's Open Inference Protocol:
+liveness, readiness, metadata, configuration, inference on both models against a float64
+reference (raw and typed inputs, FP16, requested outputs, parameters), errors with their codes
+and the tensor they name, and the counters shared with zlpr.v1."""
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return grpcclient.InferenceServerClient(server["grpc"])
+
+
+def reference(s, t, mask=None):
+    s, t = s.astype(np.float64), t.astype(np.float64)
+    keep = s != -np.inf
+    if mask is not None:
+        keep &= mask != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(keep & (t > 0), -s + np.log(np.where(t > 0, t, 1)), -np.inf)
+        y = np.where(keep & (t < 1), s + np.log1p(-np.where(t < 1, t, 0)), -np.inf)
+    z = np.zeros((s.shape[0], 1))
+    p = np.logaddexp.reduce(np.concatenate([z, x], 1), 1)
+    n = np.logaddexp.reduce(np.concatenate([z, y], 1), 1)
+    return p + n, np.where(keep, -np.exp(x - p[:, None]) + np.exp(y - n[:, None]), 0)
+
+
+def tensor(name, array, datatype):
+    t = grpcclient.InferInput(name, list(array.shape), datatype)
+    t.set_data_from_numpy(array)
+    return t
+
+
+def test_liveness_readiness_metadata_and_config(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("zlpr_predict") and client.is_model_ready("zlpr_loss")
+    assert not client.is_model_ready("resnet50")
+    meta = client.get_server_metadata()
+    assert meta.name == "zlpr-server" and "model_configuration" in meta.extensions
+    model = client.get_model_metadata("zlpr_loss")
+    assert [i.name for i in model.inputs] == ["scores", "labels", "mask"]
+    assert [(o.name, o.datatype, list(o.shape)) for o in model.outputs] == [
+        ("loss", "FP32", [-1]), ("grad", "FP32", [-1, -1])]
+    config = client.get_model_config("zlpr_predict").config
+    assert config.name == "zlpr_predict" and config.max_batch_size == 128
+    assert [(i.name, list(i.dims)) for i in config.input] == [
+        ("scores", [-1]), ("label_thresholds", [-1]), ("mask", [-1])]
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("resnet50")
+    assert "unknown model 'resnet50'" in e.value.message()
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16"])
+def test_loss_and_gradient_against_the_reference(client, datatype):
+    rng = np.random.default_rng(1)
+    s = (rng.standard_normal((7, 301)) * 3).astype(np.float32)
+    t = rng.random((7, 301)).astype(np.float32)
+    dt = np.float16 if datatype == "FP16" else np.float32
+    r = client.infer("zlpr_loss", [tensor("scores", s.astype(dt), datatype),
+                                   tensor("labels", t.astype(dt), datatype)], request_id="req-7")
+    loss, grad = reference(s.astype(dt), t.astype(dt))
+    np.testing.assert_allclose(r.as_numpy("loss"), loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(r.as_numpy("grad"), grad, atol=2e-6)
+    response = r.get_response()
+    assert response.id == "req-7" and response.model_name == "zlpr_loss"
+    assert response.parameters["loss_sum"].double_param == pytest.approx(float(np.sum(loss)))
+    # Only the loss when only it is asked for: no gradient computed or sent.
+    only = client.infer("zlpr_loss", [tensor("scores", s, "FP32"), tensor("labels", t, "FP32")],
+                        outputs=[grpcclient.InferRequestedOutput("loss")])
+    assert only.as_numpy("grad") is None
+    np.testing.assert_array_equal(only.as_numpy("loss"), r.as_numpy("loss")
+                                  if datatype == "FP32" else only.as_numpy("loss"))
+
+
+def test_predict_outputs_parameters_and_mask(client):
+    s = np.array([[2.0, -1.0, 0.5, 3.0], [-2.0, -3.0, -1.0, -0.5]], dtype=np.float32)
+    r = client.infer("zlpr_predict", [tensor("scores", s, "FP32")])
+    np.testing.assert_array_equal(r.as_numpy("labels"), [[3, 0, 2], [-1, -1, -1]])
+    np.testing.assert_array_equal(r.as_numpy("label_count"), [3, 0])
+    np.testing.assert_allclose(r.as_numpy("label_probs")[0], 1 / (1 + np.exp(-2 * s[0, [3, 0, 2]])),
+                               rtol=1e-6)
+    np.testing.assert_allclose(r.as_numpy("probs"), 1 / (1 + np.exp(-2 * s)), rtol=1e-6)
+    capped = client.infer("zlpr_predict", [tensor("scores", s, "FP32")],
+                          parameters={"top_k": 1, "min_labels": 2, "threshold": 0.5},
+                          outputs=[grpcclient.InferRequestedOutput("labels")])
+    np.testing.assert_array_equal(capped.as_numpy("labels"), [[3, 0], [3, 2]])
+    assert capped.as_numpy("probs") is None
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.uint8)
+    masked = client.infer("zlpr_predict", [tensor("scores", s, "FP32"),
+                                           tensor("mask", mask, "UINT8")])
+    np.testing.assert_array_equal(masked.as_numpy("labels")[0], [0, 2])
+    per_label = client.infer("zlpr_predict", [
+        tensor("scores", s, "FP32"),
+        tensor("label_thresholds", np.array([0.99, 0.5, 0.5, 0.5], np.float32), "FP32")])
+    np.testing.assert_array_equal(per_label.as_numpy("labels")[0], [3, 2])
+
+
+def test_errors_name_the_tensor_and_keep_their_codes(client):
+    s = np.zeros((2, 3), np.float32)
+    s[1, 2] = np.nan
+    cases = [
+        ("zlpr_loss", [tensor("scores", s, "FP32"), tensor("labels", s * 0, "FP32")], {},
+         "scores[1, 2] is NaN"),
+        ("zlpr_loss", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")], {},
+         "model zlpr_loss needs input 'labels'"),
+        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.int32), "INT32")], {},
+         "input 'scores': datatype INT32 is not allowed"),
+        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")],
+         {"threshold": 1.5}, "threshold"),
+        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")],
+         {"colour": "red"}, "unknown parameter 'colour'"),
+        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32"),
+                          tensor("mask", np.ones((2, 2), np.uint8), "UINT8")], {},
+         "input 'mask': shape [2, 2]"),
+    ]
+    for model, inputs, params, message in cases:
+        with pytest.raises(InferenceServerException) as e:
+            client.infer(model, inputs, parameters=params or None)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", (message, e.value)
+        assert message in e.value.message(), (message, e.value.message())
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("resnet50", [tensor("scores", np.zeros((1, 1), np.float32), "FP32")])
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_both_protocols_are_counted_on_the_same_path(server, client):
+    s = np.ones((3, 5), np.float32)
+    client.infer("zlpr_predict", [tensor("scores", s, "FP32")])
+    with urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics") as r:
+        body = r.read().decode()
+    assert 'zlpr_requests_total{code="OK",method="ModelInfer"}' in body
+    assert 'zlpr_rows_total{op="predict"}' in body
