@@ -20,6 +20,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "kernels/test_util.h"
@@ -730,6 +731,60 @@ TEST_F(ServiceTest, TheMemoryBudgetRefusesWhatItCannotCoverAndIsReturnedAfterwar
   EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"memory\"}"), 3);
   EXPECT_EQ(MetricValue(m, "zlpr_inflight_bytes{kind=\"limit\"}"), 1 << 20);
   EXPECT_TRUE(WaitUntil(budget_free));
+}
+
+TEST_F(ServiceTest, OpenInferenceProtocolRequestsTakeTheSamePathAndBatchWithZlprOnes) {
+  StartServer();
+  auto oip = inference::GRPCInferenceService::NewStub(channel_);
+  const testing::Problem p = testing::MakeProblem({.rows = 5, .cols = 37, .seed = 31});
+  std::vector<float> want_loss(5), want_grad(5 * 37);
+  ASSERT_TRUE(cpu_->Loss(p.Input(false), {want_loss.data(), want_grad.data()}).ok());
+  inference::ModelInferRequest req;
+  req.set_model_name("zlpr_loss");
+  req.set_id("oip-1");
+  for (const char* name : {"scores", "labels"}) {
+    auto* in = req.add_inputs();
+    in->set_name(name);
+    in->set_datatype("FP32");
+    in->add_shape(5);
+    in->add_shape(37);
+    const std::vector<float>& v = std::string_view(name) == "scores" ? p.scores : p.dense;
+    req.add_raw_input_contents(std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+  }
+  // Concurrently with zlpr.v1 calls of the same shape: they may share a batch.
+  std::vector<std::thread> others;
+  for (int i = 0; i < 4; ++i) {
+    others.emplace_back([&] {
+      grpc::ClientContext ctx;
+      v1::LossResponse resp;
+      EXPECT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(p, false, true), &resp).ok());
+    });
+  }
+  inference::ModelInferResponse resp;
+  grpc::ClientContext ctx;
+  const grpc::Status st = oip->ModelInfer(&ctx, req, &resp);
+  for (auto& t : others) t.join();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.id(), "oip-1");
+  ASSERT_EQ(resp.outputs_size(), 2);
+  ASSERT_EQ(resp.raw_output_contents_size(), 2);
+  EXPECT_EQ(resp.outputs(0).name(), "loss");
+  std::vector<float> loss(5), grad(5 * 37);
+  ASSERT_EQ(resp.raw_output_contents(0).size(), 5 * 4u);
+  ASSERT_EQ(resp.raw_output_contents(1).size(), 5 * 37 * 4u);
+  std::memcpy(loss.data(), resp.raw_output_contents(0).data(), 5 * 4);
+  std::memcpy(grad.data(), resp.raw_output_contents(1).data(), 5 * 37 * 4);
+  EXPECT_EQ(loss, want_loss);
+  EXPECT_EQ(grad, want_grad);
+  // A bad input names the tensor; the count is shared with zlpr.v1's metrics.
+  req.mutable_inputs(1)->set_datatype("INT64");
+  grpc::ClientContext ctx2;
+  const grpc::Status bad = oip->ModelInfer(&ctx2, req, &resp);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), HasSubstr("input 'labels': datatype INT64 is not allowed"));
+  const std::string m = Metrics();
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ModelInfer\"}"), 1);
+  EXPECT_EQ(MetricValue(m, "zlpr_rows_total{op=\"loss\"}"), 25);
 }
 
 TEST_F(ServiceTest, ShutdownEndsAnOpenStreamAfterAnsweringWhatItSent) {
