@@ -486,6 +486,7 @@ grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
   response->set_name("zlpr-server");
   response->set_version(version_);
   response->add_extensions("model_configuration");
+  response->add_extensions("statistics");
   return Answer(ctx, absl::OkStatus());
 }
 
@@ -541,6 +542,44 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     out->set_data_type(s.type);
     for (size_t d = 1; d < s.shape.size(); ++d) out->add_dims(s.shape[d]);
     if (s.shape.size() == 1) out->add_dims(1);  // a per-row value: [rows] is [rows, 1] to Triton
+  }
+  return Answer(ctx, absl::OkStatus());
+}
+
+namespace {
+
+void SetDuration(const JobStatistics::Duration& d, inference::StatisticDuration* out) {
+  out->set_count(d.count.load(std::memory_order_relaxed));
+  out->set_ns(d.ns.load(std::memory_order_relaxed));
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
+    grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  if (!request->name().empty()) {
+    if (absl::Status st = CheckModel(request->name(), request->version()); !st.ok()) {
+      return Answer(ctx, st);
+    }
+  }
+  // From the executor, for both protocols' requests: rows are inferences, kernel calls
+  // (batches) executions.
+  for (const char* name : {kPredictModel, kLossModel}) {
+    if (!request->name().empty() && request->name() != name) continue;
+    const JobStatistics& s =
+        zlpr_->statistics(std::string_view(name) == kLossModel ? JobKind::kLoss : JobKind::kPredict);
+    inference::ModelStatistics* m = response->add_model_stats();
+    m->set_name(name);
+    m->set_version("1");
+    m->set_last_inference(s.last_inference_ms.load(std::memory_order_relaxed));
+    m->set_inference_count(s.inference_count.load(std::memory_order_relaxed));
+    m->set_execution_count(s.execution_count.load(std::memory_order_relaxed));
+    inference::InferStatistics* i = m->mutable_inference_stats();
+    SetDuration(s.success, i->mutable_success());
+    SetDuration(s.fail, i->mutable_fail());
+    SetDuration(s.queue, i->mutable_queue());
+    SetDuration(s.compute, i->mutable_compute_infer());
   }
   return Answer(ctx, absl::OkStatus());
 }

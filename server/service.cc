@@ -75,14 +75,24 @@ grpc::Status ToGrpc(const absl::Status& status) {
 // What the executors report, as Prometheus metrics.
 class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
  public:
-  explicit MetricsListener(Metrics* metrics) : metrics_(metrics) {}
+  MetricsListener(Metrics* metrics, std::array<JobStatistics, kJobKinds>* stats)
+      : metrics_(metrics), stats_(stats) {}
   void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) override {
     metrics_->compute_seconds(kind).Observe(seconds);
     metrics_->batch_rows(kind).Observe(static_cast<double>(rows));
-    if (ok) metrics_->rows(kind).Increment(static_cast<double>(rows));
+    JobStatistics& s = (*stats_)[static_cast<int>(kind)];
+    s.compute.Add(seconds);
+    s.execution_count.fetch_add(1, std::memory_order_relaxed);
+    s.last_inference_ms.store(static_cast<uint64_t>(absl::ToUnixMillis(absl::Now())),
+                              std::memory_order_relaxed);
+    if (ok) {
+      metrics_->rows(kind).Increment(static_cast<double>(rows));
+      s.inference_count.fetch_add(static_cast<uint64_t>(rows), std::memory_order_relaxed);
+    }
   }
   void OnQueued(JobKind kind, double seconds) override {
     metrics_->queue_seconds(kind).Observe(seconds);
+    (*stats_)[static_cast<int>(kind)].queue.Add(seconds);
   }
   void OnBatchDone(size_t worker, const Backend& backend) override {
     if (backend.kind() == BackendKind::kCuda) {
@@ -92,6 +102,7 @@ class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
 
  private:
   Metrics* const metrics_;
+  std::array<JobStatistics, kJobKinds>* const stats_;
 };
 
 ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
@@ -103,7 +114,7 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
               [metrics](int64_t held) { metrics->inflight_bytes().Set(static_cast<double>(held)); }),
       clock_(clock),
       batcher_(WithMetrics(options.batcher, metrics), clock),
-      listener_(std::make_unique<MetricsListener>(metrics)),
+      listener_(std::make_unique<MetricsListener>(metrics, &stats_)),
       workers_(&batcher_, std::move(backends), clock, listener_.get()),
       streams_(std::make_unique<StreamRegistry>()) {
   for (JobKind kind : {JobKind::kLoss, JobKind::kPredict}) {
@@ -177,8 +188,10 @@ template <typename Job>
 void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
                                  MemoryBudget::Lease* lease, int64_t response_bytes,
                                  absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done) {
+  JobStatistics& stats = stats_[static_cast<int>(Job::kKind)];
   auto reject = [&](const absl::Status& st, Reject reason) {
     metrics_->rejected(reason).Increment();
+    stats.fail.Add(0);
     done(st);
   };
   if (shutting_down()) {
@@ -196,11 +209,12 @@ void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
   Task<Job> task{.job = std::move(job),
                  .deadline = deadline,
                  .cancelled = [ctx] { return ctx->IsCancelled(); },
-                 .done = [this, deadline, done = std::move(done)](
+                 .done = [this, deadline, &stats, queued = clock_->Now(),
+                          done = std::move(done)](
                              absl::StatusOr<typename Job::Result> result) mutable {
-                   if (result.ok() && clock_->Now() > deadline) {
-                     metrics_->late_results().Increment();
-                   }
+                   const SteadyTime now = clock_->Now();
+                   if (result.ok() && now > deadline) metrics_->late_results().Increment();
+                   (result.ok() ? stats.success : stats.fail).Add(Seconds(queued, now));
                    done(std::move(result));
                  }};
   // A refusal (queue full, shutting down) is answered through the task's `done`.

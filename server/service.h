@@ -19,6 +19,7 @@
 #ifndef ZLPR_SERVER_SERVICE_H_
 #define ZLPR_SERVER_SERVICE_H_
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -58,6 +59,23 @@ using ZlprServiceBase = v1::ZlprService::WithCallbackMethod_GetServerInfo<
                 v1::ZlprService::WithRawCallbackMethod_StreamPredict<v1::ZlprService::Service>>>>>;
 
 class StreamRegistry;
+
+// What each job type's requests cost, for the Open Inference Protocol's ModelStatistics: counts
+// and total durations (atomics; read without a lock, each value consistent on its own).
+struct JobStatistics {
+  struct Duration {
+    std::atomic<uint64_t> count{0};
+    std::atomic<uint64_t> ns{0};
+    void Add(double seconds) {
+      count.fetch_add(1, std::memory_order_relaxed);
+      ns.fetch_add(static_cast<uint64_t>(seconds * 1e9), std::memory_order_relaxed);
+    }
+  };
+  std::atomic<uint64_t> inference_count{0};    // rows computed
+  std::atomic<uint64_t> execution_count{0};    // kernel calls
+  std::atomic<uint64_t> last_inference_ms{0};  // wall clock of the last kernel call
+  Duration success, fail, queue, compute;
+};
 
 class ZlprServiceImpl final : public ZlprServiceBase {
  public:
@@ -136,6 +154,7 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   StreamRegistry& streams() { return *streams_; }
   MemoryBudget& budget() { return budget_; }
   int64_t max_message_bytes() const { return options_.max_message_bytes; }
+  const JobStatistics& statistics(JobKind kind) const { return stats_[static_cast<int>(kind)]; }
 
  private:
   class MetricsListener;
@@ -150,6 +169,7 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   const ServiceOptions options_;
   Metrics* const metrics_;
   MemoryBudget budget_;
+  std::array<JobStatistics, kJobKinds> stats_;
   Clock* const clock_;
   JobBatcher batcher_;
   std::unique_ptr<MetricsListener> listener_;

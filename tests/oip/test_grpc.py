@@ -134,3 +134,26 @@ def test_both_protocols_are_counted_on_the_same_path(server, client):
         body = r.read().decode()
     assert 'zlpr_requests_total{code="OK",method="ModelInfer"}' in body
     assert 'zlpr_rows_total{op="predict"}' in body
+
+
+def test_model_statistics_count_rows_batches_and_times(client):
+    before = client.get_inference_statistics("zlpr_loss").model_stats[0]
+    s = np.random.default_rng(3).standard_normal((6, 40)).astype(np.float32)
+    t = (s > 0).astype(np.float32)
+    for _ in range(3):
+        client.infer("zlpr_loss", [tensor("scores", s, "FP32"), tensor("labels", t, "FP32")])
+    with pytest.raises(InferenceServerException):  # converted, then refused: not a failure
+        bad = s.copy()
+        bad[0, 0] = np.nan
+        client.infer("zlpr_loss", [tensor("scores", bad, "FP32"), tensor("labels", t, "FP32")])
+    after = client.get_inference_statistics("zlpr_loss").model_stats[0]
+    assert after.name == "zlpr_loss" and after.version == "1"
+    assert after.inference_count - before.inference_count == 18
+    assert 1 <= after.execution_count - before.execution_count <= 3
+    stats, prior = after.inference_stats, before.inference_stats
+    assert stats.success.count - prior.success.count == 3
+    assert stats.success.ns > prior.success.ns
+    assert stats.compute_infer.count > prior.compute_infer.count
+    assert after.last_inference > 0
+    both = client.get_inference_statistics()
+    assert [m.name for m in both.model_stats] == ["zlpr_predict", "zlpr_loss"]
