@@ -321,31 +321,37 @@ void FillPredict(PredictResult r, const std::set<std::string>& want, ModelInferR
   }
 }
 
-// One ModelInfer call: converted, queued and answered through the zlpr service's path, counted
-// for shutdown like every call.
-class InferCall final : public grpc::ServerUnaryReactor {
+// One ModelInferRequest through the zlpr path: admitted (shutdown, memory budget), converted,
+// queued, and its response filled; then `done` with the status, once. The request and response
+// must outlive it; so must this object, which holds the lease and the buffers the job views.
+class Inference {
  public:
-  InferCall(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx,
-            const ModelInferRequest* request, ModelInferResponse* response, bool accepted)
-      : service_(service), ctx_(ctx), request_(request), response_(response),
-        accepted_(accepted) {}
+  using Done = absl::AnyInvocable<void(absl::Status)>;
 
-  void Start() {
+  Inference(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) {}
+
+  void Run(const ModelInferRequest* request, ModelInferResponse* response, Done done) {
+    request_ = request;
+    response_ = response;
+    done_ = std::move(done);
+    owned_.clear();
+    want_.clear();
+    lease_.Reset();
     start_ = service_->clock().Now();
     service_->metrics().inflight().Increment();
     response_->set_model_name(request_->model_name());
     response_->set_model_version("1");
     response_->set_id(request_->id());
-    service_->metrics().request_bytes().Increment(static_cast<double>(request_->ByteSizeLong()));
+    const auto bytes = static_cast<int64_t>(request_->ByteSizeLong());
+    service_->metrics().request_bytes().Increment(static_cast<double>(bytes));
     if (service_->shutting_down()) {
       service_->metrics().rejected(Reject::kShuttingDown).Increment();
-      return Done(absl::UnavailableError("the server is shutting down"));
+      return Finish(absl::UnavailableError("the server is shutting down"));
     }
-    const auto bytes = static_cast<int64_t>(request_->ByteSizeLong());
     std::optional<MemoryBudget::Lease> lease = service_->budget().TryAcquire(2 * bytes);
     if (!lease) {
       service_->metrics().rejected(Reject::kMemory).Increment();
-      return Done(absl::ResourceExhaustedError(absl::StrFormat(
+      return Finish(absl::ResourceExhaustedError(absl::StrFormat(
           "the server's memory for requests in flight is in use (this request needs %d bytes of "
           "the %d-byte budget, --max_inflight_bytes): retry later, or send fewer rows",
           2 * bytes, service_->budget().limit())));
@@ -353,15 +359,12 @@ class InferCall final : public grpc::ServerUnaryReactor {
     lease_ = *std::move(lease);
     if (absl::Status st = Submit(); !st.ok()) {
       service_->metrics().rejected(Reject::kInvalid).Increment();
-      Done(st);
+      Finish(st);
     }
   }
 
-  void OnDone() override {
-    lease_.Reset();
-    service_->CallEnds(accepted_);
-    delete this;
-  }
+  // Returns the memory the request held (once its response has been sent).
+  void Release() { lease_.Reset(); }
 
  private:
   absl::Status Submit() {
@@ -385,7 +388,7 @@ class InferCall final : public grpc::ServerUnaryReactor {
                             &lease_, kSlack + 4 * rows + (grad ? 4 * rows * cols : 0),
                             [this](absl::StatusOr<LossResult> r) {
                               if (r.ok()) FillLoss(*std::move(r), want_, response_);
-                              Done(r.status());
+                              Finish(r.status());
                             });
       return absl::OkStatus();
     }
@@ -411,12 +414,13 @@ class InferCall final : public grpc::ServerUnaryReactor {
                              &lease_, kSlack + 12 * rows + (probs ? 4 * rows * cols : 0),
                              [this](absl::StatusOr<PredictResult> r) {
                                if (r.ok()) FillPredict(*std::move(r), want_, response_);
-                               Done(r.status());
+                               Finish(r.status());
                              });
     return absl::OkStatus();
   }
 
-  void Done(absl::Status status) {
+  // The response-size check, metrics, then `done`.
+  void Finish(absl::Status status) {
     const int64_t limit = service_->max_message_bytes();
     if (status.ok()) {
       if (const auto bytes = static_cast<int64_t>(response_->ByteSizeLong()); bytes > limit) {
@@ -435,18 +439,120 @@ class InferCall final : public grpc::ServerUnaryReactor {
         Method::kModelInfer, static_cast<grpc::StatusCode>(status.code()),
         std::chrono::duration<double>(service_->clock().Now() - start_).count());
     service_->metrics().inflight().Decrement();
-    Finish(ToGrpc(status));
+    Done done = std::move(done_);
+    done(std::move(status));
   }
 
   ZlprServiceImpl* const service_;
   grpc::CallbackServerContext* const ctx_;
-  const ModelInferRequest* const request_;
-  ModelInferResponse* const response_;
-  const bool accepted_;
+  const ModelInferRequest* request_ = nullptr;
+  ModelInferResponse* response_ = nullptr;
+  Done done_;
   SteadyTime start_{};
   std::vector<std::string> owned_;  // inputs narrowed from typed contents
   std::set<std::string> want_;
   MemoryBudget::Lease lease_;
+};
+
+// A ModelInfer call, counted for shutdown like every call.
+class InferCall final : public grpc::ServerUnaryReactor {
+ public:
+  InferCall(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx, bool accepted)
+      : service_(service), inference_(service, ctx), accepted_(accepted) {}
+
+  void Start(const ModelInferRequest* request, ModelInferResponse* response) {
+    inference_.Run(request, response, [this](absl::Status st) { Finish(ToGrpc(st)); });
+  }
+
+  void OnDone() override {
+    inference_.Release();
+    service_->CallEnds(accepted_);
+    delete this;
+  }
+
+ private:
+  ZlprServiceImpl* const service_;
+  Inference inference_;
+  const bool accepted_;
+};
+
+// ModelStreamInfer: one request at a time, in order; a request's error is its response's
+// error_message and the stream goes on. Ends once the client is done, or at shutdown after the
+// request in progress is answered (an idle stream at once).
+class InferStream final
+    : public grpc::ServerBidiReactor<ModelInferRequest, inference::ModelStreamInferResponse>,
+      public StreamRegistry::Member {
+ public:
+  InferStream(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx, bool accepted)
+      : service_(service), inference_(service, ctx), accepted_(accepted) {}
+
+  void Start() {
+    service_->streams().Add(this);
+    absl::MutexLock lock(&mu_);
+    if (service_->shutting_down()) {
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+      return;
+    }
+    reading_ = true;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (finished_) return;
+      if (!ok) return FinishLocked(grpc::Status::OK);
+    }
+    response_.Clear();
+    inference_.Run(&request_, response_.mutable_infer_response(), [this](absl::Status st) {
+      if (!st.ok()) response_.set_error_message(std::string(st.message()));
+      StartWrite(&response_);
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    inference_.Release();
+    absl::MutexLock lock(&mu_);
+    if (!ok) return FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client is gone"));
+    if (draining_) {
+      return FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+    }
+    reading_ = true;
+    StartRead(&request_);
+  }
+
+  void OnDone() override {
+    service_->streams().Remove(this);
+    service_->CallEnds(accepted_);
+    delete this;
+  }
+
+  // Shutdown: an idle stream (waiting for a request) ends now, a busy one after its answer.
+  void Drain() override {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    if (reading_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+    }
+  }
+
+ private:
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  ZlprServiceImpl* const service_;
+  Inference inference_;
+  const bool accepted_;
+  ModelInferRequest request_;
+  inference::ModelStreamInferResponse response_;
+  absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
@@ -587,9 +693,16 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerContext* ctx,
                                                        const inference::ModelInferRequest* request,
                                                        inference::ModelInferResponse* response) {
-  auto* call = NewReactor<InferCall>(zlpr_, ctx, request, response, zlpr_->CallBegins());
-  call->Start();
+  auto* call = NewReactor<InferCall>(zlpr_, ctx, zlpr_->CallBegins());
+  call->Start(request, response);
   return call;
+}
+
+grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
+InferenceService::ModelStreamInfer(grpc::CallbackServerContext* ctx) {
+  auto* stream = NewReactor<InferStream>(zlpr_, ctx, zlpr_->CallBegins());
+  stream->Start();
+  return stream;
 }
 
 }  // namespace zlpr::server

@@ -1038,11 +1038,29 @@ TEST(ShutdownTest, HealthWatchesAndIdleConnectionsDoNotHoldTheExit) {
   grpc::health::v1::HealthCheckResponse first;
   ASSERT_TRUE(watch->Read(&first));
   EXPECT_EQ(first.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // ...and an Open Inference Protocol stream waiting for its next request.
+  grpc::ClientContext stream_ctx;
+  auto oip = inference::GRPCInferenceService::NewStub(channel)->ModelStreamInfer(&stream_ctx);
+  {
+    inference::ModelInferRequest req;
+    req.set_model_name("zlpr_predict");
+    auto* in = req.add_inputs();
+    in->set_name("scores");
+    in->set_datatype("FP32");
+    in->add_shape(1);
+    in->add_shape(1);
+    in->mutable_contents()->add_fp32_contents(1.0f);
+    ASSERT_TRUE(oip->Write(req));
+    inference::ModelStreamInferResponse resp;
+    ASSERT_TRUE(oip->Read(&resp));  // answered: the stream now waits for the next request
+    EXPECT_EQ(resp.error_message(), "");
+  }
   const auto start = std::chrono::steady_clock::now();
   server->Shutdown();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 1.0) << "the 10 s grace is for work in flight, and there is none";
+  EXPECT_EQ(oip->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
   watch_ctx.TryCancel();
 }
 

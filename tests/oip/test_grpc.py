@@ -157,3 +157,24 @@ def test_model_statistics_count_rows_batches_and_times(client):
     assert after.last_inference > 0
     both = client.get_inference_statistics()
     assert [m.name for m in both.model_stats] == ["zlpr_predict", "zlpr_loss"]
+
+
+def test_stream_infer_answers_in_order_with_errors_in_place(server):
+    import queue
+    client = grpcclient.InferenceServerClient(server["grpc"])
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    s = np.array([[1.0, -1.0, 2.0]], dtype=np.float32)
+    for i in range(12):
+        scores = np.full((1, 3), np.nan, np.float32) if i == 5 else s * (i + 1)
+        client.async_stream_infer("zlpr_predict", [tensor("scores", scores, "FP32")],
+                                  request_id=str(i), parameters={"top_k": 1})
+    got = [results.get(timeout=30) for _ in range(12)]
+    client.stop_stream()
+    for i, (result, error) in enumerate(got):
+        if i == 5:
+            assert result is None and "scores[0, 0] is NaN" in str(error)
+        else:
+            assert error is None, error
+            assert result.get_response().id == str(i)
+            np.testing.assert_array_equal(result.as_numpy("labels"), [[2]])
