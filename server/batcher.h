@@ -188,6 +188,8 @@ class Batcher {
  private:
   // Cancellation is not signalled to the batcher: waiting tasks are looked at this often.
   static constexpr std::chrono::milliseconds kCancelPoll{50};
+  // How early gRPC's deadline timer may cancel a call, compared with our steady clock.
+  static constexpr std::chrono::milliseconds kDeadlineSlack{20};
 
   template <typename Job>
   struct Queue {
@@ -214,12 +216,15 @@ class Batcher {
     SteadyTime earliest = SteadyTime::max();
     const size_t before = q.tasks.size();
     for (auto it = q.tasks.begin(); it != q.tasks.end();) {
-      // A call whose deadline passed is also cancelled by gRPC: the deadline is the reason then.
+      // A call whose deadline passed is also cancelled by gRPC, whose timer may fire a little
+      // before our clock reaches the deadline: the deadline is the reason then.
       absl::Status why;
       if (it->deadline <= now) {
         why = absl::DeadlineExceededError("the deadline passed while queued");
       } else if (it->cancelled && it->cancelled()) {
-        why = absl::CancelledError("the call was cancelled while queued");
+        why = it->deadline <= now + kDeadlineSlack
+                  ? absl::DeadlineExceededError("the deadline passed while queued")
+                  : absl::CancelledError("the call was cancelled while queued");
       }
       if (why.ok()) {
         earliest = std::min(earliest, it->deadline);
