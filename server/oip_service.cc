@@ -2,7 +2,9 @@
 // to v2 responses.
 #include "server/oip_service.h"
 
+#include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <limits>
 #include <map>
 #include <set>
@@ -243,9 +245,12 @@ absl::StatusOr<Params> ParseParams(const ModelInferRequest& req) {
   return out;
 }
 
-// The outputs asked for (all of the model's when none is named).
-absl::StatusOr<std::set<std::string>> Requested(const ModelInferRequest& req) {
+// The outputs asked for (all of the model's when none is named), and the classification
+// extension's k on zlpr_predict's probs (0: none).
+absl::StatusOr<std::set<std::string>> Requested(const ModelInferRequest& req,
+                                                int64_t* classification) {
   std::set<std::string> out;
+  *classification = 0;
   const auto& specs = OutputSpecs(req.model_name());
   for (const auto& o : req.outputs()) {
     bool known = false;
@@ -257,10 +262,20 @@ absl::StatusOr<std::set<std::string>> Requested(const ModelInferRequest& req) {
           "unknown output '%s' for model %s: its outputs are %s", o.name(), req.model_name(),
           absl::StrJoin(names, ", ")));
     }
-    if (!o.parameters().empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "output '%s': output parameters (such as classification) are not supported",
-          o.name()));
+    for (const auto& [key, value] : o.parameters()) {
+      if (key.rfind("triton_", 0) == 0) continue;
+      if (key != "classification" || o.name() != "probs") {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "output '%s': parameter '%s' is not supported (classification is, on probs)",
+            o.name(), key));
+      }
+      ZLPR_ASSIGN_OR_RETURN(const double k, Number(key, value));
+      if (!(k >= 1) || k != static_cast<double>(static_cast<int64_t>(k))) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "output 'probs': classification = %g must be a whole number of classes, 1 or more",
+            k));
+      }
+      *classification = static_cast<int64_t>(std::min(k, 1e9));
     }
     out.insert(o.name());
   }
@@ -292,12 +307,41 @@ void FillLoss(LossResult r, const std::set<std::string>& want, ModelInferRespons
   (*resp->mutable_parameters())["loss_mean"].set_double_param(r.loss_mean);
 }
 
-void FillPredict(PredictResult r, const std::set<std::string>& want, ModelInferResponse* resp) {
+// Triton's classification extension: each row's k most probable columns (ties: the smaller
+// index first) as BYTES "probability:index", in the raw BYTES layout (a 4-byte little-endian
+// length before each element).
+std::string Classes(const float* probs, int64_t rows, int64_t cols, int64_t k) {
+  std::string out;
+  std::vector<int32_t> order(cols);
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* p = probs + i * cols;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [p](int32_t a, int32_t b) {
+      return p[a] > p[b] || (p[a] == p[b] && a < b);
+    });
+    for (int64_t j = 0; j < k; ++j) {
+      const std::string element = absl::StrFormat("%f:%d", p[order[j]], order[j]);
+      const auto n = static_cast<uint32_t>(element.size());
+      for (int b = 0; b < 4; ++b) out.push_back(static_cast<char>((n >> (8 * b)) & 0xff));
+      out += element;
+    }
+  }
+  return out;
+}
+
+void FillPredict(PredictResult r, const std::set<std::string>& want, int64_t classification,
+                 ModelInferResponse* resp) {
   const LabelSets& ls = r.labels;
   const auto rows = static_cast<int64_t>(ls.row_offsets.size()) - 1;
   int64_t width = 0;
   for (int64_t i = 0; i < rows; ++i) width = std::max(width, ls.row_offsets[i + 1] - ls.row_offsets[i]);
-  if (want.count("probs")) AddOutput(resp, "probs", "FP32", {rows, r.cols}, std::move(r.probs));
+  if (want.count("probs") && classification > 0) {
+    const int64_t k = std::min(classification, r.cols);
+    AddOutput(resp, "probs", "BYTES", {rows, k},
+              Classes(reinterpret_cast<const float*>(r.probs.data()), rows, r.cols, k));
+  } else if (want.count("probs")) {
+    AddOutput(resp, "probs", "FP32", {rows, r.cols}, std::move(r.probs));
+  }
   if (want.count("labels") || want.count("label_probs")) {
     std::vector<int32_t> labels(rows * width, -1);
     std::vector<float> probs(rows * width, 0.0f);
@@ -370,7 +414,7 @@ class Inference {
   absl::Status Submit() {
     ZLPR_RETURN_IF_ERROR(CheckModel(request_->model_name(), request_->model_version()));
     ZLPR_ASSIGN_OR_RETURN(const auto inputs, Inputs(*request_, &owned_));
-    ZLPR_ASSIGN_OR_RETURN(want_, Requested(*request_));
+    ZLPR_ASSIGN_OR_RETURN(want_, Requested(*request_, &classification_));
     ZLPR_ASSIGN_OR_RETURN(const Params params, ParseParams(*request_));
     ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(inputs.at("scores")));
     const uint8_t* mask = nullptr;
@@ -413,7 +457,9 @@ class Inference {
     service_->EnqueuePredict(ctx_, PredictJob{.input = std::move(valid), .want_probs = probs},
                              &lease_, kSlack + 12 * rows + (probs ? 4 * rows * cols : 0),
                              [this](absl::StatusOr<PredictResult> r) {
-                               if (r.ok()) FillPredict(*std::move(r), want_, response_);
+                               if (r.ok()) {
+                                 FillPredict(*std::move(r), want_, classification_, response_);
+                               }
                                Finish(r.status());
                              });
     return absl::OkStatus();
@@ -451,6 +497,7 @@ class Inference {
   SteadyTime start_{};
   std::vector<std::string> owned_;  // inputs narrowed from typed contents
   std::set<std::string> want_;
+  int64_t classification_ = 0;
   MemoryBudget::Lease lease_;
 };
 
@@ -593,6 +640,7 @@ grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
   response->set_version(version_);
   response->add_extensions("model_configuration");
   response->add_extensions("statistics");
+  response->add_extensions("classification");
   return Answer(ctx, absl::OkStatus());
 }
 

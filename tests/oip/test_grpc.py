@@ -178,3 +178,20 @@ def test_stream_infer_answers_in_order_with_errors_in_place(server):
             assert error is None, error
             assert result.get_response().id == str(i)
             np.testing.assert_array_equal(result.as_numpy("labels"), [[2]])
+
+
+def test_classification_extension_on_probs(client):
+    s = np.array([[2.0, -1.0, 0.5, 3.0], [-2.0, -3.0, -1.0, -0.5]], dtype=np.float32)
+    r = client.infer("zlpr_predict", [tensor("scores", s, "FP32")],
+                     outputs=[grpcclient.InferRequestedOutput("probs", class_count=2)])
+    got = r.as_numpy("probs")
+    assert got.shape == (2, 2)
+    p = 1 / (1 + np.exp(-2 * s.astype(np.float64)))
+    for row in range(2):
+        best = np.argsort(-p[row], kind="stable")[:2]
+        want = [f"{p[row, i]:f}:{i}".encode() for i in best]
+        assert list(got[row]) == want
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("zlpr_predict", [tensor("scores", s, "FP32")],
+                     outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)])
+    assert "classification is, on probs" in e.value.message()
