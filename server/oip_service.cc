@@ -686,9 +686,8 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     in->set_name(s.name);
     in->set_data_type(s.type);
     in->set_optional(s.optional);
-    // label_thresholds is per column, not per row: its one dimension stays.
-    const bool batched = std::string_view(s.name) != "label_thresholds";
-    for (size_t d = batched ? 1 : 0; d < s.shape.size(); ++d) in->add_dims(s.shape[d]);
+    // A batched client sends label_thresholds as [1, cols], which the model takes too.
+    for (size_t d = s.shape.size() == 1 ? 0 : 1; d < s.shape.size(); ++d) in->add_dims(s.shape[d]);
   }
   for (const TensorSpec& s : OutputSpecs(request->name())) {
     auto* out = c->add_output();
