@@ -86,12 +86,19 @@ test-python: build
 	cd python/tests && ../../$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider . \
 	  --server=$(abspath $(BUILD))/server/zlpr-server
 
-# tritonclient (from PyPI, in its own venv: it pins its own protobuf) against the server.
+# tritonclient (from PyPI, in its own venv: it pins its own protobuf) against the server, and
+# perf_analyzer from the last tritonclient wheel that ships it (2.51.0, another venv), which
+# needs Debian's libb64-0d and the CUDA runtime library from PyPI (no GPU is used).
+PERF_ANALYZER_ENV = ZLPR_PERF_ANALYZER=$(abspath $(OIPVENV))-pa/bin/perf_analyzer \
+  LD_LIBRARY_PATH=$$(echo $(abspath $(OIPVENV))-pa/lib/python3*/site-packages/nvidia/cuda_runtime/lib)
 test-oip: build
-	rm -rf $(OIPVENV) && /usr/bin/python3 -m venv $(OIPVENV)
+	rm -rf $(OIPVENV) $(OIPVENV)-pa && /usr/bin/python3 -m venv $(OIPVENV)
 	$(OIPVENV)/bin/pip install --quiet --disable-pip-version-check -r tests/oip/requirements.txt
-	cd tests/oip && ../../$(OIPVENV)/bin/python -m pytest -q -p no:cacheprovider . \
-	  --server=$(abspath $(BUILD))/server/zlpr-server
+	/usr/bin/python3 -m venv $(OIPVENV)-pa
+	$(OIPVENV)-pa/bin/pip install --quiet --disable-pip-version-check \
+	  "tritonclient[grpc]==2.51.0" nvidia-cuda-runtime-cu12
+	cd tests/oip && $(PERF_ANALYZER_ENV) ../../$(OIPVENV)/bin/python -m pytest -q \
+	  -p no:cacheprovider . --server=$(abspath $(BUILD))/server/zlpr-server
 
 test-container: build
 	tests/deploy/container_test.sh $(BUILD)
@@ -109,4 +116,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(OIPVENV)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(OIPVENV) $(OIPVENV)-pa

@@ -40,7 +40,8 @@ struct TensorSpec {
 const std::vector<TensorSpec>& InputSpecs(std::string_view model) {
   static const std::vector<TensorSpec> predict = {
       {"scores", "FP32", inference::TYPE_FP32, {-1, -1}},
-      {"label_thresholds", "FP32", inference::TYPE_FP32, {-1}, true},
+      // Per column; batched clients send one row per request row, all equal.
+      {"label_thresholds", "FP32", inference::TYPE_FP32, {-1, -1}, true},
       {"mask", "UINT8", inference::TYPE_UINT8, {-1, -1}, true}};
   static const std::vector<TensorSpec> loss = {
       {"scores", "FP32", inference::TYPE_FP32, {-1, -1}},
@@ -441,16 +442,29 @@ class Inference {
     in.options.top_k = params.top_k;
     in.options.min_labels = params.min_labels;
     if (auto it = inputs.find("label_thresholds"); it != inputs.end()) {
+      // One threshold per column: [cols], or [n, cols] with n equal rows (a batched client
+      // repeats them per request row).
       const auto& t = *it->second.meta;
+      const std::string_view bytes = it->second.bytes;
+      const int64_t copies = t.shape_size() == 2 ? t.shape(0) : 1;
       const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
-                            (t.shape_size() == 2 && t.shape(0) == 1 && t.shape(1) == cols);
+                            (t.shape_size() == 2 && copies >= 1 && t.shape(1) == cols);
       if (t.datatype() != "FP32" || !shape_ok ||
-          it->second.bytes.size() != static_cast<size_t>(cols) * 4) {
+          bytes.size() != static_cast<size_t>(copies * cols) * 4) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "input 'label_thresholds': must be FP32 [%d] (one per column), got %s %s", cols,
-            t.datatype(), ShapeString(t.shape())));
+            "input 'label_thresholds': must be FP32 [%d] (one per column) or [n, %d], got %s %s",
+            cols, cols, t.datatype(), ShapeString(t.shape())));
       }
-      in.options.label_thresholds = reinterpret_cast<const float*>(it->second.bytes.data());
+      const size_t row = static_cast<size_t>(cols) * 4;
+      for (int64_t r = 1; r < copies; ++r) {
+        if (bytes.substr(r * row, row) != bytes.substr(0, row)) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "input 'label_thresholds': row %d differs from row 0: the thresholds are per "
+              "column, the same for every row",
+              r));
+        }
+      }
+      in.options.label_thresholds = reinterpret_cast<const float*>(bytes.data());
     }
     ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
     const bool probs = want_.count("probs") > 0;
@@ -686,8 +700,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     in->set_name(s.name);
     in->set_data_type(s.type);
     in->set_optional(s.optional);
-    // A batched client sends label_thresholds as [1, cols], which the model takes too.
-    for (size_t d = s.shape.size() == 1 ? 0 : 1; d < s.shape.size(); ++d) in->add_dims(s.shape[d]);
+    for (size_t d = 1; d < s.shape.size(); ++d) in->add_dims(s.shape[d]);
   }
   for (const TensorSpec& s : OutputSpecs(request->name())) {
     auto* out = c->add_output();
@@ -733,6 +746,11 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
     SetDuration(s.fail, i->mutable_fail());
     SetDuration(s.queue, i->mutable_queue());
     SetDuration(s.compute, i->mutable_compute_infer());
+    // The kernel time includes reading the inputs and writing the outputs: those phases have
+    // the kernel calls' count and no time of their own (clients such as perf_analyzer expect
+    // the three counts to agree).
+    i->mutable_compute_input()->set_count(i->compute_infer().count());
+    i->mutable_compute_output()->set_count(i->compute_infer().count());
   }
   return Answer(ctx, absl::OkStatus());
 }

@@ -195,3 +195,15 @@ def test_classification_extension_on_probs(client):
         client.infer("zlpr_predict", [tensor("scores", s, "FP32")],
                      outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)])
     assert "classification is, on probs" in e.value.message()
+
+
+def test_label_thresholds_per_column_also_repeated_per_row(client):
+    s = np.array([[2.0, -1.0, 0.5, 3.0], [0.1, 0.2, -0.1, 3.0]], dtype=np.float32)
+    row = np.array([0.99, 0.5, 0.5, 0.5], np.float32)
+    r = client.infer("zlpr_predict", [tensor("scores", s, "FP32"),
+                                       tensor("label_thresholds", np.stack([row, row]), "FP32")])
+    np.testing.assert_array_equal(r.as_numpy("labels"), [[3, 2], [3, 1]])
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("zlpr_predict", [tensor("scores", s, "FP32"), tensor(
+            "label_thresholds", np.stack([row, row * 0.9]), "FP32")])
+    assert "row 1 differs from row 0" in e.value.message()
