@@ -59,6 +59,27 @@ def test_deployments_probe_with_grpc_health_and_gpu_variant_requests_a_gpu():
     assert headless["spec"]["ports"][0]["port"] == 50051
 
 
+def test_kserve_runtime_and_inference_service_fit_together():
+    """KServe's CRDs are not in the Kubernetes schemas: the fields KServe reads are checked here,
+    and the runtime's container against the core Container schema."""
+    runtime = documents(os.path.join(ROOT, "deploy", "kserve", "servingruntime.yaml"))[0]
+    isvc = documents(os.path.join(ROOT, "deploy", "kserve", "inferenceservice.yaml"))[0]
+    assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    container = runtime["spec"]["containers"][0]
+    assert container["name"] == "kserve-container"
+    port = container["ports"][0]
+    assert port["name"] == "h2c" and f"--grpc_address=0.0.0.0:{port['containerPort']}" in container["args"]
+    assert container["readinessProbe"]["grpc"]["port"] == port["containerPort"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+           "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
 def test_grafana_dashboard_panels_query_zlpr_metrics():
     with open(os.path.join(ROOT, "deploy", "grafana", "dashboards", "zlpr.json")) as f:
         dash = json.load(f)
