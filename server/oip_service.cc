@@ -393,15 +393,7 @@ class Inference {
       service_->metrics().rejected(Reject::kShuttingDown).Increment();
       return Finish(absl::UnavailableError("the server is shutting down"));
     }
-    std::optional<MemoryBudget::Lease> lease = service_->budget().TryAcquire(2 * bytes);
-    if (!lease) {
-      service_->metrics().rejected(Reject::kMemory).Increment();
-      return Finish(absl::ResourceExhaustedError(absl::StrFormat(
-          "the server's memory for requests in flight is in use (this request needs %d bytes of "
-          "the %d-byte budget, --max_inflight_bytes): retry later, or send fewer rows",
-          2 * bytes, service_->budget().limit())));
-    }
-    lease_ = *std::move(lease);
+    if (absl::Status st = service_->Charge(bytes, &lease_); !st.ok()) return Finish(st);
     if (absl::Status st = Submit(); !st.ok()) {
       service_->metrics().rejected(Reject::kInvalid).Increment();
       Finish(st);
@@ -481,18 +473,14 @@ class Inference {
 
   // The response-size check, metrics, then `done`.
   void Finish(absl::Status status) {
-    const int64_t limit = service_->max_message_bytes();
     if (status.ok()) {
-      if (const auto bytes = static_cast<int64_t>(response_->ByteSizeLong()); bytes > limit) {
+      const auto bytes = static_cast<int64_t>(response_->ByteSizeLong());
+      status = service_->CheckResponseSize(bytes);
+      if (status.ok()) {
+        service_->metrics().response_bytes().Increment(static_cast<double>(bytes));
+      } else {
         response_->clear_outputs();
         response_->clear_raw_output_contents();
-        service_->metrics().rejected(Reject::kTooLarge).Increment();
-        status = absl::OutOfRangeError(absl::StrFormat(
-            "the response would be %d bytes, over the message limit of %d bytes "
-            "(--max_message_bytes): send fewer rows per request",
-            bytes, limit));
-      } else {
-        service_->metrics().response_bytes().Increment(static_cast<double>(bytes));
       }
     }
     service_->metrics().RequestDone(

@@ -161,17 +161,30 @@ void ZlprServiceImpl::Stop() {
   workers_.Join();
 }
 
+absl::Status ZlprServiceImpl::Charge(int64_t message_bytes, MemoryBudget::Lease* lease) {
+  std::optional<MemoryBudget::Lease> charged = budget_.TryAcquire(2 * message_bytes);
+  if (!charged) {
+    metrics_->rejected(Reject::kMemory).Increment();
+    return OverBudget(2 * message_bytes, budget_);
+  }
+  *lease = *std::move(charged);
+  return absl::OkStatus();
+}
+
+absl::Status ZlprServiceImpl::CheckResponseSize(int64_t bytes) {
+  if (bytes <= options_.max_message_bytes) return absl::OkStatus();
+  metrics_->rejected(Reject::kTooLarge).Increment();
+  return ResponseTooLarge(bytes, options_.max_message_bytes, "");
+}
+
 absl::Status ZlprServiceImpl::Receive(grpc::ByteBuffer* raw, google::protobuf::Message* request,
                                       MemoryBudget::Lease* lease) {
   const int64_t bytes = static_cast<int64_t>(raw->Length());
   metrics_->request_bytes().Increment(static_cast<double>(bytes));
-  std::optional<MemoryBudget::Lease> charged = budget_.TryAcquire(2 * bytes);
-  if (!charged) {
+  if (absl::Status st = Charge(bytes, lease); !st.ok()) {
     raw->Clear();
-    metrics_->rejected(Reject::kMemory).Increment();
-    return OverBudget(2 * bytes, budget_);
+    return st;
   }
-  *lease = *std::move(charged);
   // Parses and releases the raw bytes (also on failure).
   if (!grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(raw, request)
            .ok()) {
@@ -243,23 +256,21 @@ void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext
     metrics_->rejected(Reject::kInvalid).Increment();
     return done({ToGrpc(job.status())});
   }
-  const int64_t limit = options_.max_message_bytes;
   const int64_t dense = DenseResponseBytes(*job, request->request_id().size());
   EnqueueJob<Job>(
       ctx, *std::move(job), lease, dense,
-      [this, request, response, limit,
+      [this, request, response,
        done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
         if (!result.ok()) return done({ToGrpc(result.status())});
         const Timing timing = result->timing;
         FillResponse(*std::move(result), response);
         // Label lists depend on the scores: only now is the whole size known. Answer with a
         // clear error rather than let gRPC fail the send.
-        const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
-        if (bytes > limit) {
+        if (absl::Status st = CheckResponseSize(static_cast<int64_t>(response->ByteSizeLong()));
+            !st.ok()) {
           response->Clear();
           response->set_request_id(request->request_id());
-          metrics_->rejected(Reject::kTooLarge).Increment();
-          return done({ToGrpc(ResponseTooLarge(bytes, limit, ""))});
+          return done({ToGrpc(st)});
         }
         done({grpc::Status::OK, timing});
       });

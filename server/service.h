@@ -122,6 +122,13 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   absl::Status Receive(grpc::ByteBuffer* raw, google::protobuf::Message* request,
                        MemoryBudget::Lease* lease);
 
+  // Charges the memory budget twice `message_bytes` (the parsed message and the batch's copy
+  // of its tensors) into `lease`; RESOURCE_EXHAUSTED, counted, when it cannot cover that.
+  absl::Status Charge(int64_t message_bytes, MemoryBudget::Lease* lease);
+
+  // OUT_OF_RANGE, counted, when a filled response of `bytes` exceeds the message limit.
+  absl::Status CheckResponseSize(int64_t bytes);
+
   // Converts and queues one received request, growing `lease` by what its response will hold;
   // `done` runs exactly once, from this thread (rejected) or a worker (computed or dropped),
   // after `response` is filled. `request`, `response` and `lease` must stay alive until then.
@@ -153,7 +160,6 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   int stream_window() const { return options_.stream_window; }
   StreamRegistry& streams() { return *streams_; }
   MemoryBudget& budget() { return budget_; }
-  int64_t max_message_bytes() const { return options_.max_message_bytes; }
   const JobStatistics& statistics(JobKind kind) const { return stats_[static_cast<int>(kind)]; }
 
  private:
