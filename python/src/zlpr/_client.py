@@ -253,6 +253,29 @@ def predict_row_bytes(tensors, want_probs):
     return req, resp, fixed
 
 
+def loss_ranges(msg, tensors, want_grad, grad_dtype, limit: int) -> List[tuple]:
+    """The row ranges a loss call is sent in; the whole call when its sparse labels do not match
+    its rows (the server names the error)."""
+    req, resp = loss_row_bytes(tensors, msg, want_grad, grad_dtype)
+    rows = tensors[0][1].rows
+    if msg.HasField("sparse_labels") and len(msg.sparse_labels.row_splits) != rows + 1:
+        return [(0, rows)]
+    return row_chunks(rows, req, resp, limit)
+
+
+def predict_ranges(tensors, want_probs, limit: int) -> List[tuple]:
+    req, resp, fixed = predict_row_bytes(tensors, want_probs)
+    return row_chunks(tensors[0][1].rows, req, resp, limit, fixed)
+
+
+def parse_server_info(data: bytes) -> "ServerInfo":
+    r = pb.ServerInfo.FromString(data)
+    return ServerInfo(version=r.version, backend=r.backend, devices=list(r.devices),
+                      max_batch_rows=r.batcher.max_batch_rows,
+                      max_message_bytes=r.limits.max_message_bytes,
+                      max_inflight_bytes=r.limits.max_inflight_bytes)
+
+
 class Client:
     """A blocking client of zlpr-server.
 
@@ -331,12 +354,7 @@ class Client:
         "float32", "float16" or "bfloat16"; a bfloat16 gradient arrives widened to float32, or
         as its uint16 bits with `bf16_bits`)."""
         msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
-        req, resp = loss_row_bytes(tensors, msg, want_grad, grad_dtype)
-        rows = tensors[0][1].rows
-        ranges = row_chunks(rows, req, resp, self.message_limit())
-        if len(ranges) > 1 and msg.HasField("sparse_labels"):
-            if len(msg.sparse_labels.row_splits) != rows + 1:  # let the server name the error
-                ranges = [(0, rows)]
+        ranges = loss_ranges(msg, tensors, want_grad, grad_dtype, self.message_limit())
         parse = functools.partial(parse_loss, bf16_bits=bf16_bits)
         parts = self._run_chunks("ComputeLoss", msg, tensors, ranges, chunk_loss, parse,
                                  deadline_s)
@@ -350,18 +368,13 @@ class Client:
         probabilities. `want_probs` also returns the dense probabilities."""
         msg, tensors = predict_request(scores, threshold, label_thresholds, top_k, min_labels,
                                        want_probs, mask, request_id)
-        req, resp, fixed = predict_row_bytes(tensors, want_probs)
-        ranges = row_chunks(tensors[0][1].rows, req, resp, self.message_limit(), fixed)
+        ranges = predict_ranges(tensors, want_probs, self.message_limit())
         parts = self._run_chunks("Predict", msg, tensors, ranges, chunk_predict, parse_predict,
                                  deadline_s)
         return merge_predict(parts, request_id)
 
     def server_info(self) -> ServerInfo:
-        r = pb.ServerInfo.FromString(self._call("GetServerInfo", b"", None))
-        return ServerInfo(version=r.version, backend=r.backend, devices=list(r.devices),
-                          max_batch_rows=r.batcher.max_batch_rows,
-                          max_message_bytes=r.limits.max_message_bytes,
-                          max_inflight_bytes=r.limits.max_inflight_bytes)
+        return parse_server_info(self._call("GetServerInfo", b"", None))
 
     def health(self, service: str = "") -> bool:
         """Whether grpc.health.v1.Health says SERVING for `service` ("" is the whole server)."""

@@ -14,7 +14,6 @@ import grpc.aio
 
 from zlpr import _client as c
 from zlpr import _wire
-from zlpr.v1 import zlpr_pb2 as pb
 
 
 class Client:
@@ -66,11 +65,7 @@ class Client:
     async def compute_loss(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
                            request_id="", deadline_s: Optional[float] = None) -> c.LossResult:
         msg, tensors = c.loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
-        req, resp = c.loss_row_bytes(tensors, msg, want_grad, grad_dtype)
-        rows = tensors[0][1].rows
-        ranges = c.row_chunks(rows, req, resp, await self.message_limit())
-        if msg.HasField("sparse_labels") and len(msg.sparse_labels.row_splits) != rows + 1:
-            ranges = [(0, rows)]
+        ranges = c.loss_ranges(msg, tensors, want_grad, grad_dtype, await self.message_limit())
         return c.merge_loss(await self._run_chunks("ComputeLoss", msg, tensors, ranges,
                                                    c.chunk_loss, c.parse_loss, deadline_s),
                             request_id)
@@ -80,15 +75,10 @@ class Client:
                       deadline_s: Optional[float] = None) -> c.PredictResult:
         msg, tensors = c.predict_request(scores, threshold, label_thresholds, top_k, min_labels,
                                          want_probs, mask, request_id)
-        req, resp, fixed = c.predict_row_bytes(tensors, want_probs)
-        ranges = c.row_chunks(tensors[0][1].rows, req, resp, await self.message_limit(), fixed)
+        ranges = c.predict_ranges(tensors, want_probs, await self.message_limit())
         return c.merge_predict(await self._run_chunks("Predict", msg, tensors, ranges,
                                                       c.chunk_predict, c.parse_predict,
                                                       deadline_s), request_id)
 
     async def server_info(self) -> c.ServerInfo:
-        r = pb.ServerInfo.FromString(await self._call("GetServerInfo", b"", None))
-        return c.ServerInfo(version=r.version, backend=r.backend, devices=list(r.devices),
-                            max_batch_rows=r.batcher.max_batch_rows,
-                            max_message_bytes=r.limits.max_message_bytes,
-                            max_inflight_bytes=r.limits.max_inflight_bytes)
+        return c.parse_server_info(await self._call("GetServerInfo", b"", None))
