@@ -1,11 +1,10 @@
-"""Shared pieces of the soak and shutdown scripts: stubs generated from the project's .proto,
+"""Shared pieces of the soak and shutdown scripts: the project's committed Python stubs,
 a zlpr-server process on loopback (port 0) with its resident memory and open descriptors, and
 request builders."""
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 
 import numpy as np
@@ -14,14 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def stubs():
-    """zlpr_pb2 and zlpr_pb2_grpc, generated now from proto/zlpr/v1/zlpr.proto."""
-    from grpc_tools import protoc
-    out = tempfile.mkdtemp(prefix="zlpr_soak_stubs_")
-    proto_dir = os.path.join(ROOT, "proto")
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(proto_dir, "zlpr/v1/zlpr.proto")])
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, out)
+    """zlpr_pb2 and zlpr_pb2_grpc: the Python package's committed stubs (python/src/zlpr/v1,
+    kept fresh by python/tests/test_stubs.py)."""
+    sys.path.insert(0, os.path.join(ROOT, "python", "src"))
     from zlpr.v1 import zlpr_pb2, zlpr_pb2_grpc  # noqa: E402
     return zlpr_pb2, zlpr_pb2_grpc
 
