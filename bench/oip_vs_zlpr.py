@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The Open Inference Protocol's cost against zlpr.v1's, on one server in one run: perf_analyzer
-(Triton's load generator, ModelInfer on zlpr_predict) beside zlpr-bench (Predict), the same
-1 x 1000 payload, at concurrency 1 and 64; throughput and p50, and perf_analyzer's server-side
-queue and compute figures (from ModelStatistics).
+(Triton's load generator, ModelInfer on zlpr_predict, over gRPC and over HTTP) beside zlpr-bench
+(Predict, with and without the dense probabilities: perf_analyzer asks for every output, probs
+included), the same 1 x 1000 payload, at concurrency 1 and 64; throughput and p50, and
+perf_analyzer's server-side queue and compute figures (from ModelStatistics).
 
   ZLPR_PERF_ANALYZER=build-oipvenv-pa/bin/perf_analyzer \\
   LD_LIBRARY_PATH=$(echo build-oipvenv-pa/lib/python3*/site-packages/nvidia/cuda_runtime/lib) \\
@@ -25,9 +26,11 @@ def main():
     args = ap.parse_args()
     pa = os.environ["ZLPR_PERF_ANALYZER"]
     server = subprocess.Popen([os.path.join(args.build, "server/zlpr-server"),
-                               "--grpc_address=127.0.0.1:0", "--metrics_address="],
+                               "--grpc_address=127.0.0.1:0", "--metrics_address=",
+                               "--http_address=127.0.0.1:0"],
                               stdout=subprocess.PIPE, text=True)
     target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", server.stdout.readline()).group(1)
+    http = "127.0.0.1:" + re.search(r"on port (\d+)", server.stdout.readline()).group(1)
     tmp = tempfile.mkdtemp()
     random.seed(0)
     data = os.path.join(tmp, "input.json")
@@ -35,28 +38,47 @@ def main():
         json.dump({"data": [{"scores": [random.gauss(0, 1) for _ in range(1000)]}]}, f)
     print("| Predict 1 x 1000 | concurrency | req/s | p50 | server queue | server compute |")
     print("|---|---:|---:|---:|---:|---:|")
+
+    def bench(c, probs):
+        out = os.path.join(tmp, f"bench{c}{probs}.json")
+        subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
+                        "--rpc=predict", "--rows=1", "--cols=1000", f"--concurrency={c}",
+                        f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
+                        f"--want_probs={str(probs).lower()}", f"--json={out}"],
+                       check=True, capture_output=True)
+        z = json.load(open(out))["runs"][0]
+        return z["rps"], z["p50_s"] * 1e6
+
+    def perf_analyzer(c, protocol):
+        r = subprocess.run([pa, "-m", "zlpr_predict", "-u", target if protocol == "grpc" else http,
+                            "-i", protocol, "-b", "1",
+                            "--shape", "scores:1000", "--shape", "label_thresholds:1000",
+                            "--shape", "mask:1000", "--input-data", data,
+                            "--concurrency-range", str(c), "--measurement-interval",
+                            str(args.seconds * 1000), "--stability-percentage", "100"],
+                           capture_output=True, text=True, check=True).stdout
+        return (float(re.search(r"Throughput: ([\d.]+) infer/sec", r).group(1)),
+                float(re.search(r"p50 latency: (\d+) usec", r).group(1)),
+                re.search(r"queue (\d+) usec", r).group(1),
+                re.search(r"compute infer (\d+) usec", r).group(1))
+
     try:
         for c in (1, 64):
-            out = os.path.join(tmp, f"bench{c}.json")
-            subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
-                            "--rpc=predict", "--rows=1", "--cols=1000", f"--concurrency={c}",
-                            f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
-                            f"--json={out}"], check=True, capture_output=True)
-            z = json.load(open(out))["runs"][0]
-            r = subprocess.run([pa, "-m", "zlpr_predict", "-u", target, "-i", "grpc", "-b", "1",
-                                "--shape", "scores:1000", "--shape", "label_thresholds:1000",
-                                "--shape", "mask:1000", "--input-data", data,
-                                "--concurrency-range", str(c), "--measurement-interval",
-                                str(args.seconds * 1000), "--stability-percentage", "100"],
-                               capture_output=True, text=True, check=True).stdout
-            thr = float(re.search(r"Throughput: ([\d.]+) infer/sec", r).group(1))
-            p50 = float(re.search(r"p50 latency: (\d+) usec", r).group(1))
-            queue = re.search(r"queue (\d+) usec", r).group(1)
-            compute = re.search(r"compute infer (\d+) usec", r).group(1)
-            print(f"| zlpr.v1 (zlpr-bench) | {c} | {z['rps']:.0f} | {z['p50_s'] * 1e6:.0f} µs | | |")
-            print(f"| Open Inference Protocol (perf_analyzer) | {c} | {thr:.0f} "
-                  f"({thr / z['rps']:.2f}x) | {p50:.0f} µs ({p50 / (z['p50_s'] * 1e6):.2f}x) | "
-                  f"{queue} µs | {compute} µs |")
+            z_rps, z_p50 = bench(c, False)
+            zp_rps, zp_p50 = bench(c, True)
+            g_rps, g_p50, g_queue, g_compute = perf_analyzer(c, "grpc")
+            h_rps, h_p50, h_queue, h_compute = perf_analyzer(c, "http")
+            print(f"| zlpr.v1 (zlpr-bench) | {c} | {z_rps:.0f} | {z_p50:.0f} µs | | |")
+            print(f"| zlpr.v1 with probs (zlpr-bench --want_probs) | {c} | {zp_rps:.0f} | "
+                  f"{zp_p50:.0f} µs | | |")
+            print(f"| OIP gRPC (perf_analyzer -i grpc) | {c} | {g_rps:.0f} "
+                  f"({g_rps / z_rps:.2f}x / {g_rps / zp_rps:.2f}x) | {g_p50:.0f} µs "
+                  f"({g_p50 / z_p50:.2f}x / {g_p50 / zp_p50:.2f}x) | {g_queue} µs | "
+                  f"{g_compute} µs |")
+            print(f"| OIP HTTP (perf_analyzer -i http) | {c} | {h_rps:.0f} "
+                  f"({h_rps / g_rps:.2f}x of OIP gRPC) | {h_p50:.0f} µs "
+                  f"({h_p50 / g_p50:.2f}x of OIP gRPC, {h_p50 / zp_p50:.2f}x of zlpr.v1 with "
+                  f"probs) | {h_queue} µs | {h_compute} µs |")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

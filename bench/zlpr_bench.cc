@@ -41,6 +41,7 @@ ABSL_FLAG(std::string, rpc, "predict", "loss | loss_grad | predict | stream_loss
 ABSL_FLAG(int64_t, rows, 1, "rows per request");
 ABSL_FLAG(int64_t, cols, 1000, "columns (labels) per row");
 ABSL_FLAG(std::string, labels, "dense", "dense | sparse labels (loss RPCs)");
+ABSL_FLAG(bool, want_probs, false, "predict RPCs: also ask for the dense probabilities");
 ABSL_FLAG(int, concurrency, 1, "closed loop: callers (streams: open streams)");
 ABSL_FLAG(double, rate, 0, "open loop: requests per second, Poisson arrivals (0: closed loop)");
 ABSL_FLAG(double, duration_s, 10, "measured seconds");
@@ -80,6 +81,7 @@ Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool spa
   out.loss.set_want_grad(rpc == "loss_grad" || rpc == "stream_loss");
   *out.predict.mutable_scores() = out.loss.scores();
   out.predict.set_top_k(5);
+  out.predict.set_want_probs(absl::GetFlag(FLAGS_want_probs));
   out.request_bytes = rpc.find("predict") != std::string::npos ? out.predict.ByteSizeLong()
                                                                : out.loss.ByteSizeLong();
   return out;

@@ -69,7 +69,7 @@ class ServerProcess {
   }
   double PredictsServed() const {
     return server::MetricValue(server::HttpGet(metrics_port, "/metrics"),
-                               "zlpr_requests_total{code=\"OK\",method=\"Predict\"}");
+                               "zlpr_requests_total{code=\"OK\",method=\"Predict\",protocol=\"zlpr_v1\"}");
   }
 
   int grpc_port = 0;

@@ -26,6 +26,12 @@ ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051",
           "port 0 picks a free port");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
           "Address of the Prometheus endpoint (GET /metrics); empty disables it");
+ABSL_FLAG(std::string, http_address, "",
+          "Address for the Open Inference Protocol's HTTP/REST binding (KServe v2: /v2/...), "
+          "with the same bearer token as gRPC (plaintext: not with --tls_cert); empty (the "
+          "default) disables it");
+ABSL_FLAG(int, http_threads, 64,
+          "HTTP connections served at once (one thread each; more wait for a free thread)");
 ABSL_FLAG(std::string, backend, "auto",
           "auto (CUDA when a device is visible, else CPU), cpu or cuda");
 ABSL_FLAG(std::string, devices, "",
@@ -168,6 +174,8 @@ int main(int argc, char** argv) {
   zlpr::server::ServerOptions options;
   options.grpc_address = absl::GetFlag(FLAGS_grpc_address);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.http_address = absl::GetFlag(FLAGS_http_address);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.backend = absl::GetFlag(FLAGS_backend);
   auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
   if (!devices.ok()) {
@@ -204,6 +212,10 @@ int main(int argc, char** argv) {
       zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
       (*server)->metrics_port(), options.metrics_address.c_str(), (*server)->backend_name().c_str(),
       absl::StrJoin((*server)->devices(), "; ").c_str());
+  if ((*server)->http_port() != 0) {
+    std::printf("zlpr-server: HTTP (Open Inference Protocol) on port %d (%s)\n",
+                (*server)->http_port(), options.http_address.c_str());
+  }
   std::fflush(stdout);
 
   int sig = 0;

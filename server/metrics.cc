@@ -26,9 +26,22 @@ prometheus::Histogram::BucketBoundaries RowBuckets() {
 }  // namespace
 
 const char* MethodName(Method m) {
-  static const char* const kNames[] = {"ComputeLoss",   "Predict",      "StreamLoss",
-                                       "StreamPredict", "GetServerInfo", "ModelInfer"};
+  static const char* const kNames[] = {"ComputeLoss",   "Predict",       "StreamLoss",
+                                       "StreamPredict", "GetServerInfo", "ModelInfer",
+                                       "ModelInfer"};
+  static_assert(std::size(kNames) == static_cast<size_t>(Method::kCount));
   return kNames[static_cast<int>(m)];
+}
+
+const char* ProtocolName(Method m) {
+  switch (m) {
+    case Method::kModelInfer:
+      return "oip_grpc";
+    case Method::kModelInferHttp:
+      return "oip_http";
+    default:
+      return "zlpr_v1";
+  }
 }
 
 Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
@@ -36,19 +49,22 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   using namespace prometheus;
   auto& requests = BuildCounter()
                        .Name("zlpr_requests_total")
-                       .Help("Requests (stream messages count one each) by method and status code")
+                       .Help("Requests (stream messages count one each) by method, protocol (zlpr_v1, "
+                             "oip_grpc, oip_http) and status code")
                        .Register(registry);
   auto& duration = BuildHistogram()
                        .Name("zlpr_request_duration_seconds")
-                       .Help("Time from a request's arrival to its response, by method")
+                       .Help("Time from a request's arrival to its response, by method and protocol")
                        .Register(registry);
   for (int m = 0; m < kMethods; ++m) {
     const char* method = MethodName(static_cast<Method>(m));
+    const char* protocol = ProtocolName(static_cast<Method>(m));
     for (int c = 0; c < kCodes; ++c) {
       const std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
-      requests_[m][c] = &requests.Add({{"method", method}, {"code", code}});
+      requests_[m][c] =
+          &requests.Add({{"method", method}, {"protocol", protocol}, {"code", code}});
     }
-    duration_[m] = &duration.Add({{"method", method}}, SecondsBuckets());
+    duration_[m] = &duration.Add({{"method", method}, {"protocol", protocol}}, SecondsBuckets());
   }
   auto& queue = BuildHistogram()
                     .Name("zlpr_queue_duration_seconds")

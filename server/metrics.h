@@ -24,7 +24,8 @@ enum class Method {
   kStreamLoss,
   kStreamPredict,
   kGetServerInfo,
-  kModelInfer,  // the Open Inference Protocol (oip_service.h)
+  kModelInfer,      // the Open Inference Protocol on gRPC (oip_service.h)
+  kModelInferHttp,  // and on HTTP (oip_http.h)
   kCount
 };
 enum class Reject {
@@ -39,7 +40,10 @@ enum class Reject {
   kCount
 };
 
+// The "method" and "protocol" labels of a method's request metrics (zlpr_v1, oip_grpc or
+// oip_http).
 const char* MethodName(Method m);
+const char* ProtocolName(Method m);
 
 class Metrics {
  public:

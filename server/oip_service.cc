@@ -61,7 +61,8 @@ const std::vector<TensorSpec>& OutputSpecs(std::string_view model) {
   return model == kLossModel ? loss : predict;
 }
 
-// NOT_FOUND unless `name` is one of the two models (any version, or "1").
+}  // namespace
+
 absl::Status CheckModel(const std::string& name, const std::string& version) {
   if (name != kPredictModel && name != kLossModel) {
     return absl::NotFoundError(absl::StrFormat(
@@ -73,6 +74,8 @@ absl::Status CheckModel(const std::string& name, const std::string& version) {
   }
   return absl::OkStatus();
 }
+
+namespace {
 
 // An input tensor: its metadata and its bytes (a view of the request, or of `owned`).
 struct Input {
@@ -189,12 +192,14 @@ absl::StatusOr<const uint8_t*> Mask(const Input& in, const MatrixView& scores) {
   return reinterpret_cast<const uint8_t*>(in.bytes.data());
 }
 
-// The request's parameters: threshold (double, int or string), top_k and min_labels (integers).
-// Parameters named "triton_..." are Triton's own and ignored; anything else is an error.
+// The request's parameters: threshold (double, int or string), top_k and min_labels (integers),
+// and Triton's timeout (microseconds, both models). Parameters named "triton_..." are Triton's
+// own and ignored; anything else is an error.
 struct Params {
   std::optional<float> threshold;
   uint32_t top_k = 0;
   uint32_t min_labels = 0;
+  int64_t timeout_us = 0;  // 0: none
 };
 
 absl::StatusOr<double> Number(const std::string& name, const inference::InferParameter& p) {
@@ -221,10 +226,22 @@ absl::StatusOr<Params> ParseParams(const ModelInferRequest& req) {
   Params out;
   for (const auto& [name, value] : req.parameters()) {
     if (name.rfind("triton_", 0) == 0) continue;
+    if (name == "timeout") {
+      ZLPR_ASSIGN_OR_RETURN(const double us, Number(name, value));
+      if (!(us >= 0)) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("parameter 'timeout' = %g must be 0 (none) or more microseconds", us));
+      }
+      // Beyond a year is no timeout at all.
+      out.timeout_us = static_cast<int64_t>(std::min(us, 365 * 86400 * 1e6));
+      continue;
+    }
     const bool count = name == "top_k" || name == "min_labels";
     if (name != "threshold" && !count) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "unknown parameter '%s': zlpr_predict takes threshold, top_k and min_labels", name));
+          "unknown parameter '%s': zlpr_predict takes threshold, top_k and min_labels (and both "
+          "models timeout)",
+          name));
     }
     if (req.model_name() == kLossModel) {
       return absl::InvalidArgumentError(
@@ -366,151 +383,142 @@ void FillPredict(PredictResult r, const std::set<std::string>& want, int64_t cla
   }
 }
 
-// One ModelInferRequest through the zlpr path: admitted (shutdown, memory budget), converted,
-// queued, and its response filled; then `done` with the status, once. The request and response
-// must outlive it; so must this object, which holds the lease and the buffers the job views.
-class Inference {
- public:
-  using Done = absl::AnyInvocable<void(absl::Status)>;
-
-  Inference(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) {}
-
-  void Run(const ModelInferRequest* request, ModelInferResponse* response, Done done) {
-    request_ = request;
-    response_ = response;
-    done_ = std::move(done);
-    owned_.clear();
-    want_.clear();
-    lease_.Reset();
-    start_ = service_->clock().Now();
-    service_->metrics().inflight().Increment();
-    response_->set_model_name(request_->model_name());
-    response_->set_model_version("1");
-    response_->set_id(request_->id());
-    const auto bytes = static_cast<int64_t>(request_->ByteSizeLong());
-    service_->metrics().request_bytes().Increment(static_cast<double>(bytes));
-    if (service_->shutting_down()) {
-      service_->metrics().rejected(Reject::kShuttingDown).Increment();
-      return Finish(absl::UnavailableError("the server is shutting down"));
-    }
-    if (absl::Status st = service_->Charge(bytes, &lease_); !st.ok()) return Finish(st);
-    if (absl::Status st = Submit(); !st.ok()) {
-      service_->metrics().rejected(Reject::kInvalid).Increment();
-      Finish(st);
+// One threshold per column: [cols], or [n, cols] with n equal rows (a batched client repeats
+// them per request row).
+absl::StatusOr<const float*> LabelThresholds(const Input& in, int64_t cols) {
+  const auto& t = *in.meta;
+  const std::string_view bytes = in.bytes;
+  const int64_t copies = t.shape_size() == 2 ? t.shape(0) : 1;
+  const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
+                        (t.shape_size() == 2 && copies >= 1 && t.shape(1) == cols);
+  if (t.datatype() != "FP32" || !shape_ok ||
+      bytes.size() != static_cast<size_t>(copies * cols) * 4) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "input 'label_thresholds': must be FP32 [%d] (one per column) or [n, %d], got %s %s",
+        cols, cols, t.datatype(), ShapeString(t.shape())));
+  }
+  const size_t row = static_cast<size_t>(cols) * 4;
+  for (int64_t r = 1; r < copies; ++r) {
+    if (bytes.substr(r * row, row) != bytes.substr(0, row)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "input 'label_thresholds': row %d differs from row 0: the thresholds are per "
+          "column, the same for every row",
+          r));
     }
   }
+  return reinterpret_cast<const float*>(bytes.data());
+}
 
-  // Returns the memory the request held (once its response has been sent).
-  void Release() { lease_.Reset(); }
+}  // namespace
 
- private:
-  absl::Status Submit() {
-    ZLPR_RETURN_IF_ERROR(CheckModel(request_->model_name(), request_->model_version()));
-    ZLPR_ASSIGN_OR_RETURN(const auto inputs, Inputs(*request_, &owned_));
-    ZLPR_ASSIGN_OR_RETURN(want_, Requested(*request_, &classification_));
-    ZLPR_ASSIGN_OR_RETURN(const Params params, ParseParams(*request_));
-    ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(inputs.at("scores")));
-    const uint8_t* mask = nullptr;
-    if (auto it = inputs.find("mask"); it != inputs.end()) {
-      ZLPR_ASSIGN_OR_RETURN(mask, Mask(it->second, scores));
-    }
-    const int64_t rows = scores.rows, cols = scores.cols;
-    constexpr int64_t kSlack = 1024;
-    if (request_->model_name() == kLossModel) {
-      LossInput in{.scores = scores, .mask = mask};
-      ZLPR_ASSIGN_OR_RETURN(in.labels, FloatMatrix(inputs.at("labels")));
-      ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
-      const bool grad = want_.count("grad") > 0;
-      service_->EnqueueLoss(ctx_, LossJob{.input = std::move(valid), .want_grad = grad},
-                            &lease_, kSlack + 4 * rows + (grad ? 4 * rows * cols : 0),
-                            [this](absl::StatusOr<LossResult> r) {
-                              if (r.ok()) FillLoss(*std::move(r), want_, response_);
-                              Finish(r.status());
-                            });
-      return absl::OkStatus();
-    }
-    LabelerInput in{.scores = scores, .mask = mask};
-    in.options.threshold = params.threshold.value_or(0.5f);
-    in.options.top_k = params.top_k;
-    in.options.min_labels = params.min_labels;
-    if (auto it = inputs.find("label_thresholds"); it != inputs.end()) {
-      // One threshold per column: [cols], or [n, cols] with n equal rows (a batched client
-      // repeats them per request row).
-      const auto& t = *it->second.meta;
-      const std::string_view bytes = it->second.bytes;
-      const int64_t copies = t.shape_size() == 2 ? t.shape(0) : 1;
-      const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
-                            (t.shape_size() == 2 && copies >= 1 && t.shape(1) == cols);
-      if (t.datatype() != "FP32" || !shape_ok ||
-          bytes.size() != static_cast<size_t>(copies * cols) * 4) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "input 'label_thresholds': must be FP32 [%d] (one per column) or [n, %d], got %s %s",
-            cols, cols, t.datatype(), ShapeString(t.shape())));
-      }
-      const size_t row = static_cast<size_t>(cols) * 4;
-      for (int64_t r = 1; r < copies; ++r) {
-        if (bytes.substr(r * row, row) != bytes.substr(0, row)) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "input 'label_thresholds': row %d differs from row 0: the thresholds are per "
-              "column, the same for every row",
-              r));
-        }
-      }
-      in.options.label_thresholds = reinterpret_cast<const float*>(bytes.data());
-    }
-    ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
-    const bool probs = want_.count("probs") > 0;
-    service_->EnqueuePredict(ctx_, PredictJob{.input = std::move(valid), .want_probs = probs},
-                             &lease_, kSlack + 12 * rows + (probs ? 4 * rows * cols : 0),
-                             [this](absl::StatusOr<PredictResult> r) {
-                               if (r.ok()) {
-                                 FillPredict(*std::move(r), want_, classification_, response_);
-                               }
-                               Finish(r.status());
-                             });
+void OipInference::Run(CallControl control, const ModelInferRequest* request,
+                       ModelInferResponse* response, Done done) {
+  request_ = request;
+  response_ = response;
+  done_ = std::move(done);
+  owned_.clear();
+  want_.clear();
+  lease_.Reset();
+  start_ = service_->clock().Now();
+  service_->metrics().inflight().Increment();
+  response_->set_model_name(request_->model_name());
+  response_->set_model_version("1");
+  response_->set_id(request_->id());
+  const auto bytes = static_cast<int64_t>(request_->ByteSizeLong());
+  service_->metrics().request_bytes().Increment(static_cast<double>(bytes));
+  if (service_->shutting_down()) {
+    service_->metrics().rejected(Reject::kShuttingDown).Increment();
+    return Finish(absl::UnavailableError("the server is shutting down"));
+  }
+  if (absl::Status st = service_->Charge(bytes, &lease_); !st.ok()) return Finish(st);
+  if (absl::Status st = Submit(std::move(control)); !st.ok()) {
+    service_->metrics().rejected(Reject::kInvalid).Increment();
+    Finish(st);
+  }
+}
+
+absl::Status OipInference::Submit(CallControl control) {
+  ZLPR_RETURN_IF_ERROR(CheckModel(request_->model_name(), request_->model_version()));
+  ZLPR_ASSIGN_OR_RETURN(const auto inputs, Inputs(*request_, &owned_));
+  ZLPR_ASSIGN_OR_RETURN(want_, Requested(*request_, &classification_));
+  ZLPR_ASSIGN_OR_RETURN(const Params params, ParseParams(*request_));
+  if (params.timeout_us > 0) {
+    // Triton's per-request timeout: the earlier of it and the call's own deadline.
+    const SteadyTime by = start_ + std::chrono::microseconds(params.timeout_us);
+    control.deadline = std::min(control.deadline, by);
+  }
+  ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(inputs.at("scores")));
+  const uint8_t* mask = nullptr;
+  if (auto it = inputs.find("mask"); it != inputs.end()) {
+    ZLPR_ASSIGN_OR_RETURN(mask, Mask(it->second, scores));
+  }
+  const int64_t rows = scores.rows, cols = scores.cols;
+  constexpr int64_t kSlack = 1024;
+  if (request_->model_name() == kLossModel) {
+    LossInput in{.scores = scores, .mask = mask};
+    ZLPR_ASSIGN_OR_RETURN(in.labels, FloatMatrix(inputs.at("labels")));
+    ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
+    const bool grad = want_.count("grad") > 0;
+    service_->EnqueueLoss(std::move(control), LossJob{.input = std::move(valid), .want_grad = grad},
+                          &lease_, kSlack + 4 * rows + (grad ? 4 * rows * cols : 0),
+                          [this](absl::StatusOr<LossResult> r) {
+                            if (r.ok()) FillLoss(*std::move(r), want_, response_);
+                            Finish(r.status());
+                          });
     return absl::OkStatus();
   }
-
-  // The response-size check, metrics, then `done`.
-  void Finish(absl::Status status) {
-    if (status.ok()) {
-      const auto bytes = static_cast<int64_t>(response_->ByteSizeLong());
-      status = service_->CheckResponseSize(bytes);
-      if (status.ok()) {
-        service_->metrics().response_bytes().Increment(static_cast<double>(bytes));
-      } else {
-        response_->clear_outputs();
-        response_->clear_raw_output_contents();
-      }
-    }
-    service_->metrics().RequestDone(
-        Method::kModelInfer, static_cast<grpc::StatusCode>(status.code()),
-        std::chrono::duration<double>(service_->clock().Now() - start_).count());
-    service_->metrics().inflight().Decrement();
-    Done done = std::move(done_);
-    done(std::move(status));
+  LabelerInput in{.scores = scores, .mask = mask};
+  in.options.threshold = params.threshold.value_or(0.5f);
+  in.options.top_k = params.top_k;
+  in.options.min_labels = params.min_labels;
+  if (auto it = inputs.find("label_thresholds"); it != inputs.end()) {
+    ZLPR_ASSIGN_OR_RETURN(in.options.label_thresholds, LabelThresholds(it->second, cols));
   }
+  ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
+  const bool probs = want_.count("probs") > 0;
+  service_->EnqueuePredict(std::move(control),
+                           PredictJob{.input = std::move(valid), .want_probs = probs}, &lease_,
+                           kSlack + 12 * rows + (probs ? 4 * rows * cols : 0),
+                           [this](absl::StatusOr<PredictResult> r) {
+                             if (r.ok()) {
+                               FillPredict(*std::move(r), want_, classification_, response_);
+                             }
+                             Finish(r.status());
+                           });
+  return absl::OkStatus();
+}
 
-  ZlprServiceImpl* const service_;
-  grpc::CallbackServerContext* const ctx_;
-  const ModelInferRequest* request_ = nullptr;
-  ModelInferResponse* response_ = nullptr;
-  Done done_;
-  SteadyTime start_{};
-  std::vector<std::string> owned_;  // inputs narrowed from typed contents
-  std::set<std::string> want_;
-  int64_t classification_ = 0;
-  MemoryBudget::Lease lease_;
-};
+void OipInference::Finish(absl::Status status) {
+  if (status.ok()) {
+    const auto bytes = static_cast<int64_t>(response_->ByteSizeLong());
+    status = service_->CheckResponseSize(bytes);
+    if (status.ok()) {
+      service_->metrics().response_bytes().Increment(static_cast<double>(bytes));
+    } else {
+      response_->clear_outputs();
+      response_->clear_raw_output_contents();
+    }
+  }
+  service_->metrics().RequestDone(
+      method_, static_cast<grpc::StatusCode>(status.code()),
+      std::chrono::duration<double>(service_->clock().Now() - start_).count());
+  service_->metrics().inflight().Decrement();
+  Done done = std::move(done_);
+  done(std::move(status));
+}
+
+namespace {
 
 // A ModelInfer call, counted for shutdown like every call.
 class InferCall final : public grpc::ServerUnaryReactor {
  public:
   InferCall(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx, bool accepted)
-      : service_(service), inference_(service, ctx), accepted_(accepted) {}
+      : service_(service), ctx_(ctx), inference_(service, Method::kModelInfer),
+        accepted_(accepted) {}
 
   void Start(const ModelInferRequest* request, ModelInferResponse* response) {
-    inference_.Run(request, response, [this](absl::Status st) { Finish(ToGrpc(st)); });
+    inference_.Run(ControlOf(ctx_, service_->clock()), request, response,
+                   [this](absl::Status st) { Finish(ToGrpc(st)); });
   }
 
   void OnDone() override {
@@ -521,7 +529,8 @@ class InferCall final : public grpc::ServerUnaryReactor {
 
  private:
   ZlprServiceImpl* const service_;
-  Inference inference_;
+  grpc::CallbackServerContext* const ctx_;
+  OipInference inference_;
   const bool accepted_;
 };
 
@@ -533,7 +542,8 @@ class InferStream final
       public StreamRegistry::Member {
  public:
   InferStream(ZlprServiceImpl* service, grpc::CallbackServerContext* ctx, bool accepted)
-      : service_(service), inference_(service, ctx), accepted_(accepted) {}
+      : service_(service), ctx_(ctx), inference_(service, Method::kModelInfer),
+        accepted_(accepted) {}
 
   void Start() {
     service_->streams().Add(this);
@@ -554,7 +564,8 @@ class InferStream final
       if (!ok) return FinishLocked(grpc::Status::OK);
     }
     response_.Clear();
-    inference_.Run(&request_, response_.mutable_infer_response(), [this](absl::Status st) {
+    inference_.Run(ControlOf(ctx_, service_->clock()), &request_,
+                   response_.mutable_infer_response(), [this](absl::Status st) {
       if (!st.ok()) response_.set_error_message(std::string(st.message()));
       StartWrite(&response_);
     });
@@ -594,7 +605,8 @@ class InferStream final
   }
 
   ZlprServiceImpl* const service_;
-  Inference inference_;
+  grpc::CallbackServerContext* const ctx_;
+  OipInference inference_;
   const bool accepted_;
   ModelInferRequest request_;
   inference::ModelStreamInferResponse response_;
@@ -635,69 +647,65 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(grpc::CallbackServerConte
   return Answer(ctx, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
-    grpc::CallbackServerContext* ctx, const inference::ServerMetadataRequest*,
-    inference::ServerMetadataResponse* response) {
-  response->set_name("zlpr-server");
-  response->set_version(version_);
-  response->add_extensions("model_configuration");
-  response->add_extensions("statistics");
-  response->add_extensions("classification");
-  return Answer(ctx, absl::OkStatus());
+inference::ServerMetadataResponse ServerMetadataOf(const std::string& version) {
+  inference::ServerMetadataResponse response;
+  response.set_name("zlpr-server");
+  response.set_version(version);
+  response.add_extensions("model_configuration");
+  response.add_extensions("statistics");
+  response.add_extensions("classification");
+  response.add_extensions("binary_tensor_data");
+  return response;
 }
 
-grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
-    grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
-    inference::ModelMetadataResponse* response) {
-  if (absl::Status st = CheckModel(request->name(), request->version()); !st.ok()) {
-    return Answer(ctx, st);
-  }
-  response->set_name(request->name());
-  response->add_versions("1");
-  response->set_platform(kPlatform);
-  for (const TensorSpec& s : InputSpecs(request->name())) {
-    auto* t = response->add_inputs();
+absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,
+                                                                 const std::string& version) {
+  ZLPR_RETURN_IF_ERROR(CheckModel(name, version));
+  inference::ModelMetadataResponse response;
+  response.set_name(name);
+  response.add_versions("1");
+  response.set_platform(kPlatform);
+  for (const TensorSpec& s : InputSpecs(name)) {
+    auto* t = response.add_inputs();
     t->set_name(s.name);
     t->set_datatype(s.datatype);
     for (int64_t d : s.shape) t->add_shape(d);
   }
-  for (const TensorSpec& s : OutputSpecs(request->name())) {
-    auto* t = response->add_outputs();
+  for (const TensorSpec& s : OutputSpecs(name)) {
+    auto* t = response.add_outputs();
     t->set_name(s.name);
     t->set_datatype(s.datatype);
     for (int64_t d : s.shape) t->add_shape(d);
   }
-  return Answer(ctx, absl::OkStatus());
+  return response;
 }
 
-grpc::ServerUnaryReactor* InferenceService::ModelConfig(
-    grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
-    inference::ModelConfigResponse* response) {
-  if (absl::Status st = CheckModel(request->name(), request->version()); !st.ok()) {
-    return Answer(ctx, st);
-  }
-  inference::ModelConfig* c = response->mutable_config();
-  c->set_name(request->name());
-  c->set_platform(kPlatform);
-  c->set_backend(kPlatform);
+absl::StatusOr<inference::ModelConfig> ModelConfigOf(const std::string& name,
+                                                     const std::string& version,
+                                                     int64_t max_batch_rows) {
+  ZLPR_RETURN_IF_ERROR(CheckModel(name, version));
+  inference::ModelConfig c;
+  c.set_name(name);
+  c.set_platform(kPlatform);
+  c.set_backend(kPlatform);
   // Rows are the batch dimension: dims below leave it out, as Triton's configurations do.
-  c->set_max_batch_size(static_cast<int32_t>(
-      std::min<int64_t>(max_batch_rows_, std::numeric_limits<int32_t>::max())));
-  for (const TensorSpec& s : InputSpecs(request->name())) {
-    auto* in = c->add_input();
+  c.set_max_batch_size(
+      static_cast<int32_t>(std::min<int64_t>(max_batch_rows, std::numeric_limits<int32_t>::max())));
+  for (const TensorSpec& s : InputSpecs(name)) {
+    auto* in = c.add_input();
     in->set_name(s.name);
     in->set_data_type(s.type);
     in->set_optional(s.optional);
     for (size_t d = 1; d < s.shape.size(); ++d) in->add_dims(s.shape[d]);
   }
-  for (const TensorSpec& s : OutputSpecs(request->name())) {
-    auto* out = c->add_output();
+  for (const TensorSpec& s : OutputSpecs(name)) {
+    auto* out = c.add_output();
     out->set_name(s.name);
     out->set_data_type(s.type);
     for (size_t d = 1; d < s.shape.size(); ++d) out->add_dims(s.shape[d]);
     if (s.shape.size() == 1) out->add_dims(1);  // a per-row value: [rows] is [rows, 1] to Triton
   }
-  return Answer(ctx, absl::OkStatus());
+  return c;
 }
 
 namespace {
@@ -709,22 +717,19 @@ void SetDuration(const JobStatistics::Duration& d, inference::StatisticDuration*
 
 }  // namespace
 
-grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
-    grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
-    inference::ModelStatisticsResponse* response) {
-  if (!request->name().empty()) {
-    if (absl::Status st = CheckModel(request->name(), request->version()); !st.ok()) {
-      return Answer(ctx, st);
-    }
-  }
+absl::StatusOr<inference::ModelStatisticsResponse> StatisticsOf(const ZlprServiceImpl& service,
+                                                                const std::string& name,
+                                                                const std::string& version) {
+  if (!name.empty()) ZLPR_RETURN_IF_ERROR(CheckModel(name, version));
+  inference::ModelStatisticsResponse response;
   // From the executor, for both protocols' requests: rows are inferences, kernel calls
   // (batches) executions.
-  for (const char* name : {kPredictModel, kLossModel}) {
-    if (!request->name().empty() && request->name() != name) continue;
-    const JobStatistics& s =
-        zlpr_->statistics(std::string_view(name) == kLossModel ? JobKind::kLoss : JobKind::kPredict);
-    inference::ModelStatistics* m = response->add_model_stats();
-    m->set_name(name);
+  for (const char* model : {kPredictModel, kLossModel}) {
+    if (!name.empty() && name != model) continue;
+    const JobStatistics& s = service.statistics(
+        std::string_view(model) == kLossModel ? JobKind::kLoss : JobKind::kPredict);
+    inference::ModelStatistics* m = response.add_model_stats();
+    m->set_name(model);
     m->set_version("1");
     m->set_last_inference(s.last_inference_ms.load(std::memory_order_relaxed));
     m->set_inference_count(s.inference_count.load(std::memory_order_relaxed));
@@ -740,7 +745,38 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
     i->mutable_compute_input()->set_count(i->compute_infer().count());
     i->mutable_compute_output()->set_count(i->compute_infer().count());
   }
+  return response;
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
+    grpc::CallbackServerContext* ctx, const inference::ServerMetadataRequest*,
+    inference::ServerMetadataResponse* response) {
+  *response = ServerMetadataOf(version_);
   return Answer(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
+    grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
+    inference::ModelMetadataResponse* response) {
+  auto r = ModelMetadataOf(request->name(), request->version());
+  if (r.ok()) *response = *std::move(r);
+  return Answer(ctx, r.status());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelConfig(
+    grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
+    inference::ModelConfigResponse* response) {
+  auto r = ModelConfigOf(request->name(), request->version(), max_batch_rows_);
+  if (r.ok()) *response->mutable_config() = *std::move(r);
+  return Answer(ctx, r.status());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
+    grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  auto r = StatisticsOf(*zlpr_, request->name(), request->version());
+  if (r.ok()) *response = *std::move(r);
+  return Answer(ctx, r.status());
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerContext* ctx,

@@ -12,17 +12,75 @@
 //   zlpr_loss     inputs  scores, labels FP32|FP16|BF16 [-1, -1]; optional mask UINT8 [-1, -1]
 //                 outputs loss FP32 [-1], grad FP32 [-1, -1]; response parameters loss_sum,
 //                         loss_mean
+// Parameter "timeout" (Triton's, microseconds) bounds a request's time like a deadline.
 // Only the requested outputs are returned (all when none is named); the gradient and the dense
 // probabilities are computed only when returned. Outputs are raw (raw_output_contents).
 #ifndef ZLPR_SERVER_OIP_SERVICE_H_
 #define ZLPR_SERVER_OIP_SERVICE_H_
 
+#include <set>
 #include <string>
+#include <vector>
 
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/service.h"
 
 namespace zlpr::server {
+
+// One ModelInferRequest through the zlpr request path, for either binding (gRPC or HTTP):
+// admitted (shutdown, memory budget), converted, queued, and its response filled (raw outputs);
+// then `done` with the status, once, from this thread or a worker. The request and response
+// must outlive it; so must this object, which holds the memory lease and the buffers the job
+// views. Reusable (a stream runs one request after another through it).
+class OipInference {
+ public:
+  using Done = absl::AnyInvocable<void(absl::Status)>;
+
+  // `method` labels the request in the metrics (its protocol).
+  OipInference(ZlprServiceImpl* service, Method method) : service_(service), method_(method) {}
+
+  // `control`'s deadline is shortened by the request's "timeout" parameter (microseconds).
+  void Run(CallControl control, const inference::ModelInferRequest* request,
+           inference::ModelInferResponse* response, Done done);
+
+  // Charges `bytes` more to the request's memory lease (what the binding holds besides the
+  // response, e.g. its text); false when the budget cannot cover them.
+  bool GrowLease(int64_t bytes) { return lease_.TryGrow(bytes); }
+
+  // Returns the memory the request held (once its response has been sent).
+  void Release() { lease_.Reset(); }
+
+ private:
+  absl::Status Submit(CallControl control);
+  // The response-size check, metrics, then `done`.
+  void Finish(absl::Status status);
+
+  ZlprServiceImpl* const service_;
+  const Method method_;
+  const inference::ModelInferRequest* request_ = nullptr;
+  inference::ModelInferResponse* response_ = nullptr;
+  Done done_;
+  SteadyTime start_{};
+  std::vector<std::string> owned_;  // inputs narrowed from typed contents
+  std::set<std::string> want_;
+  int64_t classification_ = 0;
+  MemoryBudget::Lease lease_;
+};
+
+// What both bindings report. NOT_FOUND unless `name` is one of the two models and `version` is
+// empty or "1".
+absl::Status CheckModel(const std::string& name, const std::string& version);
+inference::ServerMetadataResponse ServerMetadataOf(const std::string& version);
+absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,
+                                                                 const std::string& version);
+// `max_batch_rows` is reported as max_batch_size; dims leave out the batch dimension.
+absl::StatusOr<inference::ModelConfig> ModelConfigOf(const std::string& name,
+                                                     const std::string& version,
+                                                     int64_t max_batch_rows);
+// Both models' statistics when `name` is empty.
+absl::StatusOr<inference::ModelStatisticsResponse> StatisticsOf(const ZlprServiceImpl& service,
+                                                                const std::string& name,
+                                                                const std::string& version);
 
 class InferenceService final : public inference::GRPCInferenceService::CallbackService {
  public:

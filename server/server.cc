@@ -115,6 +115,18 @@ void RateLimitedProtobufLog(google::protobuf::LogLevel level, const char* file, 
 absl::Status ValidateServerOptions(const ServerOptions& o) {
   ZLPR_RETURN_IF_ERROR(CheckAddress("grpc_address", o.grpc_address, /*may_be_empty=*/false));
   ZLPR_RETURN_IF_ERROR(CheckAddress("metrics_address", o.metrics_address, /*may_be_empty=*/true));
+  ZLPR_RETURN_IF_ERROR(CheckAddress("http_address", o.http_address, /*may_be_empty=*/true));
+  if (absl::StartsWith(o.http_address, "unix:")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_address=", o.http_address, ": must be HOST:PORT"));
+  }
+  ZLPR_RETURN_IF_ERROR(CheckRange("http_threads", o.http_threads, 1, kMaxHttpThreads));
+  if (!o.http_address.empty() && !o.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--http_address with --tls_cert: the HTTP binding serves plaintext only (see "
+        "docs/OIP.md); terminate TLS in front of it, or use the Open Inference Protocol on the "
+        "gRPC port, which has TLS");
+  }
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
       CheckRange<int64_t>("max_batch_rows", o.batcher.max_batch_rows, 1, kMaxBatchRows));
@@ -298,6 +310,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(
         absl::StrCat("--grpc_address=", options.grpc_address, ": could not listen there"));
   }
+  if (!options.http_address.empty() && !options.echo) {
+    HttpOptions http{.address = options.http_address,
+                     .threads = options.http_threads,
+                     .tokens = s->tokens_.get(),
+                     .max_message_bytes = options.max_message_bytes,
+                     .max_batch_rows = options.batcher.max_batch_rows,
+                     .version = Version()};
+    auto front = HttpFrontEnd::Start(http, s->service_.get());
+    if (!front.ok()) {
+      s->grpc_server_->Shutdown();
+      s->service_->Stop();
+      return front.status();
+    }
+    s->http_ = *std::move(front);
+    s->http_port_ = s->http_->port();
+  }
   grpc::HealthCheckServiceInterface* health = s->grpc_server_->GetHealthCheckService();
   health->SetServingStatus("zlpr.v1.ZlprService", true);
   health->SetServingStatus(true);
@@ -347,6 +375,9 @@ void Server::Shutdown() {
     service_->WaitForAcceptedCalls(deadline);
     // Calls already on their way in reach the service and get their UNAVAILABLE.
     absl::SleepFor(std::min(absl::FromChrono(kDispatchSettle), deadline - absl::Now()));
+    // HTTP handlers still running answer (their requests were accepted and are done, or
+    // refused); idle connections close.
+    if (http_ != nullptr) http_->Stop();
     // Only then does gRPC stop: statuses still being sent get kStatusFlush; what is left after
     // it (health watches, reflection streams, idle connections) is cancelled, so the exit
     // takes as long as the work in flight, not as long as the grace.

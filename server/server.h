@@ -26,6 +26,7 @@
 #include "server/memory_budget.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/metrics.h"
+#include "server/oip_http.h"
 #include "server/service.h"
 
 namespace zlpr::server {
@@ -33,6 +34,10 @@ namespace zlpr::server {
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:50051";
   std::string metrics_address = "0.0.0.0:9464";  // empty: no metrics endpoint
+  // The Open Inference Protocol's HTTP binding (oip_http.h); empty: none. Same token as gRPC;
+  // plaintext only (refused with tls_cert_file).
+  std::string http_address;
+  int http_threads = 64;  // HTTP connections served at once
   std::string backend = "auto";                  // auto | cpu | cuda
   std::vector<int> devices;                      // CUDA devices; empty: all visible
   int threads = 0;                               // CPU backend threads; 0: all cores
@@ -64,6 +69,7 @@ const char* Version();
 
 // Bounds of the options a server accepts (Server::Start refuses anything outside them).
 inline constexpr int kMaxThreads = 1024;
+inline constexpr int kMaxHttpThreads = 4096;
 inline constexpr int64_t kMaxBatchRows = int64_t{1} << 20;
 inline constexpr int64_t kMaxQueueSize = int64_t{1} << 20;
 inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds(60);
@@ -85,6 +91,7 @@ class Server {
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }  // 0 without a metrics endpoint
+  int http_port() const { return http_port_; }        // 0 without the HTTP binding
   const std::string& backend_name() const { return backend_name_; }
   const std::vector<std::string>& devices() const { return devices_; }
 
@@ -115,11 +122,13 @@ class Server {
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
   std::unique_ptr<inference::GRPCInferenceService::CallbackService> inference_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HttpFrontEnd> http_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Reclaimer> reclaimer_;
   int64_t max_inflight_bytes_ = 0;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
   std::string backend_name_;
   std::vector<std::string> devices_;
   bool shut_down_ = false;

@@ -9,16 +9,21 @@
 #include "server/stream_reactor.h"
 
 namespace zlpr::server {
+
+CallControl ControlOf(grpc::CallbackServerContext* ctx, const Clock& clock) {
+  CallControl control{.cancelled = [ctx] { return ctx->IsCancelled(); }};
+  const auto deadline = ctx->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    const auto left = deadline - std::chrono::system_clock::now();
+    control.deadline =
+        clock.Now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+  }
+  return control;
+}
+
 namespace {
 
 double Seconds(SteadyTime a, SteadyTime b) { return std::chrono::duration<double>(b - a).count(); }
-
-SteadyTime SteadyDeadline(const grpc::CallbackServerContext* ctx, const Clock& clock) {
-  const auto deadline = ctx->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return SteadyTime::max();
-  const auto left = deadline - std::chrono::system_clock::now();
-  return clock.Now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
-}
 
 Reject RejectReason(absl::StatusCode code) {
   switch (code) {
@@ -198,7 +203,7 @@ absl::Status ZlprServiceImpl::Receive(grpc::ByteBuffer* raw, google::protobuf::M
 }
 
 template <typename Job>
-void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
+void ZlprServiceImpl::EnqueueJob(CallControl control, Job job,
                                  MemoryBudget::Lease* lease, int64_t response_bytes,
                                  absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done) {
   JobStatistics& stats = stats_[static_cast<int>(Job::kKind)];
@@ -218,10 +223,10 @@ void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
   if (!lease->TryGrow(2 * response_bytes)) {
     return reject(OverBudget(lease->bytes() + 2 * response_bytes, budget_), Reject::kMemory);
   }
-  const SteadyTime deadline = SteadyDeadline(ctx, *clock_);
+  const SteadyTime deadline = control.deadline;
   Task<Job> task{.job = std::move(job),
                  .deadline = deadline,
-                 .cancelled = [ctx] { return ctx->IsCancelled(); },
+                 .cancelled = std::move(control.cancelled),
                  .done = [this, deadline, &stats, queued = clock_->Now(),
                           done = std::move(done)](
                              absl::StatusOr<typename Job::Result> result) mutable {
@@ -234,16 +239,16 @@ void ZlprServiceImpl::EnqueueJob(grpc::CallbackServerContext* ctx, Job job,
   batcher_.Enqueue(std::move(task)).IgnoreError();
 }
 
-void ZlprServiceImpl::EnqueueLoss(grpc::CallbackServerContext* ctx, LossJob job,
-                                  MemoryBudget::Lease* lease, int64_t response_bytes,
+void ZlprServiceImpl::EnqueueLoss(CallControl control, LossJob job, MemoryBudget::Lease* lease,
+                                  int64_t response_bytes,
                                   absl::AnyInvocable<void(absl::StatusOr<LossResult>)> done) {
-  EnqueueJob(ctx, std::move(job), lease, response_bytes, std::move(done));
+  EnqueueJob(std::move(control), std::move(job), lease, response_bytes, std::move(done));
 }
 
-void ZlprServiceImpl::EnqueuePredict(grpc::CallbackServerContext* ctx, PredictJob job,
+void ZlprServiceImpl::EnqueuePredict(CallControl control, PredictJob job,
                                      MemoryBudget::Lease* lease, int64_t response_bytes,
                                      absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done) {
-  EnqueueJob(ctx, std::move(job), lease, response_bytes, std::move(done));
+  EnqueueJob(std::move(control), std::move(job), lease, response_bytes, std::move(done));
 }
 
 template <typename Job, typename Request, typename Response, typename Convert>
@@ -258,7 +263,7 @@ void ZlprServiceImpl::Submit(const Convert& convert, grpc::CallbackServerContext
   }
   const int64_t dense = DenseResponseBytes(*job, request->request_id().size());
   EnqueueJob<Job>(
-      ctx, *std::move(job), lease, dense,
+      ControlOf(ctx, *clock_), *std::move(job), lease, dense,
       [this, request, response,
        done = std::move(done)](absl::StatusOr<typename Job::Result> result) {
         if (!result.ok()) return done({ToGrpc(result.status())});

@@ -60,6 +60,16 @@ using ZlprServiceBase = v1::ZlprService::WithCallbackMethod_GetServerInfo<
 
 class StreamRegistry;
 
+// What a queued job needs to know of the call it came from: when nobody wants its result any
+// more. The batcher drops a job whose deadline passed or whose call was cancelled.
+struct CallControl {
+  SteadyTime deadline = SteadyTime::max();
+  std::function<bool()> cancelled;  // empty: the call cannot be cancelled
+};
+
+// A gRPC call's deadline (on `clock`) and cancellation.
+CallControl ControlOf(grpc::CallbackServerContext* ctx, const Clock& clock);
+
 // What each job type's requests cost, for the Open Inference Protocol's ModelStatistics: counts
 // and total durations (atomics; read without a lock, each value consistent on its own).
 struct JobStatistics {
@@ -142,11 +152,11 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   // `lease` by twice it (RESOURCE_EXHAUSTED); refused while shutting down (UNAVAILABLE). `done`
   // runs exactly once, from this thread (refused) or a worker, with the result or why there is
   // none; `lease` and whatever the job's views point into must stay alive until then.
-  void EnqueueLoss(grpc::CallbackServerContext* ctx, LossJob job, MemoryBudget::Lease* lease,
+  void EnqueueLoss(CallControl control, LossJob job, MemoryBudget::Lease* lease,
                    int64_t response_bytes,
                    absl::AnyInvocable<void(absl::StatusOr<LossResult>)> done);
-  void EnqueuePredict(grpc::CallbackServerContext* ctx, PredictJob job,
-                      MemoryBudget::Lease* lease, int64_t response_bytes,
+  void EnqueuePredict(CallControl control, PredictJob job, MemoryBudget::Lease* lease,
+                      int64_t response_bytes,
                       absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done);
 
   // A call begins (a reactor is made) and ends (its OnDone). Begin returns whether the call was
@@ -165,7 +175,7 @@ class ZlprServiceImpl final : public ZlprServiceBase {
  private:
   class MetricsListener;
   template <typename Job>
-  void EnqueueJob(grpc::CallbackServerContext* ctx, Job job, MemoryBudget::Lease* lease,
+  void EnqueueJob(CallControl control, Job job, MemoryBudget::Lease* lease,
                   int64_t response_bytes,
                   absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done);
   template <typename Job, typename Request, typename Response, typename Convert>

@@ -414,7 +414,7 @@ TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"invalid\"}") == 10;
   }));
   EXPECT_EQ(MetricValue(Metrics(),
-                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"),
+                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}"),
             10);
 }
 
@@ -638,9 +638,9 @@ TEST_F(ServiceTest, AnUnparseableUnaryRequestGetsInvalidArgumentAndIsCounted) {
     }
   }
   const std::string m = Metrics();
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\"}"),
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}"),
             2);
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"Predict\"}"), 2);
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"Predict\",protocol=\"zlpr_v1\"}"), 2);
   EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"invalid\"}"), 4);
   // The server goes on.
   v1::PredictRequest req;
@@ -672,7 +672,7 @@ TEST_F(ServiceTest, AStreamMessageThatDoesNotParseEndsTheStreamWithInvalidArgume
   EXPECT_THAT(st.error_message(), HasSubstr("is not a valid zlpr.v1.PredictRequest"));
   EXPECT_THAT(st.error_message(), HasSubstr("the messages sent after it were not answered"));
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method="
-                                   "\"StreamPredict\"}"),
+                                   "\"StreamPredict\",protocol=\"zlpr_v1\"}"),
             1);
 }
 
@@ -783,7 +783,7 @@ TEST_F(ServiceTest, OpenInferenceProtocolRequestsTakeTheSamePathAndBatchWithZlpr
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(bad.error_message(), HasSubstr("input 'labels': datatype INT64 is not allowed"));
   const std::string m = Metrics();
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ModelInfer\"}"), 1);
+  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ModelInfer\",protocol=\"oip_grpc\"}"), 1);
   EXPECT_EQ(MetricValue(m, "zlpr_rows_total{op=\"loss\"}"), 25);
 }
 
@@ -861,7 +861,7 @@ TEST_F(ServiceTest, GracefulShutdownUnderLoadAnswersEveryAcceptedRequest) {
   ASSERT_TRUE(WaitUntil([&] {
     const std::string m = Metrics();
     return MetricValue(m, "zlpr_inflight_requests") +
-               MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\"}") ==
+               MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}") ==
            kCalls;
   }));
   server_->Shutdown();
@@ -885,7 +885,7 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
   std::string body;
   ASSERT_TRUE(WaitUntil([&] {
     body = Metrics();
-    return MetricValue(body, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\"}") == 1;
+    return MetricValue(body, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}") == 1;
   }));
   // Every line is a comment or `name{labels} value` in the text exposition format.
   const std::regex sample(R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfaN]+$)");

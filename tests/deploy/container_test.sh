@@ -100,7 +100,7 @@ echo "$out" | grep -q '"labels":\[0,2\]' || fail "predict labels"
 out=$("$cli" --target=127.0.0.1:$port loss --scores="$scratch/s.json" --labels="$scratch/t.json" --want_grad); echo "loss: $out"
 echo "$out" | grep -q '"loss":\[0.8682' || fail "loss value"
 metrics=$(curl -sf "127.0.0.1:$mport/metrics") || fail "metrics scrape"
-echo "$metrics" | grep -q 'zlpr_requests_total{code="OK",method="Predict"} 1' || fail "metrics counters"
+echo "$metrics" | grep -q 'zlpr_requests_total{code="OK",method="Predict",protocol="zlpr_v1"} 1' || fail "metrics counters"
 podman healthcheck run zlpr-test >/dev/null || fail "the image's HEALTHCHECK"
 echo "healthcheck: ok"
 

@@ -19,10 +19,14 @@ def pytest_addoption(parser):
 def server(request):
     binary = request.config.getoption("--server")
     proc = subprocess.Popen([binary, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-                             "--backend=cpu", "--threads=2", "--max_batch_rows=128"],
+                             "--http_address=127.0.0.1:0", "--backend=cpu", "--threads=2",
+                             "--max_batch_rows=128"],
                             stdout=subprocess.PIPE, text=True)
     m = re.search(r"gRPC on port (\d+).*metrics on port (\d+)", proc.stdout.readline())
     assert m
-    yield {"grpc": f"127.0.0.1:{m.group(1)}", "metrics": int(m.group(2)), "proc": proc}
+    h = re.search(r"HTTP \(Open Inference Protocol\) on port (\d+)", proc.stdout.readline())
+    assert h
+    yield {"grpc": f"127.0.0.1:{m.group(1)}", "metrics": int(m.group(2)),
+           "http": f"127.0.0.1:{h.group(1)}", "proc": proc}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0

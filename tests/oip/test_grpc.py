@@ -9,24 +9,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from reference import reference
+
 
 @pytest.fixture(scope="module")
 def client(server):
     return grpcclient.InferenceServerClient(server["grpc"])
-
-
-def reference(s, t, mask=None):
-    s, t = s.astype(np.float64), t.astype(np.float64)
-    keep = s != -np.inf
-    if mask is not None:
-        keep &= mask != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(keep & (t > 0), -s + np.log(np.where(t > 0, t, 1)), -np.inf)
-        y = np.where(keep & (t < 1), s + np.log1p(-np.where(t < 1, t, 0)), -np.inf)
-    z = np.zeros((s.shape[0], 1))
-    p = np.logaddexp.reduce(np.concatenate([z, x], 1), 1)
-    n = np.logaddexp.reduce(np.concatenate([z, y], 1), 1)
-    return p + n, np.where(keep, -np.exp(x - p[:, None]) + np.exp(y - n[:, None]), 0)
 
 
 def tensor(name, array, datatype):
@@ -132,7 +120,7 @@ def test_both_protocols_are_counted_on_the_same_path(server, client):
     client.infer("zlpr_predict", [tensor("scores", s, "FP32")])
     with urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics") as r:
         body = r.read().decode()
-    assert 'zlpr_requests_total{code="OK",method="ModelInfer"}' in body
+    assert 'zlpr_requests_total{code="OK",method="ModelInfer",protocol="oip_grpc"}' in body
     assert 'zlpr_rows_total{op="predict"}' in body
 
 
