@@ -7,7 +7,7 @@ FUZZ_BUILD ?= build-fuzz
 PYVENV ?= build-pyvenv
 OIPVENV ?= build-oipvenv
 FUZZ_SECONDS ?= 600
-FUZZERS := convert cli_readers
+FUZZERS := convert cli_readers http_request
 CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
@@ -28,8 +28,8 @@ build: deps
 # Every test: unit, service, client and deployment tests (ctest), the kernel tests under
 # ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
 # the Python package (built as a wheel, installed in a fresh venv, tested against the server),
-# Triton's client against the Open Inference Protocol, then the container image built and run
-# for real (podman, as root).
+# Triton's clients against the Open Inference Protocol (gRPC and HTTP), then the CPU and CUDA
+# container images built and run for real (podman, as root; the CUDA image without a GPU).
 test: test-unit test-asan test-tsan test-fuzz test-python test-oip test-container
 
 test-unit: build

@@ -3,6 +3,7 @@
 // Device and pinned buffers grow to the largest batch seen and are then reused: no allocation
 // on the steady-state path.
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstring>
@@ -373,6 +374,25 @@ int CudaDeviceCount() {
     return 0;
   }
   return count;
+}
+
+std::string CudaUnavailableReason() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    // The runtime says "driver version is insufficient" also when there is no driver at all.
+    if (e == cudaErrorInsufficientDriver) {
+      if (void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL); driver != nullptr) {
+        dlclose(driver);
+      } else {
+        return "no NVIDIA driver: libcuda.so.1 is not found (in a container, run it with "
+               "--gpus all or the NVIDIA device plugin)";
+      }
+    }
+    return absl::StrFormat("%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+  }
+  return count > 0 ? "" : "no CUDA device is visible";
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {

@@ -5,6 +5,9 @@ namespace zlpr {
 
 bool CudaBuilt() { return false; }
 int CudaDeviceCount() { return 0; }
+std::string CudaUnavailableReason() {
+  return "this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)";
+}
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
   return absl::FailedPreconditionError(
       "cuda:" + std::to_string(device) +

@@ -192,6 +192,9 @@ std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options = {});
 bool CudaBuilt();
 // Visible CUDA devices; 0 without the CUDA backend, a driver or a device.
 int CudaDeviceCount();
+// Why no CUDA device can be used (the CUDA runtime's error, e.g. no driver or no device), or ""
+// when one can.
+std::string CudaUnavailableReason();
 // The CUDA backend on `device`; FAILED_PRECONDITION when CUDA is not built or the device is
 // not visible.
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device);

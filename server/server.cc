@@ -124,8 +124,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (!o.http_address.empty() && !o.tls_cert_file.empty()) {
     return absl::InvalidArgumentError(
         "--http_address with --tls_cert: the HTTP binding serves plaintext only (see "
-        "docs/OIP.md); terminate TLS in front of it, or use the Open Inference Protocol on the "
-        "gRPC port, which has TLS");
+        "docs/OIP.md): turn it off with --http_address= (ZLPR_HTTP_ADDRESS= in the image) and "
+        "use the Open Inference Protocol on the gRPC port, which has TLS, or terminate TLS in "
+        "front of the HTTP port");
   }
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
@@ -228,6 +229,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   std::vector<int> cuda_devices;
   for (size_t i = 0; i < backends.size(); ++i) {
     s->devices_.push_back(backends[i]->Describe());
+    if (options.backend == "auto" && CudaBuilt() && backends[i]->kind() == BackendKind::kCpu) {
+      // A CUDA build (e.g. the CUDA image) on a machine without a usable GPU: say so, in the
+      // log and in GetServerInfo's devices, rather than look like a CPU build.
+      const std::string why = CudaUnavailableReason();
+      s->devices_.back() += absl::StrCat(" (CUDA fallback: ", why, ")");
+      std::fprintf(stderr,
+                   "zlpr-server: this build has the CUDA backend, but no CUDA device can be used "
+                   "(%s): serving on the CPU\n",
+                   why.c_str());
+    }
     if (backends[i]->kind() == BackendKind::kCuda) {
       cuda_devices.push_back(options.devices.empty() ? static_cast<int>(i) : options.devices[i]);
     }
