@@ -19,7 +19,7 @@ done
 packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev
+  libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev libboost-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
   python3 python3-pip python3-numpy python3-venv python3-torch prometheus
@@ -28,7 +28,7 @@ packages=(
 if [ "$build_only" = 1 ]; then
   packages=(build-essential cmake ninja-build pkg-config
             libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-            libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev libgtest-dev libgmock-dev
+            libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev libboost-dev libgtest-dev libgmock-dev
             libbenchmark-dev
             libssl-dev zlib1g-dev)
 fi

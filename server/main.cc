@@ -28,10 +28,12 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
           "Address of the Prometheus endpoint (GET /metrics); empty disables it");
 ABSL_FLAG(std::string, http_address, "",
           "Address for the Open Inference Protocol's HTTP/REST binding (KServe v2: /v2/...), "
-          "with the same bearer token as gRPC (plaintext: not with --tls_cert); empty (the "
-          "default) disables it");
-ABSL_FLAG(int, http_threads, 64,
-          "HTTP connections served at once (one thread each; more wait for a free thread)");
+          "with the same TLS and bearer token as gRPC; empty (the default) disables it");
+ABSL_FLAG(int, http_threads, 4,
+          "I/O threads of the HTTP binding (connections are served asynchronously; a request "
+          "being computed holds none)");
+ABSL_FLAG(int, http_max_connections, 1024,
+          "HTTP connections open at once; more are closed when accepted");
 ABSL_FLAG(std::string, backend, "auto",
           "auto (CUDA when a device is visible, else CPU), cpu or cuda");
 ABSL_FLAG(std::string, devices, "",
@@ -176,6 +178,7 @@ int main(int argc, char** argv) {
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.http_address = absl::GetFlag(FLAGS_http_address);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   options.backend = absl::GetFlag(FLAGS_backend);
   auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
   if (!devices.ok()) {

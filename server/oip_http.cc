@@ -1,11 +1,16 @@
-// HttpFrontEnd: the Open Inference Protocol's REST binding on CivetWeb, and its JSON codec.
+// HttpFrontEnd: the Open Inference Protocol's REST binding on Boost.Beast, and its JSON codec.
 #include "server/oip_http.h"
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <atomic>
 #include <limits>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -13,9 +18,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
-#include "civetweb.h"
+#include "boost/asio/dispatch.hpp"
+#include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/post.hpp"
+#include "boost/asio/ssl.hpp"
+#include "boost/asio/strand.hpp"
+#include "boost/beast/core.hpp"
+#include "boost/beast/http.hpp"
+#include "boost/beast/ssl.hpp"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/oip_service.h"
@@ -447,7 +457,8 @@ void AppendData(const std::string& datatype, const std::string& raw, std::string
 }  // namespace
 
 std::string FormatInferResponse(const ModelInferResponse& response, const HttpOutputFormat& format,
-                                std::string* binary) {
+                                size_t* json_length) {
+  std::string binary;
   json head = json::object();
   head["model_name"] = response.model_name();
   head["model_version"] = response.model_version();
@@ -470,7 +481,7 @@ std::string FormatInferResponse(const ModelInferResponse& response, const HttpOu
     const bool as_binary = format.IsBinary(o.name());
     if (as_binary) {
       meta["parameters"] = {{"binary_data_size", raw.size()}};
-      binary->append(raw);
+      binary.append(raw);
     }
     if (i > 0) text.push_back(',');
     std::string piece = meta.dump();
@@ -483,6 +494,8 @@ std::string FormatInferResponse(const ModelInferResponse& response, const HttpOu
     text.append(piece);
   }
   text.append("]}");
+  *json_length = text.size();
+  text.append(binary);
   return text;
 }
 
@@ -516,31 +529,6 @@ int HttpStatus(absl::StatusCode code) {
 }
 
 namespace {
-
-// Writes a whole response: status line, headers, body. `close` ends the connection after it
-// (when the request's body was not read, so the rest of it is never parsed as a request).
-void Reply(mg_connection* conn, int status, std::string_view content_type, std::string_view body,
-           std::string_view extra_headers = "", bool close = false, std::string_view tail = "") {
-  const std::string head = absl::StrFormat(
-      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n", status,
-      mg_get_response_code_text(conn, status), content_type, body.size() + tail.size(),
-      extra_headers, close ? "Connection: close\r\n" : "");
-  mg_write(conn, head.data(), head.size());
-  if (!body.empty()) mg_write(conn, body.data(), body.size());
-  if (!tail.empty()) mg_write(conn, tail.data(), tail.size());
-}
-
-void ReplyJson(mg_connection* conn, int status, const json& body) {
-  Reply(conn, status, "application/json", body.dump());
-}
-
-int ReplyError(mg_connection* conn, const absl::Status& st, bool close = false,
-               std::string_view extra_headers = "") {
-  const int status = HttpStatus(st.code());
-  Reply(conn, status, "application/json", json{{"error", std::string(st.message())}}.dump(),
-        extra_headers, close);
-  return status;
-}
 
 json ShapeJson(const google::protobuf::RepeatedField<int64_t>& shape) {
   json out = json::array();
@@ -611,293 +599,488 @@ json StatisticsJson(const inference::ModelStatisticsResponse& r) {
   return {{"model_stats", std::move(models)}};
 }
 
-// Rate-limits CivetWeb's own log lines (connection errors a hostile client can cause at will).
-int LogCivetWeb(const mg_connection*, const char* message) {
-  static absl::Mutex mu(absl::kConstInit);
-  static absl::Time window_start = absl::InfinitePast();
-  static int in_window = 0;
-  absl::MutexLock lock(&mu);
-  const absl::Time now = absl::Now();
-  if (now - window_start >= absl::Seconds(10)) {
-    window_start = now;
-    in_window = 0;
-  }
-  if (++in_window <= 5) std::fprintf(stderr, "zlpr-server: http: %s\n", message);
-  return 1;  // handled: CivetWeb prints nothing itself
+}  // namespace
+
+
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = boost::asio::ip::tcp;
+
+class HttpFrontEnd::Impl {
+ public:
+  Impl(const HttpOptions& opts, ZlprServiceImpl* svc) : options(opts), service(svc), acceptor(ioc) {}
+
+  const HttpOptions options;
+  ZlprServiceImpl* const service;
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  std::optional<ssl::context> tls;
+  std::vector<std::thread> threads;
+  std::atomic<int> connections{0};
+  std::atomic<bool> stopping{false};
+
+  void Accept();
+};
+
+namespace {
+
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+// The I/O deadline of reading or writing `bytes`: the base timeout plus 1 s per MiB.
+std::chrono::milliseconds IoTimeout(const HttpOptions& o, uint64_t bytes) {
+  return o.io_timeout + std::chrono::milliseconds(bytes >> 10 >> 10 << 10);
 }
+
+// One connection: requests read one after another (keep-alive), each answered before the next is
+// read. Runs on its strand; a request being computed holds no thread. `Stream` is a
+// beast::tcp_stream or a TLS stream over one.
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+ public:
+  Session(HttpFrontEnd::Impl* front, Stream stream)
+      : front_(front), service_(front->service), stream_(std::move(stream)),
+        inference_(service_, Method::kModelInferHttp) {}
+
+  ~Session() { front_->connections.fetch_sub(1); }
+
+  void Start() {
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      net::dispatch(stream_.get_executor(), [self = this->shared_from_this()] { self->Read(); });
+    } else {
+      beast::get_lowest_layer(stream_).expires_after(front_->options.io_timeout);
+      stream_.async_handshake(ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code ec) {
+                                if (!ec) self->Read();
+                              });
+    }
+  }
+
+ private:
+  const HttpOptions& options() const { return front_->options; }
+
+  void Read() {
+    parser_.emplace();
+    parser_->header_limit(16 << 10);
+    // Checked against the header's Content-Length below, with a clear answer. (Not boost::none:
+    // Boost 1.74 compares a Content-Length with an empty limit as if the limit were smaller.)
+    parser_->body_limit(std::numeric_limits<uint64_t>::max());
+    beast::get_lowest_layer(stream_).expires_after(options().io_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                              self->OnHeader(ec);
+                            });
+  }
+
+  void OnHeader(beast::error_code ec) {
+    if (ec) {
+      if (ec != http::error::end_of_stream && ec != beast::error::timeout &&
+          ec != net::error::eof && ec != net::error::operation_aborted) {
+        // A malformed request line or header (or one over 16 KiB): say so, then close.
+        return SendError(absl::InvalidArgumentError(absl::StrCat(
+                             "the request's header could not be read: ", ec.message())),
+                         /*close=*/true);
+      }
+      return Close();
+    }
+    start_ = service_->clock().Now();
+    const auto& req = parser_->get();
+    keep_alive_ = req.keep_alive();
+    const std::string_view target(req.target().data(), req.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
+    path_ = absl::StrSplit(absl::string_view(path.data(), path.size()), '/', absl::SkipEmpty());
+    has_body_ = parser_->chunked() || parser_->content_length().value_or(0) > 0;
+    const bool health = path_.size() == 3 && path_[0] == "v2" && path_[1] == "health";
+    if (options().tokens != nullptr && !health) {
+      const auto it = req.find(http::field::authorization);
+      if (it == req.end() || !options().tokens->Accepts(std::string_view(it->value().data(),
+                                                                         it->value().size()))) {
+        service_->metrics().rejected(Reject::kUnauthenticated).Increment();
+        Response res = ErrorResponse(absl::UnauthenticatedError(
+            it == req.end() ? "this server needs a bearer token (authorization: Bearer ...)"
+                            : "the bearer token is not valid"));
+        res.set(http::field::www_authenticate, "Bearer");
+        return Send(std::move(res), /*close=*/true);
+      }
+    }
+    if (IsInfer()) {
+      if (req.method() != http::verb::post) return SendMethodNotAllowed("POST");
+      return ReadBody();
+    }
+    // Every other endpoint takes no body: a body is not read, and the connection closes after.
+    Send(Route(), has_body_);
+  }
+
+  bool IsInfer() const {
+    return path_.size() >= 4 && path_[0] == "v2" && path_[1] == "models" &&
+           path_.back() == "infer" &&
+           (path_.size() == 4 || (path_.size() == 6 && path_[3] == "versions"));
+  }
+
+  // GET endpoints: health, metadata, readiness, configuration, statistics.
+  Response Route() {
+    const auto& req = parser_->get();
+    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
+    auto not_found = [&] {
+      return ErrorResponse(absl::NotFoundError(absl::StrFormat(
+          "no such endpoint: %s %s (see the protocol's /v2 paths)",
+          std::string(req.method_string()), std::string(req.target()))));
+    };
+    if (path_.empty() || path_[0] != "v2") return not_found();
+    if (path_.size() == 3 && path_[1] == "health" && (path_[2] == "live" || path_[2] == "ready")) {
+      if (!get) return MethodNotAllowed("GET");
+      const bool ok = path_[2] == "live" || !service_->shutting_down();
+      return JsonResponse(ok ? 200 : 503, "");
+    }
+    if (!get) return MethodNotAllowed("GET");
+    if (path_.size() == 1) {
+      const auto m = ServerMetadataOf(options().version);
+      return JsonResponse(
+          200, json{{"name", m.name()}, {"version", m.version()}, {"extensions", m.extensions()}}
+                   .dump());
+    }
+    if (path_[1] != "models" || path_.size() < 3) return not_found();
+    if (path_.size() == 3 && path_[2] == "stats") {
+      return JsonResponse(200, StatisticsJson(*StatisticsOf(*service_, "", "")).dump());
+    }
+    const std::string& model = path_[2];
+    std::string version;
+    size_t next = 3;
+    if (path_.size() >= 5 && path_[3] == "versions") {
+      version = path_[4];
+      next = 5;
+    }
+    if (path_.size() > next + 1) return not_found();
+    const std::string action = path_.size() == next ? "" : path_[next];
+    if (action.empty()) {
+      auto r = ModelMetadataOf(model, version);
+      return r.ok() ? JsonResponse(200, MetadataJson(*r).dump()) : ErrorResponse(r.status());
+    }
+    if (action == "ready") {
+      if (absl::Status st = CheckModel(model, version); !st.ok()) return ErrorResponse(st);
+      return JsonResponse(service_->shutting_down() ? 503 : 200, "");
+    }
+    if (action == "config") {
+      auto r = ModelConfigOf(model, version, options().max_batch_rows);
+      return r.ok() ? JsonResponse(200, ConfigJson(*r).dump()) : ErrorResponse(r.status());
+    }
+    if (action == "stats") {
+      auto r = StatisticsOf(*service_, model, version);
+      return r.ok() ? JsonResponse(200, StatisticsJson(*r).dump()) : ErrorResponse(r.status());
+    }
+    return not_found();
+  }
+
+  // An inference request's body: its size checked and charged before it is read.
+  void ReadBody() {
+    Metrics& metrics = service_->metrics();
+    const auto& req = parser_->get();
+    if (service_->shutting_down()) {
+      return Refuse(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
+    }
+    if (const auto it = req.find(http::field::content_encoding);
+        it != req.end() && it->value() != "identity") {
+      return Refuse(absl::InvalidArgumentError(absl::StrFormat(
+                        "Content-Encoding %s is not supported: send the body uncompressed",
+                        std::string(it->value()))),
+                    Reject::kInvalid);
+    }
+    if (!parser_->content_length()) {
+      // A chunked body's size is not known before it is read: refuse it rather than read blind.
+      metrics.rejected(Reject::kInvalid).Increment();
+      Response res = JsonResponse(
+          411, json{{"error", "send the request with a Content-Length (chunked bodies are not "
+                              "read)"}}.dump());
+      return Send(std::move(res), /*close=*/true);
+    }
+    const uint64_t length = *parser_->content_length();
+    if (length > static_cast<uint64_t>(options().max_message_bytes)) {
+      metrics.rejected(Reject::kInvalid).Increment();
+      Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
+      Response res = JsonResponse(
+          413, json{{"error", absl::StrFormat("the request body is %d bytes, over the server's "
+                                              "limit of %d (--max_message_bytes)",
+                                              length, options().max_message_bytes)}}
+                   .dump());
+      return Send(std::move(res), /*close=*/true);
+    }
+    // The body, its parsed form and the tensors' copy.
+    if (absl::Status st = service_->Charge(static_cast<int64_t>(length), &body_lease_); !st.ok()) {
+      Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
+      return SendError(st, /*close=*/true);
+    }
+    parser_->body_limit(length);
+    beast::get_lowest_layer(stream_).expires_after(IoTimeout(options(), length));
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                       self->OnBody(ec);
+                     });
+  }
+
+  void OnBody(beast::error_code ec) {
+    if (ec) {  // the client went away or stalled past the timeout: nobody to answer
+      service_->metrics().rejected(Reject::kCancelled).Increment();
+      Done(grpc::StatusCode::CANCELLED);
+      return Close();
+    }
+    Request req = parser_->release();
+    keep_alive_ = req.keep_alive();
+    std::optional<size_t> header_length;
+    if (const auto it = req.find("Inference-Header-Content-Length"); it != req.end()) {
+      uint64_t n;
+      if (!absl::SimpleAtoi(absl::string_view(it->value().data(), it->value().size()), &n)) {
+        return Refuse(absl::InvalidArgumentError(absl::StrFormat(
+                          "Inference-Header-Content-Length '%s' is not a number of bytes",
+                          std::string(it->value()))),
+                      Reject::kInvalid);
+      }
+      header_length = static_cast<size_t>(std::min<uint64_t>(n, SIZE_MAX));
+    }
+    const std::string version = path_.size() == 6 ? path_[4] : "";
+    request_.Clear();
+    format_ = HttpOutputFormat();
+    if (absl::Status st = ParseInferRequest(req.body(), header_length, path_[2], version, &request_,
+                                            &format_);
+        !st.ok()) {
+      return Refuse(st, Reject::kInvalid, /*close=*/false);
+    }
+    req = Request();  // the body is no longer needed
+    accepted_ = service_->CallBegins();
+    in_call_ = true;
+    response_.Clear();
+    inference_.Run(CallControl{}, &request_, &response_,
+                   [self = this->shared_from_this()](absl::Status st) {
+                     // From a worker (or this strand, when refused): back to the strand.
+                     net::post(self->stream_.get_executor(),
+                               [self, st = std::move(st)]() mutable { self->OnResult(st); });
+                   });
+  }
+
+  void OnResult(absl::Status status) {
+    request_.Clear();
+    body_lease_.Reset();
+    if (!status.ok()) return SendError(status, /*close=*/false);
+    // The text is held beside the response until it is sent: at most ~16 characters a value.
+    int64_t bound = 4096;
+    for (int i = 0; i < response_.outputs_size(); ++i) {
+      const auto raw = static_cast<int64_t>(response_.raw_output_contents(i).size());
+      bound += format_.IsBinary(response_.outputs(i).name()) ? raw : 4 * raw + 64;
+    }
+    if (!inference_.GrowLease(bound)) {
+      service_->metrics().rejected(Reject::kMemory).Increment();
+      return SendError(absl::ResourceExhaustedError(
+                           "the server's memory for requests in flight cannot hold this "
+                           "response as JSON now: ask for its outputs as binary data "
+                           "(parameters.binary_data) or retry later"),
+                       /*close=*/false);
+    }
+    size_t json_length = 0;
+    std::string body = FormatInferResponse(response_, format_, &json_length);
+    response_.Clear();
+    const bool binary = json_length < body.size();
+    Response res{http::status::ok, 11};
+    res.set(http::field::content_type, binary ? "application/octet-stream" : "application/json");
+    if (binary) res.set("Inference-Header-Content-Length", std::to_string(json_length));
+    res.body() = std::move(body);
+    Send(std::move(res), /*close=*/false);
+  }
+
+  // Refusals of an inference request before OipInference has it, counted like its own.
+  void Refuse(const absl::Status& st, Reject reason, bool close = true) {
+    service_->metrics().rejected(reason).Increment();
+    Done(static_cast<grpc::StatusCode>(st.code()));
+    SendError(st, close);
+  }
+
+  void Done(grpc::StatusCode code) {
+    service_->metrics().RequestDone(
+        Method::kModelInferHttp, code,
+        std::chrono::duration<double>(service_->clock().Now() - start_).count());
+  }
+
+  static Response JsonResponse(int status, std::string body) {
+    Response res{static_cast<http::status>(status), 11};
+    res.set(http::field::content_type, "application/json");
+    res.body() = std::move(body);
+    return res;
+  }
+
+  static Response ErrorResponse(const absl::Status& st) {
+    return JsonResponse(HttpStatus(st.code()),
+                        json{{"error", std::string(st.message())}}.dump());
+  }
+
+  static Response MethodNotAllowed(const char* allowed) {
+    Response res = JsonResponse(
+        405, json{{"error", absl::StrCat("this method is not allowed here: use ", allowed)}}
+                 .dump());
+    res.set(http::field::allow, allowed);
+    return res;
+  }
+
+  void SendMethodNotAllowed(const char* allowed) { Send(MethodNotAllowed(allowed), has_body_); }
+  void SendError(const absl::Status& st, bool close) { Send(ErrorResponse(st), close); }
+
+  // Writes `res`; then reads the next request, or closes when `close`, the client asked to, or
+  // the server is shutting down.
+  void Send(Response res, bool close) {
+    const bool keep = !close && keep_alive_ && parser_ && !front_->stopping.load();
+    res.keep_alive(keep);
+    res.set(http::field::server, "zlpr-server");
+    res.prepare_payload();
+    response_out_ = std::make_shared<Response>(std::move(res));
+    beast::get_lowest_layer(stream_).expires_after(
+        IoTimeout(options(), response_out_->body().size()));
+    http::async_write(stream_, *response_out_,
+                      [self = this->shared_from_this(), keep](beast::error_code ec, size_t) {
+                        self->OnWritten(ec, keep);
+                      });
+  }
+
+  void OnWritten(beast::error_code ec, bool keep) {
+    response_out_.reset();
+    inference_.Release();
+    if (in_call_) {
+      in_call_ = false;
+      service_->CallEnds(accepted_);
+    }
+    if (ec || !keep) return Close();
+    keep_alive_ = true;
+    Read();
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    } else {
+      beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+  }
+
+  HttpFrontEnd::Impl* const front_;
+  ZlprServiceImpl* const service_;
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::vector<std::string> path_;
+  bool has_body_ = false;
+  bool keep_alive_ = true;
+  SteadyTime start_{};
+  // The request being computed (alive until its response is written).
+  MemoryBudget::Lease body_lease_;
+  inference::ModelInferRequest request_;
+  ModelInferResponse response_;
+  HttpOutputFormat format_;
+  OipInference inference_;
+  bool in_call_ = false;
+  bool accepted_ = false;
+  std::shared_ptr<Response> response_out_;
+};
 
 }  // namespace
 
+void HttpFrontEnd::Impl::Accept() {
+  acceptor.async_accept(
+      net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+        if (ec == net::error::operation_aborted || stopping.load()) return;
+        if (!ec) {
+          // Over the connection limit: closed at once (the client sees a reset and retries).
+          if (connections.fetch_add(1) >= options.max_connections) {
+            connections.fetch_sub(1);
+            beast::error_code ignored;
+            socket.close(ignored);
+          } else {
+            beast::tcp_stream stream(std::move(socket));
+            if (tls) {
+              std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+                  this, beast::ssl_stream<beast::tcp_stream>(std::move(stream), *tls))
+                  ->Start();
+            } else {
+              std::make_shared<Session<beast::tcp_stream>>(this, std::move(stream))->Start();
+            }
+          }
+        }
+        Accept();
+      });
+}
+
+HttpFrontEnd::HttpFrontEnd(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
 absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const HttpOptions& options,
                                                                   ZlprServiceImpl* service) {
-  std::unique_ptr<HttpFrontEnd> s(new HttpFrontEnd(options, service));
-  mg_init_library(0);
-  const std::string& ports = options.address;  // "HOST:PORT"; "[::]:PORT" for IPv6
-  const std::string threads = std::to_string(options.threads);
-  const std::string timeout = std::to_string(options.io_timeout.count());
-  std::vector<const char*> opts = {"listening_ports", ports.c_str(),
-                                   "num_threads", threads.c_str(),
-                                   "request_timeout_ms", timeout.c_str(),
-                                   "enable_keep_alive", "yes",
-                                   "keep_alive_timeout_ms", "5000",
-                                   "tcp_nodelay", "1",
-                                   "enable_auth_domain_check", "no"};
-  opts.push_back(nullptr);
-  mg_callbacks callbacks{};
-  callbacks.log_message = LogCivetWeb;
-  mg_init_data init{};
-  init.callbacks = &callbacks;
-  init.user_data = s.get();
-  init.configuration_options = opts.data();
-  mg_error_data error{};
-  unsigned error_code = 0;
-  char error_text[256] = "";
-  error.code = &error_code;
-  error.text = error_text;
-  error.text_buffer_size = sizeof error_text;
-  s->ctx_ = mg_start2(&init, &error);
-  if (s->ctx_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("--http_address=", options.address, ": could not listen there (",
-                     error_text, ")"));
+  auto impl = std::make_unique<Impl>(options, service);
+  if (!options.tls_cert_file.empty()) {
+    try {
+      ssl::context& ctx = impl->tls.emplace(ssl::context::tls_server);
+      ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                      ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+      ctx.use_certificate_chain_file(options.tls_cert_file);
+      ctx.use_private_key_file(options.tls_key_file, ssl::context::pem);
+      if (!options.tls_client_ca_file.empty()) {
+        ctx.load_verify_file(options.tls_client_ca_file);
+        ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+      }
+    } catch (const boost::system::system_error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tls_cert/--tls_key/--tls_client_ca for the HTTP port: ", e.what()));
+    }
   }
-  mg_set_request_handler(s->ctx_, "/", &HttpFrontEnd::Dispatch, s.get());
-  mg_server_port port{};
-  if (mg_get_server_ports(s->ctx_, 1, &port) >= 1) s->port_ = port.port;
-  return s;
+  // HOST:PORT or [V6]:PORT; the host may be a name.
+  const size_t colon = options.address.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_address=", options.address, ": use HOST:PORT"));
+  }
+  std::string host = options.address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port = options.address.substr(colon + 1);
+  try {
+    tcp::resolver resolver(impl->ioc);
+    const auto endpoints = resolver.resolve(host, port, tcp::resolver::passive);
+    const tcp::endpoint endpoint = endpoints.begin()->endpoint();
+    impl->acceptor.open(endpoint.protocol());
+    impl->acceptor.set_option(net::socket_base::reuse_address(true));
+    impl->acceptor.bind(endpoint);
+    impl->acceptor.listen(net::socket_base::max_listen_connections);
+  } catch (const boost::system::system_error& e) {
+    return absl::UnavailableError(
+        absl::StrCat("--http_address=", options.address, ": could not listen there (", e.what(),
+                     ")"));
+  }
+  std::unique_ptr<HttpFrontEnd> front(new HttpFrontEnd(std::move(impl)));
+  Impl* i = front->impl_.get();
+  front->port_ = i->acceptor.local_endpoint().port();
+  i->Accept();
+  for (int t = 0; t < options.threads; ++t) {
+    i->threads.emplace_back([i] { i->ioc.run(); });
+  }
+  return front;
+}
+
+void HttpFrontEnd::Stop(std::chrono::milliseconds flush) {
+  if (impl_ == nullptr || impl_->threads.empty()) return;
+  Impl* i = impl_.get();
+  i->stopping.store(true);
+  net::post(i->acceptor.get_executor(), [i] {
+    beast::error_code ignored;
+    i->acceptor.close(ignored);
+  });
+  // Responses being written get `flush`; then every connection is dropped with the I/O threads.
+  const auto until = std::chrono::steady_clock::now() + flush;
+  while (i->connections.load() > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  i->ioc.stop();
+  for (auto& t : i->threads) t.join();
+  i->threads.clear();
 }
 
 HttpFrontEnd::~HttpFrontEnd() { Stop(); }
-
-void HttpFrontEnd::Stop() {
-  if (ctx_ != nullptr) mg_stop(std::exchange(ctx_, nullptr));
-}
-
-int HttpFrontEnd::Dispatch(mg_connection* conn, void* self) {
-  return static_cast<HttpFrontEnd*>(self)->Handle(conn);
-}
-
-int HttpFrontEnd::Handle(mg_connection* conn) {
-  const mg_request_info* info = mg_get_request_info(conn);
-  const std::string_view method = info->request_method;
-  const std::vector<std::string> path =
-      absl::StrSplit(info->local_uri != nullptr ? info->local_uri : "", '/', absl::SkipEmpty());
-  const bool has_body = info->content_length > 0 || mg_get_header(conn, "Transfer-Encoding");
-  auto not_found = [&] {
-    return ReplyError(conn,
-                      absl::NotFoundError(absl::StrFormat(
-                          "no such endpoint: %s %s (see the protocol's /v2 paths)", method,
-                          info->local_uri != nullptr ? info->local_uri : "")),
-                      has_body);
-  };
-  if (path.empty() || path[0] != "v2") return not_found();
-  auto wrong_method = [&](const char* allowed) {
-    const int status = 405;
-    Reply(conn, status, "application/json",
-          json{{"error", absl::StrFormat("%s is not allowed here: use %s", method, allowed)}}.dump(),
-          absl::StrCat("Allow: ", allowed, "\r\n"), has_body);
-    return status;
-  };
-  // Health needs no token (probes), like gRPC's health service.
-  if (path.size() == 3 && path[1] == "health" && (path[2] == "live" || path[2] == "ready")) {
-    if (method != "GET" && method != "HEAD") return wrong_method("GET");
-    const bool ok = path[2] == "live" || !service_->shutting_down();
-    Reply(conn, ok ? 200 : 503, "application/json", "", "", has_body);
-    return ok ? 200 : 503;
-  }
-  if (options_.tokens != nullptr) {
-    const char* authorization = mg_get_header(conn, "Authorization");
-    if (authorization == nullptr || !options_.tokens->Accepts(authorization)) {
-      service_->metrics().rejected(Reject::kUnauthenticated).Increment();
-      return ReplyError(conn,
-                        absl::UnauthenticatedError(
-                            authorization == nullptr
-                                ? "this server needs a bearer token (authorization: Bearer ...)"
-                                : "the bearer token is not valid"),
-                        /*close=*/true, "WWW-Authenticate: Bearer\r\n");
-    }
-  }
-  if (path.size() == 1) {  // GET /v2
-    if (method != "GET") return wrong_method("GET");
-    const auto m = ServerMetadataOf(options_.version);
-    ReplyJson(conn, 200, {{"name", m.name()}, {"version", m.version()}, {"extensions", m.extensions()}});
-    return 200;
-  }
-  if (path[1] != "models") return not_found();
-  if (path.size() == 3 && path[2] == "stats") {  // all models
-    if (method != "GET") return wrong_method("GET");
-    auto r = StatisticsOf(*service_, "", "");
-    ReplyJson(conn, 200, StatisticsJson(*r));
-    return 200;
-  }
-  if (path.size() < 3) return not_found();
-  const std::string& model = path[2];
-  std::string version;
-  size_t next = 3;
-  if (path.size() >= 5 && path[3] == "versions") {
-    version = path[4];
-    next = 5;
-  }
-  if (path.size() > next + 1) return not_found();
-  const std::string action = path.size() == next ? "" : path[next];
-  if (action == "infer") {
-    if (method != "POST") return wrong_method("POST");
-    return Infer(conn, model, version);
-  }
-  if (method != "GET") return wrong_method("GET");
-  if (action.empty()) {
-    auto r = ModelMetadataOf(model, version);
-    if (!r.ok()) return ReplyError(conn, r.status(), has_body);
-    ReplyJson(conn, 200, MetadataJson(*r));
-    return 200;
-  }
-  if (action == "ready") {
-    if (absl::Status st = CheckModel(model, version); !st.ok()) {
-      return ReplyError(conn, st, has_body);
-    }
-    const bool ready = !service_->shutting_down();
-    Reply(conn, ready ? 200 : 503, "application/json", "", "", has_body);
-    return ready ? 200 : 503;
-  }
-  if (action == "config") {
-    auto r = ModelConfigOf(model, version, options_.max_batch_rows);
-    if (!r.ok()) return ReplyError(conn, r.status(), has_body);
-    ReplyJson(conn, 200, ConfigJson(*r));
-    return 200;
-  }
-  if (action == "stats") {
-    auto r = StatisticsOf(*service_, model, version);
-    if (!r.ok()) return ReplyError(conn, r.status(), has_body);
-    ReplyJson(conn, 200, StatisticsJson(*r));
-    return 200;
-  }
-  return not_found();
-}
-
-int HttpFrontEnd::Infer(mg_connection* conn, const std::string& model, const std::string& version) {
-  const mg_request_info* info = mg_get_request_info(conn);
-  const SteadyTime start = service_->clock().Now();
-  Metrics& metrics = service_->metrics();
-  // Refusals before the request reaches OipInference, counted like its own.
-  auto refuse = [&](const absl::Status& st, Reject reason, bool close) {
-    metrics.rejected(reason).Increment();
-    metrics.RequestDone(Method::kModelInferHttp, static_cast<grpc::StatusCode>(st.code()),
-                        std::chrono::duration<double>(service_->clock().Now() - start).count());
-    return ReplyError(conn, st, close);
-  };
-  if (service_->shutting_down()) {
-    return refuse(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown,
-                  true);
-  }
-  if (const char* encoding = mg_get_header(conn, "Content-Encoding");
-      encoding != nullptr && std::string_view(encoding) != "identity") {
-    return refuse(absl::InvalidArgumentError(absl::StrFormat(
-                      "Content-Encoding %s is not supported: send the body uncompressed", encoding)),
-                  Reject::kInvalid, true);
-  }
-  const long long length = info->content_length;
-  if (length < 0) {
-    // A chunked body's size is not known before it is read: refuse it rather than read blind.
-    const int status = 411;
-    metrics.rejected(Reject::kInvalid).Increment();
-    Reply(conn, status, "application/json",
-          json{{"error", "send the request with a Content-Length (chunked bodies are not read)"}}
-              .dump(),
-          "", true);
-    return status;
-  }
-  if (length > options_.max_message_bytes) {
-    const int status = 413;
-    metrics.rejected(Reject::kInvalid).Increment();
-    metrics.RequestDone(Method::kModelInferHttp, grpc::StatusCode::RESOURCE_EXHAUSTED, 0);
-    Reply(conn, status, "application/json",
-          json{{"error", absl::StrFormat("the request body is %d bytes, over the server's limit "
-                                         "of %d (--max_message_bytes)",
-                                         length, options_.max_message_bytes)}}
-              .dump(),
-          "", true);
-    return status;
-  }
-  std::optional<size_t> header_length;
-  if (const char* h = mg_get_header(conn, "Inference-Header-Content-Length"); h != nullptr) {
-    uint64_t n;
-    if (!absl::SimpleAtoi(h, &n)) {
-      return refuse(absl::InvalidArgumentError(absl::StrFormat(
-                        "Inference-Header-Content-Length '%s' is not a number of bytes", h)),
-                    Reject::kInvalid, true);
-    }
-    header_length = static_cast<size_t>(std::min<uint64_t>(n, std::numeric_limits<size_t>::max()));
-  }
-  // The body, its parsed form and the tensors' copy: charged before the body is read.
-  MemoryBudget::Lease body_lease;
-  if (absl::Status st = service_->Charge(length, &body_lease); !st.ok()) {
-    metrics.RequestDone(Method::kModelInferHttp, grpc::StatusCode::RESOURCE_EXHAUSTED, 0);
-    return ReplyError(conn, st, true);
-  }
-  auto body = std::make_unique<std::string>(static_cast<size_t>(length), '\0');
-  for (size_t got = 0; got < body->size();) {
-    const int n = mg_read(conn, body->data() + got, body->size() - got);
-    if (n <= 0) {  // the client went away or stalled past the timeout: nobody to answer
-      metrics.rejected(Reject::kCancelled).Increment();
-      metrics.RequestDone(Method::kModelInferHttp, grpc::StatusCode::CANCELLED,
-                          std::chrono::duration<double>(service_->clock().Now() - start).count());
-      return 499;
-    }
-    got += static_cast<size_t>(n);
-  }
-  ModelInferRequest request;
-  HttpOutputFormat format;
-  if (absl::Status st = ParseInferRequest(*body, header_length, model, version, &request, &format);
-      !st.ok()) {
-    return refuse(st, Reject::kInvalid, false);
-  }
-  body.reset();
-  const bool accepted = service_->CallBegins();
-  OipInference inference(service_, Method::kModelInferHttp);
-  ModelInferResponse response;
-  absl::Notification done;
-  absl::Status status;
-  inference.Run(CallControl{}, &request, &response, [&](absl::Status st) {
-    status = std::move(st);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  request.Clear();
-  int http_status;
-  if (status.ok()) {
-    std::string binary;
-    // The text is held beside the response until it is sent: at most ~16 characters a value.
-    int64_t text_bound = 4096;
-    for (int i = 0; i < response.outputs_size(); ++i) {
-      if (!format.IsBinary(response.outputs(i).name())) {
-        text_bound += 4 * static_cast<int64_t>(response.raw_output_contents(i).size()) + 64;
-      }
-    }
-    if (!inference.GrowLease(text_bound + static_cast<int64_t>(response.ByteSizeLong()))) {
-      metrics.rejected(Reject::kMemory).Increment();
-      http_status = ReplyError(
-          conn, absl::ResourceExhaustedError(
-                    "the server's memory for requests in flight cannot hold this response as "
-                    "JSON now: ask for its outputs as binary data (parameters.binary_data) or "
-                    "retry later"));
-    } else {
-      const std::string text = FormatInferResponse(response, format, &binary);
-      response.Clear();
-      http_status = 200;
-      if (binary.empty()) {
-        Reply(conn, 200, "application/json", text);
-      } else {
-        Reply(conn, 200, "application/octet-stream", text,
-              absl::StrFormat("Inference-Header-Content-Length: %d\r\n", text.size()), false,
-              binary);
-      }
-    }
-  } else {
-    http_status = ReplyError(conn, status);
-  }
-  inference.Release();
-  service_->CallEnds(accepted);
-  return http_status;
-}
 
 }  // namespace zlpr::server

@@ -13,18 +13,18 @@
 //   POST /v2/models/{m}[/versions/{v}]/infer    inference: JSON tensors, or the binary tensor
 //                                               extension (Inference-Header-Content-Length)
 //
-// HTTP is served by CivetWeb (already linked through prometheus-cpp), one connection per thread
-// (--http_threads); a handler thread waits for its request's batch. JSON is read by nlohmann's
-// SAX parser: the numbers of an input's "data" go straight into the tensor's bytes, so a JSON
-// tensor costs its floats, not a DOM node per number. Errors are {"error": "..."} with the
-// gRPC binding's message and the HTTP status of its code (400, 401, 404, 413, 429, 503, ...).
-// The bearer token (same file as the gRPC port) is required on every path but /v2/health/*,
-// and checked before the body is read.
-//
-// Plaintext only: Debian's CivetWeb loads OpenSSL at run time through the 1.1 API, which
-// OpenSSL 3 no longer exports (SSL_get_peer_certificate), so its TLS cannot start. The server
-// refuses --http_address with --tls_cert rather than serve HTTP in the clear beside a TLS gRPC
-// port; terminate TLS in front of it (an ingress or a sidecar) or use the gRPC binding.
+// HTTP is served by Boost.Beast on Asio, asynchronously: --http_threads I/O threads serve every
+// connection (no thread per connection, so neither idle keep-alive clients nor slow ones hold
+// a thread), at most --http_max_connections at once. A request's header is read first: the
+// bearer token (same file as the gRPC port; /v2/health/* exempt), the method and path, and the
+// Content-Length against --max_message_bytes are checked before any of the body is read, and
+// the body is charged to the memory budget before it is read. JSON is read by nlohmann's SAX
+// parser: the numbers of an input's "data" go straight into the tensor's bytes, so a JSON tensor
+// costs its floats, not a DOM node per number. While a request is computed its connection
+// holds no thread; the worker's completion is posted back to the connection's strand. Errors are
+// {"error": "..."} with the gRPC binding's message and the HTTP status of its code (400, 401,
+// 404, 411, 413, 429, 503, ...). TLS and mutual TLS use the gRPC port's files (OpenSSL through
+// Asio).
 #ifndef ZLPR_SERVER_OIP_HTTP_H_
 #define ZLPR_SERVER_OIP_HTTP_H_
 
@@ -36,21 +36,27 @@
 #include <string>
 #include <string_view>
 
+#include <thread>
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "inference/grpc_service.pb.h"
 #include "server/auth.h"
 #include "server/service.h"
 
-struct mg_context;
-struct mg_connection;
-
 namespace zlpr::server {
 
 struct HttpOptions {
-  std::string address;  // HOST:PORT; port 0 picks a free one
-  int threads = 64;     // connections served at once (each holds a thread while open)
-  // A read or write that stalls this long closes the connection (slow or stuck clients).
+  std::string address;    // HOST:PORT ([V6]:PORT); port 0 picks a free one
+  int threads = 4;        // I/O threads (parsing and formatting run on them)
+  int max_connections = 1024;  // connections open at once; more are closed at accept
+  // Reading a request's header, or an idle keep-alive connection waiting for one, gets this
+  // long; reading a body or writing a response this long plus 1 s per MiB.
   std::chrono::milliseconds io_timeout{10000};
+  // TLS when both are set (PEM files, as --tls_cert and --tls_key); with client_ca also mutual.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
   const TokenStore* tokens = nullptr;  // null: no token needed; must outlive the front end
   int64_t max_message_bytes = 64 << 20;  // the largest request body
   int64_t max_batch_rows = 256;          // what the model configuration reports
@@ -75,37 +81,35 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
                                const std::string& model, const std::string& version,
                                inference::ModelInferRequest* request, HttpOutputFormat* format);
 
-// The JSON of a response; binary outputs' bytes follow it in `*binary`. Non-finite floats are
-// written as NaN, Infinity and -Infinity (as Python's json and JavaScript read them).
+// A response's body: its JSON, then the binary outputs' bytes (the binary tensor extension);
+// `*json_length` is the JSON's length (the body's whole length without binary outputs).
+// Non-finite floats are written as NaN, Infinity and -Infinity (as Python's json reads them).
 std::string FormatInferResponse(const inference::ModelInferResponse& response,
-                                const HttpOutputFormat& format, std::string* binary);
+                                const HttpOutputFormat& format, size_t* json_length);
 
 // The HTTP status of a gRPC status code (400 for INVALID_ARGUMENT, 429 RESOURCE_EXHAUSTED, ...).
 int HttpStatus(absl::StatusCode code);
 
 class HttpFrontEnd {
  public:
-  // Listens on options.address; UNAVAILABLE when it cannot.
-  // `service` runs the requests and must outlive this.
+  // Listens on options.address; UNAVAILABLE when it cannot, INVALID_ARGUMENT for TLS files that
+  // do not load. `service` runs the requests and must outlive this.
   static absl::StatusOr<std::unique_ptr<HttpFrontEnd>> Start(const HttpOptions& options,
                                                              ZlprServiceImpl* service);
   ~HttpFrontEnd();
 
   int port() const { return port_; }
-  // Stops listening, closes idle connections and waits for the handlers in progress. Call after
-  // the service began shutting down (requests then get 503) and before it stops.
-  void Stop();
+  // Stops accepting, gives responses being written `flush` to finish, then stops the I/O
+  // threads (open connections close). Call after the service began shutting down (requests then
+  // get 503) and its accepted calls are done.
+  void Stop(std::chrono::milliseconds flush = std::chrono::milliseconds(100));
+
+  class Impl;
 
  private:
-  HttpFrontEnd(const HttpOptions& options, ZlprServiceImpl* service)
-      : options_(options), service_(service) {}
-  static int Dispatch(mg_connection* conn, void* self);
-  int Handle(mg_connection* conn);
-  int Infer(mg_connection* conn, const std::string& model, const std::string& version);
+  explicit HttpFrontEnd(std::unique_ptr<Impl> impl);
 
-  const HttpOptions options_;
-  ZlprServiceImpl* const service_;
-  mg_context* ctx_ = nullptr;
+  std::unique_ptr<Impl> impl_;
   int port_ = 0;
 };
 

@@ -121,13 +121,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
         absl::StrCat("--http_address=", o.http_address, ": must be HOST:PORT"));
   }
   ZLPR_RETURN_IF_ERROR(CheckRange("http_threads", o.http_threads, 1, kMaxHttpThreads));
-  if (!o.http_address.empty() && !o.tls_cert_file.empty()) {
-    return absl::InvalidArgumentError(
-        "--http_address with --tls_cert: the HTTP binding serves plaintext only (see "
-        "docs/OIP.md): turn it off with --http_address= (ZLPR_HTTP_ADDRESS= in the image) and "
-        "use the Open Inference Protocol on the gRPC port, which has TLS, or terminate TLS in "
-        "front of the HTTP port");
-  }
+  ZLPR_RETURN_IF_ERROR(CheckRange("http_max_connections", o.http_max_connections, 1,
+                                  kMaxHttpConnections));
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
       CheckRange<int64_t>("max_batch_rows", o.batcher.max_batch_rows, 1, kMaxBatchRows));
@@ -324,6 +319,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!options.http_address.empty() && !options.echo) {
     HttpOptions http{.address = options.http_address,
                      .threads = options.http_threads,
+                     .max_connections = options.http_max_connections,
+                     .tls_cert_file = options.tls_cert_file,
+                     .tls_key_file = options.tls_key_file,
+                     .tls_client_ca_file = options.tls_client_ca_file,
                      .tokens = s->tokens_.get(),
                      .max_message_bytes = options.max_message_bytes,
                      .max_batch_rows = options.batcher.max_batch_rows,
@@ -386,9 +385,9 @@ void Server::Shutdown() {
     service_->WaitForAcceptedCalls(deadline);
     // Calls already on their way in reach the service and get their UNAVAILABLE.
     absl::SleepFor(std::min(absl::FromChrono(kDispatchSettle), deadline - absl::Now()));
-    // HTTP handlers still running answer (their requests were accepted and are done, or
-    // refused); idle connections close.
-    if (http_ != nullptr) http_->Stop();
+    // The HTTP binding's last responses get kStatusFlush to be written; then its connections
+    // close (its requests were counted with the calls above; new ones got 503 meanwhile).
+    if (http_ != nullptr) http_->Stop(kStatusFlush);
     // Only then does gRPC stop: statuses still being sent get kStatusFlush; what is left after
     // it (health watches, reflection streams, idle connections) is cancelled, so the exit
     // takes as long as the work in flight, not as long as the grace.

@@ -34,10 +34,11 @@ namespace zlpr::server {
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:50051";
   std::string metrics_address = "0.0.0.0:9464";  // empty: no metrics endpoint
-  // The Open Inference Protocol's HTTP binding (oip_http.h); empty: none. Same token as gRPC;
-  // plaintext only (refused with tls_cert_file).
+  // The Open Inference Protocol's HTTP binding (oip_http.h); empty: none. Same TLS and token as
+  // the gRPC port.
   std::string http_address;
-  int http_threads = 64;  // HTTP connections served at once
+  int http_threads = 4;             // its I/O threads
+  int http_max_connections = 1024;  // its connections open at once
   std::string backend = "auto";                  // auto | cpu | cuda
   std::vector<int> devices;                      // CUDA devices; empty: all visible
   int threads = 0;                               // CPU backend threads; 0: all cores
@@ -69,7 +70,8 @@ const char* Version();
 
 // Bounds of the options a server accepts (Server::Start refuses anything outside them).
 inline constexpr int kMaxThreads = 1024;
-inline constexpr int kMaxHttpThreads = 4096;
+inline constexpr int kMaxHttpThreads = 256;
+inline constexpr int kMaxHttpConnections = 1 << 20;
 inline constexpr int64_t kMaxBatchRows = int64_t{1} << 20;
 inline constexpr int64_t kMaxQueueSize = int64_t{1} << 20;
 inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds(60);

@@ -1,13 +1,14 @@
 """The Open Inference Protocol's HTTP/REST binding: tritonclient's HTTP client, unchanged
 (JSON tensors and the binary tensor extension), against the float64 reference; then raw HTTP
 for what a hostile or broken client can send (status codes and messages), and the bearer token
-on the HTTP port (which is plaintext: with --tls_cert the server refuses to start it)."""
+and TLS on the HTTP port, and connections that stall or stay idle."""
 import http.client
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -367,13 +368,70 @@ def test_bearer_token_on_the_http_port(token_server):
     np.testing.assert_array_equal(r.as_numpy("label_count"), [2])
 
 
-def test_http_with_tls_is_refused_at_start(request, tmp_path):
-    # The HTTP binding is plaintext: it must not start beside a TLS gRPC port.
-    for name in ("cert.pem", "key.pem"):
-        (tmp_path / name).write_text("unused")
-    r = subprocess.run([request.config.getoption("--server"), "--grpc_address=127.0.0.1:0",
-                        "--metrics_address=", "--http_address=127.0.0.1:0",
-                        f"--tls_cert={tmp_path / 'cert.pem'}", f"--tls_key={tmp_path / 'key.pem'}"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2
-    assert "--http_address with --tls_cert: the HTTP binding serves plaintext only" in r.stderr
+@pytest.fixture(scope="module")
+def tls_server(request, tmp_path_factory):
+    """A server with TLS (its own CA) and a bearer token on both ports."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                   check=True, capture_output=True)
+    (d / "token").write_text("s3cret\n")
+    proc = subprocess.Popen([request.config.getoption("--server"), "--grpc_address=127.0.0.1:0",
+                             "--metrics_address=", "--http_address=127.0.0.1:0",
+                             "--backend=cpu", "--threads=1", f"--tls_cert={d / 'cert.pem'}",
+                             f"--tls_key={d / 'key.pem'}", f"--auth_token_file={d / 'token'}"],
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    port = int(re.search(r"on port (\d+)", proc.stdout.readline()).group(1))
+    yield {"port": port, "cert": str(d / "cert.pem")}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_tls_on_the_http_port(tls_server):
+    ctx = ssl.create_default_context(cafile=tls_server["cert"])
+
+    def call(path, headers=None, body=None):
+        conn = http.client.HTTPSConnection("127.0.0.1", tls_server["port"], context=ctx,
+                                           timeout=10)
+        conn.request("POST" if body else "GET", path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        out = r.status, r.read()
+        conn.close()
+        return out
+
+    assert call("/v2/health/live")[0] == 200
+    assert call("/v2/models/zlpr_predict")[0] == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    status, body = call("/v2/models/zlpr_predict/infer", auth, infer_body([SCORES]))
+    assert status == 200 and json.loads(body)["outputs"][3]["data"] == [2]
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{tls_server['port']}", ssl=True,
+                                         ssl_options={"ca_certs": tls_server["cert"]})
+    r = c.infer("zlpr_predict", [tensor("scores", np.ones((1, 2), np.float32), "FP32")],
+                headers=auth)
+    np.testing.assert_array_equal(r.as_numpy("label_count"), [2])
+    # Plaintext on the TLS port gets no answer: the handshake fails and the connection closes.
+    with socket.create_connection(("127.0.0.1", tls_server["port"]), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_many_idle_keep_alive_connections_starve_nobody(server, client):
+    # Connections are served asynchronously: hundreds of open keep-alive connections, each
+    # having sent one request, hold no thread, and a new client is answered at once.
+    host, port = server["http"].split(":")
+    idle = []
+    for _ in range(200):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().read() == b""
+        idle.append(conn)
+    start = time.monotonic()
+    r = client.infer("zlpr_predict", [tensor("scores", np.ones((1, 4), np.float32), "FP32")])
+    assert time.monotonic() - start < 5
+    np.testing.assert_array_equal(r.as_numpy("label_count"), [4])
+    for conn in idle:  # still open and served
+        conn.request("GET", "/v2/health/ready")
+        assert conn.getresponse().status == 200
+        conn.close()
