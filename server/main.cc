@@ -29,9 +29,9 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
 ABSL_FLAG(std::string, http_address, "",
           "Address for the Open Inference Protocol's HTTP/REST binding (KServe v2: /v2/...), "
           "with the same TLS and bearer token as gRPC; empty (the default) disables it");
-ABSL_FLAG(int, http_threads, 4,
+ABSL_FLAG(int, http_threads, 0,
           "I/O threads of the HTTP binding (connections are served asynchronously; a request "
-          "being computed holds none)");
+          "being computed holds none); 0: one per 4 hardware threads, at least 1");
 ABSL_FLAG(int, http_max_connections, 1024,
           "HTTP connections open at once; more are closed when accepted");
 ABSL_FLAG(std::string, backend, "auto",

@@ -812,6 +812,24 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return SendError(st, /*close=*/true);
     }
     parser_->body_limit(length);
+    // A client that waits for leave to send its body (curl does for large ones) gets it now
+    // that the header passed every check.
+    if (const auto it = req.find(http::field::expect);
+        it != req.end() && beast::iequals(it->value(), "100-continue")) {
+      continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+      beast::get_lowest_layer(stream_).expires_after(options().io_timeout);
+      http::async_write(stream_, *continue_,
+                        [self = this->shared_from_this(), length](beast::error_code ec, size_t) {
+                          self->continue_.reset();
+                          if (ec) return self->OnBody(ec);
+                          self->ReadBodyBytes(length);
+                        });
+      return;
+    }
+    ReadBodyBytes(length);
+  }
+
+  void ReadBodyBytes(uint64_t length) {
     beast::get_lowest_layer(stream_).expires_after(IoTimeout(options(), length));
     http::async_read(stream_, buffer_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
@@ -978,6 +996,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool in_call_ = false;
   bool accepted_ = false;
   std::shared_ptr<Response> response_out_;
+  std::shared_ptr<http::response<http::empty_body>> continue_;
 };
 
 }  // namespace
@@ -993,6 +1012,9 @@ void HttpFrontEnd::Impl::Accept() {
             beast::error_code ignored;
             socket.close(ignored);
           } else {
+            // Small responses go out at once, not held back for a delayed ACK.
+            beast::error_code ignored;
+            socket.set_option(tcp::no_delay(true), ignored);
             beast::tcp_stream stream(std::move(socket));
             if (tls) {
               std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(

@@ -271,6 +271,21 @@ def test_paths_methods_and_limits(server):
         assert sock.recv(4096).decode().startswith("HTTP/1.1 411")
 
 
+def test_expect_100_continue_is_answered_before_the_body(server):
+    # curl sends large bodies only after "100 Continue" (else it waits a second for nothing).
+    body = infer_body([SCORES])
+    host, port = server["http"].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/zlpr_predict/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        reply = b""
+        while b'"label_count"' not in reply:
+            reply += sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+
+
 def test_stalled_clients_do_not_block_others(server, client):
     host, port = server["http"].split(":")
     stalled = []
