@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -79,28 +81,15 @@ namespace {
 // Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
 // for containers; a flag on the command line wins. Returns argv with those flags first.
 std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::string>& storage) {
-  static const char* const kFlags[] = {"grpc_address",
-                                       "metrics_address",
-                                       "backend",
-                                       "devices",
-                                       "max_batch_rows",
-                                       "max_queue_delay_us",
-                                       "adaptive_queue_delay",
-                                       "max_queue_size",
-                                       "max_message_bytes",
-                                       "max_inflight_bytes",
-                                       "transport_memory_bytes",
-                                       "shutdown_grace_s",
-                                       "threads",
-                                       "tls_cert",
-                                       "tls_key",
-                                       "tls_client_ca",
-                                       "auth_token_file",
-                                       "auth_token_grace_s",
-                                       "echo"};
-  for (const char* flag : kFlags) {
+  // Every flag defined in this file (taken from the flag registry, so none is forgotten).
+  std::vector<std::string> names;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server/main.cc")) names.emplace_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& flag : names) {
     std::string env = "ZLPR_";
-    for (const char* c = flag; *c; ++c) env += static_cast<char>(std::toupper(*c));
+    for (char c : flag) env += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     if (const char* value = std::getenv(env.c_str()))
       storage.push_back(absl::StrCat("--", flag, "=", value));
   }
