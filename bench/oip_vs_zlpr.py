@@ -2,7 +2,8 @@
 """The Open Inference Protocol's cost against zlpr.v1's, on one server in one run: perf_analyzer
 (Triton's load generator, ModelInfer on zlpr_predict, over gRPC and over HTTP) beside zlpr-bench
 (Predict, with and without the dense probabilities: perf_analyzer asks for every output, probs
-included), the same 1 x 1000 payload, at concurrency 1 and 64; throughput and p50, and
+included; and ModelInfer from the same client, --rpc=oip_predict, the like-for-like comparison
+of the two protocols' server paths), the same 1 x 1000 payload, at concurrency 1 and 64; throughput and p50, and
 perf_analyzer's server-side queue and compute figures (from ModelStatistics).
 
   ZLPR_PERF_ANALYZER=build-oipvenv-pa/bin/perf_analyzer \\
@@ -39,10 +40,10 @@ def main():
     print("| Predict 1 x 1000 | concurrency | req/s | p50 | server queue | server compute |")
     print("|---|---:|---:|---:|---:|---:|")
 
-    def bench(c, probs):
-        out = os.path.join(tmp, f"bench{c}{probs}.json")
+    def bench(c, probs, rpc="predict"):
+        out = os.path.join(tmp, f"bench{c}{probs}{rpc}.json")
         subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
-                        "--rpc=predict", "--rows=1", "--cols=1000", f"--concurrency={c}",
+                        f"--rpc={rpc}", "--rows=1", "--cols=1000", f"--concurrency={c}",
                         f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
                         f"--want_probs={str(probs).lower()}", f"--json={out}"],
                        check=True, capture_output=True)
@@ -65,10 +66,13 @@ def main():
     try:
         for c in (1, 64):
             z_rps, z_p50 = bench(c, False)
+            o_rps, o_p50 = bench(c, False, "oip_predict")
             zp_rps, zp_p50 = bench(c, True)
             g_rps, g_p50, g_queue, g_compute = perf_analyzer(c, "grpc")
             h_rps, h_p50, h_queue, h_compute = perf_analyzer(c, "http")
             print(f"| zlpr.v1 (zlpr-bench) | {c} | {z_rps:.0f} | {z_p50:.0f} µs | | |")
+            print(f"| OIP gRPC, same client (zlpr-bench --rpc=oip_predict) | {c} | {o_rps:.0f} "
+                  f"({o_rps / z_rps:.2f}x) | {o_p50:.0f} µs ({o_p50 / z_p50:.2f}x) | | |")
             print(f"| zlpr.v1 with probs (zlpr-bench --want_probs) | {c} | {zp_rps:.0f} | "
                   f"{zp_p50:.0f} µs | | |")
             print(f"| OIP gRPC (perf_analyzer -i grpc) | {c} | {g_rps:.0f} "

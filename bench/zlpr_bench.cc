@@ -3,6 +3,10 @@
 //   zlpr-bench --target=127.0.0.1:50051 --rpc=predict --rows=1 --cols=1000 --concurrency=64
 //              --duration_s=10 [--baseline=echo --echo_target=127.0.0.1:50061] [--json=out.json]
 //
+// --rpc=oip_predict / oip_loss / oip_loss_grad send the same payloads as the Open Inference
+// Protocol's ModelInfer (raw tensors; the same outputs as zlpr.v1's response carries), through
+// the same client code, so the two protocols' server paths compare like for like.
+//
 // Closed loop (--concurrency callers, each sending its next request when the last returns) or
 // open loop (--rate requests/s with Poisson arrivals; latency counted from the scheduled
 // arrival, so a stalled server cannot hide its queueing). With --baseline=echo the same
@@ -28,16 +32,20 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "kernels/test_util.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "zlpr/v1/tensor.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "zlpr-server address");
-ABSL_FLAG(std::string, rpc, "predict", "loss | loss_grad | predict | stream_loss | stream_predict");
+ABSL_FLAG(std::string, rpc, "predict",
+          "loss | loss_grad | predict | stream_loss | stream_predict; oip_predict | oip_loss | "
+          "oip_loss_grad (the same through the Open Inference Protocol's ModelInfer)");
 ABSL_FLAG(int64_t, rows, 1, "rows per request");
 ABSL_FLAG(int64_t, cols, 1000, "columns (labels) per row");
 ABSL_FLAG(std::string, labels, "dense", "dense | sparse labels (loss RPCs)");
@@ -60,8 +68,41 @@ using Clock = std::chrono::steady_clock;
 struct Payload {
   v1::LossRequest loss;
   v1::PredictRequest predict;
+  inference::ModelInferRequest oip;
   size_t request_bytes = 0;
 };
+
+bool IsOip(const std::string& rpc) { return absl::StartsWith(rpc, "oip_"); }
+
+// The same request as zlpr.v1's for the Open Inference Protocol: raw FP32 inputs, and the
+// outputs zlpr.v1's response carries (labels and their probabilities, top_k 5; the loss and,
+// for oip_loss_grad, the gradient).
+inference::ModelInferRequest OipRequest(const std::string& rpc, const testing::Problem& p,
+                                        int64_t rows, int64_t cols, bool want_probs) {
+  inference::ModelInferRequest r;
+  auto add_input = [&](const char* name, const std::vector<float>& v) {
+    auto* t = r.add_inputs();
+    t->set_name(name);
+    t->set_datatype("FP32");
+    t->add_shape(rows);
+    t->add_shape(cols);
+    r.add_raw_input_contents(
+        std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
+  };
+  add_input("scores", p.scores);
+  if (rpc == "oip_predict") {
+    r.set_model_name("zlpr_predict");
+    (*r.mutable_parameters())["top_k"].set_int64_param(5);
+    for (const char* o : {"labels", "label_probs", "label_count"}) r.add_outputs()->set_name(o);
+    if (want_probs) r.add_outputs()->set_name("probs");
+  } else {
+    r.set_model_name("zlpr_loss");
+    add_input("labels", p.dense);
+    r.add_outputs()->set_name("loss");
+    if (rpc == "oip_loss_grad") r.add_outputs()->set_name("grad");
+  }
+  return r;
+}
 
 Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool sparse) {
   const testing::Problem p = testing::MakeProblem(
@@ -84,6 +125,10 @@ Payload MakePayload(const std::string& rpc, int64_t rows, int64_t cols, bool spa
   out.predict.set_want_probs(absl::GetFlag(FLAGS_want_probs));
   out.request_bytes = rpc.find("predict") != std::string::npos ? out.predict.ByteSizeLong()
                                                                : out.loss.ByteSizeLong();
+  if (IsOip(rpc)) {
+    out.oip = OipRequest(rpc, p, rows, cols, absl::GetFlag(FLAGS_want_probs));
+    out.request_bytes = out.oip.ByteSizeLong();
+  }
   return out;
 }
 
@@ -152,16 +197,23 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
 }
 
 // One unary call with the callback API; `done(status, response bytes)`.
-void Call(v1::ZlprService::Stub* stub, const std::string& rpc, const Payload& payload,
+void Call(v1::ZlprService::Stub* stub, inference::GRPCInferenceService::Stub* oip,
+          const std::string& rpc, const Payload& payload,
           std::function<void(grpc::Status, size_t)> done) {
   struct State {
     grpc::ClientContext ctx;
     v1::LossResponse loss;
     v1::PredictResponse predict;
+    inference::ModelInferResponse infer;
   };
   auto* s = new State;
   s->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  if (rpc == "predict") {
+  if (IsOip(rpc)) {
+    oip->async()->ModelInfer(&s->ctx, &payload.oip, &s->infer, [s, done](grpc::Status st) {
+      done(st, s->infer.ByteSizeLong());
+      delete s;
+    });
+  } else if (rpc == "predict") {
     stub->async()->Predict(&s->ctx, &payload.predict, &s->predict, [s, done](grpc::Status st) {
       done(st, s->predict.ByteSizeLong());
       delete s;
@@ -181,6 +233,7 @@ Results RunOnce(const std::string& target, const std::string& label) {
       MakePayload(rpc, rows, absl::GetFlag(FLAGS_cols), absl::GetFlag(FLAGS_labels) == "sparse");
   auto channel = MakeChannel(target);
   auto stub = v1::ZlprService::NewStub(channel);
+  auto oip = inference::GRPCInferenceService::NewStub(channel);
   const auto start = Clock::now();
   const auto measure_from =
       start + std::chrono::duration_cast<Clock::duration>(
@@ -241,7 +294,7 @@ Results RunOnce(const std::string& target, const std::string& label) {
           absl::MutexLock lock(&mu);
           ++outstanding;
         }
-        Call(stub.get(), rpc, payload, [&, scheduled](grpc::Status st, size_t bytes) {
+        Call(stub.get(), oip.get(), rpc, payload, [&, scheduled](grpc::Status st, size_t bytes) {
           rec.Record(scheduled, Clock::now(), st, payload.request_bytes, bytes, rows);
           finished();
         });
@@ -255,13 +308,17 @@ Results RunOnce(const std::string& target, const std::string& label) {
       threads.emplace_back([&] {
         v1::LossResponse loss;
         v1::PredictResponse predict;
+        inference::ModelInferResponse infer;
         while (!rec.Done(Clock::now())) {
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
           const auto t0 = Clock::now();
           grpc::Status st;
           size_t bytes = 0;
-          if (rpc == "predict") {
+          if (IsOip(rpc)) {
+            st = oip->ModelInfer(&ctx, payload.oip, &infer);
+            bytes = st.ok() ? infer.ByteSizeLong() : 0;
+          } else if (rpc == "predict") {
             st = stub->Predict(&ctx, payload.predict, &predict);
             bytes = st.ok() ? predict.ByteSizeLong() : 0;
           } else {
@@ -357,6 +414,20 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   using namespace zlpr::bench;
+  const std::string rpc = absl::GetFlag(FLAGS_rpc);
+  static const char* const kRpcs[] = {"loss",          "loss_grad",   "predict",
+                                      "stream_loss",   "stream_predict", "oip_predict",
+                                      "oip_loss",      "oip_loss_grad"};
+  if (std::find(std::begin(kRpcs), std::end(kRpcs), rpc) == std::end(kRpcs)) {
+    std::fprintf(stderr, "zlpr-bench: --rpc=%s: expected one of %s\n", rpc.c_str(),
+                 absl::StrJoin(kRpcs, ", ").c_str());
+    return 2;
+  }
+  if (IsOip(rpc) && absl::GetFlag(FLAGS_labels) == "sparse") {
+    std::fprintf(stderr, "zlpr-bench: --labels=sparse: the Open Inference Protocol's zlpr_loss "
+                         "takes dense labels\n");
+    return 2;
+  }
   std::vector<Results> all;
   all.push_back(RunOnce(absl::GetFlag(FLAGS_target), "zlpr"));
   if (absl::GetFlag(FLAGS_baseline) == "echo") {

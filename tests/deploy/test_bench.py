@@ -1,4 +1,5 @@
-"""zlpr-bench drives every RPC mode (closed loop, open loop, both streams) against a real
+"""zlpr-bench drives every RPC mode (closed loop, open loop, both streams, the Open Inference
+Protocol) against a real
 server without errors, and writes its JSON report; every tool's --help lists its own flags."""
 import json
 import os
@@ -28,6 +29,8 @@ def server(request):
     ["--rpc=loss", "--rate=200"],
     ["--rpc=stream_loss", "--concurrency=2"],
     ["--rpc=stream_predict", "--concurrency=2"],
+    ["--rpc=oip_predict", "--concurrency=2"],
+    ["--rpc=oip_loss_grad", "--rate=200"],
 ])
 def test_bench_mode_runs_clean(request, server, args):
     build = request.config.getoption("--build")
@@ -41,6 +44,13 @@ def test_bench_mode_runs_clean(request, server, args):
     run = report["runs"][0]
     assert run["ok"] > 0 and run["errors"] == {}
     assert 0 < run["p50_s"] <= run["p99_s"]
+
+
+def test_an_unknown_rpc_is_refused(request):
+    build = request.config.getoption("--build")
+    r = subprocess.run([os.path.join(build, "bench/zlpr-bench"), "--rpc=predcit"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--rpc=predcit: expected one of" in r.stderr
 
 
 def test_a_run_without_answers_still_writes_valid_json(request):
