@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Every GPU check in one call, on a machine with an NVIDIA GPU, from the repository root, with
+# the binaries of a CUDA build carried in .devbundle/ (scripts/device-bundle.sh --gpu-checks;
+# about 60 MiB, under the 64 MiB a device call carries; -DCMAKE_CUDA_ARCHITECTURES=90 alone
+# shrinks it for a Hopper card): builds nothing. In order, each step's log under $OUT (default /tmp/zlpr-device):
+#   1. the CUDA kernel tests (zlpr_kernels_test --gtest_filter='Cuda*')
+#   2. compute-sanitizer memcheck and racecheck over them (when the machine has it)
+#   3. zlpr_cuda_bench: the device-to-device copy ceiling, then every kernel and shape
+#   4. bench/torch_gpu.py: PyTorch eager, torch.compile and torch.topk (when PyTorch with CUDA
+#      is installed)
+#   5. the server on the GPU, driven by zlpr-bench: Predict 1x1000 at concurrency 64 with
+#      batching on and off (--max_batch_rows=1), and ComputeLoss with gradient 256x16384 on the
+#      GPU server and on a CPU server
+# and prints a short table last. A step that fails is reported and the next one still runs.
+#   scripts/device-run.sh [SECONDS_PER_SERVER_RUN]
+set -uo pipefail
+bundle=${BUNDLE:-.devbundle}
+out=${OUT:-/tmp/zlpr-device}
+secs=${1:-5}
+mkdir -p "$out"
+declare -a rows
+row() { rows+=("| $1 | $2 |"); }
+
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
+  | head -1 || true)
+gpu=${gpu:-"no nvidia-smi"}
+echo "device-run: $gpu"; row "GPU" "$gpu"
+
+echo "device-run: 1. CUDA tests"
+"$bundle/run" zlpr_kernels_test --gtest_filter='Cuda*' > "$out/cuda_test.txt" 2>&1
+row "CUDA tests" "$(grep -E '^\[ +(PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?' "$out/cuda_test.txt" | tr '\n' ' ')"
+
+echo "device-run: 2. compute-sanitizer"
+cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+if [ -n "$cs" ]; then
+  for tool in memcheck racecheck; do
+    LD_LIBRARY_PATH="$bundle/lib" timeout 300 "$cs" --tool "$tool" --error-exitcode 99 \
+      "$bundle/bin/zlpr_kernels_test" --gtest_filter='Cuda*' > "$out/$tool.txt" 2>&1
+    rc=$?
+    row "compute-sanitizer $tool" "exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.txt" | tail -1)"
+  done
+else
+  row "compute-sanitizer" "not on this machine"
+fi
+
+echo "device-run: 3. zlpr_cuda_bench"
+timeout 300 "$bundle/run" zlpr_cuda_bench 50 > "$out/cuda_bench.txt" 2>&1
+row "zlpr_cuda_bench" "exit $?; $(wc -l < "$out/cuda_bench.txt") lines in cuda_bench.txt"
+
+echo "device-run: 4. PyTorch"
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  timeout 300 python3 bench/torch_gpu.py > "$out/torch_gpu.txt" 2>&1
+  row "bench/torch_gpu.py" "exit $?"
+else
+  row "bench/torch_gpu.py" "no PyTorch with CUDA on this machine"
+fi
+
+echo "device-run: 5. the server on the GPU"
+# Starts a server with the given flags: PORT and SERVER_PID are set; false if it did not start.
+start_server() {
+  "$bundle/run" zlpr-server --grpc_address=127.0.0.1:0 --metrics_address= "$@" \
+    > "$out/server.txt" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    PORT=$(grep -o 'gRPC on port [0-9]*' "$out/server.txt" | grep -o '[0-9]*$')
+    [ -n "$PORT" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$out/server.txt" >&2
+  kill "$SERVER_PID" 2>/dev/null
+  return 1
+}
+bench() {  # LABEL PORT ARGS...: one zlpr-bench run; its table line into the summary
+  local label=$1 port=$2; shift 2
+  timeout $((secs + 60)) "$bundle/run" zlpr-bench --target=127.0.0.1:"$port" --duration_s="$secs" \
+    --warmup_s=1 --progress=false "$@" > "$out/bench.$label.txt" 2>&1
+  row "zlpr-bench $label" "$(grep '^| zlpr' "$out/bench.$label.txt" | head -1)"
+}
+for batching in on off; do
+  flags=(--backend=cuda)
+  [ "$batching" = off ] && flags+=(--max_batch_rows=1)
+  if start_server "${flags[@]}"; then
+    bench "predict-c64-batching-$batching" "$PORT" --rpc=predict --rows=1 --cols=1000 \
+      --concurrency=64
+    if [ "$batching" = on ]; then
+      bench "loss_grad-256x16384-gpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 \
+        --concurrency=8
+    fi
+    kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
+  else
+    row "server ${flags[*]}" "did not start: $(tail -1 "$out/server.txt")"
+  fi
+done
+if start_server --backend=cpu; then
+  bench "loss_grad-256x16384-cpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 --concurrency=8
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
+fi
+
+echo
+echo "| check | result |"
+echo "|---|---|"
+printf '%s\n' "${rows[@]}"
