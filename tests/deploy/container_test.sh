@@ -114,7 +114,7 @@ check_image() {
     -d '{"inputs":[{"name":"scores","datatype":"FP32","shape":[2,3],"data":[[2,-1,0.5],[0.1,0.2,-3]]}],"outputs":[{"name":"labels"}]}') \
     || fail "HTTP infer"
   echo "http infer: $out"
-  echo "$out" | grep -q '"data":\[0,2,-1,-1\]' || fail "HTTP infer labels"
+  echo "$out" | grep -q '"data":\[0,2,1,0\]' || fail "HTTP infer labels"
   metrics=$(curl -sf "127.0.0.1:$mport/metrics") || fail "metrics scrape"
   echo "$metrics" | grep -q 'zlpr_requests_total{code="OK",method="Predict",protocol="zlpr_v1"} 1' || fail "metrics counters"
   echo "$metrics" | grep -q 'zlpr_requests_total{code="OK",method="ModelInfer",protocol="oip_http"} 1' || fail "HTTP counted"
