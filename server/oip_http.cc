@@ -614,12 +614,14 @@ class HttpFrontEnd::Impl {
 
   const HttpOptions options;
   ZlprServiceImpl* const service;
-  net::io_context ioc;
-  tcp::acceptor acceptor;
+  // Declared before the io_context, so that they outlive it: its destructor destroys the
+  // handlers still queued, and with them the last sessions, which use these.
   std::optional<ssl::context> tls;
-  std::vector<std::thread> threads;
   std::atomic<int> connections{0};
   std::atomic<bool> stopping{false};
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  std::vector<std::thread> threads;
 
   void Accept();
 };
