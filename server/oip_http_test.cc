@@ -13,6 +13,7 @@
 #include "boost/beast/http.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/oip_http.h"
 #include "server/server.h"
@@ -140,6 +141,23 @@ TEST(OipHttpTest, ShutdownAnswersTheRequestsInFlight) {
   for (auto& t : clients) t.join();
   EXPECT_GE(ok.load(), 20);
   EXPECT_EQ(other.load(), 0);
+}
+
+TEST(OipHttpTest, AnHttpPortInUseFailsTheStartCleanly) {
+  auto first = StartServer();
+  ASSERT_NE(first, nullptr);
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.http_address = absl::StrCat("127.0.0.1:", first->http_port());
+  o.backend = "cpu";
+  o.threads = 1;
+  auto second = Server::Start(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("could not listen there"));
+  Connection conn(first->http_port());  // the first one still serves
+  EXPECT_EQ(conn.Post("/v2/models/zlpr_predict/infer", PredictBody(2)).result_int(), 200);
 }
 
 TEST(OipHttpTest, TheCodecWritesShortestFloatsAndBinaryAfterTheJson) {

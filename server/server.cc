@@ -335,11 +335,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                      .max_batch_rows = options.batcher.max_batch_rows,
                      .version = Version()};
     auto front = HttpFrontEnd::Start(http, s->service_.get());
-    if (!front.ok()) {
-      s->grpc_server_->Shutdown();
-      s->service_->Stop();
-      return front.status();
-    }
+    // On failure ~Server shuts down what has started (Shutdown() does it in order).
+    if (!front.ok()) return front.status();
     s->http_ = *std::move(front);
     s->http_port_ = s->http_->port();
   }
