@@ -391,8 +391,11 @@ absl::StatusOr<const float*> LabelThresholds(const Input& in, int64_t cols) {
   const int64_t copies = t.shape_size() == 2 ? t.shape(0) : 1;
   const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
                         (t.shape_size() == 2 && copies >= 1 && t.shape(1) == cols);
+  // Compared by division first: a hostile row count must not overflow the product.
+  const uint64_t row_bytes = static_cast<uint64_t>(cols) * 4;
   if (t.datatype() != "FP32" || !shape_ok ||
-      bytes.size() != static_cast<size_t>(copies * cols) * 4) {
+      static_cast<uint64_t>(copies) > bytes.size() / row_bytes ||
+      bytes.size() != static_cast<uint64_t>(copies) * row_bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "input 'label_thresholds': must be FP32 [%d] (one per column) or [n, %d], got %s %s",
         cols, cols, t.datatype(), ShapeString(t.shape())));

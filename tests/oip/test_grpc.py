@@ -195,3 +195,20 @@ def test_label_thresholds_per_column_also_repeated_per_row(client):
         client.infer("zlpr_predict", [tensor("scores", s, "FP32"), tensor(
             "label_thresholds", np.stack([row, row * 0.9]), "FP32")])
     assert "row 1 differs from row 0" in e.value.message()
+
+
+def test_hostile_label_thresholds_shape_is_refused(server):
+    # A row count whose product with the columns overflows 64 bits: refused, not wrapped.
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server["grpc"]))
+    req = service_pb2.ModelInferRequest(model_name="zlpr_predict")
+    s = req.inputs.add(name="scores", datatype="FP32", shape=[1, 4])
+    t = req.inputs.add(name="label_thresholds", datatype="FP32", shape=[2**62, 4])
+    req.raw_input_contents.extend([np.zeros((1, 4), np.float32).tobytes(),
+                                   np.full(4, 0.5, np.float32).tobytes()])
+    assert s and t
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ModelInfer(req, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'label_thresholds': must be FP32 [4]" in e.value.details()
