@@ -38,7 +38,9 @@ fi
 root=$(echo "$prefix"/venv/lib/python3*/site-packages/nvidia/cu13)
 [ -x "$root/bin/nvcc" ] && [ -x "$root/nvvm/bin/cicc" ] && [ -f "$root/lib/libcudart_static.a" ] \
   || { echo "install-cuda-pip: incomplete toolkit under $root" >&2; exit 1; }
-# nvcc's profile links from lib64 (a toolkit install's name); the wheels put the libraries in lib.
+# nvcc's profile links from lib64 (a toolkit install's name); the wheels put the libraries in lib,
+# and ship libcudart only with its soname, where CMake's FindCUDAToolkit looks for libcudart.so.
 ln -sfn lib "$root/lib64"
+ln -sfn libcudart.so.13 "$root/lib/libcudart.so"
 ln -sfn "$root" "$prefix/cuda"
 "$prefix/cuda/bin/nvcc" --version | tail -1
