@@ -201,11 +201,12 @@ void GradChunk(const ChunkRef& c, int64_t n, const ChunkState& st, const RowTota
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads) {}
+  CpuBackend(int threads, std::string note) : pool_(threads), note_(std::move(note)) {}
 
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string Describe() const override {
-    return absl::StrFormat("cpu (%s, %d threads)", CpuSimdTarget(), pool_.threads());
+    return absl::StrFormat("cpu (%s, %d threads)%s", CpuSimdTarget(), pool_.threads(),
+                           note_.empty() ? "" : " (" + note_ + ")");
   }
 
   using Backend::Label;
@@ -229,6 +230,7 @@ class CpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  const std::string note_;
   std::vector<ChunkState> states_;
   std::vector<RowTotals> totals_;
   std::vector<std::vector<int32_t>> row_labels_;
@@ -365,7 +367,7 @@ absl::Status CpuBackend::Label(const ValidatedLabelerInput& valid, LabelSets* ou
 std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options) {
   int threads = options.threads;
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::make_unique<CpuBackend>(threads);
+  return std::make_unique<CpuBackend>(threads, options.note);
 }
 
 std::string CpuSimdTarget() {

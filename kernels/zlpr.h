@@ -185,6 +185,8 @@ class Backend {
 
 struct CpuOptions {
   int threads = 0;  // 0: one per hardware thread
+  // Appended to Describe() in parentheses (e.g. why a CUDA build serves on the CPU).
+  std::string note;
 };
 std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options = {});
 

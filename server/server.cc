@@ -178,7 +178,18 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerO
     }
     return backends;
   }
-  backends.push_back(NewCpuBackend({.threads = options.threads}));
+  CpuOptions cpu{.threads = options.threads};
+  if (kind == "auto" && CudaBuilt()) {
+    // A CUDA build (e.g. the CUDA image) on a machine without a usable GPU: say so, in the log
+    // and in the devices GetServerInfo lists, rather than look like a CPU build.
+    const std::string why = CudaUnavailableReason();
+    cpu.note = absl::StrCat("CUDA fallback: ", why);
+    std::fprintf(stderr,
+                 "zlpr-server: this build has the CUDA backend, but no CUDA device can be used "
+                 "(%s): serving on the CPU\n",
+                 why.c_str());
+  }
+  backends.push_back(NewCpuBackend(cpu));
   return backends;
 }
 
@@ -224,16 +235,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   std::vector<int> cuda_devices;
   for (size_t i = 0; i < backends.size(); ++i) {
     s->devices_.push_back(backends[i]->Describe());
-    if (options.backend == "auto" && CudaBuilt() && backends[i]->kind() == BackendKind::kCpu) {
-      // A CUDA build (e.g. the CUDA image) on a machine without a usable GPU: say so, in the
-      // log and in GetServerInfo's devices, rather than look like a CPU build.
-      const std::string why = CudaUnavailableReason();
-      s->devices_.back() += absl::StrCat(" (CUDA fallback: ", why, ")");
-      std::fprintf(stderr,
-                   "zlpr-server: this build has the CUDA backend, but no CUDA device can be used "
-                   "(%s): serving on the CPU\n",
-                   why.c_str());
-    }
     if (backends[i]->kind() == BackendKind::kCuda) {
       cuda_devices.push_back(options.devices.empty() ? static_cast<int>(i) : options.devices[i]);
     }
