@@ -391,6 +391,12 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
 
 namespace {
 
+json ShapeJson(const google::protobuf::RepeatedField<int64_t>& shape) {
+  json out = json::array();
+  for (int64_t d : shape) out.push_back(d);
+  return out;
+}
+
 json ParameterJson(const inference::InferParameter& p) {
   switch (p.parameter_choice_case()) {
     case inference::InferParameter::kBoolParam:
@@ -476,8 +482,7 @@ std::string FormatInferResponse(const ModelInferResponse& response, const HttpOu
   for (int i = 0; i < response.outputs_size(); ++i) {
     const auto& o = response.outputs(i);
     const std::string& raw = response.raw_output_contents(i);
-    json meta = {{"name", o.name()}, {"datatype", o.datatype()}, {"shape", json::array()}};
-    for (int64_t d : o.shape()) meta["shape"].push_back(d);
+    json meta = {{"name", o.name()}, {"datatype", o.datatype()}, {"shape", ShapeJson(o.shape())}};
     const bool as_binary = format.IsBinary(o.name());
     if (as_binary) {
       meta["parameters"] = {{"binary_data_size", raw.size()}};
@@ -529,12 +534,6 @@ int HttpStatus(absl::StatusCode code) {
 }
 
 namespace {
-
-json ShapeJson(const google::protobuf::RepeatedField<int64_t>& shape) {
-  json out = json::array();
-  for (int64_t d : shape) out.push_back(d);
-  return out;
-}
 
 json MetadataJson(const inference::ModelMetadataResponse& m) {
   json out = {{"name", m.name()}, {"versions", m.versions()}, {"platform", m.platform()}};
@@ -946,7 +945,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // Writes `res`; then reads the next request, or closes when `close`, the client asked to, or
   // the server is shutting down.
   void Send(Response res, bool close) {
-    const bool keep = !close && keep_alive_ && parser_ && !front_->stopping.load();
+    const bool keep = !close && keep_alive_ && !front_->stopping.load();
     res.keep_alive(keep);
     res.set(http::field::server, "zlpr-server");
     res.prepare_payload();
@@ -973,11 +972,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void Close() {
     beast::error_code ignored;
-    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
-      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    } else {
-      beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
-    }
+    beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
   HttpFrontEnd::Impl* const front_;
@@ -1081,7 +1076,14 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const HttpOpti
   Impl* i = front->impl_.get();
   front->port_ = i->acceptor.local_endpoint().port();
   i->Accept();
-  for (int t = 0; t < options.threads; ++t) {
+  // Few I/O threads by default: they only parse and format, and more contend with the compute
+  // threads (measured: 1 thread answered a 1 x 1000 Predict at concurrency 1 in 316 µs, 2 in
+  // 430 µs on 2 cores).
+  const int threads =
+      options.threads != 0
+          ? options.threads
+          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 4);
+  for (int t = 0; t < threads; ++t) {
     i->threads.emplace_back([i] { i->ioc.run(); });
   }
   return front;

@@ -36,9 +36,6 @@
 #include <string>
 #include <string_view>
 
-#include <thread>
-#include <vector>
-
 #include "absl/status/statusor.h"
 #include "inference/grpc_service.pb.h"
 #include "server/auth.h"
@@ -48,7 +45,8 @@ namespace zlpr::server {
 
 struct HttpOptions {
   std::string address;    // HOST:PORT ([V6]:PORT); port 0 picks a free one
-  int threads = 4;        // I/O threads (parsing and formatting run on them)
+  // I/O threads (parsing and formatting run on them); 0: one per 4 hardware threads, at least 1.
+  int threads = 0;
   int max_connections = 1024;  // connections open at once; more are closed at accept
   // Reading a request's header, or an idle keep-alive connection waiting for one, gets this
   // long; reading a body or writing a response this long plus 1 s per MiB.

@@ -318,15 +318,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
         absl::StrCat("--grpc_address=", options.grpc_address, ": could not listen there"));
   }
   if (!options.http_address.empty() && !options.echo) {
-    // Few I/O threads: they only parse and format; more contend with the compute threads
-    // (measured: 1 thread answered a 1 x 1000 Predict at concurrency 1 in 316 µs, 2 in 430 µs
-    // on 2 cores).
-    const int http_threads =
-        options.http_threads != 0
-            ? options.http_threads
-            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 4);
     HttpOptions http{.address = options.http_address,
-                     .threads = http_threads,
+                     .threads = options.http_threads,
                      .max_connections = options.http_max_connections,
                      .tls_cert_file = options.tls_cert_file,
                      .tls_key_file = options.tls_key_file,
