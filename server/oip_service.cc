@@ -521,7 +521,7 @@ class InferCall final : public grpc::ServerUnaryReactor {
 
   void Start(const ModelInferRequest* request, ModelInferResponse* response) {
     inference_.Run(ControlOf(ctx_, service_->clock()), request, response,
-                   [this](absl::Status st) { Finish(ToGrpc(st)); });
+                   [this](absl::Status st) { HandToGrpc([&] { Finish(ToGrpc(st)); }); });
   }
 
   void OnDone() override {
@@ -556,7 +556,7 @@ class InferStream final
       return;
     }
     reading_ = true;
-    StartRead(&request_);
+    HandToGrpc([this] { StartRead(&request_); });
   }
 
   void OnReadDone(bool ok) override {
@@ -570,7 +570,7 @@ class InferStream final
     inference_.Run(ControlOf(ctx_, service_->clock()), &request_,
                    response_.mutable_infer_response(), [this](absl::Status st) {
       if (!st.ok()) response_.set_error_message(std::string(st.message()));
-      StartWrite(&response_);
+      HandToGrpc([this] { StartWrite(&response_); });
     });
   }
 
@@ -582,7 +582,7 @@ class InferStream final
       return FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
     }
     reading_ = true;
-    StartRead(&request_);
+    HandToGrpc([this] { StartRead(&request_); });
   }
 
   void OnDone() override {
@@ -604,7 +604,7 @@ class InferStream final
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     finished_ = true;
-    Finish(status);
+    HandToGrpc([&] { Finish(status); });
   }
 
   ZlprServiceImpl* const service_;
@@ -621,7 +621,7 @@ class InferStream final
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpc(st));
+  HandToGrpc([&] { reactor->Finish(ToGrpc(st)); });
   return reactor;
 }
 

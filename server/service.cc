@@ -352,7 +352,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
         method_, status.error_code(),
         std::chrono::duration<double>(service_->clock().Now() - start_).count());
     service_->metrics().inflight().Decrement();
-    Finish(status);
+    HandToGrpc([&] { Finish(status); });
   }
 
   ZlprServiceImpl* const service_;
@@ -438,7 +438,7 @@ grpc::ServerUnaryReactor* ZlprServiceImpl::GetServerInfo(grpc::CallbackServerCon
   info->mutable_limits()->set_max_inflight_bytes(options_.max_inflight_bytes);
   metrics_->RequestDone(Method::kGetServerInfo, grpc::StatusCode::OK,
                         Seconds(start, clock_->Now()));
-  reactor->Finish(grpc::Status::OK);
+  HandToGrpc([&] { reactor->Finish(grpc::Status::OK); });
   return reactor;
 }
 
