@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051",
@@ -123,6 +124,11 @@ int main(int argc, char** argv) {
   // server gives the heap back to the system once the load has gone (MemoryBudget's Reclaimer).
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  // Debian builds abseil without NDEBUG, which leaves absl::Mutex's deadlock detector on: every
+  // lock of every mutex (gRPC's included) records the lock order in one global graph, under one
+  // global lock. The tests keep it (they link the server library, not this file); the server
+  // turns it off (bench/RESULTS.md: the server's CPU per request with and without it).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default matches the file name to the binary's).
