@@ -860,12 +860,16 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const std::string version = path_.size() == 6 ? path_[4] : "";
     request_.Clear();
     format_ = HttpOutputFormat();
-    if (absl::Status st = ParseInferRequest(req.body(), header_length, path_[2], version, &request_,
-                                            &format_);
-        !st.ok()) {
-      return Refuse(st, Reject::kInvalid, /*close=*/false);
+    const absl::Status parsed =
+        ParseInferRequest(req.body(), header_length, path_[2], version, &request_, &format_);
+    // The body is no longer needed, nor its charge: OipInference::Run charges the parsed
+    // request (and what the job adds to it) in its place.
+    req = Request();
+    body_lease_.Reset();
+    if (!parsed.ok()) {
+      request_.Clear();
+      return Refuse(parsed, Reject::kInvalid, /*close=*/false);
     }
-    req = Request();  // the body is no longer needed
     accepted_ = service_->CallBegins();
     in_call_ = true;
     response_.Clear();
@@ -879,7 +883,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void OnResult(absl::Status status) {
     request_.Clear();
-    body_lease_.Reset();
     if (!status.ok()) return SendError(status, /*close=*/false);
     // The text is held beside the response until it is sent: at most ~16 characters a value.
     int64_t bound = 4096;

@@ -34,9 +34,12 @@ class Connection {
     stream_.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
                                   static_cast<unsigned short>(port)));
   }
-  http::response<http::string_body> Post(const std::string& target, const std::string& body) {
+  // `header_length`: the JSON's length when binary tensors follow it (0: all JSON).
+  http::response<http::string_body> Post(const std::string& target, const std::string& body,
+                                         size_t header_length = 0) {
     http::request<http::string_body> req{http::verb::post, target, 11};
     req.set(http::field::host, "127.0.0.1");
+    if (header_length > 0) req.set("Inference-Header-Content-Length", std::to_string(header_length));
     req.body() = body;
     req.prepare_payload();
     http::write(stream_, req);
@@ -63,8 +66,9 @@ std::string PredictBody(int k) {
       .dump();
 }
 
-std::unique_ptr<Server> StartServer() {
+std::unique_ptr<Server> StartServer(int64_t max_inflight_bytes = 0) {
   ServerOptions o;
+  o.max_inflight_bytes = max_inflight_bytes;
   o.grpc_address = "127.0.0.1:0";
   o.metrics_address = "";
   o.http_address = "127.0.0.1:0";
@@ -158,6 +162,42 @@ TEST(OipHttpTest, AnHttpPortInUseFailsTheStartCleanly) {
   EXPECT_THAT(second.status().message(), HasSubstr("could not listen there"));
   Connection conn(first->http_port());  // the first one still serves
   EXPECT_EQ(conn.Post("/v2/models/zlpr_predict/infer", PredictBody(2)).result_int(), 200);
+}
+
+// The body is charged to the memory budget (twice: it and its parsed form) from before it is
+// read until it is parsed; then the computation charges the parsed request instead. A budget of
+// three bodies admits a request (it once held both charges while computing, four bodies, and
+// answered 429); one and a half bodies refuses it before reading it.
+TEST(OipHttpTest, TheBodyIsChargedUntilItIsParsedNotWhileTheRequestIsComputed) {
+  constexpr int kCols = 250000;
+  const std::string header =
+      json{{"inputs",
+            {{{"name", "scores"},
+              {"datatype", "FP32"},
+              {"shape", {1, kCols}},
+              {"parameters", {{"binary_data_size", 4 * kCols}}}}}},
+           {"outputs", {{{"name", "label_count"}}}}}
+          .dump();
+  const std::vector<float> scores(kCols, -1.0f);  // p = 0.12 everywhere: no label
+  const std::string body =
+      header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * kCols);
+  const auto size = static_cast<int64_t>(body.size());
+  {
+    auto server = StartServer(3 * size);
+    ASSERT_NE(server, nullptr);
+    Connection conn(server->http_port());
+    for (int i = 0; i < 3; ++i) {  // and nothing is left charged after each
+      auto res = conn.Post("/v2/models/zlpr_predict/infer", body, header.size());
+      ASSERT_EQ(res.result_int(), 200) << res.body();
+      EXPECT_EQ(json::parse(res.body())["outputs"][0]["data"], json({0}));
+    }
+  }
+  auto server = StartServer(3 * size / 2);
+  ASSERT_NE(server, nullptr);
+  Connection conn(server->http_port());
+  auto res = conn.Post("/v2/models/zlpr_predict/infer", body, header.size());
+  EXPECT_EQ(res.result_int(), 429);
+  EXPECT_THAT(res.body(), HasSubstr("--max_inflight_bytes"));
 }
 
 TEST(OipHttpTest, TheCodecWritesShortestFloatsAndBinaryAfterTheJson) {
