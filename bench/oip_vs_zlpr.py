@@ -32,9 +32,15 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--pin", action="store_true",
+                    help="the server on CPU 0 and the load generators on CPU 1 (taskset), so "
+                         "that a client's own cost does not take the server's core")
     args = ap.parse_args()
     pa = os.environ["ZLPR_PERF_ANALYZER"]
-    server = subprocess.Popen([os.path.join(args.build, "server/zlpr-server"),
+    on_server, on_client = ([], [])
+    if args.pin:
+        on_server, on_client = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
+    server = subprocess.Popen(on_server + [os.path.join(args.build, "server/zlpr-server"),
                                "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
                                "--http_address=127.0.0.1:0"],
                               stdout=subprocess.PIPE, text=True)
@@ -70,21 +76,20 @@ def main():
 
     def bench(c, probs, rpc="predict"):
         out = os.path.join(tmp, f"bench{c}{probs}{rpc}.json")
-        subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
-                        f"--rpc={rpc}", "--rows=1", "--cols=1000", f"--concurrency={c}",
-                        f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
-                        f"--want_probs={str(probs).lower()}", f"--json={out}"],
-                       check=True, capture_output=True)
+        subprocess.run(on_client + [
+            os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}", f"--rpc={rpc}",
+            "--rows=1", "--cols=1000", f"--concurrency={c}", f"--duration_s={args.seconds}",
+            "--warmup_s=1", "--progress=false", f"--want_probs={str(probs).lower()}",
+            f"--json={out}"], check=True, capture_output=True)
         z = json.load(open(out))["runs"][0]
         return z["rps"], z["p50_s"] * 1e6
 
     def perf_analyzer(c, protocol):
-        r = subprocess.run([pa, "-m", "zlpr_predict", "-u", target if protocol == "grpc" else http,
-                            "-i", protocol, "-b", "1",
-                            "--shape", "scores:1000", "--input-data", data,
-                            "--concurrency-range", str(c), "--measurement-interval",
-                            str(args.seconds * 1000), "--stability-percentage", "100"],
-                           capture_output=True, text=True, check=True).stdout
+        r = subprocess.run(on_client + [
+            pa, "-m", "zlpr_predict", "-u", target if protocol == "grpc" else http,
+            "-i", protocol, "-b", "1", "--shape", "scores:1000", "--input-data", data,
+            "--concurrency-range", str(c), "--measurement-interval", str(args.seconds * 1000),
+            "--stability-percentage", "100"], capture_output=True, text=True, check=True).stdout
         return (float(re.search(r"Throughput: ([\d.]+) infer/sec", r).group(1)),
                 float(re.search(r"p50 latency: (\d+) usec", r).group(1)),
                 float(re.search(r"queue (\d+) usec", r).group(1)),
@@ -122,7 +127,8 @@ def main():
             print(f"| OIP HTTP (perf_analyzer -i http) | {c} | {h_rps:.0f} "
                   f"({h_rps / g_rps:.2f}x of OIP gRPC) | {h_p50:.0f} µs "
                   f"({h_p50 / g_p50:.2f}x of OIP gRPC, {h_p50 / zp_p50:.2f}x of zlpr.v1 with "
-                  f"probs) | {h_cpu:.1f} µs | {h_queue:.0f} µs | {h_compute:.0f} µs |", flush=True)
+                  f"probs) | {h_cpu:.1f} µs | {h_queue:.0f} µs | {h_compute:.0f} µs |",
+                  flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

@@ -51,6 +51,9 @@ ABSL_FLAG(int64_t, cols, 1000, "columns (labels) per row");
 ABSL_FLAG(std::string, labels, "dense", "dense | sparse labels (loss RPCs)");
 ABSL_FLAG(bool, want_probs, false, "predict RPCs: also ask for the dense probabilities");
 ABSL_FLAG(int, concurrency, 1, "closed loop: callers (streams: open streams)");
+ABSL_FLAG(int, channels, 1,
+          "closed-loop unary calls: connections the callers share, caller i on connection "
+          "i mod channels (perf_analyzer opens about one per six callers)");
 ABSL_FLAG(double, rate, 0, "open loop: requests per second, Poisson arrivals (0: closed loop)");
 ABSL_FLAG(double, duration_s, 10, "measured seconds");
 ABSL_FLAG(double, warmup_s, 1, "seconds run before measuring");
@@ -188,8 +191,11 @@ class Recorder {
   Results res_ ABSL_GUARDED_BY(mu_);
 };
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+// `index`: channels with different indices get connections of their own (gRPC shares one
+// between channels with equal arguments).
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, int index = 0) {
   grpc::ChannelArguments args;
+  args.SetInt("zlpr.bench_channel", index);
   const int max = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
   args.SetMaxReceiveMessageSize(max);
   args.SetMaxSendMessageSize(max);
@@ -253,6 +259,9 @@ Results RunOnce(const std::string& target, const std::string& label) {
     --outstanding;
   };
 
+  // More connections (--channels), alive until the threads are joined.
+  std::vector<std::unique_ptr<v1::ZlprService::Stub>> stubs;
+  std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> oips;
   std::vector<std::thread> threads;
   if (rpc == "stream_loss" || rpc == "stream_predict") {
     // Each stream keeps one message in flight (a trainer's synchronous step loop).
@@ -303,9 +312,18 @@ Results RunOnce(const std::string& target, const std::string& label) {
       }
     });
   } else {
-    // Closed loop: `concurrency` callers, each a thread making blocking calls back to back.
+    // Closed loop: `concurrency` callers, each a thread making blocking calls back to back,
+    // spread over `channels` connections.
+    const int channels = std::clamp(absl::GetFlag(FLAGS_channels), 1, concurrency);
+    for (int c = 1; c < channels; ++c) {
+      auto ch = MakeChannel(target, c);
+      stubs.push_back(v1::ZlprService::NewStub(ch));
+      oips.push_back(inference::GRPCInferenceService::NewStub(ch));
+    }
     for (int i = 0; i < concurrency; ++i) {
-      threads.emplace_back([&] {
+      auto* stub_i = i % channels == 0 ? stub.get() : stubs[i % channels - 1].get();
+      auto* oip_i = i % channels == 0 ? oip.get() : oips[i % channels - 1].get();
+      threads.emplace_back([&, stub_i, oip_i] {
         v1::LossResponse loss;
         v1::PredictResponse predict;
         inference::ModelInferResponse infer;
@@ -316,13 +334,13 @@ Results RunOnce(const std::string& target, const std::string& label) {
           grpc::Status st;
           size_t bytes = 0;
           if (IsOip(rpc)) {
-            st = oip->ModelInfer(&ctx, payload.oip, &infer);
+            st = oip_i->ModelInfer(&ctx, payload.oip, &infer);
             bytes = st.ok() ? infer.ByteSizeLong() : 0;
           } else if (rpc == "predict") {
-            st = stub->Predict(&ctx, payload.predict, &predict);
+            st = stub_i->Predict(&ctx, payload.predict, &predict);
             bytes = st.ok() ? predict.ByteSizeLong() : 0;
           } else {
-            st = stub->ComputeLoss(&ctx, payload.loss, &loss);
+            st = stub_i->ComputeLoss(&ctx, payload.loss, &loss);
             bytes = st.ok() ? loss.ByteSizeLong() : 0;
           }
           rec.Record(t0, Clock::now(), st, payload.request_bytes, bytes, rows);
