@@ -39,7 +39,9 @@ class Connection {
                                          size_t header_length = 0) {
     http::request<http::string_body> req{http::verb::post, target, 11};
     req.set(http::field::host, "127.0.0.1");
-    if (header_length > 0) req.set("Inference-Header-Content-Length", std::to_string(header_length));
+    if (header_length > 0) {
+      req.set("Inference-Header-Content-Length", std::to_string(header_length));
+    }
     req.body() = body;
     req.prepare_payload();
     http::write(stream_, req);
