@@ -1,13 +1,16 @@
-"""A real zlpr-server on loopback (port 0) for the package's tests, and a float64 reference."""
+"""A real zlpr-server on loopback (port 0) for the package's tests, and the float64 reference
+(tests/zlpr_reference.py, shared with the Open Inference Protocol's tests)."""
 import os
 import re
 import signal
 import subprocess
+import sys
 
-import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from zlpr_reference import reference  # noqa: E402,F401  (the tests import it from here)
 
 
 def pytest_addoption(parser):
@@ -51,20 +54,3 @@ def client(target):
     import zlpr
     with zlpr.Client(target) as c:
         yield c
-
-
-def reference(scores, labels, mask=None):
-    """Per-row loss and gradient in float64 (docs/MATH.md)."""
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(labels, dtype=np.float64)
-    keep = s != -np.inf
-    if mask is not None:
-        keep &= np.asarray(mask) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(keep & (t > 0), -s + np.log(np.where(t > 0, t, 1)), -np.inf)
-        y = np.where(keep & (t < 1), s + np.log1p(-np.where(t < 1, t, 0)), -np.inf)
-    zero = np.zeros((s.shape[0], 1))
-    p = np.logaddexp.reduce(np.concatenate([zero, x], 1), 1)
-    n = np.logaddexp.reduce(np.concatenate([zero, y], 1), 1)
-    grad = -np.exp(x - p[:, None]) + np.exp(y - n[:, None])
-    return p + n, np.where(keep, grad, 0.0)

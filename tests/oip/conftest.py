@@ -3,10 +3,12 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # zlpr_reference, the float64 oracle
 
 
 def pytest_addoption(parser):

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from reference import reference
+from zlpr_reference import reference
 
 
 @pytest.fixture(scope="module")

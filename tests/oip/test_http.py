@@ -19,7 +19,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from reference import reference
+from zlpr_reference import reference
 
 
 @pytest.fixture(scope="module")
