@@ -9,6 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from error_cases import common_error_cases
 from zlpr_reference import reference
 
 
@@ -88,19 +89,9 @@ def test_predict_outputs_parameters_and_mask(client):
 
 
 def test_errors_name_the_tensor_and_keep_their_codes(client):
-    s = np.zeros((2, 3), np.float32)
-    s[1, 2] = np.nan
-    cases = [
-        ("zlpr_loss", [tensor("scores", s, "FP32"), tensor("labels", s * 0, "FP32")], {},
-         "scores[1, 2] is NaN"),
-        ("zlpr_loss", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")], {},
-         "model zlpr_loss needs input 'labels'"),
-        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.int32), "INT32")], {},
-         "input 'scores': datatype INT32 is not allowed"),
+    cases = common_error_cases(tensor) + [
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")],
          {"threshold": 1.5}, "threshold"),
-        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")],
-         {"colour": "red"}, "unknown parameter 'colour'"),
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32"),
                           tensor("mask", np.ones((2, 2), np.uint8), "UINT8")], {},
          "input 'mask': shape [2, 2]"),

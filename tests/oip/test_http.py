@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from error_cases import common_error_cases
 from zlpr_reference import reference
 
 
@@ -147,19 +148,9 @@ def test_classification_extension_on_probs(client):
 
 
 def test_errors_name_the_tensor_and_keep_their_codes(client):
-    s = np.zeros((2, 3), np.float32)
-    s[1, 2] = np.nan
-    cases = [
-        ("zlpr_loss", [tensor("scores", s, "FP32"), tensor("labels", s * 0, "FP32")], {},
-         "scores[1, 2] is NaN"),
-        ("zlpr_loss", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")], {},
-         "model zlpr_loss needs input 'labels'"),
-        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.int32), "INT32")], {},
-         "input 'scores': datatype INT32 is not allowed"),
+    cases = common_error_cases(tensor) + [
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.int32), "INT32", False)], {},
          "input 'scores': INT32 tensors go as binary data"),
-        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32")],
-         {"colour": "red"}, "unknown parameter 'colour'"),
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32"),
                           tensor("mask", np.full((2, 3), 2.5, np.float32), "FP32", False)], {},
          "input 'mask': datatype FP32 is not allowed"),
