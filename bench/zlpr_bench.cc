@@ -259,7 +259,7 @@ Results RunOnce(const std::string& target, const std::string& label) {
     --outstanding;
   };
 
-  // More connections (--channels), alive until the threads are joined.
+  // The closed loop's stubs, one per connection (--channels), alive until the threads are joined.
   std::vector<std::unique_ptr<v1::ZlprService::Stub>> stubs;
   std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> oips;
   std::vector<std::thread> threads;
@@ -315,14 +315,14 @@ Results RunOnce(const std::string& target, const std::string& label) {
     // Closed loop: `concurrency` callers, each a thread making blocking calls back to back,
     // spread over `channels` connections.
     const int channels = std::clamp(absl::GetFlag(FLAGS_channels), 1, concurrency);
-    for (int c = 1; c < channels; ++c) {
-      auto ch = MakeChannel(target, c);
+    for (int c = 0; c < channels; ++c) {
+      auto ch = c == 0 ? channel : MakeChannel(target, c);
       stubs.push_back(v1::ZlprService::NewStub(ch));
       oips.push_back(inference::GRPCInferenceService::NewStub(ch));
     }
     for (int i = 0; i < concurrency; ++i) {
-      auto* stub_i = i % channels == 0 ? stub.get() : stubs[i % channels - 1].get();
-      auto* oip_i = i % channels == 0 ? oip.get() : oips[i % channels - 1].get();
+      auto* stub_i = stubs[i % channels].get();
+      auto* oip_i = oips[i % channels].get();
       threads.emplace_back([&, stub_i, oip_i] {
         v1::LossResponse loss;
         v1::PredictResponse predict;
