@@ -77,14 +77,16 @@ test-fuzz: fuzz-build
 fuzz: fuzz-build
 	$(call run_fuzzers,$(FUZZ_SECONDS))
 
-# The wheel of python/, installed into a fresh venv over Debian's python3 (whose python3-torch
-# and numpy it sees), then its tests against build/server/zlpr-server, the DDP run included.
+# The wheel of python/ (with its native transport, required here), installed into a fresh venv
+# over Debian's python3 (whose python3-torch and numpy it sees), then its tests against
+# build/server/zlpr-server on both transports, the DDP run included.
 test-python: build
 	rm -rf $(PYVENV) && /usr/bin/python3 -m venv --system-site-packages $(PYVENV)
-	$(PYVENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w $(PYVENV)/dist ./python
+	ZLPR_NATIVE=1 $(PYVENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps \
+	  -w $(PYVENV)/dist ./python
 	$(PYVENV)/bin/pip install --quiet --disable-pip-version-check $(PYVENV)/dist/zlpr-*.whl pytest
 	cd python/tests && ../../$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider . \
-	  --server=$(abspath $(BUILD))/server/zlpr-server
+	  --server=$(abspath $(BUILD))/server/zlpr-server --require-native
 
 # tritonclient (from PyPI, in its own venv: it pins its own protobuf) against the server, and
 # perf_analyzer from the last tritonclient wheel that ships it (2.51.0, another venv), which

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The Python package's costs, measured side by side in one run against one zlpr-server:
 
-1. a 1 x 1000 Predict at concurrency 1 from zlpr.Client (unary, and on a stream) against
-   zlpr-bench (C++) on the same server: p50 latency of each and their ratio;
+1. a 1 x 1000 Predict at concurrency 1 from zlpr.Client (unary on each transport, and on a
+   stream) against zlpr-bench (C++) on the same server, taking turns for --rounds rounds: p50
+   latency of each and their ratio;
 2. loss + gradient of 256 x 1000 fp32 logits through zlpr.torch.ZlprLoss against the package's
    local PyTorch reference: time per forward+backward, and the bytes the Python side allocates
    per call (tracemalloc: numpy arrays and bytes objects) in units of the logits' size;
@@ -12,11 +13,13 @@
   build-pyvenv/bin/python bench/python_client.py --build build
 """
 import argparse
+import functools
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -35,55 +38,92 @@ def p50(xs):
     return float(np.median(xs))
 
 
+def latency(target, kind, seconds):
+    """p50 of a 1 x 1000 Predict at concurrency 1 from this process's only client."""
+    import zlpr
+    transport, how = kind.split("-")
+    client = zlpr.Client(target, transport=transport)
+    scores = np.random.default_rng(0).standard_normal((1, 1000)).astype(np.float32)
+    if how == "stream":
+        stream = client.predict_stream(window=1)
+
+        def call():
+            stream.send(scores)
+            stream.receive()
+    else:
+        def call():
+            client.predict(scores)
+    for _ in range(200):
+        call()
+    lat, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - t0)
+    return p50(lat)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default="build")
     ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency", help=argparse.SUPPRESS)  # TRANSPORT-unary|stream, in a child
+    ap.add_argument("--target", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.latency:
+        print(latency(args.target, args.latency, args.seconds))
+        return
     import torch
     import zlpr
     from zlpr import _client, _wire
     from zlpr.torch import ZlprLoss, ZlprLossReference
     proc, target = start(os.path.join(args.build, "server/zlpr-server"))
     try:
-        client = zlpr.Client(target)
-        scores = np.random.default_rng(0).standard_normal((1, 1000)).astype(np.float32)
-        for _ in range(200):
-            client.predict(scores)
-        lat, end = [], time.perf_counter() + args.seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            client.predict(scores)
-            lat.append(time.perf_counter() - t0)
-        stream = client.predict_stream(window=1)
-        for _ in range(200):
-            stream.send(scores)
-            stream.receive()
-        slat, end = [], time.perf_counter() + args.seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            stream.send(scores)
-            stream.receive()
-            slat.append(time.perf_counter() - t0)
-        stream.close()
-        out = os.path.join(tempfile.mkdtemp(), "bench.json")
-        subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
-                        "--rpc=predict", "--rows=1", "--cols=1000", "--concurrency=1",
-                        f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
-                        f"--json={out}"], check=True, capture_output=True)
-        cpp = json.load(open(out))["runs"][0]["p50_s"]
-        print("| 1 x 1000 Predict, concurrency 1 | p50 |")
-        print("|---|---:|")
-        print(f"| zlpr-bench (C++) | {cpp * 1e6:.0f} µs |")
-        print(f"| zlpr.Client.predict (Python, unary) | {p50(lat) * 1e6:.0f} µs "
-              f"({p50(lat) / cpp:.2f}x) |")
-        print(f"| zlpr.Client.predict_stream (Python, one in flight) | {p50(slat) * 1e6:.0f} µs "
-              f"({p50(slat) / cpp:.2f}x) |")
+        clients = {t: zlpr.Client(target, transport=t) for t in ("native", "grpcio")
+                   if t == "grpcio" or zlpr.native_available()}
+
+        def python(kind):
+            # Each client in a process of its own, as an application holds one.
+            out = subprocess.run([sys.executable, __file__, f"--latency={kind}",
+                                  f"--target={target}", f"--seconds={args.seconds}"],
+                                 check=True, capture_output=True, text=True).stdout
+            return float(out)
+
+        def cpp():
+            out = os.path.join(tempfile.mkdtemp(), "bench.json")
+            subprocess.run([os.path.join(args.build, "bench/zlpr-bench"), f"--target={target}",
+                            "--rpc=predict", "--rows=1", "--cols=1000", "--concurrency=1",
+                            f"--duration_s={args.seconds}", "--warmup_s=1", "--progress=false",
+                            f"--json={out}"], check=True, capture_output=True)
+            with open(out) as f:
+                return json.load(f)["runs"][0]["p50_s"]
+
+        # Taking turns, args.rounds times; the medians of the rounds' p50s are reported.
+        runs = {"zlpr-bench (C++)": cpp,
+                **{f"zlpr.Client.predict (Python, unary, transport={t})":
+                   functools.partial(python, f"{t}-unary") for t in clients},
+                "zlpr.Client.predict_stream (Python, grpcio, one in flight)":
+                    functools.partial(python, "grpcio-stream")}
+        rounds = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                rounds[name].append(run())
+        base = p50(rounds["zlpr-bench (C++)"])
+        print(f"| 1 x 1000 Predict, concurrency 1 | p50 (median of {args.rounds} rounds) | "
+              "each round |")
+        print("|---|---:|---|")
+        for name, xs in rounds.items():
+            ratio = "" if name.startswith("zlpr-bench") else f" ({p50(xs) / base:.2f}x)"
+            print(f"| {name} | {p50(xs) * 1e6:.0f} µs{ratio} | "
+                  f"{', '.join(f'{x * 1e6:.0f}' for x in xs)} |")
+        client = clients.get("native", clients["grpcio"])
 
         torch.manual_seed(0)
         logits = torch.randn(256, 1000, requires_grad=True)
         targets = (torch.rand(256, 1000) < 0.05).float()
         remote, local = ZlprLoss(client), ZlprLossReference()
+        remotes = {t: ZlprLoss(c) for t, c in clients.items()}
 
         def step(fn):
             logits.grad = None
@@ -99,14 +139,15 @@ def main():
                 ts.append(time.perf_counter() - t0)
             return p50(ts)
 
-        t_remote, t_local = timed(remote), timed(local)
+        t_local = timed(local)
+        t_remote = {t: timed(fn) for t, fn in remotes.items()}
         stats = []
         for _ in range(30):
             step(remote)
             stats.append(dict(remote.stats))
         tracemalloc.start()
         step(remote)  # the targets' bytes are sent too: count them apart
-        base, _ = tracemalloc.get_traced_memory()
+        held, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         step(remote)
         _, peak = tracemalloc.get_traced_memory()
@@ -128,14 +169,15 @@ def main():
         print("| 256 x 1000 fp32 loss + gradient, forward + backward | p50 |")
         print("|---|---:|")
         print(f"| local PyTorch reference | {t_local * 1e3:.2f} ms |")
-        print(f"| zlpr.torch.ZlprLoss (remote) | {t_remote * 1e3:.2f} ms "
-              f"({(t_remote - t_local) * 1e3:+.2f} ms) |")
-        print(f"| of which: to host {med['to_host_s'] * 1e3:.3f} ms, call "
+        for t, x in t_remote.items():
+            print(f"| zlpr.torch.ZlprLoss (remote, transport={t}) | {x * 1e3:.2f} ms "
+                  f"({(x - t_local) * 1e3:+.2f} ms) |")
+        print(f"| of which ({client.transport}): to host {med['to_host_s'] * 1e3:.3f} ms, call "
               f"{med['call_s'] * 1e3:.2f} ms (server queue {med['server_queue_s'] * 1e3:.3f} ms, "
               f"compute {med['server_compute_s'] * 1e3:.2f} ms); serializing the request "
               f"{t_join * 1e3:.3f} ms, parsing the response {t_parse * 1e3:.3f} ms | |")
         print(f"| Python-side allocation per call, peak over the steady state | "
-              f"{(peak - base) / mb:.2f} x the logits ({(peak - base) / 1e6:.2f} MB; the request "
+              f"{(peak - held) / mb:.2f} x the logits ({(peak - held) / 1e6:.2f} MB; the request "
               f"carries logits and targets: 2 x) |")
     finally:
         proc.send_signal(signal.SIGTERM)

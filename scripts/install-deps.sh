@@ -22,7 +22,7 @@ packages=(
   libabsl-dev prometheus-cpp-dev libhwy-dev nlohmann-json3-dev libboost-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
-  python3 python3-pip python3-numpy python3-venv python3-torch prometheus
+  python3 python3-dev python3-pip python3-numpy python3-venv python3-torch prometheus
   clang libclang-rt-14-dev libb64-0d
 )
 if [ "$build_only" = 1 ]; then

@@ -17,6 +17,9 @@ def pytest_addoption(parser):
     parser.addoption("--server", default=os.environ.get(
         "ZLPR_SERVER", os.path.join(ROOT, "build/server/zlpr-server")),
         help="path of the zlpr-server binary")
+    parser.addoption("--require-native", action="store_true",
+                     help="fail, rather than skip, the native transport's tests when this "
+                          "installation of zlpr has no zlpr._native")
 
 
 def start_server(binary, *flags):
@@ -49,8 +52,20 @@ def target(server_binary):
     stop_server(proc)
 
 
-@pytest.fixture(scope="session")
-def client(target):
+@pytest.fixture(scope="session", params=["native", "grpcio"])
+def transport(request):
+    """Each test that takes a client runs on both of zlpr.Client's transports."""
     import zlpr
-    with zlpr.Client(target) as c:
+    if request.param == "native" and not zlpr.native_available():
+        if request.config.getoption("--require-native"):
+            pytest.fail("zlpr._native is missing: the wheel was built without gRPC C++")
+        pytest.skip("this zlpr has no zlpr._native")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def client(target, transport):
+    import zlpr
+    with zlpr.Client(target, transport=transport) as c:
+        assert c.transport == transport
         yield c

@@ -105,7 +105,7 @@ def test_errors_carry_the_code_and_the_servers_message(client):
 def test_a_call_over_the_message_limit_is_split_and_bit_identical(target, client):
     s, t = problem(300, 700, seed=11, soft=True)
     whole = client.compute_loss(s, t, want_grad=True)
-    with zlpr.Client(target, max_message_bytes=200_000) as small:
+    with zlpr.Client(target, max_message_bytes=200_000, transport=client.transport) as small:
         split = small.compute_loss(s, t, want_grad=True)  # ~12 requests of ~25 rows
         np.testing.assert_array_equal(split.loss, whole.loss)
         np.testing.assert_array_equal(split.grad, whole.grad)
@@ -116,11 +116,11 @@ def test_a_call_over_the_message_limit_is_split_and_bit_identical(target, client
         assert all(np.array_equal(a, b) for a, b in zip(ps.labels, pw.labels))
 
 
-def test_a_batch_over_the_servers_limit_works_learning_the_limit(server_binary):
+def test_a_batch_over_the_servers_limit_works_learning_the_limit(server_binary, transport):
     proc, address = start_server(server_binary, "--max_message_bytes=1048576")
     try:
         s, t = problem(256, 2000, seed=12)  # 4 MB of scores and labels
-        with zlpr.Client(address) as c:
+        with zlpr.Client(address, transport=transport) as c:
             assert c.message_limit() == 1048576
             r = c.compute_loss(s, t, want_grad=True)
         loss, grad = reference(s, t)
@@ -174,16 +174,16 @@ def test_server_info_and_health(client):
     assert not client.health("no.such.Service")
 
 
-def test_the_bearer_token_is_sent(server_binary, tmp_path):
+def test_the_bearer_token_is_sent(server_binary, tmp_path, transport):
     token = tmp_path / "token"
     token.write_text("py-token\n")
     proc, address = start_server(server_binary, f"--auth_token_file={token}")
     try:
-        with zlpr.Client(address, max_message_bytes=1 << 20) as anonymous:
+        with zlpr.Client(address, max_message_bytes=1 << 20, transport=transport) as anonymous:
             with pytest.raises(zlpr.ZlprError) as e:
                 anonymous.predict(np.zeros((1, 2), np.float32))
             assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
-        with zlpr.Client(address, token="py-token") as c:
+        with zlpr.Client(address, token="py-token", transport=transport) as c:
             assert c.predict(np.ones((1, 2), np.float32)).labels[0].tolist() == [0, 1]
     finally:
         stop_server(proc)
@@ -204,7 +204,7 @@ def test_asyncio_client(target):
     asyncio.run(main())
 
 
-def test_tls_and_mutual_tls(server_binary, tmp_path):
+def test_tls_and_mutual_tls(server_binary, tmp_path, transport):
     import shutil
     import subprocess
     if not shutil.which("openssl"):
@@ -227,12 +227,84 @@ openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
         s = np.ones((1, 2), np.float32)
         with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=read("ca.pem"),
                          tls_client_cert=read("client.pem"), tls_client_key=read("client.key"),
-                         max_attempts=1) as c:
+                         max_attempts=1, transport=transport) as c:
             assert c.predict(s).labels[0].tolist() == [0, 1]
         with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=read("ca.pem"),
-                         max_attempts=1, deadline_s=5, max_message_bytes=1 << 20) as no_cert:
+                         max_attempts=1, deadline_s=5, max_message_bytes=1 << 20,
+                         transport=transport) as no_cert:
             with pytest.raises(zlpr.ZlprError) as e:
                 no_cert.predict(s)
             assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         stop_server(proc)
+
+
+def test_a_deadline_ends_a_call_with_deadline_exceeded(client):
+    s, t = problem(512, 4000, seed=15)  # 16 MB of scores: far longer than the deadline
+    client.message_limit()  # asked once, under the client's own deadline
+    with pytest.raises(zlpr.ZlprError) as e:
+        client.compute_loss(s, t, want_grad=True, deadline_s=1e-4)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_closed_client_refuses_calls(target, transport):
+    c = zlpr.Client(target, transport=transport, max_message_bytes=1 << 20)
+    assert c.predict(np.ones((1, 2), np.float32)).labels[0].tolist() == [0, 1]
+    c.close()
+    with pytest.raises(ValueError, match="closed"):
+        c.predict(np.ones((1, 2), np.float32))
+    with pytest.raises(ValueError, match="closed"):
+        c.predict_stream()
+
+
+def test_threads_share_one_client(client):
+    import concurrent.futures
+    rng = np.random.default_rng(16)
+    inputs = [(rng.standard_normal((1 + i % 5, 300)) * 3).astype(np.float32) for i in range(64)]
+    want = [client.predict(s, top_k=3).labels for s in inputs]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: client.predict(s, top_k=3).labels, inputs))
+    for g, w in zip(got, want):
+        assert all(np.array_equal(a, b) for a, b in zip(g, w))
+
+
+def test_the_transport_is_chosen_and_checked(target, monkeypatch):
+    from zlpr import _client
+    with pytest.raises(ValueError, match="transport"):
+        zlpr.Client(target, transport="carrier-pigeon")
+    with zlpr.Client(target) as c:
+        assert c.transport == ("native" if zlpr.native_available() else "grpcio")
+    monkeypatch.setattr(_client, "_native", None)  # as a wheel built without gRPC C++
+    with zlpr.Client(target) as c:
+        assert c.transport == "grpcio"
+    with pytest.raises(ValueError, match="without zlpr._native"):
+        zlpr.Client(target, transport="native")
+
+
+def test_ctrl_c_cancels_a_blocked_native_call(request):
+    """A call to a server that never answers blocks until its deadline; SIGINT must raise
+    KeyboardInterrupt in the caller at once, as it does for Python code."""
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+    if not zlpr.native_available():
+        if request.config.getoption("--require-native"):
+            pytest.fail("zlpr._native is missing")
+        pytest.skip("this zlpr has no zlpr._native")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts connections, never speaks HTTP/2
+    try:
+        with zlpr.Client(f"127.0.0.1:{silent.getsockname()[1]}", transport="native",
+                         max_message_bytes=1 << 20, deadline_s=60, max_attempts=1) as c:
+            timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                c.predict(np.ones((1, 2), np.float32))
+            assert time.monotonic() - t0 < 5
+            timer.join()
+    finally:
+        silent.close()

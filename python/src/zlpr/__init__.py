@@ -10,8 +10,8 @@ zlpr.aio.Client is the asyncio twin; zlpr.torch has the autograd function, the Z
 and a pure-PyTorch reference of the loss.
 """
 from zlpr._client import (Client, LossResult, LossStream, PredictResult, PredictStream,
-                          ServerInfo, SparseLabels, ZlprError)
+                          ServerInfo, SparseLabels, ZlprError, native_available)
 
 __all__ = ["Client", "LossResult", "LossStream", "PredictResult", "PredictStream", "ServerInfo",
-           "SparseLabels", "ZlprError"]
+           "SparseLabels", "ZlprError", "native_available"]
 __version__ = "0.1.0"

@@ -15,6 +15,11 @@ import numpy as np
 from zlpr import _wire
 from zlpr.v1 import zlpr_pb2 as pb
 
+try:  # the gRPC C++ transport, compiled into the wheel when gRPC C++ was there to build it
+    from zlpr import _native
+except ImportError:
+    _native = None
+
 _SERVICE = "/zlpr.v1.ZlprService/"
 # What a request or response carries besides its tensors: ids, shapes, sums, timing, framing.
 _SLACK_BYTES = 4096
@@ -264,6 +269,9 @@ def loss_ranges(msg, tensors, want_grad, grad_dtype, limit: int) -> List[tuple]:
 
 
 def predict_ranges(tensors, want_probs, limit: int) -> List[tuple]:
+    s = tensors[0][1]
+    if len(s.data) * 3 + 16 * s.rows * (s.cols + 1) + _SLACK_BYTES < limit // 2:
+        return [(0, s.rows)]  # far under the limit (a bound on the sizes below; the usual case)
     req, resp, fixed = predict_row_bytes(tensors, want_probs)
     return row_chunks(tensors[0][1].rows, req, resp, limit, fixed)
 
@@ -286,6 +294,11 @@ class Client:
     Calls larger than the server's message limit are split by rows into several requests, sent
     concurrently, and reassembled in order: the result is the one a single call would give (the
     server computes each row independently of its batch). Errors raise ZlprError.
+
+    `transport` carries the unary calls: "native" (gRPC C++ through zlpr._native, built into
+    the wheel when gRPC C++ was installed: about half grpcio's cost per call), "grpcio", or
+    "auto" (native when built). Streams always run on grpcio. `options` are gRPC channel
+    arguments, (name, int or str) pairs, given to either.
     """
 
     def __init__(self, target: str, *, deadline_s: Optional[float] = 30.0, max_attempts: int = 5,
@@ -293,19 +306,24 @@ class Client:
                  tls: bool = False, tls_root_certs: Optional[bytes] = None,
                  tls_client_cert: Optional[bytes] = None, tls_client_key: Optional[bytes] = None,
                  tls_server_name: Optional[str] = None, token: Optional[str] = None,
-                 max_parallel_chunks: int = 4, options: Optional[list] = None):
+                 max_parallel_chunks: int = 4, options: Optional[list] = None,
+                 transport: str = "auto"):
         self.settings = ChannelSettings(
             target=target, deadline_s=deadline_s, max_attempts=max_attempts,
             max_message_bytes=max_message_bytes, load_balancing=load_balancing, tls=tls,
             tls_root_certs=tls_root_certs, tls_client_cert=tls_client_cert,
             tls_client_key=tls_client_key, tls_server_name=tls_server_name, token=token,
             options=options or [])
-        args = self.settings.channel_args()
-        self._channel = (grpc.secure_channel(target, self.settings.credentials(), options=args)
-                         if tls else grpc.insecure_channel(target, options=args))
-        self._calls = {m: self._channel.unary_unary(_SERVICE + m, request_serializer=_identity,
-                                                    response_deserializer=_identity)
-                       for m in ("ComputeLoss", "Predict", "GetServerInfo")}
+        self.transport = choose_transport(transport)
+        self._native = None
+        self._grpcio = None  # made on first use: every call on grpcio, or a stream
+        self._grpcio_lock = threading.Lock()
+        self._grpcio_calls = {}
+        self._closed = False
+        self._metadata = self.settings.metadata()
+        if self.transport == "native":
+            self._native = _native.Channel(target, self.settings.channel_args(), tls,
+                                           tls_root_certs, tls_client_key, tls_client_cert)
         self._limit = max_message_bytes
         self._limit_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_parallel_chunks))
@@ -313,8 +331,13 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False)
-        self._channel.close()
+        if self._native is not None:
+            self._native.close()
+        with self._grpcio_lock:
+            if self._grpcio is not None:
+                self._grpcio.close()
 
     def __enter__(self):
         return self
@@ -322,12 +345,41 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, method: str, data: bytes, deadline_s: Optional[float]):
-        timeout = self.settings.deadline_s if deadline_s is None else deadline_s
+    @property
+    def _channel(self) -> grpc.Channel:
+        """The grpcio channel (streams; every call when transport is "grpcio")."""
+        with self._grpcio_lock:
+            if self._closed:
+                raise ValueError("the client is closed")
+            if self._grpcio is None:
+                s, args = self.settings, self.settings.channel_args()
+                self._grpcio = (grpc.secure_channel(s.target, s.credentials(), options=args)
+                                if s.tls else grpc.insecure_channel(s.target, options=args))
+            return self._grpcio
+
+    def _unary(self, path: str, data: bytes, timeout: Optional[float]) -> bytes:
+        """One unary call of `path` ("/package.Service/Method"): the response's bytes."""
+        if self._closed:
+            raise ValueError("the client is closed")
+        metadata = self._metadata
+        if self._native is not None:
+            try:
+                return self._native.unary(path, data, timeout, metadata or ())
+            except _native.RpcError as e:
+                code, details = e.args
+                raise ZlprError(status_code(code), details) from None
+        call = self._grpcio_calls.get(path)
+        if call is None:
+            call = self._grpcio_calls[path] = self._channel.unary_unary(
+                path, request_serializer=_identity, response_deserializer=_identity)
         try:
-            return self._calls[method](data, timeout=timeout, metadata=self.settings.metadata())
+            return call(data, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise ZlprError(e.code(), e.details() or "") from None
+
+    def _call(self, method: str, data: bytes, deadline_s: Optional[float]):
+        timeout = self.settings.deadline_s if deadline_s is None else deadline_s
+        return self._unary(_SERVICE + method, data, timeout)
 
     def message_limit(self) -> int:
         """The largest message the server takes (asked once, then kept)."""
@@ -378,15 +430,13 @@ class Client:
 
     def health(self, service: str = "") -> bool:
         """Whether grpc.health.v1.Health says SERVING for `service` ("" is the whole server)."""
-        call = self._channel.unary_unary("/grpc.health.v1.Health/Check",
-                                         request_serializer=_identity,
-                                         response_deserializer=_identity)
         # HealthCheckRequest{service = 1} and HealthCheckResponse{status = 1}, SERVING = 1.
         name = service.encode()
         request = (b"\x0a" + _wire._varint(len(name)) + name) if name else b""
         try:
-            return call(request, timeout=self.settings.deadline_s) == b"\x08\x01"
-        except grpc.RpcError:
+            return self._unary("/grpc.health.v1.Health/Check", request,
+                               self.settings.deadline_s) == b"\x08\x01"
+        except ZlprError:
             return False
 
     def loss_stream(self, window: int = 32) -> "LossStream":
@@ -478,6 +528,22 @@ class PredictStream(_Stream):
 
     def receive(self) -> Optional[PredictResult]:
         return self._receive(parse_predict)
+
+
+def native_available() -> bool:
+    """Whether this installation has the gRPC C++ transport (zlpr._native)."""
+    return _native is not None
+
+
+def choose_transport(transport: str) -> str:
+    if transport not in ("auto", "native", "grpcio"):
+        raise ValueError(f"transport {transport!r}: use auto, native or grpcio")
+    if transport == "native" and _native is None:
+        raise ValueError("transport 'native': this zlpr was installed without zlpr._native "
+                         "(build the wheel where gRPC C++ is installed; see docs/PYTHON.md)")
+    if transport == "auto":
+        return "grpcio" if _native is None else "native"
+    return transport
 
 
 def status_code(number: int) -> grpc.StatusCode:

@@ -10,6 +10,7 @@ viewed in place (np.frombuffer); only the rest of the message is parsed by proto
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,6 +22,8 @@ _LEN = 2  # protobuf wire type of length-delimited fields
 # numpy dtype (or name) -> wire dtype; bfloat16 has no numpy type: it travels as uint16 bits.
 _WIRE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
 _ITEMSIZE = {pb.FLOAT32: 4, pb.FLOAT16: 2, pb.BFLOAT16: 2, pb.UINT8: 1}
+# The same for numpy dtypes (looked up per call: cheaper than dtype.name).
+_WIRE_OF_DTYPE = {np.dtype(np.float32): pb.FLOAT32, np.dtype(np.float16): pb.FLOAT16}
 
 
 def wire_dtype(name) -> int:
@@ -66,13 +69,15 @@ class Matrix:
         self.data = memoryview(np.ascontiguousarray(array)).cast("B")
 
     @classmethod
-    def of(cls, array, field: str, allowed=("float32", "float16")) -> "Matrix":
+    def of(cls, array, field: str) -> "Matrix":
+        """float32 and float16 arrays travel as they are; any other array as float32."""
         if isinstance(array, Matrix):
             return array
         a = np.asarray(array)
-        if a.dtype.name not in allowed:
-            a = a.astype(np.float32)
-        return cls(a, _WIRE[a.dtype.name], field)
+        wire = _WIRE_OF_DTYPE.get(a.dtype)
+        if wire is None:
+            a, wire = a.astype(np.float32), pb.FLOAT32
+        return cls(a, wire, field)
 
     def slice_rows(self, begin: int, end: int) -> "Matrix":
         m = object.__new__(Matrix)
@@ -83,10 +88,17 @@ class Matrix:
 
     def pieces(self, field_number: int) -> Sequence:
         """The wire pieces of this matrix as field `field_number` of its message."""
-        header = pb.Tensor(shape=[self.rows, self.cols], dtype=self.dtype).SerializeToString()
-        header += _varint(3 << 3 | _LEN) + _varint(len(self.data))
-        return [_varint(field_number << 3 | _LEN), _varint(len(header) + len(self.data)), header,
+        return [_tensor_prefix(field_number, self.rows, self.cols, self.dtype, len(self.data)),
                 self.data]
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_prefix(field_number: int, rows: int, cols: int, dtype: int, nbytes: int) -> bytes:
+    """Everything of a Tensor field before its data: the field's tag and length, the Tensor's
+    shape and dtype, its data's tag and length (kept: a caller sends the same shapes again)."""
+    header = pb.Tensor(shape=[rows, cols], dtype=dtype).SerializeToString()
+    header += _varint(3 << 3 | _LEN) + _varint(nbytes)
+    return _varint(field_number << 3 | _LEN) + _varint(len(header) + nbytes) + header
 
 
 def join(message, tensors: Sequence[Tuple[int, Optional[Matrix]]]) -> bytes:
