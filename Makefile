@@ -12,8 +12,8 @@ CMAKE_FLAGS ?=
 LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python test-oip \
-  test-container run \
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
+  test-python-torch test-oip test-container run \
   bench-cpu format clean
 
 all: build
@@ -87,6 +87,19 @@ test-python: build
 	$(PYVENV)/bin/pip install --quiet --disable-pip-version-check $(PYVENV)/dist/zlpr-*.whl pytest
 	cd python/tests && ../../$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider . \
 	  --server=$(abspath $(BUILD))/server/zlpr-server --require-native
+	$(MAKE) test-python-torch
+
+# The same wheel under a current PyTorch from PyPI, in a venv of its own: torch.compile (which
+# Debian's PyTorch 1.13 lacks) and the DDP run. PyPI's Linux wheel brings CUDA's libraries
+# (about 5 GB installed); nothing here needs a GPU.
+TORCH_VERSION ?= 2.15.0
+test-python-torch:
+	rm -rf $(PYVENV)-torch && /usr/bin/python3 -m venv $(PYVENV)-torch
+	$(PYVENV)-torch/bin/pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)" \
+	  pytest $(PYVENV)/dist/zlpr-*.whl
+	cd python/tests && ../../$(PYVENV)-torch/bin/python -m pytest -q -p no:cacheprovider \
+	  test_torch.py test_train_ddp.py --server=$(abspath $(BUILD))/server/zlpr-server \
+	  --require-native --require-torch-compile
 
 # tritonclient (from PyPI, in its own venv: it pins its own protobuf) against the server, and
 # perf_analyzer from the last tritonclient wheel that ships it (2.51.0, another venv), which
@@ -118,4 +131,5 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(OIPVENV) $(OIPVENV)-pa
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(PYVENV)-torch $(OIPVENV) \
+	  $(OIPVENV)-pa

@@ -20,6 +20,9 @@ def pytest_addoption(parser):
     parser.addoption("--require-native", action="store_true",
                      help="fail, rather than skip, the native transport's tests when this "
                           "installation of zlpr has no zlpr._native")
+    parser.addoption("--require-torch-compile", action="store_true",
+                     help="fail, rather than skip, the torch.compile tests on a PyTorch "
+                          "without it")
 
 
 def start_server(binary, *flags):

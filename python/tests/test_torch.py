@@ -98,8 +98,15 @@ def test_a_model_trains_the_same_with_the_remote_and_the_local_loss(client):
     assert remote_losses[-1] < remote_losses[0]
 
 
-@pytest.mark.skipif(not hasattr(torch, "compile"), reason="this PyTorch has no torch.compile")
-def test_torch_compile_of_the_surrounding_model(client):
+@pytest.fixture
+def compile_available(request):
+    if not hasattr(torch, "compile"):
+        if request.config.getoption("--require-torch-compile"):
+            pytest.fail(f"PyTorch {torch.__version__} has no torch.compile")
+        pytest.skip(f"PyTorch {torch.__version__} has no torch.compile")
+
+
+def test_torch_compile_of_the_surrounding_model(client, compile_available):
     torch.manual_seed(6)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
     compiled = torch.compile(model)
@@ -111,3 +118,29 @@ def test_torch_compile_of_the_surrounding_model(client):
     zlpr_loss_reference(model(x), t).backward()
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_of_a_step_with_the_remote_loss_inside(client, compile_available):
+    """The loss inside the compiled function: Dynamo breaks the graph at it and runs it eagerly;
+    the loss and the gradients must be those of the local reference, on the first (compiling)
+    call and on the later ones (cached graphs), with shapes that change."""
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    loss_fn = ZlprLoss(client)
+
+    def step(x, t):
+        return loss_fn(model(x), t) * 2.0
+
+    compiled = torch.compile(step)
+    for rows in (10, 10, 7):
+        x, t = torch.randn(rows, 8), torch.rand(rows, 5)
+        model.zero_grad()
+        loss = compiled(x, t)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        want = zlpr_loss_reference(model(x), t) * 2.0
+        want.backward()
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)

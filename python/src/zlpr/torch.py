@@ -86,6 +86,15 @@ def _shared(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
+def _eager(fn):
+    """torch.compile runs `fn` eagerly, with a graph break around it, rather than trace it:
+    tracing into the client would gain nothing (it is a network call) and fails on the
+    protobuf objects it touches (Dynamo's guards on their methods). No-op before PyTorch 2.1."""
+    compiler = getattr(torch, "compiler", None)
+    return compiler.disable(fn) if hasattr(compiler, "disable") else fn
+
+
+@_eager
 def zlpr_loss(logits, targets, client: Client, mask=None, reduction: str = "mean",
               stats: Optional[dict] = None):
     """The ZLPR loss computed by `client` (see ZlprLoss)."""
