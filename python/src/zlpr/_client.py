@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import queue
 import threading
@@ -181,12 +180,22 @@ def parse_loss(data: bytes, bf16_bits: bool = False) -> LossResult:
                       compute_seconds=r.timing.compute_seconds), r
 
 
-def parse_predict(data: bytes) -> PredictResult:
-    rest, probs = _wire.split(data, 3)
+def parse_predict(data: bytes):
+    """(PredictResult, the PredictResponse without its rows or dense probabilities)."""
+    if _native is not None:  # the label lists decoded in C++, straight into arrays
+        return decoded_predict(*_native.split_predict(data))
+    rest, dense = _wire.split(data, 3)
     r = pb.PredictResponse.FromString(rest)
-    return PredictResult(labels=[np.asarray(row.labels, dtype=np.int32) for row in r.rows],
-                         label_probs=[np.asarray(row.probs, dtype=np.float32) for row in r.rows],
-                         probs=_wire.decode_matrix(probs), request_id=r.request_id,
+    return decoded_predict([np.asarray(row.labels, dtype=np.int32) for row in r.rows],
+                           [np.asarray(row.probs, dtype=np.float32) for row in r.rows], r, dense)
+
+
+def decoded_predict(labels, label_probs, rest, dense):
+    """The PredictResult of a response whose rows are decoded (`rest`: the other fields, as
+    bytes or a message; `dense`: the probs Tensor's bytes, or None)."""
+    r = pb.PredictResponse.FromString(rest) if isinstance(rest, bytes) else rest
+    return PredictResult(labels=labels, label_probs=label_probs,
+                         probs=_wire.decode_matrix(dense), request_id=r.request_id,
                          queue_seconds=r.timing.queue_seconds,
                          compute_seconds=r.timing.compute_seconds), r
 
@@ -357,14 +366,18 @@ class Client:
                                 if s.tls else grpc.insecure_channel(s.target, options=args))
             return self._grpcio
 
-    def _unary(self, path: str, data: bytes, timeout: Optional[float]) -> bytes:
-        """One unary call of `path` ("/package.Service/Method"): the response's bytes."""
+    def _unary(self, path: str, data: bytes, timeout: Optional[float],
+               decode_predict: bool = False):
+        """One unary call of `path` ("/package.Service/Method"): the response's bytes, or with
+        `decode_predict` (native transport only) a Predict response as split_predict decodes
+        it."""
         if self._closed:
             raise ValueError("the client is closed")
         metadata = self._metadata
         if self._native is not None:
+            call = self._native.unary_predict if decode_predict else self._native.unary
             try:
-                return self._native.unary(path, data, timeout, metadata or ())
+                return call(path, data, timeout, metadata or ())
             except _native.RpcError as e:
                 code, details = e.args
                 raise ZlprError(status_code(code), details) from None
@@ -377,9 +390,10 @@ class Client:
         except grpc.RpcError as e:
             raise ZlprError(e.code(), e.details() or "") from None
 
-    def _call(self, method: str, data: bytes, deadline_s: Optional[float]):
+    def _call(self, method: str, data: bytes, deadline_s: Optional[float],
+              decode_predict: bool = False):
         timeout = self.settings.deadline_s if deadline_s is None else deadline_s
-        return self._unary(_SERVICE + method, data, timeout)
+        return self._unary(_SERVICE + method, data, timeout, decode_predict)
 
     def message_limit(self) -> int:
         """The largest message the server takes (asked once, then kept)."""
@@ -388,11 +402,12 @@ class Client:
                 self._limit = self.server_info().max_message_bytes
             return self._limit
 
-    def _run_chunks(self, method, msg, tensors, ranges, chunk, parse, deadline_s):
+    def _run_chunks(self, msg, tensors, ranges, chunk, call):
+        """call(request bytes) for each row range's request, concurrently; results in order."""
         if len(ranges) == 1:
-            return [parse(self._call(method, _wire.join(msg, tensors), deadline_s))[0]]
-        futures = [self._pool.submit(lambda b=b, e=e: parse(self._call(
-            method, _wire.join(*chunk(msg, tensors, b, e)), deadline_s))[0]) for b, e in ranges]
+            return [call(_wire.join(msg, tensors))]
+        futures = [self._pool.submit(lambda b=b, e=e: call(_wire.join(*chunk(msg, tensors, b, e))))
+                   for b, e in ranges]
         return [f.result() for f in futures]
 
     # -- the API -------------------------------------------------------------------------------
@@ -407,9 +422,9 @@ class Client:
         as its uint16 bits with `bf16_bits`)."""
         msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
         ranges = loss_ranges(msg, tensors, want_grad, grad_dtype, self.message_limit())
-        parse = functools.partial(parse_loss, bf16_bits=bf16_bits)
-        parts = self._run_chunks("ComputeLoss", msg, tensors, ranges, chunk_loss, parse,
-                                 deadline_s)
+        def call(data):
+            return parse_loss(self._call("ComputeLoss", data, deadline_s), bf16_bits)[0]
+        parts = self._run_chunks(msg, tensors, ranges, chunk_loss, call)
         return merge_loss(parts, request_id)
 
     def predict(self, scores, threshold: Optional[float] = None, label_thresholds=None,
@@ -421,8 +436,13 @@ class Client:
         msg, tensors = predict_request(scores, threshold, label_thresholds, top_k, min_labels,
                                        want_probs, mask, request_id)
         ranges = predict_ranges(tensors, want_probs, self.message_limit())
-        parts = self._run_chunks("Predict", msg, tensors, ranges, chunk_predict, parse_predict,
-                                 deadline_s)
+        if self._native is not None and not want_probs:  # the response decoded in C++
+            def call(data):
+                return decoded_predict(*self._call("Predict", data, deadline_s, True))[0]
+        else:  # (dense probabilities: viewed in the received bytes, not copied out)
+            def call(data):
+                return parse_predict(self._call("Predict", data, deadline_s))[0]
+        parts = self._run_chunks(msg, tensors, ranges, chunk_predict, call)
         return merge_predict(parts, request_id)
 
     def server_info(self) -> ServerInfo:
