@@ -144,3 +144,21 @@ def test_torch_compile_of_a_step_with_the_remote_loss_inside(client, compile_ava
         torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
         for g, p in zip(grads, model.parameters()):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_logits_are_copied_to_the_host_and_the_gradient_back(client, dtype):
+    torch.manual_seed(8)
+    x = (torch.randn(6, 70) * 2).to("cuda", dtype).requires_grad_()
+    t = torch.rand(6, 70, device="cuda")
+    mask = (torch.rand(6, 70, device="cuda") < 0.8).to(torch.uint8)
+    loss = ZlprLoss(client, reduction="sum")(x, t, mask)
+    loss.backward()
+    assert loss.device.type == "cuda" and x.grad.device.type == "cuda" and x.grad.dtype == dtype
+    x64 = x.detach().cpu().double().requires_grad_()
+    want = zlpr_loss_reference(x64, t.cpu().double(), mask.cpu(), reduction="sum")
+    want.backward()
+    torch.testing.assert_close(loss.cpu().double(), want.detach(), rtol=1e-5, atol=1e-5)
+    atol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(x.grad.cpu().double(), x64.grad, rtol=0, atol=atol)
