@@ -52,7 +52,7 @@ def worker(rank, world, args, port):
                                     torch.nn.Linear(HIDDEN, LABELS)))
     if args.loss == "remote":
         from zlpr.torch import ZlprLoss
-        loss_fn = ZlprLoss(args.target, reduction="mean")
+        loss_fn = ZlprLoss(args.target, reduction="mean", transport=args.transport)
     else:
         from zlpr.torch import ZlprLossReference
         loss_fn = ZlprLossReference(reduction="mean")
@@ -100,6 +100,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loss", choices=["remote", "local"], default="remote")
     ap.add_argument("--target", default="127.0.0.1:50051")
+    ap.add_argument("--transport", choices=["auto", "native", "grpcio"], default="auto",
+                    help="zlpr.Client's transport for the remote loss")
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)
