@@ -55,14 +55,21 @@ def target(server_binary):
     stop_server(proc)
 
 
+def native_or_skip(config):
+    """The test goes on only where zlpr._native is installed: it skips elsewhere, or fails
+    with --require-native."""
+    import zlpr
+    if not zlpr.native_available():
+        if config.getoption("--require-native"):
+            pytest.fail("zlpr._native is missing: the wheel was built without gRPC C++")
+        pytest.skip("this zlpr has no zlpr._native")
+
+
 @pytest.fixture(scope="session", params=["native", "grpcio"])
 def transport(request):
     """Each test that takes a client runs on both of zlpr.Client's transports."""
-    import zlpr
-    if request.param == "native" and not zlpr.native_available():
-        if request.config.getoption("--require-native"):
-            pytest.fail("zlpr._native is missing: the wheel was built without gRPC C++")
-        pytest.skip("this zlpr has no zlpr._native")
+    if request.param == "native":
+        native_or_skip(request.config)
     return request.param
 
 

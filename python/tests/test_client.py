@@ -10,7 +10,7 @@ import pytest
 
 import zlpr
 import zlpr.aio
-from conftest import reference, start_server, stop_server
+from conftest import native_or_skip, reference, start_server, stop_server
 
 
 def problem(rows, cols, seed=0, density=0.1, soft=False):
@@ -289,10 +289,7 @@ def test_ctrl_c_cancels_a_blocked_native_call(request):
     import socket
     import threading
     import time
-    if not zlpr.native_available():
-        if request.config.getoption("--require-native"):
-            pytest.fail("zlpr._native is missing")
-        pytest.skip("this zlpr has no zlpr._native")
+    native_or_skip(request.config)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts connections, never speaks HTTP/2

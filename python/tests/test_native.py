@@ -5,16 +5,13 @@ fields), and malformed bytes (ValueError, never a crash or a wrong answer)."""
 import numpy as np
 import pytest
 
-import zlpr
+from conftest import native_or_skip
 from zlpr.v1 import zlpr_pb2 as pb
 
 
 @pytest.fixture(scope="module")
 def native(request):
-    if not zlpr.native_available():
-        if request.config.getoption("--require-native"):
-            pytest.fail("zlpr._native is missing: the wheel was built without gRPC C++")
-        pytest.skip("this zlpr has no zlpr._native")
+    native_or_skip(request.config)
     from zlpr import _native
     return _native
 
