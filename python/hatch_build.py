@@ -24,12 +24,16 @@ def _pkg_config(*args):
                                       capture_output=True, text=True).stdout)
 
 
+def _compiler():
+    return shlex.split(os.environ.get("CXX", "c++"))  # "ccache g++" is two words
+
+
 def compile_native(root: str, out_dir: str) -> str:
     """Compiles the extension into out_dir; returns its path."""
     import pybind11  # a build requirement (pyproject.toml)
 
     out = os.path.join(out_dir, "_native" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O2", "-g0", "-shared", "-fPIC",
+    cmd = [*_compiler(), "-std=c++17", "-O2", "-g0", "-shared", "-fPIC",
            "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
            "-I" + sysconfig.get_paths()["include"], "-I" + pybind11.get_include(),
            *_pkg_config("--cflags"), os.path.join(root, SOURCE), "-o", out,
@@ -52,7 +56,7 @@ class NativeTransportHook(BuildHookInterface):
         out_dir = (os.path.join(self.root, "src", "zlpr") if editable
                    else tempfile.mkdtemp(prefix="zlpr-native-"))
         try:
-            missing = [tool for tool in ("pkg-config", os.environ.get("CXX", "c++"))
+            missing = [tool for tool in ("pkg-config", _compiler()[0])
                        if shutil.which(tool) is None]
             if missing:
                 raise RuntimeError(f"not found: {', '.join(missing)}")
