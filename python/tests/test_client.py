@@ -272,6 +272,12 @@ def test_the_transport_is_chosen_and_checked(target, monkeypatch):
     from zlpr import _client
     with pytest.raises(ValueError, match="transport"):
         zlpr.Client(target, transport="carrier-pigeon")
+    for bad in [("grpc.keepalive_time_ms", 1.5), ("grpc.primary_user_agent",), "grpc.x=1"]:
+        with pytest.raises(ValueError, match="options"):
+            zlpr.Client(target, options=[bad])
+    with zlpr.Client(target, options=[("grpc.primary_user_agent", "zlpr-test"),
+                                      ("grpc.keepalive_time_ms", 60000)]) as c:
+        assert c.health()
     with zlpr.Client(target) as c:
         assert c.transport == ("native" if zlpr.native_available() else "grpcio")
     monkeypatch.setattr(_client, "_native", None)  # as a wheel built without gRPC C++

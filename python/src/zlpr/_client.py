@@ -323,6 +323,10 @@ class Client:
             tls_root_certs=tls_root_certs, tls_client_cert=tls_client_cert,
             tls_client_key=tls_client_key, tls_server_name=tls_server_name, token=token,
             options=options or [])
+        for option in self.settings.options:
+            if (not isinstance(option, tuple) or len(option) != 2 or not isinstance(option[0], str)
+                    or not isinstance(option[1], (int, str))):
+                raise ValueError(f"options: {option!r} is not a (name, int or str) pair")
         self.transport = choose_transport(transport)
         self._native = None
         self._grpcio = None  # made on first use: every call on grpcio, or a stream
