@@ -586,7 +586,10 @@ class InferStream final
   }
 
   void OnDone() override {
-    service_->streams().Remove(this);
+    service_->streams().Remove(this);  // no Drain() from now on
+    // Finish may have been called under mu_ (Drain, from the shutdown thread): wait for that
+    // thread to let go of it before the mutex is destroyed.
+    { absl::MutexLock lock(&mu_); }
     service_->CallEnds(accepted_);
     delete this;
   }

@@ -178,7 +178,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnDone() override {
-    service_->streams().Remove(this);
+    service_->streams().Remove(this);  // no Drain() from now on
+    // The thread that called Finish did so holding mu_, and gRPC may run OnDone before that
+    // thread lets go of it: wait for it, or the mutex is destroyed under its unlock. (Nobody
+    // takes mu_ after Finish: every message was answered, every reaction is over.)
+    { absl::MutexLock lock(&mu_); }
     service_->CallEnds(accepted_);
     delete this;
   }
