@@ -872,16 +872,46 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     accepted_ = service_->CallBegins();
     in_call_ = true;
+    computing_ = true;
     response_.Clear();
-    inference_.Run(CallControl{}, &request_, &response_,
-                   [self = this->shared_from_this()](absl::Status st) {
+    auto gone = std::make_shared<std::atomic<bool>>(false);
+    inference_.Run(CallControl{.cancelled = [gone] { return gone->load(); }}, &request_,
+                   &response_, [self = this->shared_from_this()](absl::Status st) {
                      // From a worker (or this strand, when refused): back to the strand.
                      net::post(self->stream_.get_executor(),
                                [self, st = std::move(st)]() mutable { self->OnResult(st); });
                    });
+    WatchForDisconnect(std::move(gone));
+  }
+
+  // While a request is computed its connection has nothing to read, so a readable socket means
+  // the client closed it (end of stream, or a reset) or sent more (a pipelined request). A
+  // close cancels the request: the batcher drops it if it is still queued, as it drops a gRPC
+  // call its client cancelled. A TLS client's close_notify is data: over TLS only an abrupt
+  // close is seen.
+  void WatchForDisconnect(std::shared_ptr<std::atomic<bool>> gone) {
+    beast::get_lowest_layer(stream_).socket().async_wait(
+        tcp::socket::wait_read,
+        [self = this->shared_from_this(), gone = std::move(gone)](beast::error_code ec) mutable {
+          if (ec || !self->computing_) return;  // the result came first (the wait cancelled)
+          auto& socket = beast::get_lowest_layer(self->stream_).socket();
+          char byte;
+          beast::error_code peek, ignored;
+          socket.non_blocking(true, ignored);  // never block this I/O thread on a peek
+          const size_t n = socket.receive(net::buffer(&byte, 1), tcp::socket::message_peek, peek);
+          socket.non_blocking(false, ignored);
+          if (peek == net::error::would_block || peek == net::error::try_again) {
+            return self->WatchForDisconnect(std::move(gone));  // woken for nothing: again
+          }
+          if (!peek && n > 0) return;  // the client sent more: it is there
+          gone->store(true);
+        });
   }
 
   void OnResult(absl::Status status) {
+    computing_ = false;
+    beast::error_code ignored;
+    beast::get_lowest_layer(stream_).socket().cancel(ignored);  // the disconnect watch
     request_.Clear();
     if (!status.ok()) return SendError(status, /*close=*/false);
     // The text is held beside the response until it is sent: at most ~16 characters a value.
@@ -994,6 +1024,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   HttpOutputFormat format_;
   OipInference inference_;
   bool in_call_ = false;
+  bool computing_ = false;  // from Run to OnResult: the disconnect watch is on
   bool accepted_ = false;
   std::shared_ptr<Response> response_out_;
   std::shared_ptr<http::response<http::empty_body>> continue_;

@@ -21,7 +21,9 @@
 // the body is charged to the memory budget before it is read. JSON is read by nlohmann's SAX
 // parser: the numbers of an input's "data" go straight into the tensor's bytes, so a JSON tensor
 // costs its floats, not a DOM node per number. While a request is computed its connection
-// holds no thread; the worker's completion is posted back to the connection's strand. Errors are
+// holds no thread; the worker's completion is posted back to the connection's strand. A client
+// that closes its connection meanwhile cancels its request: if it is still queued, it is
+// dropped rather than computed (rejected reason="cancelled"), as a cancelled gRPC call is. Errors are
 // {"error": "..."} with the gRPC binding's message and the HTTP status of its code (400, 401,
 // 404, 411, 413, 429, 503, ...). TLS and mutual TLS use the gRPC port's files (OpenSSL through
 // Asio).

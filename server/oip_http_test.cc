@@ -17,6 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "server/oip_http.h"
 #include "server/server.h"
+#include "server/test_support.h"
 
 namespace zlpr::server {
 namespace {
@@ -147,6 +148,46 @@ TEST(OipHttpTest, ShutdownAnswersTheRequestsInFlight) {
   for (auto& t : clients) t.join();
   EXPECT_GE(ok.load(), 20);
   EXPECT_EQ(other.load(), 0);
+}
+
+TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "127.0.0.1:0";
+  o.http_address = "127.0.0.1:0";
+  o.http_threads = 1;
+  o.backend = "cpu";
+  o.threads = 1;
+  // A lone request waits 3 s in the queue; the cancellation is seen within 50 ms.
+  o.batcher.max_queue_delay = std::chrono::seconds(3);
+  o.batcher.adaptive_delay = false;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const auto metric = [&](const std::string& sample) {
+    return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"), sample);
+  };
+  {
+    boost::asio::io_context ioc;
+    beast::tcp_stream stream(ioc);
+    stream.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
+                                 static_cast<unsigned short>((*server)->http_port())));
+    http::request<http::string_body> req{http::verb::post, "/v2/models/zlpr_predict/infer", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.body() = PredictBody(1);
+    req.prepare_payload();
+    http::write(stream, req);
+    ASSERT_TRUE(WaitUntil([&] { return metric("zlpr_queue_depth{op=\"predict\"}") == 1; }));
+  }  // the client goes away without its answer
+  EXPECT_TRUE(WaitUntil(
+      [&] { return metric("zlpr_rejected_requests_total{reason=\"cancelled\"}") == 1; }));
+  EXPECT_EQ(metric("zlpr_queue_depth{op=\"predict\"}"), 0);
+  EXPECT_EQ(metric("zlpr_rows_total{op=\"predict\"}"), 0);
+  // A client that stays gets its answer after the same wait: the watch does not take a live
+  // connection for a closed one.
+  Connection conn((*server)->http_port());
+  const auto res = conn.Post("/v2/models/zlpr_predict/infer", PredictBody(2));
+  EXPECT_EQ(res.result_int(), 200) << res.body();
+  (*server)->Shutdown();
 }
 
 TEST(OipHttpTest, AnHttpPortInUseFailsTheStartCleanly) {
