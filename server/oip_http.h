@@ -23,10 +23,10 @@
 // costs its floats, not a DOM node per number. While a request is computed its connection
 // holds no thread; the worker's completion is posted back to the connection's strand. A client
 // that closes its connection meanwhile cancels its request: if it is still queued, it is
-// dropped rather than computed (rejected reason="cancelled"), as a cancelled gRPC call is. Errors are
-// {"error": "..."} with the gRPC binding's message and the HTTP status of its code (400, 401,
-// 404, 411, 413, 429, 503, ...). TLS and mutual TLS use the gRPC port's files (OpenSSL through
-// Asio).
+// dropped rather than computed (rejected reason="cancelled"), as a cancelled gRPC call is.
+// Errors are {"error": "..."} with the gRPC binding's message and the HTTP status of its code
+// (400, 401, 404, 411, 413, 429, 503, ...). TLS and mutual TLS use the gRPC port's files
+// (OpenSSL through Asio).
 #ifndef ZLPR_SERVER_OIP_HTTP_H_
 #define ZLPR_SERVER_OIP_HTTP_H_
 
