@@ -35,9 +35,9 @@ class Connection {
     stream_.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
                                   static_cast<unsigned short>(port)));
   }
-  // `header_length`: the JSON's length when binary tensors follow it (0: all JSON).
-  http::response<http::string_body> Post(const std::string& target, const std::string& body,
-                                         size_t header_length = 0) {
+  // Writes a POST; `header_length`: the JSON's length when binary tensors follow it (0: all
+  // JSON).
+  void Send(const std::string& target, const std::string& body, size_t header_length = 0) {
     http::request<http::string_body> req{http::verb::post, target, 11};
     req.set(http::field::host, "127.0.0.1");
     if (header_length > 0) {
@@ -46,6 +46,11 @@ class Connection {
     req.body() = body;
     req.prepare_payload();
     http::write(stream_, req);
+  }
+  // Send, then read the response.
+  http::response<http::string_body> Post(const std::string& target, const std::string& body,
+                                         size_t header_length = 0) {
+    Send(target, body, header_length);
     http::response<http::string_body> res;
     http::read(stream_, buffer_, res);
     return res;
@@ -69,15 +74,22 @@ std::string PredictBody(int k) {
       .dump();
 }
 
-std::unique_ptr<Server> StartServer(int64_t max_inflight_bytes = 0) {
+// A server on loopback (ports picked by the system) with the HTTP binding, on one CPU worker,
+// without a metrics endpoint.
+ServerOptions HttpServerOptions() {
   ServerOptions o;
-  o.max_inflight_bytes = max_inflight_bytes;
   o.grpc_address = "127.0.0.1:0";
   o.metrics_address = "";
   o.http_address = "127.0.0.1:0";
   o.http_threads = 2;
   o.backend = "cpu";
   o.threads = 1;
+  return o;
+}
+
+std::unique_ptr<Server> StartServer(int64_t max_inflight_bytes = 0) {
+  ServerOptions o = HttpServerOptions();
+  o.max_inflight_bytes = max_inflight_bytes;
   auto s = Server::Start(o);
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;
@@ -151,13 +163,8 @@ TEST(OipHttpTest, ShutdownAnswersTheRequestsInFlight) {
 }
 
 TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
-  ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
+  ServerOptions o = HttpServerOptions();
   o.metrics_address = "127.0.0.1:0";
-  o.http_address = "127.0.0.1:0";
-  o.http_threads = 1;
-  o.backend = "cpu";
-  o.threads = 1;
   // A lone request waits 3 s in the queue; the cancellation is seen within 50 ms.
   o.batcher.max_queue_delay = std::chrono::seconds(3);
   o.batcher.adaptive_delay = false;
@@ -167,15 +174,8 @@ TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
     return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"), sample);
   };
   {
-    boost::asio::io_context ioc;
-    beast::tcp_stream stream(ioc);
-    stream.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
-                                 static_cast<unsigned short>((*server)->http_port())));
-    http::request<http::string_body> req{http::verb::post, "/v2/models/zlpr_predict/infer", 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.body() = PredictBody(1);
-    req.prepare_payload();
-    http::write(stream, req);
+    Connection leaving((*server)->http_port());
+    leaving.Send("/v2/models/zlpr_predict/infer", PredictBody(1));
     ASSERT_TRUE(WaitUntil([&] { return metric("zlpr_queue_depth{op=\"predict\"}") == 1; }));
   }  // the client goes away without its answer
   EXPECT_TRUE(WaitUntil(
@@ -193,12 +193,8 @@ TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
 TEST(OipHttpTest, AnHttpPortInUseFailsTheStartCleanly) {
   auto first = StartServer();
   ASSERT_NE(first, nullptr);
-  ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
-  o.metrics_address = "";
+  ServerOptions o = HttpServerOptions();
   o.http_address = absl::StrCat("127.0.0.1:", first->http_port());
-  o.backend = "cpu";
-  o.threads = 1;
   auto second = Server::Start(o);
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
