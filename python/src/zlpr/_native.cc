@@ -237,8 +237,7 @@ class Channel {
   py::bytes Unary(const std::string& method, const py::buffer& request,
                   std::optional<double> timeout_s, const Metadata& metadata) {
     grpc::ByteBuffer response = Call(method, request, timeout_s, metadata);
-    std::vector<grpc::Slice> slices;
-    if (!response.Dump(&slices).ok()) throw std::runtime_error("response: unreadable buffer");
+    const std::vector<grpc::Slice> slices = SlicesOf(response);
     size_t size = 0;
     for (const grpc::Slice& s : slices) size += s.size();
     PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
@@ -264,9 +263,7 @@ class Channel {
       data = single.begin();
       size = single.size();
     } else {
-      std::vector<grpc::Slice> slices;
-      if (!response.Dump(&slices).ok()) throw std::runtime_error("response: unreadable buffer");
-      for (const grpc::Slice& s : slices) joined.append(s.begin(), s.end());
+      for (const grpc::Slice& s : SlicesOf(response)) joined.append(s.begin(), s.end());
       data = reinterpret_cast<const uint8_t*>(joined.data());
       size = joined.size();
     }
@@ -334,6 +331,12 @@ class Channel {
     if (interrupted) throw py::error_already_set();  // the handler's exception
     if (!status.ok()) RaiseRpcError(status);
     return resp;
+  }
+
+  static std::vector<grpc::Slice> SlicesOf(grpc::ByteBuffer& buffer) {
+    std::vector<grpc::Slice> slices;
+    if (!buffer.Dump(&slices).ok()) throw std::runtime_error("response: unreadable buffer");
+    return slices;
   }
 
   // The calling thread's completion queue, kept for its later calls (a call's only event is
