@@ -1,6 +1,6 @@
 // GPU kernel benchmark: in one run, the device-to-device copy ceiling, then every op at the
 // issue's shapes, as GB/s and as a fraction of that ceiling.
-//   build/bench/zlpr_cuda_bench [iterations]
+//   build/bench/zlpr_cuda_bench [iterations [shape indices, e.g. 2,3]]
 // Bytes counted: loss 8 B/element read (fp32 scores + labels); loss+gradient 8 read + 4
 // written; probabilities 4 read + 4 written; labeler 4 read (bench/torch_gpu.py times
 // torch.topk on the same card). The copy ceiling is (read + written) / time of a cudaMemcpy
@@ -74,8 +74,12 @@ int main(int argc, char** argv) {
   const cuda::DeviceInfo device{.sm_count = prop.multiProcessorCount, .major = prop.major};
 
   const int64_t shapes[][2] = {{32, 1000}, {8192, 1024}, {256, 131072}, {160, 65536}};
+  // Only the listed shapes (a profiler run wants one shape's kernels), else all.
+  const std::string only = argc > 2 ? argv[2] : "";
   std::vector<Row> rows_out;
-  for (const auto& shape : shapes) {
+  for (size_t si = 0; si < std::size(shapes); ++si) {
+    if (!only.empty() && only.find(std::to_string(si)) == std::string::npos) continue;
+    const auto& shape = shapes[si];
     const int64_t rows = shape[0], cols = shape[1], n = rows * cols;
     const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 3});
     float *d_s, *d_t, *d_loss, *d_grad, *d_copy_src, *d_copy_dst;

@@ -5,10 +5,10 @@
 # shrinks it for a Hopper card): builds nothing. In order, each step's log under $OUT (default /tmp/zlpr-device):
 #   1. the CUDA kernel tests (zlpr_kernels_test --gtest_filter='Cuda*')
 #   2. compute-sanitizer memcheck and racecheck over them (when the machine has it)
-#   3. zlpr_cuda_bench: the device-to-device copy ceiling, then every kernel and shape
+#   2. zlpr_cuda_bench: the device-to-device copy ceiling, then every kernel and shape
 #   4. bench/torch_gpu.py: PyTorch eager, torch.compile and torch.topk (when PyTorch with CUDA
 #      is installed)
-#   5. the server on the GPU, driven by zlpr-bench: Predict 1x1000 at concurrency 64 with
+#   4. the server on the GPU, driven by zlpr-bench: Predict 1x1000 at concurrency 64 with
 #      batching on and off (--max_batch_rows=1), and ComputeLoss with gradient 256x16384 on the
 #      GPU server and on a CPU server
 # and prints a short table last. A step that fails is reported and the next one still runs.
@@ -17,6 +17,7 @@ set -uo pipefail
 bundle=${BUNDLE:-.devbundle}
 out=${OUT:-/tmp/zlpr-device}
 secs=${1:-5}
+san_secs=${2:-120}
 mkdir -p "$out"
 declare -a rows
 row() { rows+=("| $1 | $2 |"); }
@@ -27,47 +28,37 @@ gpu=${gpu:-"no nvidia-smi"}
 echo "device-run: $gpu"; row "GPU" "$gpu"
 
 echo "device-run: 1. CUDA tests"
-"$bundle/run" zlpr_kernels_test --gtest_filter='Cuda*' > "$out/cuda_test.txt" 2>&1
+timeout 240 "$bundle/run" zlpr_kernels_test --gtest_filter='Cuda*' > "$out/cuda_test.txt" 2>&1
 row "CUDA tests" "$(grep -E '^\[ +(PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?' "$out/cuda_test.txt" | tr '\n' ' ')"
 
-echo "device-run: 2. compute-sanitizer"
-cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1 || true)
-if [ -n "$cs" ]; then
-  for tool in memcheck racecheck; do
-    LD_LIBRARY_PATH="$bundle/lib" timeout 300 "$cs" --tool "$tool" --error-exitcode 99 \
-      "$bundle/bin/zlpr_kernels_test" --gtest_filter='Cuda*' > "$out/$tool.txt" 2>&1
-    rc=$?
-    row "compute-sanitizer $tool" "exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.txt" | tail -1)"
-  done
-else
-  row "compute-sanitizer" "not on this machine"
-fi
-
-echo "device-run: 3. zlpr_cuda_bench"
-timeout 300 "$bundle/run" zlpr_cuda_bench 50 > "$out/cuda_bench.txt" 2>&1
+echo "device-run: 2. zlpr_cuda_bench"
+timeout 180 "$bundle/run" zlpr_cuda_bench 50 > "$out/cuda_bench.txt" 2>&1
 row "zlpr_cuda_bench" "exit $?; $(wc -l < "$out/cuda_bench.txt") lines in cuda_bench.txt"
 
-echo "device-run: 4. PyTorch"
+echo "device-run: 3. PyTorch"
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  timeout 300 python3 bench/torch_gpu.py > "$out/torch_gpu.txt" 2>&1
+  PYTHONUNBUFFERED=1 timeout 200 python3 bench/torch_gpu.py > "$out/torch_gpu.txt" 2>&1
   row "bench/torch_gpu.py" "exit $?"
 else
   row "bench/torch_gpu.py" "no PyTorch with CUDA on this machine"
 fi
 
-echo "device-run: 5. the server on the GPU"
+echo "device-run: 4. the server on the GPU"
 # Starts a server with the given flags: PORT and SERVER_PID are set; false if it did not start.
+servers=0
 start_server() {
+  servers=$((servers + 1))
+  SERVER_LOG="$out/server.$servers.txt"
   "$bundle/run" zlpr-server --grpc_address=127.0.0.1:0 --metrics_address= "$@" \
-    > "$out/server.txt" 2>&1 &
+    > "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 100); do
-    PORT=$(grep -o 'gRPC on port [0-9]*' "$out/server.txt" | grep -o '[0-9]*$')
+  for _ in $(seq 300); do
+    PORT=$(grep -o 'gRPC on port [0-9]*' "$SERVER_LOG" | grep -o '[0-9]*$')
     [ -n "$PORT" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
   done
-  cat "$out/server.txt" >&2
+  cat "$SERVER_LOG" >&2
   kill "$SERVER_PID" 2>/dev/null
   return 1
 }
@@ -89,12 +80,41 @@ for batching in on off; do
     fi
     kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
   else
-    row "server ${flags[*]}" "did not start: $(tail -1 "$out/server.txt")"
+    row "server ${flags[*]}" "did not start: $(tail -1 "$SERVER_LOG")"
   fi
 done
 if start_server --backend=cpu; then
   bench "loss_grad-256x16384-cpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 --concurrency=8
   kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
+fi
+
+echo "device-run: 5. compute-sanitizer"
+cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+if [ -n "$cs" ]; then
+  for tool in memcheck racecheck; do
+    LD_LIBRARY_PATH="$bundle/lib" timeout "$san_secs" "$cs" --tool "$tool" --error-exitcode 99 \
+      "$bundle/bin/zlpr_kernels_test" --gtest_filter='Cuda*:-*Fault*' > "$out/$tool.txt" 2>&1
+    rc=$?
+    row "compute-sanitizer $tool" "exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.txt" | tail -1)"
+  done
+else
+  row "compute-sanitizer" "not on this machine"
+fi
+
+echo "device-run: 6. Nsight Compute"
+ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+if [ -n "$ncu_bin" ] && [ "${NCU:-1}" != 0 ]; then
+  # Speed of light and occupancy of the kernels at the two shapes that matter most: the
+  # labeler and the wide-row loss (256x131072), the warp-per-row loss (8192x1024).
+  for pick in "2 ClusterRowKernel|LabelKernel" "1 WarpRowKernel|LabelKernel"; do
+    set -- $pick
+    LD_LIBRARY_PATH="$bundle/lib" timeout 90 "$ncu_bin" --clock-control none \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      -k "regex:$2" -c 16 "$bundle/bin/zlpr_cuda_bench" 1 "$1" > "$out/ncu.shape$1.txt" 2>&1
+    row "ncu shape $1" "exit $?; $(grep -c 'Duration' "$out/ncu.shape$1.txt") kernels profiled"
+  done
+else
+  row "ncu" "not on this machine"
 fi
 
 echo
