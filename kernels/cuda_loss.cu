@@ -3,7 +3,10 @@
 // Why they look like this: the loss is bandwidth-bound (8 bytes read per entry, 4 more written
 // for the gradient, a handful of flops), so every kernel reads each entry once from HBM with
 // 16-byte loads where the row length allows, keeps the row in registers, and evaluates both
-// log-sum-exp terms online in that single pass (docs/MATH.md, "Stable evaluation"). The
+// log-sum-exp terms in that single pass (docs/MATH.md, "Stable evaluation"): each thread takes
+// its entries' maxima, then sums their exponentials (independent of each other, so they
+// pipeline; a running rescaled sum would chain every exponential on the one before), and the
+// threads' (max, sum) states merge up a fixed tree. The
 // gradient needs the row's final P and N, so it is written by the same kernel from the values
 // still in registers:
 //   - rows of up to 1024 columns: one warp per row (cub::WarpReduce);
@@ -31,7 +34,7 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-// --- Online log-sum-exp ------------------------------------------------------------------
+// --- Log-sum-exp states ------------------------------------------------------------------
 
 // Σ w·e^{v - m} over the values seen, with m = max(0, values): every exponent is <= 0.
 struct Lse {
@@ -41,15 +44,6 @@ struct Lse {
 struct RowState {
   Lse p, n;
 };
-
-__device__ __forceinline__ void Accumulate(Lse& st, float v, float w) {
-  if (v > st.m) {
-    st.r = st.r * expf(st.m - v) + w;
-    st.m = v;
-  } else {
-    st.r += w * expf(v - st.m);
-  }
-}
 
 // Symmetric in its arguments to the bit (float + and * commute), so any reduction tree that
 // is fixed for a given size gives fixed bits.
@@ -63,13 +57,6 @@ struct RowStateMerge {
     return {Merge(a.p, b.p), Merge(a.n, b.n)};
   }
 };
-
-// Adds entry (s, t) to both terms; s = -inf marks an excluded entry.
-__device__ __forceinline__ void AddEntry(RowState& st, float s, float t) {
-  if (s == -INFINITY) return;
-  if (t > 0.0f) Accumulate(st.p, -s, t);
-  if (t < 1.0f) Accumulate(st.n, s, 1.0f - t);
-}
 
 // What the gradient needs from a finished row: m and 1 / (e^{-m} + r) per term.
 struct RowTotals {
@@ -96,18 +83,15 @@ __device__ __forceinline__ RowTotals Finish(const RowState& st) {
 // subnormal label sets its maximum: 1/total is then inf, and that rare term is evaluated with
 // log t folded into the exponent, in double.
 __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
-  if (s == -INFINITY) return 0.0f;
-  float g = 0.0f;
-  if (t < 1.0f) g += (1.0f - t) * expf(s - tot.mn) * tot.inv_dn;
-  if (t > 0.0f) {
-    if (isfinite(tot.inv_dp)) {
-      g -= t * expf(-s - tot.mp) * tot.inv_dp;
-    } else {
-      const double p = static_cast<double>(tot.mp) + log(static_cast<double>(tot.dp));
-      g -= static_cast<float>(exp(log(static_cast<double>(t)) - static_cast<double>(s) - p));
-    }
+  // Both terms for every entry, weighted (branch-free: neighbouring entries take either term).
+  float g = (1.0f - t) * expf(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
+  if (isfinite(tot.inv_dp)) {  // the same for the whole row: no divergence
+    g -= t * expf(fminf(-s - tot.mp, 0.0f)) * tot.inv_dp;
+  } else if (t > 0.0f) {
+    const double p = static_cast<double>(tot.mp) + log(static_cast<double>(tot.dp));
+    g -= static_cast<float>(exp(log(static_cast<double>(t)) - static_cast<double>(s) - p));
   }
-  return g;
+  return s == -INFINITY ? 0.0f : g;
 }
 
 template <typename T>
@@ -152,11 +136,28 @@ struct Tile {
     }
   }
 
+  // The thread's own entries in two passes: the maxima first (no exponentials), then the
+  // E sums' terms, all independent (no chain of dependent exponentials, no divergent branch:
+  // both terms are evaluated for every entry, with weight 0 where they do not apply, and the
+  // exponent clamped to <= 0 so that a zero weight never meets an infinity).
   __device__ __forceinline__ RowState Reduce() const {
-    RowState st{{0.0f, 0.0f}, {0.0f, 0.0f}};
+    float mp = 0.0f, mn = 0.0f;
 #pragma unroll
-    for (int k = 0; k < E; ++k) AddEntry(st, s[k], t[k]);
-    return st;
+    for (int k = 0; k < E; ++k) {
+      if (s[k] != -INFINITY) {
+        if (t[k] > 0.0f) mp = fmaxf(mp, -s[k]);
+        if (t[k] < 1.0f) mn = fmaxf(mn, s[k]);
+      }
+    }
+    float rp = 0.0f, rn = 0.0f;
+#pragma unroll
+    for (int k = 0; k < E; ++k) {
+      const bool kept = s[k] != -INFINITY;
+      const float wp = kept ? t[k] : 0.0f, wn = kept ? 1.0f - t[k] : 0.0f;
+      rp += wp * expf(fminf(-s[k] - mp, 0.0f));
+      rn += wn * expf(fminf(s[k] - mn, 0.0f));
+    }
+    return {{mp, rp}, {mn, rn}};
   }
 
   __device__ __forceinline__ void StoreGrad(const Args<T>& a, const RowTotals& tot, int64_t row,
