@@ -6,6 +6,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -27,27 +30,68 @@ using cuda::CudaError;
 constexpr int64_t kChunkBytes = 8 << 20;
 constexpr int kStreams = 2;
 
+// What the device buffers of one backend hold together, against its limit (0: none).
+struct DeviceAccount {
+  int64_t limit = 0;
+  int64_t held = 0;
+};
+
 // Memory that only grows, by at least half its size each time, so a run of slowly growing
 // batches does not reallocate on every call. Device memory and page-locked host memory differ
-// only in their allocator.
+// only in their allocator; device memory is counted in a DeviceAccount.
 template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
 class GrowBuffer {
  public:
   GrowBuffer() = default;
   GrowBuffer(const GrowBuffer&) = delete;
   GrowBuffer& operator=(const GrowBuffer&) = delete;
-  ~GrowBuffer() {
-    if (ptr_ != nullptr) Free(ptr_);
-  }
-  absl::Status Reserve(size_t bytes) {
+  ~GrowBuffer() { Release(nullptr); }
+
+  // At least `bytes`; RESOURCE_EXHAUSTED when they do not fit the account's limit or the
+  // allocator refuses them (the buffer is then empty). `what` names the buffer in errors.
+  absl::Status Reserve(size_t bytes, DeviceAccount* account, const char* what) {
     if (bytes <= capacity_) return absl::OkStatus();
-    const size_t want = std::max(bytes, capacity_ + capacity_ / 2);
+    size_t want = std::max(bytes, capacity_ + capacity_ / 2);
+    if (account != nullptr && account->limit > 0) {
+      const int64_t others = account->held - static_cast<int64_t>(capacity_);
+      if (others + static_cast<int64_t>(want) > account->limit) want = bytes;  // no slack
+      if (others + static_cast<int64_t>(want) > account->limit) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "CUDA device memory: %s needs %d bytes, and with the %d bytes the other buffers "
+            "hold that is over this server's limit of %d bytes (--cuda_memory_limit_bytes)",
+            what, bytes, others, account->limit));
+      }
+    }
+    Release(account);
+    const cudaError_t err = Alloc(&ptr_, want);
+    if (err != cudaSuccess) {
+      ptr_ = nullptr;
+      cudaGetLastError();  // not sticky: clear it, or the next launch check would report it
+      size_t free_bytes = 0, total_bytes = 0;
+      if (account != nullptr) cudaMemGetInfo(&free_bytes, &total_bytes);
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          account != nullptr
+              ? absl::StrFormat("CUDA device memory: %s needs %d bytes; the device has %d of "
+                                "%d bytes free (%s)",
+                                what, want, free_bytes, total_bytes, cudaGetErrorString(err))
+              : absl::StrFormat("page-locked host memory: %s needs %d bytes (%s)", what, want,
+                                cudaGetErrorString(err)));
+    }
+    capacity_ = want;
+    if (account != nullptr) account->held += static_cast<int64_t>(want);
+    return absl::OkStatus();
+  }
+  // Frees the memory now.
+  void Release(DeviceAccount* account) {
     if (ptr_ != nullptr) Free(ptr_);
+    Forget(account);
+  }
+  // Drops the pointer without freeing it: after a device reset, which freed it already.
+  void Forget(DeviceAccount* account) {
+    if (account != nullptr) account->held -= static_cast<int64_t>(capacity_);
     ptr_ = nullptr;
     capacity_ = 0;
-    ZLPR_RETURN_IF_ERROR(CudaError(Alloc(&ptr_, want), "allocating a buffer"));
-    capacity_ = want;
-    return absl::OkStatus();
   }
   template <typename T = char>
   T* get() const {
@@ -67,16 +111,20 @@ using PinnedBuffer = GrowBuffer<HostAlloc, cudaFreeHost>;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, std::string name, int major, int minor, int sms)
+  CudaBackend(int device, std::string name, int major, int minor, int sms,
+              const CudaOptions& options)
       : device_(device),
         name_(std::move(name)),
         minor_(minor),
         info_{.sm_count = sms, .major = major},
         pool_(HostThreads()),
-        cpu_(NewCpuBackend({.threads = HostThreads()})) {}
+        cpu_(NewCpuBackend({.threads = HostThreads()})) {
+    account_.limit = options.memory_limit_bytes;
+  }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
+    ReleaseBuffers();
     for (cudaStream_t s : streams_) {
       if (s != nullptr) cudaStreamDestroy(s);
     }
@@ -97,25 +145,122 @@ class CudaBackend final : public Backend {
     return absl::StrFormat("cuda:%d (%s, sm_%d%d, %d SMs)", device_, name_, info_.major, minor_,
                            info_.sm_count);
   }
-  int64_t DeviceMemoryBytes() const override {
-    int64_t total = 0;
-    for (const DeviceBuffer* b :
-         {&scores_, &labels_, &mask_, &loss_, &grad_, &workspace_, &splits_, &indices_, &values_,
-          &probs_, &z_, &out_labels_, &out_probs_, &out_count_}) {
-      total += static_cast<int64_t>(b->capacity());
-    }
-    return total;
-  }
+  int64_t DeviceMemoryBytes() const override { return account_.held; }
+  absl::Status health() const override { return broken_; }
+  int64_t recoveries() const override { return recoveries_; }
 
   using Backend::Label;
   using Backend::Loss;
-  absl::Status Loss(const ValidatedLossInput& valid, const LossOutput& out) override;
-  absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override;
+  absl::Status Loss(const ValidatedLossInput& valid, const LossOutput& out) override {
+    return Guarded([&] { return LossOnDevice(valid, out); });
+  }
+  absl::Status Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) override {
+    return Guarded([&] { return LabelOnDevice(valid, out, probs); });
+  }
+
+  void InjectFault(bool recovery_fails) {
+    fail_recovery_.store(recovery_fails);
+    inject_.store(true);
+  }
 
  protected:
   internal::ThreadPool* validation_pool() override { return &pool_; }
 
  private:
+  absl::Status LossOnDevice(const ValidatedLossInput& valid, const LossOutput& out);
+  absl::Status LabelOnDevice(const ValidatedLabelerInput& valid, LabelSets* out, float* probs);
+
+  // Runs one batch's device work and handles what failed: a batch that did not fit is tried
+  // once more from empty buffers (stale ones from larger batches may be what is in the way),
+  // then refused; after any other CUDA error the device is checked, and reset if its context
+  // is broken.
+  template <typename F>
+  absl::Status Guarded(const F& work) {
+    if (!broken_.ok()) return broken_;
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
+    if (inject_.exchange(false)) {
+      ZLPR_RETURN_IF_ERROR(cuda::LaunchTrapForTesting(streams_[0]));
+    }
+    absl::Status st = work();
+    if (st.code() == absl::StatusCode::kResourceExhausted && account_.held > 0) {
+      ReleaseBuffers();
+      st = work();
+    }
+    if (st.code() == absl::StatusCode::kResourceExhausted) {
+      ReleaseBuffers();
+    } else if (st.code() == absl::StatusCode::kInternal) {
+      Recover(st);
+    }
+    return st;
+  }
+
+  // After a CUDA error: a device that still synchronizes cleanly was hit by a one-off error
+  // (nothing else to do); one whose context is broken is reset and checked, and when that
+  // fails the backend is unusable from then on (health()).
+  void Recover(const absl::Status& cause) {
+    const cudaError_t sync = cudaDeviceSynchronize();
+    const cudaError_t last = cudaGetLastError();
+    if (sync == cudaSuccess && last == cudaSuccess) return;
+    std::fprintf(stderr, "zlpr-server: cuda:%d: %s; resetting the device\n", device_,
+                 std::string(cause.message()).c_str());
+    // The reset frees every allocation, stream and event of this process on the device.
+    for (DeviceBuffer* b : DeviceBuffers()) b->Forget(&account_);
+    pinned_in_.Forget(nullptr);
+    pinned_out_.Forget(nullptr);
+    for (cudaStream_t& st : streams_) st = nullptr;
+    events_.clear();
+    absl::Status check = CudaError(cudaDeviceReset(), "cudaDeviceReset");
+    if (check.ok()) check = Init();
+    if (check.ok()) check = CheckDevice();
+    if (check.ok() && fail_recovery_.exchange(false)) {
+      check = absl::InternalError("the check after the reset failed (fault injection)");
+    }
+    if (check.ok()) {
+      ++recoveries_;
+      std::fprintf(stderr, "zlpr-server: cuda:%d: recovered after a device reset\n", device_);
+      return;
+    }
+    broken_ = absl::UnavailableError(
+        absl::StrFormat("cuda:%d is unusable: %s; a device reset did not bring it back: %s",
+                        device_, cause.message(), check.message()));
+    std::fprintf(stderr, "zlpr-server: %s\n", std::string(broken_.message()).c_str());
+  }
+
+  // A small round trip through the device: a copy in, a kernel, a copy out.
+  absl::Status CheckDevice() {
+    float* d = nullptr;
+    ZLPR_RETURN_IF_ERROR(CudaError(cudaMalloc(reinterpret_cast<void**>(&d), 2 * sizeof(float)),
+                                   "check: cudaMalloc"));
+    const float zero = 0.0f;
+    float half = 0.0f;
+    absl::Status st =
+        CudaError(cudaMemcpy(d, &zero, sizeof(float), cudaMemcpyHostToDevice), "check: copy in");
+    if (st.ok()) {
+      st = cuda::LaunchProbabilities(d, DType::kFloat32, nullptr, 1, 1, d + 1, info_, streams_[0]);
+    }
+    if (st.ok()) {
+      st = CudaError(
+          cudaMemcpyAsync(&half, d + 1, sizeof(float), cudaMemcpyDeviceToHost, streams_[0]),
+          "check: copy out");
+    }
+    if (st.ok()) st = CudaError(cudaStreamSynchronize(streams_[0]), "check: synchronize");
+    cudaFree(d);
+    if (st.ok() && half != 0.5f) {
+      st = absl::InternalError(absl::StrFormat("check: sigma(0) came back as %g", half));
+    }
+    return st;
+  }
+
+  std::array<DeviceBuffer*, 14> DeviceBuffers() {
+    return {&scores_,  &labels_, &mask_,  &loss_, &grad_,       &workspace_, &splits_,
+            &indices_, &values_, &probs_, &z_,    &out_labels_, &out_probs_, &out_count_};
+  }
+  void ReleaseBuffers() {
+    for (DeviceBuffer* b : DeviceBuffers()) b->Release(&account_);
+    pinned_in_.Release(nullptr);
+    pinned_out_.Release(nullptr);
+  }
+
   static int HostThreads() {
     return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   }
@@ -141,9 +286,13 @@ class CudaBackend final : public Backend {
   DeviceBuffer scores_, labels_, mask_, loss_, grad_, workspace_, splits_, indices_, values_,
       probs_, z_, out_labels_, out_probs_, out_count_;
   PinnedBuffer pinned_in_, pinned_out_;
+  DeviceAccount account_;
+  absl::Status broken_;     // OK, or why the device is unusable for good
+  int64_t recoveries_ = 0;  // device resets that brought the device back
+  std::atomic<bool> inject_{false}, fail_recovery_{false};  // the fault-injection hook
 };
 
-absl::Status CudaBackend::Loss(const ValidatedLossInput& valid, const LossOutput& out) {
+absl::Status CudaBackend::LossOnDevice(const ValidatedLossInput& valid, const LossOutput& out) {
   const LossInput& in = valid.get();
   ZLPR_RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
   const int64_t rows = in.scores.rows, cols = in.scores.cols, n = rows * cols;
@@ -160,20 +309,25 @@ absl::Status CudaBackend::Loss(const ValidatedLossInput& valid, const LossOutput
   }
   const size_t scores_bytes = n * es, labels_bytes = dense != nullptr ? n * 4 : 0;
   const size_t mask_bytes = in.mask != nullptr ? n : 0;
-  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sparse_bytes + scores_bytes + labels_bytes + mask_bytes));
-  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(rows * 4 + (want_grad ? n * 4 : 0)));
-  ZLPR_RETURN_IF_ERROR(scores_.Reserve(scores_bytes));
-  ZLPR_RETURN_IF_ERROR(labels_.Reserve(n * 4));
-  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mask_bytes));
-  ZLPR_RETURN_IF_ERROR(loss_.Reserve(rows * 4));
-  if (want_grad) ZLPR_RETURN_IF_ERROR(grad_.Reserve(n * 4));
-  ZLPR_RETURN_IF_ERROR(workspace_.Reserve(cuda::LossWorkspaceBytes(rows, cols)));
+  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sparse_bytes + scores_bytes + labels_bytes + mask_bytes,
+                                          nullptr, "the staged input"));
+  ZLPR_RETURN_IF_ERROR(
+      pinned_out_.Reserve(rows * 4 + (want_grad ? n * 4 : 0), nullptr, "the staged output"));
+  ZLPR_RETURN_IF_ERROR(scores_.Reserve(scores_bytes, &account_, "the scores"));
+  ZLPR_RETURN_IF_ERROR(labels_.Reserve(n * 4, &account_, "the labels"));
+  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mask_bytes, &account_, "the mask"));
+  ZLPR_RETURN_IF_ERROR(loss_.Reserve(rows * 4, &account_, "the losses"));
+  if (want_grad) ZLPR_RETURN_IF_ERROR(grad_.Reserve(n * 4, &account_, "the gradient"));
+  ZLPR_RETURN_IF_ERROR(
+      workspace_.Reserve(cuda::LossWorkspaceBytes(rows, cols), &account_, "the loss workspace"));
 
   char* pin = pinned_in_.get();
   if (sparse != nullptr) {
-    ZLPR_RETURN_IF_ERROR(splits_.Reserve((rows + 1) * 8));
-    ZLPR_RETURN_IF_ERROR(indices_.Reserve(std::max<size_t>(nnz, 1) * 4));
-    ZLPR_RETURN_IF_ERROR(values_.Reserve(std::max<size_t>(sparse->values.size(), 1) * 4));
+    ZLPR_RETURN_IF_ERROR(splits_.Reserve((rows + 1) * 8, &account_, "the sparse row splits"));
+    ZLPR_RETURN_IF_ERROR(
+        indices_.Reserve(std::max<size_t>(nnz, 1) * 4, &account_, "the sparse indices"));
+    ZLPR_RETURN_IF_ERROR(values_.Reserve(std::max<size_t>(sparse->values.size(), 1) * 4, &account_,
+                                         "the sparse values"));
     std::memcpy(pin, sparse->row_splits.data(), (rows + 1) * 8);
     std::memcpy(pin + (rows + 1) * 8, sparse->indices.data(), nnz * 4);
     if (!sparse->values.empty()) {
@@ -269,7 +423,8 @@ absl::Status CudaBackend::Loss(const ValidatedLossInput& valid, const LossOutput
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Label(const ValidatedLabelerInput& valid, LabelSets* out, float* probs) {
+absl::Status CudaBackend::LabelOnDevice(const ValidatedLabelerInput& valid, LabelSets* out,
+                                        float* probs) {
   const LabelerInput& in = valid.get();
   const LabelerOptions& opt = in.options;
   // Validation caps top_k and min_labels at the column count (< 2^31), so the cap fits an int.
@@ -282,15 +437,16 @@ absl::Status CudaBackend::Label(const ValidatedLabelerInput& valid, LabelSets* o
   const size_t sb = n * DTypeSize(in.scores.dtype), mb = in.mask != nullptr ? n : 0;
   const size_t zb = opt.label_thresholds != nullptr ? cols * 4 : 0;
   const size_t ob = static_cast<size_t>(rows) * cap * 4;
-  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sb + mb + zb));
-  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(2 * ob + rows * 4 + (probs != nullptr ? n * 4 : 0)));
-  ZLPR_RETURN_IF_ERROR(scores_.Reserve(sb));
-  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mb));
-  ZLPR_RETURN_IF_ERROR(z_.Reserve(zb));
-  ZLPR_RETURN_IF_ERROR(out_labels_.Reserve(ob));
-  ZLPR_RETURN_IF_ERROR(out_probs_.Reserve(ob));
-  ZLPR_RETURN_IF_ERROR(out_count_.Reserve(rows * 4));
-  if (probs != nullptr) ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4));
+  ZLPR_RETURN_IF_ERROR(pinned_in_.Reserve(sb + mb + zb, nullptr, "the staged input"));
+  ZLPR_RETURN_IF_ERROR(pinned_out_.Reserve(2 * ob + rows * 4 + (probs != nullptr ? n * 4 : 0),
+                                           nullptr, "the staged output"));
+  ZLPR_RETURN_IF_ERROR(scores_.Reserve(sb, &account_, "the scores"));
+  ZLPR_RETURN_IF_ERROR(mask_.Reserve(mb, &account_, "the mask"));
+  ZLPR_RETURN_IF_ERROR(z_.Reserve(zb, &account_, "the per-label thresholds"));
+  ZLPR_RETURN_IF_ERROR(out_labels_.Reserve(ob, &account_, "the label lists"));
+  ZLPR_RETURN_IF_ERROR(out_probs_.Reserve(ob, &account_, "the label probabilities"));
+  ZLPR_RETURN_IF_ERROR(out_count_.Reserve(rows * 4, &account_, "the label counts"));
+  if (probs != nullptr) ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4, &account_, "the probabilities"));
   cudaStream_t s = streams_[0];
   char* pin = pinned_in_.get();
   std::memcpy(pin, in.scores.data, sb);
@@ -395,7 +551,7 @@ std::string CudaUnavailableReason() {
   return count > 0 ? "" : "no CUDA device is visible";
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device, const CudaOptions& options) {
   const int count = CudaDeviceCount();
   if (device < 0 || device >= count) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -404,10 +560,20 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
   cudaDeviceProp prop;
   ZLPR_RETURN_IF_ERROR(
       CudaError(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  if (options.memory_limit_bytes < 0) {
+    return absl::InvalidArgumentError("CUDA memory limit: must be >= 0 (0: no limit)");
+  }
   auto backend = std::make_unique<CudaBackend>(device, prop.name, prop.major, prop.minor,
-                                               prop.multiProcessorCount);
+                                               prop.multiProcessorCount, options);
   ZLPR_RETURN_IF_ERROR(backend->Init());
   return backend;
+}
+
+bool InjectCudaFaultForTesting(Backend& backend, bool recovery_fails) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (cuda == nullptr) return false;
+  cuda->InjectFault(recovery_fails);
+  return true;
 }
 
 }  // namespace zlpr

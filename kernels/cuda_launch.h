@@ -78,6 +78,10 @@ struct DeviceLabelArgs {
 };
 absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream);
 
+// A kernel that traps, for the backend's fault-injection hook (InjectCudaFaultForTesting): the
+// context is broken once it runs, as by a real device fault.
+absl::Status LaunchTrapForTesting(cudaStream_t stream);
+
 // A CUDA error as a Status naming what failed.
 absl::Status CudaError(cudaError_t err, const char* what);
 

@@ -361,7 +361,14 @@ absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, const DeviceInfo
   return CudaError(cudaGetLastError(), "loss kernel launch");
 }
 
+__global__ void TrapKernel() { __trap(); }
+
 }  // namespace
+
+absl::Status LaunchTrapForTesting(cudaStream_t stream) {
+  TrapKernel<<<1, 1, 0, stream>>>();
+  return CudaError(cudaGetLastError(), "trap kernel launch");
+}
 
 absl::Status CudaError(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();

@@ -8,10 +8,11 @@ int CudaDeviceCount() { return 0; }
 std::string CudaUnavailableReason() {
   return "this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)";
 }
-absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device) {
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device, const CudaOptions&) {
   return absl::FailedPreconditionError(
       "cuda:" + std::to_string(device) +
       ": this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)");
 }
+bool InjectCudaFaultForTesting(Backend&, bool) { return false; }
 
 }  // namespace zlpr

@@ -3,6 +3,10 @@
 #include <cstring>
 #include <vector>
 
+#if ZLPR_TEST_CUDA_RUNTIME
+#include <cuda_runtime_api.h>
+#endif
+
 #include "gtest/gtest.h"
 #include "kernels/reference.h"
 #include "kernels/test_util.h"
@@ -161,6 +165,114 @@ TEST_F(CudaBackendTest, InvalidInputIsRejectedBeforeAnyCopy) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(), "scores[0, 1] is NaN");
   EXPECT_EQ(loss, 3.0f);
+}
+
+// --- Faults: a batch that does not fit, a broken context ---------------------------------
+
+// A 1-row, `cols`-column problem and the CPU's answer to it, to check a backend still computes.
+void ExpectLossMatchesTheCpu(Backend& cuda, Backend& cpu, int64_t cols) {
+  const Problem p = MakeProblem({.rows = 4, .cols = cols, .labels = Labels::kSoft, .seed = 11});
+  std::vector<float> gl(4), gg(4 * cols), cl(4), cg(4 * cols);
+  const absl::Status st = cuda.Loss(p.Input(), {gl.data(), gg.data()});
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(cpu.Loss(p.Input(), {cl.data(), cg.data()}).ok());
+  for (int64_t r = 0; r < 4; ++r) ASSERT_NEAR(gl[r], cl[r], 2 * testing::LossTolerance(cl[r]));
+  for (int64_t i = 0; i < 4 * cols; ++i) {
+    ASSERT_NEAR(gg[i], cg[i], 2 * testing::GradTolerance(cg[i])) << i;
+  }
+}
+
+TEST_F(CudaBackendTest, FaultABatchOverTheMemoryLimitIsRefusedAndTheNextOneRuns) {
+  auto limited = NewCudaBackend(0, {.memory_limit_bytes = 1 << 20});
+  ASSERT_TRUE(limited.ok()) << limited.status();
+  Backend& cuda = **limited;
+  ExpectLossMatchesTheCpu(cuda, *cpu_, 1000);  // grows the buffers a little
+  const int64_t rows = 64, cols = 8192;        // 2 MiB of scores alone
+  std::vector<float> s(rows * cols, 0.5f), t(rows * cols, 0.0f), loss(rows);
+  LossInput in;
+  in.scores = {s.data(), DType::kFloat32, rows, cols};
+  in.labels = MatrixView{t.data(), DType::kFloat32, rows, cols};
+  const absl::Status st = cuda.Loss(in, {loss.data(), nullptr});
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("--cuda_memory_limit_bytes"), std::string::npos) << st;
+  EXPECT_EQ(cuda.DeviceMemoryBytes(), 0);  // refused batches leave nothing behind
+  EXPECT_TRUE(cuda.health().ok());
+  ExpectLossMatchesTheCpu(cuda, *cpu_, 1000);
+  EXPECT_LE(cuda.DeviceMemoryBytes(), 1 << 20);
+}
+
+#if ZLPR_TEST_CUDA_RUNTIME
+TEST_F(CudaBackendTest, FaultABatchTheDeviceCannotAllocateIsRefusedAndTheNextOneRuns) {
+  // Take all but 256 MiB of the device's free memory, then ask for a batch that needs 768 MiB.
+  size_t free_bytes = 0, total_bytes = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+  void* hog = nullptr;
+  for (size_t take = free_bytes - (256 << 20); take > (1u << 30); take -= 256 << 20) {
+    if (cudaMalloc(&hog, take) == cudaSuccess) break;
+    cudaGetLastError();
+    hog = nullptr;
+  }
+  ASSERT_NE(hog, nullptr) << "could not take the device's memory away";
+  const int64_t rows = 1024, cols = 65536;  // 256 MiB each: scores, labels, gradient
+  std::vector<float> s(rows * cols, 0.25f), t(rows * cols, 0.0f), loss(rows), grad(rows * cols);
+  t[5] = 1.0f;
+  LossInput in;
+  in.scores = {s.data(), DType::kFloat32, rows, cols};
+  in.labels = MatrixView{t.data(), DType::kFloat32, rows, cols};
+  const absl::Status st = cuda_->Loss(in, {loss.data(), grad.data()});
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("CUDA device memory"), std::string::npos) << st;
+  EXPECT_TRUE(cuda_->health().ok());
+  ASSERT_EQ(cudaFree(hog), cudaSuccess);
+  // The memory is back: the same batch runs, and the error left no trace in later launches.
+  const absl::Status again = cuda_->Loss(in, {loss.data(), grad.data()});
+  ASSERT_TRUE(again.ok()) << again;
+  std::vector<float> cl(rows);
+  ASSERT_TRUE(cpu_->Loss(in, {cl.data(), nullptr}).ok());
+  EXPECT_NEAR(loss[0], cl[0], 2 * testing::LossTolerance(cl[0]));
+  EXPECT_NEAR(loss[rows - 1], cl[rows - 1], 2 * testing::LossTolerance(cl[rows - 1]));
+}
+#endif
+
+TEST_F(CudaBackendTest, FaultAKernelFaultFailsItsBatchWithTheCudaErrorAndTheDeviceRecovers) {
+  ExpectLossMatchesTheCpu(*cuda_, *cpu_, 1000);
+  ASSERT_TRUE(InjectCudaFaultForTesting(*cuda_));
+  const Problem p = MakeProblem({.rows = 8, .cols = 300, .seed = 2});
+  std::vector<float> loss(8);
+  const absl::Status st = cuda_->Loss(p.Input(), {loss.data(), nullptr});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_NE(st.message().find("CUDA"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("cudaError"), std::string::npos) << st;  // the error's name
+  EXPECT_TRUE(cuda_->health().ok()) << cuda_->health();
+  EXPECT_EQ(cuda_->recoveries(), 1);
+  ExpectLossMatchesTheCpu(*cuda_, *cpu_, 1000);
+  ExpectLossMatchesTheCpu(*cuda_, *cpu_, 40000);  // the cluster kernel too
+  LabelerInput in;
+  in.scores = {p.scores.data(), DType::kFloat32, 8, 300};
+  in.options.top_k = 3;
+  LabelSets gpu, cpu;
+  ASSERT_TRUE(cuda_->Label(in, &gpu, nullptr).ok());
+  ASSERT_TRUE(cpu_->Label(in, &cpu, nullptr).ok());
+  EXPECT_EQ(gpu.labels, cpu.labels);
+}
+
+TEST_F(CudaBackendTest, FaultADeviceThatDoesNotComeBackTurnsUnavailable) {
+  ASSERT_TRUE(InjectCudaFaultForTesting(*cuda_, /*recovery_fails=*/true));
+  const Problem p = MakeProblem({.rows = 2, .cols = 100, .seed = 2});
+  std::vector<float> loss(2);
+  const absl::Status st = cuda_->Loss(p.Input(), {loss.data(), nullptr});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_EQ(cuda_->health().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(cuda_->health().message().find("cuda:0 is unusable"), std::string::npos)
+      << cuda_->health();
+  const absl::Status next = cuda_->Loss(p.Input(), {loss.data(), nullptr});
+  EXPECT_EQ(next.code(), absl::StatusCode::kUnavailable) << next;
+}
+
+TEST(CudaFaultHookTest, OtherBackendsHaveNoFaultHook) {
+  auto cpu = NewCpuBackend({.threads = 1});
+  EXPECT_FALSE(InjectCudaFaultForTesting(*cpu));
+  EXPECT_TRUE(cpu->health().ok());
 }
 
 }  // namespace

@@ -178,6 +178,13 @@ class Backend {
   // Device memory held for reuse across calls (0 for the CPU).
   virtual int64_t DeviceMemoryBytes() const { return 0; }
 
+  // OK while the backend can compute; else why not (a GPU whose context a CUDA error broke
+  // and a device reset did not bring back), and every call then fails with that status
+  // (UNAVAILABLE). Called by the worker thread that drives the backend.
+  virtual absl::Status health() const { return absl::OkStatus(); }
+  // Times the backend reset its device to recover from an error (0 for the CPU).
+  virtual int64_t recoveries() const { return 0; }
+
  protected:
   // Threads the validation of the two entry points above is spread over (null: the caller's).
   virtual internal::ThreadPool* validation_pool() { return nullptr; }
@@ -197,9 +204,28 @@ int CudaDeviceCount();
 // Why no CUDA device can be used (the CUDA runtime's error, e.g. no driver or no device), or ""
 // when one can.
 std::string CudaUnavailableReason();
+struct CudaOptions {
+  // Device memory (bytes) the backend's buffers may hold in all; 0: no limit of ours (the
+  // device's). A batch that needs more is refused with RESOURCE_EXHAUSTED, as is one the
+  // device cannot allocate; either way the next batch starts from empty buffers.
+  int64_t memory_limit_bytes = 0;
+};
 // The CUDA backend on `device`; FAILED_PRECONDITION when CUDA is not built or the device is
 // not visible.
-absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device);
+//
+// Errors: a batch that does not fit (see CudaOptions) is RESOURCE_EXHAUSTED; any other CUDA
+// error fails the batch with INTERNAL and the CUDA error's name and text. When the error broke
+// the device's context (an illegal address, a trap: every later CUDA call would fail), the
+// backend resets the device, rebuilds its streams and checks the device with a small copy
+// and kernel; if that fails, health() turns UNAVAILABLE for good.
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device,
+                                                        const CudaOptions& options = {});
+
+// Test hooks of the CUDA backend (false for any other backend). The next Loss or Label call
+// launches a kernel that traps before its own work, so that call fails as a real device fault
+// would (a broken context); with `recovery_fails`, the check after the device reset fails too,
+// as on a device that does not come back.
+bool InjectCudaFaultForTesting(Backend& backend, bool recovery_fails = false);
 
 // The highest-priority SIMD target the CPU kernels dispatch to on this machine, e.g. "AVX3".
 std::string CpuSimdTarget();

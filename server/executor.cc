@@ -50,6 +50,15 @@ std::vector<absl::StatusOr<typename Job::Result>> RunGroups(std::span<const Job*
     }
     std::vector<absl::StatusOr<typename Job::Result>> results =
         compute(std::span<const Job* const>(members), *in);
+    if (members.size() > 1 && !results[0].ok() &&
+        results[0].status().code() == absl::StatusCode::kResourceExhausted) {
+      // The batch did not fit the device (its memory): each job on its own, so that only a job
+      // too large by itself is refused.
+      for (size_t k = 0; k < members.size(); ++k) {
+        results[k] =
+            std::move(compute(std::span<const Job* const>(&members[k], 1), members[k]->input)[0]);
+      }
+    }
     for (size_t k = 0; k < group.size(); ++k) out[group[k]] = std::move(results[k]);
   }
   return out;
@@ -194,7 +203,11 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
 
 Workers::Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
                  ExecutionListener* listener)
-    : batcher_(batcher), backends_(std::move(backends)), clock_(clock), listener_(listener) {}
+    : batcher_(batcher),
+      backends_(std::move(backends)),
+      clock_(clock),
+      listener_(listener),
+      healthy_(static_cast<int>(backends_.size())) {}
 
 Workers::~Workers() { Join(); }
 
@@ -203,9 +216,18 @@ void Workers::Start() {
     threads_.emplace_back([this, w] {
       Backend& backend = *backends_[w];
       Executor executor(&backend, clock_, listener_);
+      bool healthy = true;
       while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch()) {
         std::visit([&](auto& b) { executor.Execute(b); }, *batch);
         if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
+        if (healthy && !backend.health().ok()) {
+          healthy = false;
+          const int left = healthy_.fetch_sub(1) - 1;
+          if (listener_ != nullptr) listener_->OnBackendUnhealthy(w, backend.health(), left);
+          // Other workers still compute: leave the queue to them. The last one stays, and its
+          // backend answers every batch with its status (UNAVAILABLE), so nothing waits forever.
+          if (left > 0) break;
+        }
       }
     });
   }

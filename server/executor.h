@@ -9,10 +9,12 @@
 //   executor.Execute(batch);   // a batch from the batcher: runs it and answers every task
 //
 // Workers is the thread side: one thread per backend, each with its own Executor, pulling
-// batches from the batcher until it is shut down and drained.
+// batches from the batcher until it is shut down and drained. A worker whose backend turns
+// unhealthy stops pulling while another backend is healthy.
 #ifndef ZLPR_SERVER_EXECUTOR_H_
 #define ZLPR_SERVER_EXECUTOR_H_
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -41,6 +43,10 @@ class ExecutionListener {
   virtual void OnQueued(JobKind kind, double seconds) = 0;
   // Worker `worker` finished a batch on `backend`.
   virtual void OnBatchDone(size_t worker, const Backend& backend) = 0;
+  // Worker `worker`'s backend stopped being able to compute (Backend::health() says why);
+  // `healthy_left` backends still can. Once per worker.
+  virtual void OnBackendUnhealthy(size_t /*worker*/, const absl::Status& /*why*/,
+                                  int /*healthy_left*/) {}
 };
 
 class Executor {
@@ -51,7 +57,8 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   // One result per job, in order. Jobs in one kernel call share its fate: a backend error
-  // fails every job of that group, and only those.
+  // fails every job of that group, and only those; except RESOURCE_EXHAUSTED (the batch did
+  // not fit the device), after which each job of the group runs on its own.
   std::vector<absl::StatusOr<LossResult>> Run(std::span<const LossJob* const> jobs);
   std::vector<absl::StatusOr<PredictResult>> Run(std::span<const PredictJob* const> jobs);
 
@@ -105,6 +112,8 @@ class Workers {
   void Start();
   // Returns once the batcher is shut down and every queued task answered.
   void Join();
+  // Backends that can still compute (all of them until one's health() fails).
+  int healthy() const { return healthy_.load(); }
 
  private:
   JobBatcher* const batcher_;
@@ -112,6 +121,7 @@ class Workers {
   Clock* const clock_;
   ExecutionListener* const listener_;
   std::vector<std::thread> threads_;
+  std::atomic<int> healthy_{0};
 };
 
 }  // namespace zlpr::server

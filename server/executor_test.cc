@@ -2,10 +2,13 @@
 // narrowing, error isolation and timing, without gRPC, kernels or real time.
 #include "server/executor.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "server/test_support.h"
 
@@ -26,9 +29,11 @@ class FakeBackend final : public Backend {
   using Backend::Label;
   using Backend::Loss;
   absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
+    ZLPR_RETURN_IF_ERROR(health());
     calls.push_back(in.rows());
     clock_->Advance(microseconds(5000));
     if (in.cols() == fail_cols) return absl::InternalError("the device fell over");
+    if (in.rows() > max_rows) return absl::ResourceExhaustedError("too many rows for the device");
     const auto* s = static_cast<const float*>(in->scores.data);
     for (int64_t r = 0; r < in.rows(); ++r) {
       out.loss[r] = 0;
@@ -40,6 +45,7 @@ class FakeBackend final : public Backend {
     return absl::OkStatus();
   }
   absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
+    ZLPR_RETURN_IF_ERROR(health());
     calls.push_back(in.rows());
     clock_->Advance(microseconds(5000));
     const auto* s = static_cast<const float*>(in->scores.data);
@@ -59,8 +65,18 @@ class FakeBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // Unhealthy (UNAVAILABLE, for good, and so is every call) once `healthy_calls` calls were
+  // made; -1: never.
+  absl::Status health() const override {
+    return healthy_calls >= 0 && static_cast<int>(calls.size()) >= healthy_calls
+               ? absl::UnavailableError("the fake device is gone")
+               : absl::OkStatus();
+  }
+
   std::vector<int64_t> calls;  // rows of each kernel call
   int64_t fail_cols = -1;
+  int64_t max_rows = 1 << 30;  // larger calls fail with RESOURCE_EXHAUSTED
+  int healthy_calls = -1;
 
  private:
   FakeClock* const clock_;
@@ -190,6 +206,110 @@ TEST_F(ExecutorTest, ABackendErrorFailsTheJobsOfThatKernelCallOnly) {
   EXPECT_EQ(results[2].status(), absl::InternalError("the device fell over"));
   ASSERT_EQ(listener_.kernel_calls.size(), 2u);
   EXPECT_FALSE(listener_.kernel_calls[1].ok);
+}
+
+TEST_F(ExecutorTest, ABatchThatDoesNotFitTheDeviceIsRetriedJobByJob) {
+  backend_.max_rows = 4;
+  const Data a(2, 3), c(5, 3);
+  const LossJob ja = LossOf(a, 2, 3, false), jb = LossOf(a, 2, 3, false),
+                jc = LossOf(c, 5, 3, false);
+  const LossJob* jobs[] = {&ja, &jb, &jc};
+  const auto results = executor_.Run(jobs);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{9, 2, 2, 5}));  // together, then one by one
+  ASSERT_TRUE(results[0].ok() && results[1].ok());
+  EXPECT_EQ(results[0]->loss, (std::vector<float>{3, 33}));
+  EXPECT_EQ(results[1]->loss, (std::vector<float>{3, 33}));
+  EXPECT_EQ(results[2].status(), absl::ResourceExhaustedError("too many rows for the device"));
+}
+
+// Thread-safe: the workers call it from their threads.
+class HealthListener final : public ExecutionListener {
+ public:
+  void OnKernelCall(JobKind, int64_t, double, bool) override {}
+  void OnQueued(JobKind, double) override {}
+  void OnBatchDone(size_t, const Backend&) override {}
+  void OnBackendUnhealthy(size_t worker, const absl::Status& why, int left) override {
+    absl::MutexLock lock(&mu);
+    events.push_back({worker, why, left});
+  }
+  struct Event {
+    size_t worker;
+    absl::Status why;
+    int left;
+  };
+  absl::Mutex mu;
+  std::vector<Event> events;
+};
+
+// Enqueues `n` one-row loss jobs and waits for every answer; the answers' codes.
+std::vector<absl::StatusCode> RunThroughWorkers(std::vector<std::unique_ptr<Backend>> backends,
+                                                HealthListener* listener, int n, int* healthy) {
+  BatcherOptions o;
+  o.adaptive_delay = false;
+  o.max_batch_rows = 1;
+  o.max_queue_delay = microseconds(0);
+  JobBatcher batcher(o);
+  Workers workers(&batcher, std::move(backends), SystemClock(), listener);
+  workers.Start();
+  const Data d(1, 3);
+  absl::Mutex mu;
+  std::vector<absl::StatusCode> codes;
+  for (int i = 0; i < n; ++i) {
+    LossInput in;
+    in.scores = {d.scores.data(), DType::kFloat32, 1, 3};
+    in.labels = MatrixView{d.labels.data(), DType::kFloat32, 1, 3};
+    Task<LossJob> task{.job = LossJob{.input = *ValidateLossInput(in)},
+                       .done = [&](absl::StatusOr<LossResult> r) {
+                         absl::MutexLock lock(&mu);
+                         codes.push_back(r.status().code());
+                       }};
+    EXPECT_TRUE(batcher.Enqueue(std::move(task)).ok());
+  }
+  batcher.Shutdown();
+  workers.Join();
+  *healthy = workers.healthy();
+  return codes;
+}
+
+TEST(WorkersTest, AWorkerWhoseBackendBreaksLeavesTheQueueToTheOthers) {
+  FakeClock clock;
+  auto breaking = std::make_unique<FakeBackend>(&clock);
+  breaking->healthy_calls = 1;  // one call, then gone
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::move(breaking));
+  FakeClock clock2;
+  backends.push_back(std::make_unique<FakeBackend>(&clock2));
+  HealthListener listener;
+  int healthy = -1;
+  const auto codes = RunThroughWorkers(std::move(backends), &listener, 50, &healthy);
+  ASSERT_EQ(codes.size(), 50u);
+  // Every job is answered OK: the broken backend's one call was still good, and after it the
+  // other worker took every batch.
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), absl::StatusCode::kOk), 50);
+  EXPECT_EQ(healthy, 1);
+  absl::MutexLock lock(&listener.mu);
+  ASSERT_EQ(listener.events.size(), 1u);
+  EXPECT_EQ(listener.events[0].worker, 0u);
+  EXPECT_EQ(listener.events[0].left, 1);
+  EXPECT_EQ(listener.events[0].why, absl::UnavailableError("the fake device is gone"));
+}
+
+TEST(WorkersTest, TheLastWorkerStaysAndAnswersUnavailable) {
+  FakeClock clock;
+  auto breaking = std::make_unique<FakeBackend>(&clock);
+  breaking->healthy_calls = 3;
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::move(breaking));
+  HealthListener listener;
+  int healthy = -1;
+  const auto codes = RunThroughWorkers(std::move(backends), &listener, 10, &healthy);
+  ASSERT_EQ(codes.size(), 10u);
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), absl::StatusCode::kOk), 3);
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), absl::StatusCode::kUnavailable), 7);
+  EXPECT_EQ(healthy, 0);
+  absl::MutexLock lock(&listener.mu);
+  ASSERT_EQ(listener.events.size(), 1u);
+  EXPECT_EQ(listener.events[0].left, 0);
 }
 
 TEST_F(ExecutorTest, PredictResultsAreSlicedPerJobWithTheirProbabilities) {

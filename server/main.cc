@@ -62,6 +62,10 @@ ABSL_FLAG(int64_t, transport_memory_bytes, 0,
           "(under pressure it slows senders down); 0: same default as --max_inflight_bytes");
 ABSL_FLAG(double, shutdown_grace_s, 10.0,
           "On SIGTERM/SIGINT, seconds to finish accepted requests before cancelling the rest");
+ABSL_FLAG(int64_t, cuda_memory_limit_bytes, 0,
+          "Device memory each CUDA backend may hold for its buffers; 0: no limit but the "
+          "device's. A batch that needs more is split into its requests, and a request that "
+          "needs more by itself gets RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, threads, 0, "Threads of the CPU backend; 0: one per hardware thread");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
@@ -181,6 +185,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.devices = *devices;
+  options.cuda_memory_limit_bytes = absl::GetFlag(FLAGS_cuda_memory_limit_bytes);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.batcher.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.batcher.max_queue_delay =

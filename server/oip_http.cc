@@ -2,10 +2,10 @@
 #include "server/oip_http.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <atomic>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -732,7 +732,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (path_.empty() || path_[0] != "v2") return not_found();
     if (path_.size() == 3 && path_[1] == "health" && (path_[2] == "live" || path_[2] == "ready")) {
       if (!get) return MethodNotAllowed("GET");
-      const bool ok = path_[2] == "live" || !service_->shutting_down();
+      const bool ok = path_[2] == "live" || service_->ready();
       return JsonResponse(ok ? 200 : 503, "");
     }
     if (!get) return MethodNotAllowed("GET");
@@ -761,7 +761,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     if (action == "ready") {
       if (absl::Status st = CheckModel(model, version); !st.ok()) return ErrorResponse(st);
-      return JsonResponse(service_->shutting_down() ? 503 : 200, "");
+      return JsonResponse(service_->ready() ? 200 : 503, "");
     }
     if (action == "config") {
       auto r = ModelConfigOf(model, version, options().max_batch_rows);

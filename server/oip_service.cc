@@ -640,7 +640,7 @@ grpc::ServerUnaryReactor* InferenceService::ServerLive(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* InferenceService::ServerReady(grpc::CallbackServerContext* ctx,
                                                         const inference::ServerReadyRequest*,
                                                         inference::ServerReadyResponse* response) {
-  response->set_ready(!zlpr_->shutting_down());
+  response->set_ready(zlpr_->ready());
   return Answer(ctx, absl::OkStatus());
 }
 
@@ -648,8 +648,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(grpc::CallbackServerConte
                                                        const inference::ModelReadyRequest* request,
                                                        inference::ModelReadyResponse* response) {
   // An unknown model is simply not ready (clients ask before they infer).
-  response->set_ready(CheckModel(request->name(), request->version()).ok() &&
-                      !zlpr_->shutting_down());
+  response->set_ready(CheckModel(request->name(), request->version()).ok() && zlpr_->ready());
   return Answer(ctx, absl::OkStatus());
 }
 

@@ -150,7 +150,19 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
         absl::StrCat("--auth_token_grace_s=", o.auth_token_grace.count() / 1000.0,
                      ": must be 0 to ", std::chrono::duration<double>(kMaxAuthTokenGrace).count()));
   }
-  for (int d : o.devices) ZLPR_RETURN_IF_ERROR(CheckRange("devices", d, 0, 1023));
+  for (size_t i = 0; i < o.devices.size(); ++i) {
+    ZLPR_RETURN_IF_ERROR(CheckRange("devices", o.devices[i], 0, 1023));
+    // One backend per device: a device reset after a fault would pull a second one's memory
+    // away from under it.
+    for (size_t j = 0; j < i; ++j) {
+      if (o.devices[j] == o.devices[i]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--devices: device ", o.devices[i], " is listed twice"));
+      }
+    }
+  }
+  ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("cuda_memory_limit_bytes", o.cuda_memory_limit_bytes, 0,
+                                           int64_t{1} << 50));
   return absl::OkStatus();
 }
 
@@ -173,7 +185,8 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const ServerO
                       : "--backend=cuda: this build has no CUDA backend (ZLPR_CUDA=OFF)");
     }
     for (int d : devices) {
-      ZLPR_ASSIGN_OR_RETURN(auto backend, NewCudaBackend(d));
+      ZLPR_ASSIGN_OR_RETURN(
+          auto backend, NewCudaBackend(d, {.memory_limit_bytes = options.cuda_memory_limit_bytes}));
       backends.push_back(std::move(backend));
     }
     return backends;
@@ -230,7 +243,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   google::protobuf::SetLogHandler(RateLimitedProtobufLog);
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  ZLPR_ASSIGN_OR_RETURN(auto backends, MakeBackends(options));
+  std::vector<std::unique_ptr<Backend>> backends;
+  if (options.backend_factory) {
+    backends = options.backend_factory();
+  } else {
+    ZLPR_ASSIGN_OR_RETURN(backends, MakeBackends(options));
+  }
   s->backend_name_ = BackendKindName(backends.front()->kind());
   std::vector<int> cuda_devices;
   for (size_t i = 0; i < backends.size(); ++i) {
@@ -310,6 +328,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   const int max_bytes = static_cast<int>(options.max_message_bytes);  // validated <= INT32_MAX
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  s->service_->OnUnusable([server = s.get()](const absl::Status& why) {
+    // No backend can compute any more: health checks say so (NOT_SERVING; the Open Inference
+    // Protocol's readiness too), so that load balancers and Kubernetes send traffic elsewhere
+    // and restart the process; requests meanwhile get UNAVAILABLE.
+    std::fprintf(stderr, "zlpr-server: no backend can compute (%s): NOT_SERVING\n",
+                 std::string(why.message()).c_str());
+    if (server->grpc_server_ != nullptr) {
+      server->grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    }
+  });
   s->service_->Start();
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {

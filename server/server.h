@@ -11,6 +11,7 @@
 #define ZLPR_SERVER_SERVER_H_
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -39,9 +40,13 @@ struct ServerOptions {
   std::string http_address;
   int http_threads = 0;             // its I/O threads; 0: one per 4 hardware threads, at least 1
   int http_max_connections = 1024;  // its connections open at once
-  std::string backend = "auto";                  // auto | cpu | cuda
-  std::vector<int> devices;                      // CUDA devices; empty: all visible
-  int threads = 0;                               // CPU backend threads; 0: all cores
+  std::string backend = "auto";     // auto | cpu | cuda
+  std::vector<int> devices;         // CUDA devices; empty: all visible
+  // Device memory each CUDA backend's buffers may hold; 0: no limit of ours (CudaOptions).
+  int64_t cuda_memory_limit_bytes = 0;
+  // For tests: makes the backends instead of `backend` and `devices` when set.
+  std::function<std::vector<std::unique_ptr<Backend>>()> backend_factory;
+  int threads = 0;  // CPU backend threads; 0: all cores
   BatcherOptions batcher;
   int64_t max_message_bytes = 64 << 20;
   // Bytes all requests in flight may hold together (MemoryBudget); 0: DefaultMemoryShare().

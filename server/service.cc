@@ -1,6 +1,7 @@
 // ZlprServiceImpl: the unary reactors, submission of jobs, and the metrics the path reports.
 #include "server/service.h"
 
+#include <cstdio>
 #include <limits>
 #include <utility>
 
@@ -80,8 +81,9 @@ grpc::Status ToGrpc(const absl::Status& status) {
 // What the executors report, as Prometheus metrics.
 class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
  public:
-  MetricsListener(Metrics* metrics, std::array<JobStatistics, kJobKinds>* stats)
-      : metrics_(metrics), stats_(stats) {}
+  MetricsListener(Metrics* metrics, std::array<JobStatistics, kJobKinds>* stats,
+                  const std::function<void(const absl::Status&)>* on_unusable)
+      : metrics_(metrics), stats_(stats), on_unusable_(on_unusable) {}
   void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) override {
     metrics_->compute_seconds(kind).Observe(seconds);
     metrics_->batch_rows(kind).Observe(static_cast<double>(rows));
@@ -102,12 +104,20 @@ class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
   void OnBatchDone(size_t worker, const Backend& backend) override {
     if (backend.kind() == BackendKind::kCuda) {
       metrics_->device_memory(worker).Set(static_cast<double>(backend.DeviceMemoryBytes()));
+      metrics_->device_recoveries(worker).Set(static_cast<double>(backend.recoveries()));
     }
+  }
+  void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override {
+    std::fprintf(stderr, "zlpr-server: worker %zu stops: %s (%d backend%s left)\n", worker,
+                 std::string(why.message()).c_str(), healthy_left, healthy_left == 1 ? "" : "s");
+    if (metrics_->has_devices()) metrics_->device_healthy(worker).Set(0);
+    if (healthy_left == 0 && *on_unusable_) (*on_unusable_)(why);
   }
 
  private:
   Metrics* const metrics_;
   std::array<JobStatistics, kJobKinds>* const stats_;
+  const std::function<void(const absl::Status&)>* const on_unusable_;
 };
 
 ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
@@ -119,7 +129,7 @@ ZlprServiceImpl::ZlprServiceImpl(const ServiceOptions& options,
               [metrics](int64_t held) { metrics->inflight_bytes().Set(static_cast<double>(held)); }),
       clock_(clock),
       batcher_(WithMetrics(options.batcher, metrics), clock),
-      listener_(std::make_unique<MetricsListener>(metrics, &stats_)),
+      listener_(std::make_unique<MetricsListener>(metrics, &stats_, &on_unusable_)),
       workers_(&batcher_, std::move(backends), clock, listener_.get()),
       streams_(std::make_unique<StreamRegistry>()) {
   for (JobKind kind : {JobKind::kLoss, JobKind::kPredict}) {

@@ -94,6 +94,9 @@ class ZlprServiceImpl final : public ZlprServiceBase {
                   Metrics* metrics, Clock* clock = SystemClock());
   ~ZlprServiceImpl() override;
 
+  // `f` runs (on a worker thread) when the last backend that could compute stops being able
+  // to (Backend::health()): the process can no longer serve. Set before Start().
+  void OnUnusable(std::function<void(const absl::Status&)> f) { on_unusable_ = std::move(f); }
   void Start();
   // New calls and stream messages get UNAVAILABLE; open streams end (UNAVAILABLE) once every
   // message they already sent is answered; queued requests are still computed.
@@ -167,6 +170,8 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   Metrics& metrics() { return *metrics_; }
   Clock& clock() { return *clock_; }
   bool shutting_down() const { return shutting_down_.load(); }
+  // Ready for traffic: not shutting down, and a backend can compute.
+  bool ready() const { return !shutting_down() && workers_.healthy() > 0; }
   int stream_window() const { return options_.stream_window; }
   StreamRegistry& streams() { return *streams_; }
   MemoryBudget& budget() { return budget_; }
@@ -188,6 +193,7 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   std::array<JobStatistics, kJobKinds> stats_;
   Clock* const clock_;
   JobBatcher batcher_;
+  std::function<void(const absl::Status&)> on_unusable_;
   std::unique_ptr<MetricsListener> listener_;
   Workers workers_;
   std::unique_ptr<StreamRegistry> streams_;

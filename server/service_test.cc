@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -912,6 +913,77 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
             1);
   EXPECT_GT(MetricValue(body, "zlpr_request_bytes_total"), 3 * 10 * 8);
   EXPECT_GT(MetricValue(body, "zlpr_response_bytes_total"), 3 * 10 * 4);
+}
+
+// A CPU backend that a test can break, as a GPU whose device reset failed is broken: from then
+// on health() and every call say UNAVAILABLE.
+class BreakableBackend final : public Backend {
+ public:
+  explicit BreakableBackend(std::atomic<bool>* broken) : broken_(broken) {}
+  BackendKind kind() const override { return BackendKind::kCpu; }
+  std::string Describe() const override { return "breakable cpu"; }
+  absl::Status health() const override {
+    return broken_->load() ? absl::UnavailableError("cuda:7 is unusable: the test broke it")
+                           : absl::OkStatus();
+  }
+  using Backend::Label;
+  using Backend::Loss;
+  absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
+    ZLPR_RETURN_IF_ERROR(health());
+    return cpu_->Loss(in, out);
+  }
+  absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
+    ZLPR_RETURN_IF_ERROR(health());
+    return cpu_->Label(in, out, probs);
+  }
+
+ private:
+  std::atomic<bool>* const broken_;
+  std::unique_ptr<Backend> cpu_ = NewCpuBackend({.threads = 1});
+};
+
+TEST_F(ServiceTest, WhenNoBackendCanComputeHealthTurnsNotServingAndCallsGetUnavailable) {
+  std::atomic<bool> broken{false};
+  StartServer(DefaultBatcher(), [&](ServerOptions& o) {
+    o.backend_factory = [&] {
+      std::vector<std::unique_ptr<Backend>> b;
+      b.push_back(std::make_unique<BreakableBackend>(&broken));
+      return b;
+    };
+  });
+  v1::PredictRequest req;
+  *req.mutable_scores() = FloatTensor(std::vector<float>{1.0f, -1.0f, 0.5f}, 1, 3);
+  req.set_top_k(1);
+  auto predict = [&] {
+    grpc::ClientContext ctx;
+    v1::PredictResponse resp;
+    return stub_->Predict(&ctx, req, &resp);
+  };
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  auto status = [&] {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest hreq;
+    hreq.set_service("zlpr.v1.ZlprService");
+    grpc::health::v1::HealthCheckResponse resp;
+    EXPECT_TRUE(health->Check(&ctx, hreq, &resp).ok());
+    return resp.status();
+  };
+  ASSERT_TRUE(predict().ok());
+  EXPECT_EQ(status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  broken = true;
+  const grpc::Status st = predict();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(st.error_message(), "cuda:7 is unusable: the test broke it");
+  EXPECT_TRUE(WaitUntil(
+      [&] { return status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING; }));
+  // The Open Inference Protocol's readiness says the same.
+  auto oip = inference::GRPCInferenceService::NewStub(channel_);
+  grpc::ClientContext ctx;
+  inference::ServerReadyResponse ready;
+  ASSERT_TRUE(oip->ServerReady(&ctx, inference::ServerReadyRequest(), &ready).ok());
+  EXPECT_FALSE(ready.ready());
+  // The last worker stays and answers: nothing waits for a backend that will not come back.
+  EXPECT_EQ(predict().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(ServiceTest, HealthIsServingThenNotServingAfterShutdownBegins) {
