@@ -143,6 +143,9 @@ int main(int argc, char** argv) {
       CHECK_CUDA(cudaMalloc(&d_labels, rows * k * 4));
       CHECK_CUDA(cudaMalloc(&d_probs, rows * k * 4));
       CHECK_CUDA(cudaMalloc(&d_count, rows * 4));
+      void* d_label_ws = nullptr;
+      const size_t label_ws = cuda::LabelerWorkspaceBytes(rows, cols, k, 0);
+      if (label_ws > 0) CHECK_CUDA(cudaMalloc(&d_label_ws, label_ws));
       cuda::DeviceLabelArgs la;
       la.scores = d_s;
       la.rows = rows;
@@ -153,12 +156,14 @@ int main(int argc, char** argv) {
       la.labels = d_labels;
       la.probs = d_probs;
       la.count = d_count;
+      la.workspace = d_label_ws;
       record(k == 5 ? "labeler θ=0.5 top-5" : "labeler θ=0.5 top-64", n * 4, [&] {
         if (!cuda::LaunchLabeler(la, nullptr).ok()) std::exit(1);
       });
       cudaFree(d_labels);
       cudaFree(d_probs);
       cudaFree(d_count);
+      if (d_label_ws != nullptr) cudaFree(d_label_ws);
     }
     for (void* ptr : {static_cast<void*>(d_s), static_cast<void*>(d_t), static_cast<void*>(d_loss),
                       static_cast<void*>(d_grad), static_cast<void*>(d_copy_src),

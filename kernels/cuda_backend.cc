@@ -251,9 +251,10 @@ class CudaBackend final : public Backend {
     return st;
   }
 
-  std::array<DeviceBuffer*, 14> DeviceBuffers() {
-    return {&scores_,  &labels_, &mask_,  &loss_, &grad_,       &workspace_, &splits_,
-            &indices_, &values_, &probs_, &z_,    &out_labels_, &out_probs_, &out_count_};
+  std::array<DeviceBuffer*, 15> DeviceBuffers() {
+    return {&scores_,    &labels_,     &mask_,      &loss_,      &grad_,
+            &workspace_, &splits_,     &indices_,   &values_,    &probs_,
+            &z_,         &out_labels_, &out_probs_, &out_count_, &label_ws_};
   }
   void ReleaseBuffers() {
     for (DeviceBuffer* b : DeviceBuffers()) b->Release(&account_);
@@ -284,7 +285,7 @@ class CudaBackend final : public Backend {
   cudaStream_t streams_[kStreams] = {};
   std::vector<cudaEvent_t> events_;
   DeviceBuffer scores_, labels_, mask_, loss_, grad_, workspace_, splits_, indices_, values_,
-      probs_, z_, out_labels_, out_probs_, out_count_;
+      probs_, z_, out_labels_, out_probs_, out_count_, label_ws_;
   PinnedBuffer pinned_in_, pinned_out_;
   DeviceAccount account_;
   absl::Status broken_;     // OK, or why the device is unusable for good
@@ -447,6 +448,9 @@ absl::Status CudaBackend::LabelOnDevice(const ValidatedLabelerInput& valid, Labe
   ZLPR_RETURN_IF_ERROR(out_probs_.Reserve(ob, &account_, "the label probabilities"));
   ZLPR_RETURN_IF_ERROR(out_count_.Reserve(rows * 4, &account_, "the label counts"));
   if (probs != nullptr) ZLPR_RETURN_IF_ERROR(probs_.Reserve(n * 4, &account_, "the probabilities"));
+  ZLPR_RETURN_IF_ERROR(
+      label_ws_.Reserve(cuda::LabelerWorkspaceBytes(rows, cols, opt.top_k, opt.min_labels),
+                        &account_, "the labeler workspace"));
   cudaStream_t s = streams_[0];
   char* pin = pinned_in_.get();
   std::memcpy(pin, in.scores.data, sb);
@@ -480,6 +484,7 @@ absl::Status CudaBackend::LabelOnDevice(const ValidatedLabelerInput& valid, Labe
   args.labels = out_labels_.get<int32_t>();
   args.probs = out_probs_.get<float>();
   args.count = out_count_.get<int32_t>();
+  args.workspace = label_ws_.get();
   ZLPR_RETURN_IF_ERROR(cuda::LaunchLabeler(args, s));
   char* pout = pinned_out_.get();
   auto* h_labels = reinterpret_cast<int32_t*>(pout);

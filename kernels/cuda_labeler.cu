@@ -1,13 +1,17 @@
 // CUDA labeler (docs/MATH.md, "Decoding") and the dense probabilities σ(2s).
 //
-// One block per row. The labels are the `want` largest keys among the entries a predicate
-// admits, where a key orders by score descending and then column ascending (distinct for every
-// column). They are found by radix selection: one counting pass, then up to eight 8-bit
-// histogram passes over the row fix the want-th largest key exactly; the <= want entries at or
-// above it are collected and ranked among themselves. The row is never sorted: a top-k of a
-// 10^5-column row touches the row a few times and ranks only k keys.
+// The labels are the `want` largest keys among the entries a predicate admits, where a key
+// orders by score descending and then column ascending (distinct for every column). Each row
+// is read from memory once, in chunks of kLabelChunk keys that a block holds in shared memory;
+// there radix selection (8-bit histogram passes from the top, stopping as soon as the bucket
+// at the boundary is taken whole) finds the want-th largest key, and the <= want keys at or
+// above it are collected. A row that fits one chunk is labelled by one block, which ranks the
+// few winners among themselves (the row is never sorted). A longer row is first reduced, chunk
+// by chunk in parallel, to the keys that can still win (each chunk's top_k passing keys and
+// min_labels best others: any label of the row is among its chunk's), and those candidates are
+// labelled the same way (reduced again while they exceed a chunk).
 #include <algorithm>
-#include <cub/block/block_reduce.cuh>
+#include <utility>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_launch.h"
@@ -28,8 +32,13 @@ __global__ void ProbabilitiesKernel(const T* __restrict__ scores, const uint8_t*
 
 constexpr int kLabelThreads = 256;
 
+// --- Keys ------------------------------------------------------------------------------------
+
+// A key orders entries by score descending, then column ascending: the score's bits made
+// unsigned-ordered in the high word, the column's complement in the low word. Keys of one row
+// are distinct; 0 is no entry's key (it would be a NaN's) and marks an empty slot.
 __device__ __forceinline__ uint32_t OrderedBits(float s) {
-  const uint32_t u = __float_as_uint(s);
+  const uint32_t u = s == 0.0f ? 0u : __float_as_uint(s);  // -0 and +0 are one score
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -42,161 +51,236 @@ __device__ __forceinline__ int64_t KeyColumn(uint64_t key) {
   return static_cast<int64_t>(0xFFFFFFFFu - static_cast<uint32_t>(key & 0xFFFFFFFFu));
 }
 
+__device__ __forceinline__ float KeyScore(uint64_t key) {
+  const uint32_t o = static_cast<uint32_t>(key >> 32);
+  return __uint_as_float((o & 0x80000000u) ? (o & 0x7FFFFFFFu) : ~o);
+}
+
+// Where a row's keys come from: its scores (and mask) ...
 template <typename T>
-struct LabelRow {
-  const T* s;
-  const uint8_t* m;
-  const float* z;
-  float z_global;
+struct ScoreSource {
+  const T* scores;
+  const uint8_t* mask;
   int64_t cols;
-  __device__ __forceinline__ float Score(int64_t c) const {
-    const float v = ToFloat(s[c]);
-    return (m != nullptr && m[c] == 0) ? -INFINITY : v;
+  __device__ __forceinline__ int64_t size() const { return cols; }
+  __device__ __forceinline__ uint64_t Key(int64_t row, int64_t i) const {
+    const int64_t at = row * cols + i;
+    const float v = (mask != nullptr && mask[at] == 0) ? -INFINITY : ToFloat(scores[at]);
+    return LabelKey(v, i);
   }
-  __device__ __forceinline__ bool Passes(float v, int64_t c) const {
-    return v > (z != nullptr ? z[c] : z_global);
+};
+// ... or the candidates an earlier pass kept (n per row, 0 for an empty slot).
+struct KeySource {
+  const uint64_t* keys;
+  int64_t n;
+  __device__ __forceinline__ int64_t size() const { return n; }
+  __device__ __forceinline__ uint64_t Key(int64_t row, int64_t i) const {
+    return keys[row * n + i];
+  }
+};
+
+// --- Which entries a selection admits ----------------------------------------------------------
+
+struct Thresholds {
+  const float* z;  // per column, or null for z_global
+  float z_global;
+  __device__ __forceinline__ bool Passes(uint64_t key) const {
+    const float v = KeyScore(key);
+    return v > (z != nullptr ? z[KeyColumn(key)] : z_global);
   }
 };
 
 // The first selection: entries above their threshold.
-template <typename T>
 struct Passing {
-  const LabelRow<T>* row;
-  __device__ __forceinline__ bool operator()(float v, int64_t c, uint64_t) const {
-    return row->Passes(v, c);
+  Thresholds th;
+  __device__ __forceinline__ bool operator()(uint64_t key) const {
+    return key != 0 && th.Passes(key);
   }
 };
 
 // The top-up: unexcluded entries the first selection did not take.
-template <typename T>
 struct NotSelected {
-  const LabelRow<T>* row;
+  Thresholds th;
   bool first_all;
   uint64_t first_kth;
-  __device__ __forceinline__ bool operator()(float v, int64_t c, uint64_t key) const {
-    if (v == -INFINITY) return false;
-    return !(row->Passes(v, c) && (first_all || key >= first_kth));
+  __device__ __forceinline__ bool operator()(uint64_t key) const {
+    if (key == 0 || KeyScore(key) == -INFINITY) return false;
+    return !(th.Passes(key) && (first_all || key >= first_kth));
   }
 };
+
+// --- Selection among keys held in shared memory ---------------------------------------------
 
 struct LabelShared {
+  uint64_t keys[kLabelChunk];
+  uint64_t picked[kMaxGpuLabels];
   unsigned hist[256];
-  uint64_t keys[kMaxGpuLabels];
-  int nkeys;
   uint64_t prefix, prefix_mask;
-  int remaining;
-  int total;
+  int remaining, total, npicked;
+  bool done;
 };
 
-// Among the entries `pred` admits, the `want` largest keys: returns how many there are
-// (min(want, admitted)); *all when every admitted entry is in, else *kth is the smallest key in.
-template <typename T, typename Pred>
-__device__ int SelectLargest(const LabelRow<T>& row, const Pred& pred, int want, LabelShared& sh,
-                             bool* all, uint64_t* kth) {
-  using BlockReduce = cub::BlockReduce<int, kLabelThreads>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  int local = 0;
-  for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-    const float v = row.Score(c);
-    local += pred(v, c, LabelKey(v, c)) ? 1 : 0;
-  }
-  const int total = BlockReduce(temp).Sum(local);
-  if (threadIdx.x == 0) sh.total = total;
+// Loads keys [begin, begin + n) of `row` into sh.keys.
+template <typename Source>
+__device__ __forceinline__ void LoadKeys(const Source& src, int64_t row, int64_t begin, int n,
+                                         LabelShared& sh) {
+  for (int i = threadIdx.x; i < n; i += kLabelThreads) sh.keys[i] = src.Key(row, begin + i);
   __syncthreads();
+}
+
+// Among sh.keys[0, n) that `pred` admits, the `want` largest: returns how many there are
+// (min(want, admitted)); *all when every admitted key is in, else *kth is a bound such that
+// the admitted keys >= *kth are exactly the `want` largest. Radix selection, 8 bits a pass
+// from the top; the first pass also counts, and the passes stop as soon as the bucket that
+// holds the boundary is taken whole.
+template <typename Pred>
+__device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh, bool* all,
+                             uint64_t* kth) {
+  __syncthreads();  // the caller's last reads of sh are done
+  for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
+  if (threadIdx.x == 0) {
+    sh.prefix = 0;
+    sh.prefix_mask = 0;
+    sh.remaining = want;
+    sh.done = false;
+  }
+  __syncthreads();
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    const uint64_t prefix = sh.prefix, mask = sh.prefix_mask;
+    for (int i = threadIdx.x; i < n; i += kLabelThreads) {
+      const uint64_t key = sh.keys[i];
+      if ((key & mask) == prefix && pred(key)) atomicAdd(&sh.hist[(key >> shift) & 0xFFu], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (shift == 56) {
+        int total = 0;
+        for (int b = 0; b < 256; ++b) total += static_cast<int>(sh.hist[b]);
+        sh.total = total;
+        sh.done = total <= want;
+      }
+      if (!sh.done) {
+        int cum = 0;
+        for (int b = 255; b >= 0; --b) {
+          const int h = static_cast<int>(sh.hist[b]);
+          if (cum + h >= sh.remaining) {
+            sh.done = cum + h == sh.remaining;  // the whole bucket is in: no finer pass needed
+            sh.remaining -= cum;
+            sh.prefix |= static_cast<uint64_t>(b) << shift;
+            sh.prefix_mask |= 0xFFull << shift;
+            break;
+          }
+          cum += h;
+        }
+      }
+    }
+    __syncthreads();
+    if (sh.done) break;
+    for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
+    __syncthreads();
+  }
   if (sh.total <= want) {
     *all = true;
     *kth = 0;
     return sh.total;
   }
-  if (threadIdx.x == 0) {
-    sh.prefix = 0;
-    sh.prefix_mask = 0;
-    sh.remaining = want;
-  }
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
-    __syncthreads();
-    const uint64_t prefix = sh.prefix, mask = sh.prefix_mask;
-    for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-      const float v = row.Score(c);
-      const uint64_t key = LabelKey(v, c);
-      if ((key & mask) == prefix && pred(v, c, key)) {
-        atomicAdd(&sh.hist[(key >> shift) & 0xFFu], 1u);
-      }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int cum = 0;
-      for (int b = 255; b >= 0; --b) {
-        const int h = static_cast<int>(sh.hist[b]);
-        if (cum + h >= sh.remaining) {
-          sh.remaining -= cum;
-          sh.prefix |= static_cast<uint64_t>(b) << shift;
-          sh.prefix_mask |= 0xFFull << shift;
-          break;
-        }
-        cum += h;
-      }
-    }
-    __syncthreads();
-  }
   *all = false;
-  *kth = sh.prefix;  // keys are distinct: the full prefix is the want-th largest key
+  *kth = sh.prefix;  // decided bits, lower bits 0
   return want;
 }
 
-// Collects the selected entries' keys, ranks them (largest first) and writes columns and
-// probabilities to out_labels/out_probs[0, n).
-template <typename T, typename Pred>
-__device__ void WriteSelected(const LabelRow<T>& row, const Pred& pred, bool all, uint64_t kth,
-                              int n, LabelShared& sh, int32_t* out_labels, float* out_probs) {
-  if (threadIdx.x == 0) sh.nkeys = 0;
+// The keys a selection took, in no order, into out[0, n) (which may be shared or global).
+template <typename Pred>
+__device__ void Collect(const Pred& pred, int nkeys, bool all, uint64_t kth, int n, LabelShared& sh,
+                        uint64_t* out) {
+  if (threadIdx.x == 0) sh.npicked = 0;
   __syncthreads();
-  for (int64_t c = threadIdx.x; c < row.cols; c += kLabelThreads) {
-    const float v = row.Score(c);
-    const uint64_t key = LabelKey(v, c);
-    if (pred(v, c, key) && (all || key >= kth)) {
-      const int slot = atomicAdd(&sh.nkeys, 1);
-      if (slot < n) sh.keys[slot] = key;  // exactly n qualify; never write past them
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += kLabelThreads) {
+  for (int i = threadIdx.x; i < nkeys; i += kLabelThreads) {
     const uint64_t key = sh.keys[i];
-    int rank = 0;
-    for (int j = 0; j < n; ++j) rank += sh.keys[j] > key ? 1 : 0;
-    const int64_t c = KeyColumn(key);
-    if (rank < n) {
-      out_labels[rank] = static_cast<int32_t>(c);
-      out_probs[rank] = Sigmoid2(row.Score(c));
+    if (pred(key) && (all || key >= kth)) {
+      const int slot = atomicAdd(&sh.npicked, 1);
+      if (slot < n) out[slot] = key;  // exactly n qualify; never write past them
     }
   }
   __syncthreads();
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kLabelThreads) LabelKernel(DeviceLabelArgs a) {
+// Ranks the n picked keys (largest first) and writes their columns and probabilities.
+__device__ void WriteRanked(int n, const LabelShared& sh, int32_t* labels, float* probs) {
+  for (int i = threadIdx.x; i < n; i += kLabelThreads) {
+    const uint64_t key = sh.picked[i];
+    int rank = 0;
+    for (int j = 0; j < n; ++j) rank += sh.picked[j] > key ? 1 : 0;
+    labels[rank] = static_cast<int32_t>(KeyColumn(key));
+    probs[rank] = Sigmoid2(KeyScore(key));
+  }
+}
+
+// --- Kernels ---------------------------------------------------------------------------------
+
+// One block per row whose keys fit shared memory: the labels, ranked.
+template <typename Source>
+__global__ void __launch_bounds__(kLabelThreads)
+    FinalLabelKernel(Source src, Thresholds th, uint32_t top_k, uint32_t min_labels, int cap,
+                     int32_t* out_labels, float* out_probs, int32_t* out_count) {
   __shared__ LabelShared sh;
-  const int64_t r = blockIdx.x;
-  LabelRow<T> row{static_cast<const T*>(a.scores) + r * a.cols,
-                  a.mask != nullptr ? a.mask + r * a.cols : nullptr, a.z, a.z_global, a.cols};
-  int32_t* labels = a.labels + r * a.cap;
-  float* probs = a.probs + r * a.cap;
+  const int64_t row = blockIdx.x;
+  const int n = static_cast<int>(src.size());
+  LoadKeys(src, row, 0, n, sh);
+  int32_t* labels = out_labels + row * cap;
+  float* probs = out_probs + row * cap;
+  const Passing passing{th};
   bool all1;
   uint64_t kth1;
-  const Passing<T> passing{&row};
-  const int n1 = SelectLargest(row, passing, static_cast<int>(a.top_k), sh, &all1, &kth1);
-  WriteSelected(row, passing, all1, kth1, n1, sh, labels, probs);
+  const int n1 = SelectLargest(passing, n, static_cast<int>(top_k), sh, &all1, &kth1);
+  Collect(passing, n, all1, kth1, n1, sh, sh.picked);
+  WriteRanked(n1, sh, labels, probs);
   int n2 = 0;
-  if (static_cast<int>(a.min_labels) > n1) {
-    const NotSelected<T> rest{&row, all1, kth1};
+  if (static_cast<int>(min_labels) > n1) {
+    const NotSelected rest{th, all1, kth1};
     bool all2;
     uint64_t kth2;
-    n2 = SelectLargest(row, rest, static_cast<int>(a.min_labels) - n1, sh, &all2, &kth2);
-    WriteSelected(row, rest, all2, kth2, n2, sh, labels + n1, probs + n1);
+    n2 = SelectLargest(rest, n, static_cast<int>(min_labels) - n1, sh, &all2, &kth2);
+    Collect(rest, n, all2, kth2, n2, sh, sh.picked);
+    WriteRanked(n2, sh, labels + n1, probs + n1);
   }
-  if (threadIdx.x == 0) a.count[r] = n1 + n2;
+  if (threadIdx.x == 0) out_count[row] = n1 + n2;
 }
+
+// Grid (rows, chunks): each block keeps, of its chunk of a row, the keys that can still be
+// labels: the top_k largest passing keys, then the min_labels largest of the rest (a label
+// of the whole row is among its chunk's: the chunk's larger keys are labels too). Writes
+// top_k + min_labels slots per chunk, unused ones 0.
+template <typename Source>
+__global__ void __launch_bounds__(kLabelThreads)
+    ReduceLabelKernel(Source src, Thresholds th, uint32_t top_k, uint32_t min_labels,
+                      uint64_t* out) {
+  __shared__ LabelShared sh;
+  const int64_t row = blockIdx.x, chunk = blockIdx.y;
+  const int64_t begin = chunk * kLabelChunk;
+  const int64_t left = src.size() - begin;
+  const int n = static_cast<int>(left < kLabelChunk ? left : kLabelChunk);
+  const int64_t per = top_k + min_labels;
+  uint64_t* mine = out + (row * gridDim.y + chunk) * per;
+  LoadKeys(src, row, begin, n, sh);
+  const Passing passing{th};
+  bool all1;
+  uint64_t kth1;
+  const int n1 = SelectLargest(passing, n, static_cast<int>(top_k), sh, &all1, &kth1);
+  Collect(passing, n, all1, kth1, n1, sh, mine);
+  int n2 = 0;
+  if (min_labels > 0) {
+    const NotSelected rest{th, all1, kth1};
+    bool all2;
+    uint64_t kth2;
+    n2 = SelectLargest(rest, n, static_cast<int>(min_labels), sh, &all2, &kth2);
+    Collect(rest, n, all2, kth2, n2, sh, mine + top_k);
+  }
+  for (int64_t i = n1 + threadIdx.x; i < top_k; i += kLabelThreads) mine[i] = 0;
+  for (int64_t i = n2 + threadIdx.x; i < min_labels; i += kLabelThreads) mine[top_k + i] = 0;
+}
+
+int64_t Chunks(int64_t n) { return (n + kLabelChunk - 1) / kLabelChunk; }
 
 }  // namespace
 
@@ -215,16 +299,55 @@ absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t*
   });
 }
 
-absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream) {
-  if (args.rows == 0) return absl::OkStatus();
-  if (args.top_k == 0 || args.cap < 1 || args.cap > kMaxGpuLabels ||
-      args.top_k > static_cast<uint32_t>(args.cap) ||
-      args.min_labels > static_cast<uint32_t>(args.cap)) {
+size_t LabelerWorkspaceBytes(int64_t rows, int64_t cols, uint32_t top_k, uint32_t min_labels) {
+  if (cols <= kLabelChunk) return 0;
+  // Ping: the first reduction's output (n keys a row); pong: the second's, at most
+  // ceil(n / chunk) * per <= n / 2 + per keys a row (per <= 2048 < chunk / 2 + 1); later rounds
+  // are smaller still and take turns in the two.
+  const int64_t per = static_cast<int64_t>(top_k) + min_labels;
+  const int64_t n = Chunks(cols) * per;
+  return static_cast<size_t>(rows * (n + n / 2 + per)) * sizeof(uint64_t);
+}
+
+absl::Status LaunchLabeler(const DeviceLabelArgs& a, cudaStream_t stream) {
+  if (a.rows == 0) return absl::OkStatus();
+  if (a.top_k == 0 || a.cap < 1 || a.cap > kMaxGpuLabels ||
+      a.top_k > static_cast<uint32_t>(a.cap) || a.min_labels > static_cast<uint32_t>(a.cap)) {
     return absl::InvalidArgumentError("GPU labeler: needs 1 <= top_k, min_labels <= cap <= 1024");
   }
-  return DispatchDType(args.dtype, [&](auto tag) {
+  if (a.cols > kLabelChunk && a.workspace == nullptr) {
+    return absl::InvalidArgumentError("GPU labeler: rows this long need a workspace");
+  }
+  if (a.cols > int64_t{65535} * kLabelChunk) {
+    return absl::InvalidArgumentError("GPU labeler: more than 65535 chunks of columns");
+  }
+  const Thresholds th{a.z, a.z_global};
+  const unsigned rows = static_cast<unsigned>(a.rows);
+  return DispatchDType(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    LabelKernel<T><<<static_cast<unsigned>(args.rows), kLabelThreads, 0, stream>>>(args);
+    const ScoreSource<T> scores{static_cast<const T*>(a.scores), a.mask, a.cols};
+    if (a.cols <= kLabelChunk) {
+      FinalLabelKernel<<<rows, kLabelThreads, 0, stream>>>(scores, th, a.top_k, a.min_labels, a.cap,
+                                                           a.labels, a.probs, a.count);
+      return CudaError(cudaGetLastError(), "labeler kernel launch");
+    }
+    // Reduce each row chunk by chunk to its candidates until they fit one block, then label.
+    const int64_t per = static_cast<int64_t>(a.top_k) + a.min_labels;
+    auto* ping = static_cast<uint64_t*>(a.workspace);
+    auto* pong = ping + a.rows * Chunks(a.cols) * per;
+    int64_t chunks = Chunks(a.cols);
+    ReduceLabelKernel<<<dim3(rows, static_cast<unsigned>(chunks)), kLabelThreads, 0, stream>>>(
+        scores, th, a.top_k, a.min_labels, ping);
+    int64_t n = chunks * per;
+    while (n > kLabelChunk) {  // per <= 2048: each round at least halves n
+      chunks = Chunks(n);
+      ReduceLabelKernel<<<dim3(rows, static_cast<unsigned>(chunks)), kLabelThreads, 0, stream>>>(
+          KeySource{ping, n}, th, a.top_k, a.min_labels, pong);
+      std::swap(ping, pong);
+      n = chunks * per;
+    }
+    FinalLabelKernel<<<rows, kLabelThreads, 0, stream>>>(
+        KeySource{ping, n}, th, a.top_k, a.min_labels, a.cap, a.labels, a.probs, a.count);
     return CudaError(cudaGetLastError(), "labeler kernel launch");
   });
 }

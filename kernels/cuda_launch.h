@@ -58,11 +58,16 @@ absl::Status LaunchProbabilities(const void* scores, DType dtype, const uint8_t*
 
 // The labeler on the GPU for top_k in [1, kMaxGpuLabels] and min_labels <= kMaxGpuLabels:
 // per row, the labels the math doc selects (threshold, then the top_k best by score then
-// index, then the min_labels top-up), found by radix selection on (score, index) keys: the
-// row is never sorted, only the <= cap winners are ranked. Row r writes count[r] labels to
-// labels[r * cap ...] with their probabilities. `z` holds per-column score-space thresholds,
-// or is null for `z_global`.
+// index, then the min_labels top-up), found by radix selection on (score, index) keys in
+// shared memory: the row is read once and never sorted, only the <= cap winners are ranked. Row r
+// writes count[r] labels to labels[r * cap ...] with their probabilities. `z` holds per-column
+// score-space thresholds, or is null for `z_global`.
 inline constexpr int kMaxGpuLabels = 1024;
+// Keys a labeler block holds in shared memory: a row of up to this many columns is labelled by
+// one block; longer rows are first reduced chunk by chunk into a workspace.
+inline constexpr int kLabelChunk = 4096;
+// Device workspace the labeler needs (0 when rows fit one chunk).
+size_t LabelerWorkspaceBytes(int64_t rows, int64_t cols, uint32_t top_k, uint32_t min_labels);
 struct DeviceLabelArgs {
   const void* scores = nullptr;
   DType dtype = DType::kFloat32;
@@ -75,6 +80,7 @@ struct DeviceLabelArgs {
   int32_t* labels = nullptr;
   float* probs = nullptr;
   int32_t* count = nullptr;
+  void* workspace = nullptr;  // LabelerWorkspaceBytes(rows, cols, top_k, min_labels)
 };
 absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream);
 

@@ -78,19 +78,29 @@ __device__ __forceinline__ RowTotals Finish(const RowState& st) {
   return t;
 }
 
+// The gradient of a row whose positive total is subnormal (see below): both terms, the
+// positive one with log t folded into its exponent, in double.
+__device__ __noinline__ float GradSubnormalP(const RowTotals& tot, float s, float t) {
+  if (s == -INFINITY) return 0.0f;
+  float g = (1.0f - t) * expf(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
+  if (t > 0.0f) {
+    const double p = static_cast<double>(tot.mp) + log(static_cast<double>(tot.dp));
+    g -= static_cast<float>(exp(log(static_cast<double>(t)) - static_cast<double>(s) - p));
+  }
+  return g;
+}
+
 // ∂L/∂s = (1-t)·e^{s-N} - t·e^{-s-P}, each term only where its weight is non-zero. The negative
 // total is at least 2^-24 (1 - t >= 2^-24 for t < 1), but the positive one is subnormal when a
 // subnormal label sets its maximum: 1/total is then inf, and that rare term is evaluated with
 // log t folded into the exponent, in double.
 __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
-  // Both terms for every entry, weighted (branch-free: neighbouring entries take either term).
-  float g = (1.0f - t) * expf(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
-  if (isfinite(tot.inv_dp)) {  // the same for the whole row: no divergence
-    g -= t * expf(fminf(-s - tot.mp, 0.0f)) * tot.inv_dp;
-  } else if (t > 0.0f) {
-    const double p = static_cast<double>(tot.mp) + log(static_cast<double>(tot.dp));
-    g -= static_cast<float>(exp(log(static_cast<double>(t)) - static_cast<double>(s) - p));
-  }
+  if (!isfinite(tot.inv_dp)) return GradSubnormalP(tot, s, t);  // the same for the whole row
+  // One exponential for a hard label, as in Tile::Reduce; a soft label's second term apart.
+  const bool pos = t > 0.0f;
+  const float e = expf(fminf(pos ? -s - tot.mp : s - tot.mn, 0.0f));
+  float g = pos ? -t * e * tot.inv_dp : (1.0f - t) * e * tot.inv_dn;
+  if (pos && t < 1.0f) g += (1.0f - t) * expf(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
   return s == -INFINITY ? 0.0f : g;
 }
 
@@ -137,9 +147,10 @@ struct Tile {
   }
 
   // The thread's own entries in two passes: the maxima first (no exponentials), then the
-  // E sums' terms, all independent (no chain of dependent exponentials, no divergent branch:
-  // both terms are evaluated for every entry, with weight 0 where they do not apply, and the
-  // exponent clamped to <= 0 so that a zero weight never meets an infinity).
+  // E sums' terms, all independent (no chain of dependent exponentials). An entry with t = 1
+  // or t = 0 (a hard label) has one term: one exponential, its argument chosen without a
+  // branch; a soft label's second term is a branch that neighbouring soft labels take
+  // together. Exponents are clamped to <= 0, so that a zero weight never meets an infinity.
   __device__ __forceinline__ RowState Reduce() const {
     float mp = 0.0f, mn = 0.0f;
 #pragma unroll
@@ -152,10 +163,12 @@ struct Tile {
     float rp = 0.0f, rn = 0.0f;
 #pragma unroll
     for (int k = 0; k < E; ++k) {
-      const bool kept = s[k] != -INFINITY;
-      const float wp = kept ? t[k] : 0.0f, wn = kept ? 1.0f - t[k] : 0.0f;
-      rp += wp * expf(fminf(-s[k] - mp, 0.0f));
-      rn += wn * expf(fminf(s[k] - mn, 0.0f));
+      const bool kept = s[k] != -INFINITY, pos = t[k] > 0.0f;
+      const float w = kept ? (pos ? t[k] : 1.0f - t[k]) : 0.0f;
+      const float e = w * expf(fminf(pos ? -s[k] - mp : s[k] - mn, 0.0f));
+      rp += pos ? e : 0.0f;
+      rn += pos ? 0.0f : e;
+      if (kept && pos && t[k] < 1.0f) rn += (1.0f - t[k]) * expf(fminf(s[k] - mn, 0.0f));
     }
     return {{mp, rp}, {mn, rn}};
   }

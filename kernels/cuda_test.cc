@@ -95,9 +95,12 @@ TEST_F(CudaBackendTest, ProbabilitiesAndLabelsMatchTheCpu) {
     bool per_label;
     uint32_t top_k, min_labels;
   };
-  const Case cases[] = {{0.4f, false, 5, 2}, {0.5f, false, 1, 0}, {0.1f, false, 64, 0},
-                        {0.9f, false, 3, 8}, {0.5f, true, 4, 5},  {0.3f, false, 2, 6}};
-  for (int64_t cols : {1, 7, 33, 1000, 9000, 131072}) {
+  // The last two: candidates that need several rounds of reduction on long rows (top_k +
+  // min_labels slots per 4096-column chunk), and every entry passing.
+  const Case cases[] = {{0.4f, false, 5, 2},      {0.5f, false, 1, 0}, {0.1f, false, 64, 0},
+                        {0.9f, false, 3, 8},      {0.5f, true, 4, 5},  {0.3f, false, 2, 6},
+                        {0.2f, true, 1000, 1024}, {1e-6f, false, 7, 0}};
+  for (int64_t cols : {1, 7, 33, 1000, 4096, 4097, 9000, 131072}) {
     Problem p = MakeProblem({.rows = cols > 100000 ? 3 : 13,
                              .cols = cols,
                              .mask = true,
