@@ -1,6 +1,6 @@
 // GPU kernel benchmark: in one run, the device-to-device copy ceiling, then every op at the
 // issue's shapes, as GB/s and as a fraction of that ceiling.
-//   build/bench/zlpr_cuda_bench [iterations [shape indices, e.g. 2,3]]
+//   build/bench/zlpr_cuda_bench [iterations [shape indices, e.g. 2,3; 4: the round trip]]
 // Bytes counted: loss 8 B/element read (fp32 scores + labels); loss+gradient 8 read + 4
 // written; probabilities 4 read + 4 written; labeler 4 read (bench/torch_gpu.py times
 // torch.topk on the same card). The copy ceiling is (read + written) / time of a cudaMemcpy
@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -16,6 +17,7 @@
 
 #include "kernels/cuda_launch.h"
 #include "kernels/test_util.h"
+#include "kernels/zlpr.h"
 
 namespace zlpr {
 namespace {
@@ -171,6 +173,56 @@ int main(int argc, char** argv) {
       if (ptr != nullptr) cudaFree(ptr);
     }
   }
+  // Host to host through the CUDA backend, beside its kernel alone: what the copies and the
+  // staging through page-locked memory cost a server's batch (ComputeLoss with gradient).
+  std::string round_trip;
+  if (only.empty() || only.find('4') != std::string::npos) {
+    const int64_t rows = 256, cols = 16384, n = rows * cols;
+    const testing::Problem p = testing::MakeProblem({.rows = rows, .cols = cols, .seed = 5});
+    auto backend = NewCudaBackend(0);
+    auto valid = ValidateLossInput(p.Input());
+    if (!backend.ok() || !valid.ok()) {
+      std::fprintf(stderr, "round trip: %s %s\n", backend.status().ToString().c_str(),
+                   valid.status().ToString().c_str());
+      return 1;
+    }
+    std::vector<float> loss(rows), grad(n);
+    std::vector<double> us;
+    for (int i = 0; i < iters + 3; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!(*backend)->Loss(*valid, {loss.data(), grad.data()}).ok()) return 1;
+      const auto t1 = std::chrono::steady_clock::now();
+      if (i >= 3) us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    std::sort(us.begin(), us.end());
+    float *d_s, *d_t, *d_loss, *d_grad;
+    CHECK_CUDA(cudaMalloc(&d_s, n * 4));
+    CHECK_CUDA(cudaMalloc(&d_t, n * 4));
+    CHECK_CUDA(cudaMalloc(&d_loss, rows * 4));
+    CHECK_CUDA(cudaMalloc(&d_grad, n * 4));
+    CHECK_CUDA(cudaMemcpy(d_s, p.scores.data(), n * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(d_t, p.dense.data(), n * 4, cudaMemcpyHostToDevice));
+    cuda::DeviceLossArgs a;
+    a.scores = d_s;
+    a.labels = d_t;
+    a.rows = rows;
+    a.cols = cols;
+    a.loss = d_loss;
+    a.grad = d_grad;
+    const double kernel_us =
+        1e3 * TimeMs([&] { (void)cuda::LaunchLoss(a, nullptr, device, true, nullptr); }, iters);
+    const double total_us = us[us.size() / 2];
+    char line[512];
+    std::snprintf(line, sizeof(line),
+                  "backend round trip, 256x16384 loss+grad fp32: %.1f us host to host (median), "
+                  "kernel alone %.1f us (%.0f%%); copies and staging %.0f%% (%.1f MB in, %.1f MB "
+                  "out)\n",
+                  total_us, kernel_us, 100.0 * kernel_us / total_us,
+                  100.0 * (1.0 - kernel_us / total_us), n * 8 / 1e6, (n + rows) * 4 / 1e6);
+    round_trip = line;
+    for (float* ptr : {d_s, d_t, d_loss, d_grad}) cudaFree(ptr);
+  }
+  std::printf("\n%s", round_trip.c_str());
   std::printf("\n| shape | op | time (us) | GB/s | copy ceiling GB/s | fraction |\n");
   std::printf("|---|---|---:|---:|---:|---:|\n");
   for (const Row& r : rows_out) {

@@ -66,6 +66,8 @@ class GrowBuffer {
     const cudaError_t err = Alloc(&ptr_, want);
     if (err != cudaSuccess) {
       ptr_ = nullptr;
+      // Any other error (a broken context fails allocations too) is the device's: INTERNAL.
+      if (err != cudaErrorMemoryAllocation) return CudaError(err, what);
       cudaGetLastError();  // not sticky: clear it, or the next launch check would report it
       size_t free_bytes = 0, total_bytes = 0;
       if (account != nullptr) cudaMemGetInfo(&free_bytes, &total_bytes);

@@ -30,7 +30,7 @@ __global__ void ProbabilitiesKernel(const T* __restrict__ scores, const uint8_t*
   }
 }
 
-constexpr int kLabelThreads = 256;
+constexpr int kLabelThreads = 256;  // also the histogram's 256 buckets, one per thread
 
 // --- Keys ------------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ template <typename Pred>
 __device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh, bool* all,
                              uint64_t* kth) {
   __syncthreads();  // the caller's last reads of sh are done
-  for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
+  sh.hist[threadIdx.x] = 0;  // kLabelThreads == 256 bins
   if (threadIdx.x == 0) {
     sh.prefix = 0;
     sh.prefix_mask = 0;
@@ -145,38 +145,66 @@ __device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh,
     sh.done = false;
   }
   __syncthreads();
+  const unsigned lane = threadIdx.x % 32;
   for (int shift = 56; shift >= 0; shift -= 8) {
     const uint64_t prefix = sh.prefix, mask = sh.prefix_mask;
-    for (int i = threadIdx.x; i < n; i += kLabelThreads) {
-      const uint64_t key = sh.keys[i];
-      if ((key & mask) == prefix && pred(key)) atomicAdd(&sh.hist[(key >> shift) & 0xFFu], 1u);
+    // Whole warps every round (no lane leaves early): lanes that hit the same bucket add
+    // together, one atomic per bucket and warp (a skewed row would serialize them otherwise).
+    for (int base = 0; base < n; base += kLabelThreads) {
+      const int i = base + static_cast<int>(threadIdx.x);
+      const uint64_t key = i < n ? sh.keys[i] : 0;
+      const bool hit = key != 0 && (key & mask) == prefix && pred(key);
+      const unsigned bucket = hit ? static_cast<unsigned>((key >> shift) & 0xFFu) : 256u;
+      const unsigned peers = __match_any_sync(0xFFFFFFFFu, bucket);
+      if (hit && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
+        atomicAdd(&sh.hist[bucket], static_cast<unsigned>(__popc(peers)));
+      }
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      if (shift == 56) {
-        int total = 0;
-        for (int b = 0; b < 256; ++b) total += static_cast<int>(sh.hist[b]);
-        sh.total = total;
-        sh.done = total <= want;
+    if (threadIdx.x < 32) {
+      // The first warp finds the bucket that holds the boundary: lane l holds buckets
+      // [8l, 8l + 8); sums over the lanes above give each lane the count above its buckets.
+      unsigned h[8], local = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        h[j] = sh.hist[lane * 8 + j];
+        local += h[j];
       }
-      if (!sh.done) {
-        int cum = 0;
-        for (int b = 255; b >= 0; --b) {
-          const int h = static_cast<int>(sh.hist[b]);
-          if (cum + h >= sh.remaining) {
-            sh.done = cum + h == sh.remaining;  // the whole bucket is in: no finer pass needed
-            sh.remaining -= cum;
-            sh.prefix |= static_cast<uint64_t>(b) << shift;
-            sh.prefix_mask |= 0xFFull << shift;
-            break;
+      unsigned suffix = local;  // buckets of this lane and the lanes above
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const unsigned v = __shfl_down_sync(0xFFFFFFFFu, suffix, off);
+        if (lane + off < 32) suffix += v;
+      }
+      const unsigned total = __shfl_sync(0xFFFFFFFFu, suffix, 0);
+      const bool first = shift == 56;
+      if (first && total <= static_cast<unsigned>(want)) {
+        if (lane == 0) {
+          sh.total = static_cast<int>(total);
+          sh.done = true;
+        }
+      } else {
+        if (first && lane == 0) sh.total = static_cast<int>(total);
+        const unsigned remaining = static_cast<unsigned>(sh.remaining);
+        unsigned cum = suffix - local;  // in the buckets above this lane's
+        if (cum < remaining && remaining <= suffix) {  // exactly one lane
+          for (int j = 7; j >= 0; --j) {
+            if (cum + h[j] >= remaining) {
+              const uint64_t b = lane * 8 + static_cast<unsigned>(j);
+              sh.done = cum + h[j] == remaining;  // the whole bucket is in: no finer pass
+              sh.remaining = static_cast<int>(remaining - cum);
+              sh.prefix |= b << shift;
+              sh.prefix_mask |= 0xFFull << shift;
+              break;
+            }
+            cum += h[j];
           }
-          cum += h;
         }
       }
     }
     __syncthreads();
     if (sh.done) break;
-    for (int b = threadIdx.x; b < 256; b += kLabelThreads) sh.hist[b] = 0;
+    sh.hist[threadIdx.x] = 0;
     __syncthreads();
   }
   if (sh.total <= want) {

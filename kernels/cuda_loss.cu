@@ -98,9 +98,9 @@ __device__ __forceinline__ float Grad(const RowTotals& tot, float s, float t) {
   if (!isfinite(tot.inv_dp)) return GradSubnormalP(tot, s, t);  // the same for the whole row
   // One exponential for a hard label, as in Tile::Reduce; a soft label's second term apart.
   const bool pos = t > 0.0f;
-  const float e = expf(fminf(pos ? -s - tot.mp : s - tot.mn, 0.0f));
+  const float e = ExpNonPositive(fminf(pos ? -s - tot.mp : s - tot.mn, 0.0f));
   float g = pos ? -t * e * tot.inv_dp : (1.0f - t) * e * tot.inv_dn;
-  if (pos && t < 1.0f) g += (1.0f - t) * expf(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
+  if (pos && t < 1.0f) g += (1.0f - t) * ExpNonPositive(fminf(s - tot.mn, 0.0f)) * tot.inv_dn;
   return s == -INFINITY ? 0.0f : g;
 }
 
@@ -165,10 +165,12 @@ struct Tile {
     for (int k = 0; k < E; ++k) {
       const bool kept = s[k] != -INFINITY, pos = t[k] > 0.0f;
       const float w = kept ? (pos ? t[k] : 1.0f - t[k]) : 0.0f;
-      const float e = w * expf(fminf(pos ? -s[k] - mp : s[k] - mn, 0.0f));
+      const float e = w * ExpNonPositive(fminf(pos ? -s[k] - mp : s[k] - mn, 0.0f));
       rp += pos ? e : 0.0f;
       rn += pos ? 0.0f : e;
-      if (kept && pos && t[k] < 1.0f) rn += (1.0f - t[k]) * expf(fminf(s[k] - mn, 0.0f));
+      if (kept && pos && t[k] < 1.0f) {
+        rn += (1.0f - t[k]) * ExpNonPositive(fminf(s[k] - mn, 0.0f));
+      }
     }
     return {{mp, rp}, {mn, rn}};
   }
@@ -298,11 +300,13 @@ __global__ void __launch_bounds__(kSegThreads) ClusterRowKernel(Args<T> a) {
   Tile<T, kSegThreads, kSegItems, V> tile;
   tile.Load(a, row, begin, end, threadIdx.x);
   const RowState st = BlockAllReduce<kSegThreads>(tile.Reduce());
+  __shared__ RowState all[kMaxClusterSegments];
   if (threadIdx.x == 0) mine = st;
   cluster.sync();
+  // The blocks' states fetched side by side (one remote read per thread), merged in order.
+  if (threadIdx.x < segments) all[threadIdx.x] = *cluster.map_shared_rank(&mine, threadIdx.x);
+  __syncthreads();
   if (threadIdx.x == 0) {
-    RowState all[kMaxClusterSegments];
-    for (int k = 0; k < segments; ++k) all[k] = *cluster.map_shared_rank(&mine, k);
     shared_tot = Finish(MergeInOrder(all, segments));
     if (seg == 0) a.loss[row] = shared_tot.loss;
   }

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Every GPU check in one call, on a machine with an NVIDIA GPU, from the repository root, with
-# the binaries of a CUDA build carried in .devbundle/ (scripts/device-bundle.sh --gpu-checks;
-# about 60 MiB, under the 64 MiB a device call carries; -DCMAKE_CUDA_ARCHITECTURES=90 alone
-# shrinks it for a Hopper card): builds nothing. In order, each step's log under $OUT (default /tmp/zlpr-device):
-#   1. the CUDA kernel tests (zlpr_kernels_test --gtest_filter='Cuda*')
-#   2. compute-sanitizer memcheck and racecheck over them (when the machine has it)
-#   2. zlpr_cuda_bench: the device-to-device copy ceiling, then every kernel and shape
-#   4. bench/torch_gpu.py: PyTorch eager, torch.compile and torch.topk (when PyTorch with CUDA
+# the binaries of a CUDA build carried in .devbundle/ (scripts/device-bundle.sh --gpu-checks
+# BUILD; a build with -DCMAKE_CUDA_ARCHITECTURES=90 is 39 MiB, under the 64 MiB a device call
+# carries; one for both architectures no longer is): builds nothing. In order, each step's log
+# under $OUT (default /tmp/zlpr-device):
+#   1. the CUDA kernel tests (zlpr_kernels_test --gtest_filter='Cuda*'), fault tests included
+#   2. zlpr_cuda_bench: the device-to-device copy ceiling, then every kernel and shape, and a
+#      backend round trip (host to host) beside its kernel alone
+#   3. bench/torch_gpu.py: PyTorch eager, torch.compile and torch.topk (when PyTorch with CUDA
 #      is installed)
 #   4. the server on the GPU, driven by zlpr-bench: Predict 1x1000 at concurrency 64 with
 #      batching on and off (--max_batch_rows=1), and ComputeLoss with gradient 256x16384 on the
-#      GPU server and on a CPU server
+#      GPU server and on a CPU server (Predict there too); each run with the server's own
+#      count of kernel calls, rows per call and time per call (from /metrics)
+#   5. compute-sanitizer memcheck and racecheck over the CUDA tests but the fault-injection
+#      ones (when the machine has it), near the end because they are the slowest
+#   6. Nsight Compute (ncu) over the kernels of two shapes, when the machine has it (NCU=0: not)
 # and prints a short table last. A step that fails is reported and the next one still runs.
-#   scripts/device-run.sh [SECONDS_PER_SERVER_RUN]
+#   scripts/device-run.sh [SECONDS_PER_SERVER_RUN [SECONDS_PER_SANITIZER]]
 set -uo pipefail
 bundle=${BUNDLE:-.devbundle}
 out=${OUT:-/tmp/zlpr-device}
@@ -49,11 +54,12 @@ servers=0
 start_server() {
   servers=$((servers + 1))
   SERVER_LOG="$out/server.$servers.txt"
-  "$bundle/run" zlpr-server --grpc_address=127.0.0.1:0 --metrics_address= "$@" \
+  "$bundle/run" zlpr-server --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 "$@" \
     > "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 300); do
     PORT=$(grep -o 'gRPC on port [0-9]*' "$SERVER_LOG" | grep -o '[0-9]*$')
+    METRICS_PORT=$(grep -o 'metrics on port [0-9]*' "$SERVER_LOG" | grep -o '[0-9]*$')
     [ -n "$PORT" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
@@ -62,11 +68,24 @@ start_server() {
   kill "$SERVER_PID" 2>/dev/null
   return 1
 }
+# The server's own account of its kernel calls so far: "calls rows seconds" summed over ops.
+server_calls() {
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+    /^zlpr_compute_duration_seconds_count/ { n += $2 }
+    /^zlpr_compute_duration_seconds_sum/ { t += $2 }
+    /^zlpr_batch_rows_sum/ { r += $2 }
+    END { printf "%d %d %.9f\n", n, r, t }'
+}
 bench() {  # LABEL PORT ARGS...: one zlpr-bench run; its table line into the summary
   local label=$1 port=$2; shift 2
+  local before after
+  before=$(server_calls)
   timeout $((secs + 60)) "$bundle/run" zlpr-bench --target=127.0.0.1:"$port" --duration_s="$secs" \
     --warmup_s=1 --progress=false "$@" > "$out/bench.$label.txt" 2>&1
+  after=$(server_calls)
   row "zlpr-bench $label" "$(grep '^| zlpr' "$out/bench.$label.txt" | head -1)"
+  row "server side, $label" "$(echo "$before $after" | awk '{ n = $4 - $1; r = $5 - $2; t = $6 - $3;
+    if (n > 0) printf "%d kernel calls, %.1f rows each, %.1f us each (backend: copies and kernels)", n, r / n, 1e6 * t / n }')"
 }
 for batching in on off; do
   flags=(--backend=cuda)
@@ -84,6 +103,7 @@ for batching in on off; do
   fi
 done
 if start_server --backend=cpu; then
+  bench "predict-c64-cpu" "$PORT" --rpc=predict --rows=1 --cols=1000 --concurrency=64
   bench "loss_grad-256x16384-cpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 --concurrency=8
   kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
 fi
