@@ -119,9 +119,11 @@ int main(int argc, char** argv) {
     args.rows = rows;
     args.cols = cols;
     args.loss = d_loss;
-    auto launch = [&](bool grad, bool clusters) {
+    auto launch = [&](bool grad, bool clusters,
+                      int segment_threads = cuda::kDefaultSegmentThreads) {
       cuda::DeviceLossArgs a = args;
       a.grad = grad ? d_grad : nullptr;
+      a.segment_threads = segment_threads;
       const absl::Status st = cuda::LaunchLoss(a, d_ws, device, clusters, nullptr);
       if (!st.ok()) {
         std::fprintf(stderr, "%s\n", st.ToString().c_str());
@@ -132,6 +134,12 @@ int main(int argc, char** argv) {
     record("loss+grad", n * 12, [&] { launch(true, true); });
     if (cols > cuda::kSegmentColumns) {
       record("loss+grad (no clusters)", n * 12, [&] { launch(true, false); });
+    }
+    if (cols > 4096) {  // the other block shape over a row segment
+      const int other = cuda::kDefaultSegmentThreads == 512 ? 1024 : 512;
+      const std::string tag = " (" + std::to_string(other) + "-thread segments)";
+      record(("loss" + tag).c_str(), n * 8, [&] { launch(false, true, other); });
+      record(("loss+grad" + tag).c_str(), n * 12, [&] { launch(true, true, other); });
     }
     record("probabilities", n * 8, [&] {
       const absl::Status st = cuda::LaunchProbabilities(d_s, DType::kFloat32, nullptr, rows, cols,

@@ -186,6 +186,7 @@ __device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh,
       } else {
         if (first && lane == 0) sh.total = static_cast<int>(total);
         const unsigned remaining = static_cast<unsigned>(sh.remaining);
+        __syncwarp();  // every lane has read sh.remaining before one lane rewrites it
         unsigned cum = suffix - local;  // in the buckets above this lane's
         if (cum < remaining && remaining <= suffix) {  // exactly one lane
           for (int j = 7; j >= 0; --j) {

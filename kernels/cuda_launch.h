@@ -20,6 +20,9 @@ struct DeviceInfo {
   int major = 0;  // compute capability major version
 };
 
+// Threads of a block over one row segment (see DeviceLossArgs::segment_threads).
+inline constexpr int kDefaultSegmentThreads = 512;
+
 // All pointers are device memory. Inputs must be valid (the backend validates on the host).
 struct DeviceLossArgs {
   const void* scores = nullptr;  // rows x cols of `dtype`
@@ -30,6 +33,9 @@ struct DeviceLossArgs {
   int64_t cols = 0;
   float* loss = nullptr;  // rows
   float* grad = nullptr;  // optional rows x cols
+  // Threads of a block over a row's segment of up to kSegmentColumns (rows over 4096 columns):
+  // 512 (32 entries each) or 1024 (16 each). A row's bits depend on it: one server keeps one.
+  int segment_threads = kDefaultSegmentThreads;
 };
 
 // Rows longer than this are cut into segments of this many columns, one thread block each.
@@ -84,9 +90,10 @@ struct DeviceLabelArgs {
 };
 absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream);
 
-// A kernel that traps, for the backend's fault-injection hook (InjectCudaFaultForTesting): the
-// context is broken once it runs, as by a real device fault.
-absl::Status LaunchTrapForTesting(cudaStream_t stream);
+// For the backend's fault-injection hook (InjectCudaFaultForTesting): with `trap`, a kernel
+// that traps (the context is broken once it runs, as by a real device fault); without, a
+// launch the runtime refuses at once (an error that leaves the context intact).
+absl::Status LaunchFaultForTesting(cudaStream_t stream, bool trap);
 
 // A CUDA error as a Status naming what failed.
 absl::Status CudaError(cudaError_t err, const char* what);

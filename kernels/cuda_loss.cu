@@ -238,8 +238,11 @@ __global__ void __launch_bounds__(G) BlockRowKernel(Args<T> a) {
 
 // --- Long rows: fixed segments -----------------------------------------------------------
 
-constexpr int kSegThreads = 512;
-constexpr int kSegItems = static_cast<int>(kSegmentColumns / kSegThreads);  // 32
+// A segment's block: G threads of kSegmentColumns / G entries each (512 x 32 or 1024 x 16; the
+// launch chooses, DeviceLossArgs::segment_threads). Either way one block fills an SM's
+// registers; 1024 threads give it twice the warps to hide latency with.
+template <int G>
+inline constexpr int kSegItems = static_cast<int>(kSegmentColumns / G);
 constexpr int kMaxClusterSegments = 8;  // the portable cluster size
 
 __device__ __forceinline__ RowState MergeInOrder(const RowState* states, int n) {
@@ -249,14 +252,14 @@ __device__ __forceinline__ RowState MergeInOrder(const RowState* states, int n) 
 }
 
 // Grid (segments, rows): each block reduces its segment to states[row * segments + segment].
-template <typename T, int V>
-__global__ void __launch_bounds__(kSegThreads) SegmentStateKernel(Args<T> a, RowState* states) {
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(G) SegmentStateKernel(Args<T> a, RowState* states) {
   const int64_t row = blockIdx.y, seg = blockIdx.x;
   const int64_t begin = seg * kSegmentColumns;
   const int64_t end = min(a.cols, begin + kSegmentColumns);
-  Tile<T, kSegThreads, kSegItems, V> tile;
+  Tile<T, G, kSegItems<G>, V> tile;
   tile.Load(a, row, begin, end, threadIdx.x);
-  const RowState st = BlockAllReduce<kSegThreads>(tile.Reduce());
+  const RowState st = BlockAllReduce<G>(tile.Reduce());
   if (threadIdx.x == 0) states[row * gridDim.x + seg] = st;
 }
 
@@ -267,9 +270,8 @@ __global__ void SegmentLossKernel(const RowState* states, int segments, int64_t 
 }
 
 // Grid (segments, rows): re-reads the segment and writes its gradient (and block 0 the loss).
-template <typename T, int V>
-__global__ void __launch_bounds__(kSegThreads)
-    SegmentGradKernel(Args<T> a, const RowState* states) {
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(G) SegmentGradKernel(Args<T> a, const RowState* states) {
   const int64_t row = blockIdx.y, seg = blockIdx.x;
   const int64_t begin = seg * kSegmentColumns;
   const int64_t end = min(a.cols, begin + kSegmentColumns);
@@ -278,7 +280,7 @@ __global__ void __launch_bounds__(kSegThreads)
     shared_tot = Finish(MergeInOrder(states + row * gridDim.x, static_cast<int>(gridDim.x)));
     if (seg == 0) a.loss[row] = shared_tot.loss;
   }
-  Tile<T, kSegThreads, kSegItems, V> tile;
+  Tile<T, G, kSegItems<G>, V> tile;
   tile.Load(a, row, begin, end, threadIdx.x);
   __syncthreads();
   tile.StoreGrad(a, shared_tot, row, begin, end, threadIdx.x);
@@ -286,8 +288,8 @@ __global__ void __launch_bounds__(kSegThreads)
 
 // Hopper: grid (segments, rows) in clusters of (segments, 1, 1). One pass: the blocks of a
 // row exchange their segment states through distributed shared memory.
-template <typename T, int V>
-__global__ void __launch_bounds__(kSegThreads) ClusterRowKernel(Args<T> a) {
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(G) ClusterRowKernel(Args<T> a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cg::cluster_group cluster = cg::this_cluster();
   __shared__ RowState mine;
@@ -297,9 +299,9 @@ __global__ void __launch_bounds__(kSegThreads) ClusterRowKernel(Args<T> a) {
   const int segments = static_cast<int>(cluster.num_blocks());
   const int64_t begin = seg * kSegmentColumns;
   const int64_t end = min(a.cols, begin + kSegmentColumns);
-  Tile<T, kSegThreads, kSegItems, V> tile;
+  Tile<T, G, kSegItems<G>, V> tile;
   tile.Load(a, row, begin, end, threadIdx.x);
-  const RowState st = BlockAllReduce<kSegThreads>(tile.Reduce());
+  const RowState st = BlockAllReduce<G>(tile.Reduce());
   __shared__ RowState all[kMaxClusterSegments];
   if (threadIdx.x == 0) mine = st;
   cluster.sync();
@@ -333,48 +335,61 @@ __global__ void DensifyKernel(const int64_t* __restrict__ row_splits,
 
 int64_t Segments(int64_t cols) { return (cols + kSegmentColumns - 1) / kSegmentColumns; }
 
+// Rows of more than 4096 columns: one block per row up to kSegmentColumns, else segments.
+template <typename T, int V, int G>
+void LaunchSegmented(const Args<T>& a, void* workspace, const DeviceInfo& device,
+                     bool allow_clusters, cudaStream_t stream, cudaError_t* launch_error) {
+  const unsigned rows = static_cast<unsigned>(a.rows);
+  if (a.cols <= kSegmentColumns) {
+    BlockRowKernel<T, G, kSegItems<G>, V><<<rows, G, 0, stream>>>(a);
+    return;
+  }
+  const int64_t segments = Segments(a.cols);
+  const dim3 grid(static_cast<unsigned>(segments), rows);
+  if (allow_clusters && a.grad != nullptr && segments <= kMaxClusterSegments &&
+      device.major >= 9) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(G);
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(segments);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    *launch_error = cudaLaunchKernelEx(&config, ClusterRowKernel<T, V, G>, a);
+    return;
+  }
+  auto* states = static_cast<RowState*>(workspace);
+  SegmentStateKernel<T, V, G><<<grid, G, 0, stream>>>(a, states);
+  if (a.grad != nullptr) {
+    SegmentGradKernel<T, V, G><<<grid, G, 0, stream>>>(a, states);
+  } else {
+    SegmentLossKernel<<<(rows + 127) / 128, 128, 0, stream>>>(states, static_cast<int>(segments),
+                                                              a.rows, a.loss);
+  }
+}
+
 template <typename T, int V>
-absl::Status LaunchLossTyped(const Args<T>& a, void* workspace, const DeviceInfo& device,
-                             bool allow_clusters, cudaStream_t stream) {
+absl::Status LaunchLossTyped(const Args<T>& a, int segment_threads, void* workspace,
+                             const DeviceInfo& device, bool allow_clusters, cudaStream_t stream) {
   const int64_t cols = a.cols;
   const unsigned rows = static_cast<unsigned>(a.rows);
+  cudaError_t launch_error = cudaSuccess;
   if (cols <= 256) {
     WarpRowKernel<T, 8, V><<<(rows + 3) / 4, 128, 0, stream>>>(a);
   } else if (cols <= 1024) {
     WarpRowKernel<T, 32, V><<<(rows + 3) / 4, 128, 0, stream>>>(a);
   } else if (cols <= 4096) {
     BlockRowKernel<T, 128, 32, V><<<rows, 128, 0, stream>>>(a);
-  } else if (cols <= kSegmentColumns) {
-    BlockRowKernel<T, kSegThreads, kSegItems, V><<<rows, kSegThreads, 0, stream>>>(a);
+  } else if (segment_threads == 1024) {
+    LaunchSegmented<T, V, 1024>(a, workspace, device, allow_clusters, stream, &launch_error);
   } else {
-    const int64_t segments = Segments(cols);
-    const dim3 grid(static_cast<unsigned>(segments), rows);
-    if (allow_clusters && a.grad != nullptr && segments <= kMaxClusterSegments &&
-        device.major >= 9) {
-      cudaLaunchConfig_t config = {};
-      config.gridDim = grid;
-      config.blockDim = dim3(kSegThreads);
-      config.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = static_cast<unsigned>(segments);
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      config.attrs = attr;
-      config.numAttrs = 1;
-      const cudaError_t err = cudaLaunchKernelEx(&config, ClusterRowKernel<T, V>, a);
-      if (err != cudaSuccess) return CudaError(err, "cluster loss kernel launch");
-    } else {
-      auto* states = static_cast<RowState*>(workspace);
-      SegmentStateKernel<T, V><<<grid, kSegThreads, 0, stream>>>(a, states);
-      if (a.grad != nullptr) {
-        SegmentGradKernel<T, V><<<grid, kSegThreads, 0, stream>>>(a, states);
-      } else {
-        SegmentLossKernel<<<(rows + 127) / 128, 128, 0, stream>>>(
-            states, static_cast<int>(segments), a.rows, a.loss);
-      }
-    }
+    LaunchSegmented<T, V, 512>(a, workspace, device, allow_clusters, stream, &launch_error);
   }
+  if (launch_error != cudaSuccess) return CudaError(launch_error, "cluster loss kernel launch");
   return CudaError(cudaGetLastError(), "loss kernel launch");
 }
 
@@ -382,9 +397,13 @@ __global__ void TrapKernel() { __trap(); }
 
 }  // namespace
 
-absl::Status LaunchTrapForTesting(cudaStream_t stream) {
-  TrapKernel<<<1, 1, 0, stream>>>();
-  return CudaError(cudaGetLastError(), "trap kernel launch");
+absl::Status LaunchFaultForTesting(cudaStream_t stream, bool trap) {
+  if (trap) {
+    TrapKernel<<<1, 1, 0, stream>>>();
+  } else {
+    TrapKernel<<<1, 4096, 0, stream>>>();  // more threads than a block may have: refused
+  }
+  return CudaError(cudaGetLastError(), trap ? "trap kernel launch" : "fault-injection launch");
 }
 
 absl::Status CudaError(cudaError_t err, const char* what) {
@@ -408,8 +427,13 @@ absl::Status LaunchLoss(const DeviceLossArgs& d, void* workspace, const DeviceIn
     const Args<T> a{
         static_cast<const T*>(d.scores), d.labels, d.mask, d.rows, d.cols, d.loss, d.grad};
     // 16-byte label and gradient loads need rows that start on 4-float boundaries.
-    if (d.cols % 4 == 0) return LaunchLossTyped<T, 4>(a, workspace, device, allow_clusters, stream);
-    return LaunchLossTyped<T, 1>(a, workspace, device, allow_clusters, stream);
+    if (d.segment_threads != 512 && d.segment_threads != 1024) {
+      return absl::InvalidArgumentError("segment_threads: 512 or 1024");
+    }
+    if (d.cols % 4 == 0) {
+      return LaunchLossTyped<T, 4>(a, d.segment_threads, workspace, device, allow_clusters, stream);
+    }
+    return LaunchLossTyped<T, 1>(a, d.segment_threads, workspace, device, allow_clusters, stream);
   });
 }
 

@@ -178,12 +178,10 @@ class Backend {
   // Device memory held for reuse across calls (0 for the CPU).
   virtual int64_t DeviceMemoryBytes() const { return 0; }
 
-  // OK while the backend can compute; else why not (a GPU whose context a CUDA error broke
-  // and a device reset did not bring back), and every call then fails with that status
-  // (UNAVAILABLE). Called by the worker thread that drives the backend.
+  // OK while the backend can compute; else why not (a GPU whose context a CUDA error broke),
+  // and every call then fails with that status (UNAVAILABLE). Called by the worker thread
+  // that drives the backend.
   virtual absl::Status health() const { return absl::OkStatus(); }
-  // Times the backend reset its device to recover from an error (0 for the CPU).
-  virtual int64_t recoveries() const { return 0; }
 
  protected:
   // Threads the validation of the two entry points above is spread over (null: the caller's).
@@ -216,16 +214,15 @@ struct CudaOptions {
 // Errors: a batch that does not fit (see CudaOptions) is RESOURCE_EXHAUSTED; any other CUDA
 // error fails the batch with INTERNAL and the CUDA error's name and text. When the error broke
 // the device's context (an illegal address, a trap: every later CUDA call would fail), the
-// backend resets the device, rebuilds its streams and checks the device with a small copy
-// and kernel; if that fails, health() turns UNAVAILABLE for good.
+// process cannot use the device again, and health() turns UNAVAILABLE for good.
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device,
                                                         const CudaOptions& options = {});
 
-// Test hooks of the CUDA backend (false for any other backend). The next Loss or Label call
-// launches a kernel that traps before its own work, so that call fails as a real device fault
-// would (a broken context); with `recovery_fails`, the check after the device reset fails too,
-// as on a device that does not come back.
-bool InjectCudaFaultForTesting(Backend& backend, bool recovery_fails = false);
+// Test hook of the CUDA backend (false for any other backend): the next Loss or Label call
+// fails as a device fault would. With `breaks_context`, a kernel that traps runs before the
+// call's own work (the context is broken, as by an illegal address); without, a launch the
+// runtime refuses (the context stays usable).
+bool InjectCudaFaultForTesting(Backend& backend, bool breaks_context);
 
 // The highest-priority SIMD target the CPU kernels dispatch to on this machine, e.g. "AVX3".
 std::string CpuSimdTarget();

@@ -91,7 +91,7 @@ for batching in on off; do
   flags=(--backend=cuda)
   [ "$batching" = off ] && flags+=(--max_batch_rows=1)
   if start_server "${flags[@]}"; then
-    bench "predict-c64-batching-$batching" "$PORT" --rpc=predict --rows=1 --cols=1000 \
+    bench "predict-c64-batching-$batching" "$PORT" --rpc=predict --rows=1 --cols=1000 --channels=8 \
       --concurrency=64
     if [ "$batching" = on ]; then
       bench "loss_grad-256x16384-gpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 \
@@ -103,7 +103,7 @@ for batching in on off; do
   fi
 done
 if start_server --backend=cpu; then
-  bench "predict-c64-cpu" "$PORT" --rpc=predict --rows=1 --cols=1000 --concurrency=64
+  bench "predict-c64-cpu" "$PORT" --rpc=predict --rows=1 --cols=1000 --channels=8 --concurrency=64
   bench "loss_grad-256x16384-cpu" "$PORT" --rpc=loss_grad --rows=256 --cols=16384 --concurrency=8
   kill -TERM "$SERVER_PID"; wait "$SERVER_PID"
 fi

@@ -147,18 +147,12 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
     for (int d : cuda_devices) device_memory_.push_back(&mem.Add({{"device", std::to_string(d)}}));
     auto& healthy = BuildGauge()
                         .Name("zlpr_device_healthy")
-                        .Help(
-                            "1 while the device can compute, 0 once a CUDA error made it "
-                            "unusable (a device reset did not bring it back)")
+                        .Help("1 while the device can compute, 0 once a CUDA error broke its "
+                              "context (the process must be restarted)")
                         .Register(registry);
-    auto& resets = BuildGauge()
-                       .Name("zlpr_device_recoveries")
-                       .Help("Device resets that brought the device back after a CUDA error")
-                       .Register(registry);
     for (int d : cuda_devices) {
       device_healthy_.push_back(&healthy.Add({{"device", std::to_string(d)}}));
       device_healthy_.back()->Set(1);
-      device_recoveries_.push_back(&resets.Add({{"device", std::to_string(d)}}));
     }
   }
 }

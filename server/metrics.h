@@ -71,7 +71,6 @@ class Metrics {
   prometheus::Gauge& device_memory(size_t i) { return *device_memory_[i]; }
   bool has_devices() const { return !device_memory_.empty(); }
   prometheus::Gauge& device_healthy(size_t i) { return *device_healthy_[i]; }
-  prometheus::Gauge& device_recoveries(size_t i) { return *device_recoveries_[i]; }
 
  private:
   static constexpr int kCodes = 17;
@@ -89,7 +88,7 @@ class Metrics {
   prometheus::Counter* request_bytes_ = nullptr;
   prometheus::Counter* late_results_ = nullptr;
   prometheus::Counter* response_bytes_ = nullptr;
-  std::vector<prometheus::Gauge*> device_memory_, device_healthy_, device_recoveries_;
+  std::vector<prometheus::Gauge*> device_memory_, device_healthy_;
 };
 
 }  // namespace zlpr::server

@@ -104,7 +104,6 @@ class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
   void OnBatchDone(size_t worker, const Backend& backend) override {
     if (backend.kind() == BackendKind::kCuda) {
       metrics_->device_memory(worker).Set(static_cast<double>(backend.DeviceMemoryBytes()));
-      metrics_->device_recoveries(worker).Set(static_cast<double>(backend.recoveries()));
     }
   }
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override {
