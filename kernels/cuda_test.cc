@@ -243,7 +243,8 @@ TEST_F(CudaBackendTest, FaultALaunchErrorFailsItsBatchAndTheBackendGoesOn) {
   std::vector<float> loss(8);
   const absl::Status st = cuda_->Loss(p.Input(), {loss.data(), nullptr});
   EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
-  EXPECT_NE(st.message().find("cudaErrorInvalidConfiguration"), std::string::npos) << st;
+  // The runtime's name for the refusal varies (the H200's driver said cudaErrorInvalidValue).
+  EXPECT_NE(st.message().find("CUDA fault-injection launch: cudaError"), std::string::npos) << st;
   EXPECT_TRUE(cuda_->health().ok()) << cuda_->health();
   ExpectLossMatchesTheCpu(*cuda_, *cpu_, 1000);
   ExpectLossMatchesTheCpu(*cuda_, *cpu_, 40000);  // the cluster kernel too
