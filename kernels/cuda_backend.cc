@@ -230,9 +230,9 @@ class CudaBackend final : public Backend {
     pinned_out_.Release(nullptr);
   }
 
-  // Host copies into and out of page-locked memory, spread over the host threads: one thread
-  // copies about 8 GB/s, less than the PCIe link the copies feed (run 3 on the H200: a
-  // 256x16384 loss+gradient took 7 ms host to host against 34 us of kernel).
+  // Host copies into and out of page-locked memory, spread over the host threads: on one
+  // thread they were the bottleneck (on the H200, a 256x16384 loss+gradient took 6952 us host
+  // to host against 34 us of kernel; 1941 us spread over 8 threads: bench/RESULTS.md).
   static constexpr size_t kCopyPiece = 1 << 20;
   void Copy(void* dst, const void* src, size_t bytes) {
     if (bytes <= kCopyPiece) {
