@@ -87,10 +87,6 @@ class GrowBuffer {
   // Frees the memory now.
   void Release(DeviceAccount* account) {
     if (ptr_ != nullptr) Free(ptr_);
-    Forget(account);
-  }
-  // Drops the pointer without freeing it: after a device reset, which freed it already.
-  void Forget(DeviceAccount* account) {
     if (account != nullptr) account->held -= static_cast<int64_t>(capacity_);
     ptr_ = nullptr;
     capacity_ = 0;
@@ -172,8 +168,7 @@ class CudaBackend final : public Backend {
 
   // Runs one batch's device work and handles what failed: a batch that did not fit is tried
   // once more from empty buffers (stale ones from larger batches may be what is in the way),
-  // then refused; after any other CUDA error the device is checked, and reset if its context
-  // is broken.
+  // then refused; after any other error the device is checked (Recover).
   template <typename F>
   absl::Status Guarded(const F& work) {
     if (!broken_.ok()) return broken_;
