@@ -152,8 +152,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   }
   for (size_t i = 0; i < o.devices.size(); ++i) {
     ZLPR_RETURN_IF_ERROR(CheckRange("devices", o.devices[i], 0, 1023));
-    // One backend per device: a device reset after a fault would pull a second one's memory
-    // away from under it.
+    // One backend per device: two would share its CUDA context (a fault that breaks one
+    // breaks both) and its memory.
     for (size_t j = 0; j < i; ++j) {
       if (o.devices[j] == o.devices[i]) {
         return absl::InvalidArgumentError(
@@ -334,12 +334,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     // and restart the process; requests meanwhile get UNAVAILABLE.
     std::fprintf(stderr, "zlpr-server: no backend can compute (%s): NOT_SERVING\n",
                  std::string(why.message()).c_str());
-    if (server->grpc_server_ != nullptr) {
-      server->grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    if (grpc::Server* grpc = server->serving_.load(std::memory_order_acquire); grpc != nullptr) {
+      grpc->GetHealthCheckService()->SetServingStatus(false);
     }
   });
   s->service_->Start();
   s->grpc_server_ = builder.BuildAndStart();
+  s->serving_.store(s->grpc_server_.get(), std::memory_order_release);
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
     s->service_->Stop();
     return absl::UnavailableError(

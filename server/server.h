@@ -10,6 +10,7 @@
 #ifndef ZLPR_SERVER_SERVER_H_
 #define ZLPR_SERVER_SERVER_H_
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -129,6 +130,9 @@ class Server {
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
   std::unique_ptr<inference::GRPCInferenceService::CallbackService> inference_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  // grpc_server_ for the workers, which turn its health NOT_SERVING when no backend can
+  // compute (published once it is built; it lives until the workers are joined).
+  std::atomic<grpc::Server*> serving_{nullptr};
   std::unique_ptr<HttpFrontEnd> http_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Reclaimer> reclaimer_;

@@ -107,8 +107,8 @@ class ZlprServiceImpl::MetricsListener final : public ExecutionListener {
     }
   }
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override {
-    std::fprintf(stderr, "zlpr-server: worker %zu stops: %s (%d backend%s left)\n", worker,
-                 std::string(why.message()).c_str(), healthy_left, healthy_left == 1 ? "" : "s");
+    std::fprintf(stderr, "zlpr-server: worker %zu's backend cannot compute: %s (%d left)\n",
+                 worker, std::string(why.message()).c_str(), healthy_left);
     if (metrics_->has_devices()) metrics_->device_healthy(worker).Set(0);
     if (healthy_left == 0 && *on_unusable_) (*on_unusable_)(why);
   }
