@@ -149,7 +149,7 @@ TEST(ServerStartTest, APortInUseIsAClearErrorNotACrash) {
 }
 
 TEST(ServerStartTest, OptionsOutOfRangeAreRefusedNamingTheFlag) {
-  const std::vector<std::pair<std::function<void(ServerOptions&)>, std::string>> cases = {
+  std::vector<std::pair<std::function<void(ServerOptions&)>, std::string>> cases = {
       {[](ServerOptions& o) { o.grpc_address = "127.0.0.1:99999"; },
        "--grpc_address=127.0.0.1:99999: expected HOST:PORT with a port from 0 to 65535"},
       {[](ServerOptions& o) { o.grpc_address = ""; }, "--grpc_address: empty; use HOST:PORT"},
@@ -172,6 +172,10 @@ TEST(ServerStartTest, OptionsOutOfRangeAreRefusedNamingTheFlag) {
       {[](ServerOptions& o) { o.shutdown_grace = std::chrono::milliseconds(-1000); },
        "--shutdown_grace_s=-1: must be 0 to 3600"},
   };
+  cases.push_back({[](ServerOptions& o) { o.devices = {0, 2, 0}; },
+                   "--devices: device 0 is listed twice"});
+  cases.push_back({[](ServerOptions& o) { o.cuda_memory_limit_bytes = -1; },
+                   "--cuda_memory_limit_bytes=-1: must be 0 to 1125899906842624"});
   for (const auto& [change, message] : cases) {
     ServerOptions o;
     o.grpc_address = "127.0.0.1:0";
