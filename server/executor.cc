@@ -217,17 +217,21 @@ void Workers::Start() {
       Backend& backend = *backends_[w];
       Executor executor(&backend, clock_, listener_);
       bool healthy = true;
+      // True when this worker should leave: its backend cannot compute and another can. The
+      // last one stays, and its backend answers every batch with its status (UNAVAILABLE), so
+      // nothing waits forever.
+      auto leave = [&] {
+        if (!healthy || backend.health().ok()) return false;
+        healthy = false;
+        const int left = healthy_.fetch_sub(1) - 1;
+        if (listener_ != nullptr) listener_->OnBackendUnhealthy(w, backend.health(), left);
+        return left > 0;
+      };
+      if (leave()) return;
       while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch()) {
         std::visit([&](auto& b) { executor.Execute(b); }, *batch);
         if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
-        if (healthy && !backend.health().ok()) {
-          healthy = false;
-          const int left = healthy_.fetch_sub(1) - 1;
-          if (listener_ != nullptr) listener_->OnBackendUnhealthy(w, backend.health(), left);
-          // Other workers still compute: leave the queue to them. The last one stays, and its
-          // backend answers every batch with its status (UNAVAILABLE), so nothing waits forever.
-          if (left > 0) break;
-        }
+        if (leave()) break;
       }
     });
   }
