@@ -172,7 +172,7 @@ TEST_F(CudaBackendTest, InvalidInputIsRejectedBeforeAnyCopy) {
 
 // --- Faults: a batch that does not fit, a broken context ---------------------------------
 
-// A 1-row, `cols`-column problem and the CPU's answer to it, to check a backend still computes.
+// A 4-row, `cols`-column problem against the CPU's answer to it: the backend still computes.
 void ExpectLossMatchesTheCpu(Backend& cuda, Backend& cpu, int64_t cols) {
   const Problem p = MakeProblem({.rows = 4, .cols = cols, .labels = Labels::kSoft, .seed = 11});
   std::vector<float> gl(4), gg(4 * cols), cl(4), cg(4 * cols);
