@@ -3,6 +3,7 @@
 // ThreadSanitizer by `make test-tsan`), answers against the CPU reference, and shutdown with
 // requests in flight.
 #include <atomic>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
@@ -111,6 +112,59 @@ TEST(OipHttpTest, ConcurrentKeepAliveClientsGetTheirOwnAnswers) {
         if (res.result_int() != 200 || j.is_discarded() || j["id"] != std::to_string(k) ||
             j["outputs"][0]["data"] != json({0, 2}) || j["outputs"][1]["data"] != json({2})) {
           wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
+// JSON texts over 64 KiB are parsed and formatted on the codec pool, not on an I/O thread:
+// several clients at once, each request ~300 KB of JSON and its probabilities ~500 KB back.
+TEST(OipHttpTest, LargeJsonRequestsAndResponsesAreAnsweredRight) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  constexpr int kRows = 30, kCols = 1000;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      Connection conn(server->http_port());
+      for (int i = 0; i < 3; ++i) {
+        const int k = c * 10 + i;
+        std::vector<double> scores(kRows * kCols);
+        for (int e = 0; e < kRows * kCols; ++e) scores[e] = ((e * 7 + k) % 11 - 5) / 4.0;
+        const std::string body =
+            json{{"id", std::to_string(k)},
+                 {"inputs",
+                  {{{"name", "scores"},
+                    {"datatype", "FP32"},
+                    {"shape", {kRows, kCols}},
+                    {"data", scores}}}},
+                 {"outputs", {{{"name", "probs"}}, {{"name", "label_count"}}}}}
+                .dump();
+        if (body.size() <= (64 << 10)) wrong.fetch_add(1000);  // not large enough to count
+        auto res = conn.Post("/v2/models/zlpr_predict/infer", body);
+        const json j = json::parse(res.body(), nullptr, false);
+        if (res.result_int() != 200 || j.is_discarded() || j["id"] != std::to_string(k)) {
+          wrong.fetch_add(1);
+          continue;
+        }
+        const json& probs = j["outputs"][0]["data"];
+        const json& counts = j["outputs"][1]["data"];
+        if (probs.size() != static_cast<size_t>(kRows * kCols) || counts.size() != kRows) {
+          wrong.fetch_add(1);
+          continue;
+        }
+        for (int e = 0; e < kRows * kCols; e += 997) {  // p = sigma(2s)
+          const double want = 1.0 / (1.0 + std::exp(-2.0 * scores[e]));
+          if (std::abs(probs[e].get<double>() - want) > 1e-6) wrong.fetch_add(1);
+        }
+        for (int r = 0; r < kRows; ++r) {  // labels above 0.5: the positive scores of the row
+          int positive = 0;
+          for (int col = 0; col < kCols; ++col) positive += scores[r * kCols + col] > 0 ? 1 : 0;
+          if (counts[r] != positive) wrong.fetch_add(1);
         }
       }
     });
