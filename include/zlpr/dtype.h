@@ -104,11 +104,18 @@ inline void WidenToFloat(const void* src, int64_t n, DType dtype, float* dst) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
   }
-  const auto* p = static_cast<const uint16_t*>(src);
+  // 16-bit values may sit at any address (a hostile .npy file's data can start at an odd
+  // offset): read through memcpy, which compiles to a plain load.
+  const auto* p = static_cast<const unsigned char*>(src);
+  auto half = [p](int64_t i) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * i, 2);
+    return h;
+  };
   if (dtype == DType::kFloat16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = Float16ToFloat(p[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = Float16ToFloat(half(i));
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(p[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(half(i));
   }
 }
 
@@ -126,11 +133,12 @@ inline void NarrowFromFloat(const float* src, int64_t n, DType dtype, void* dst)
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
   }
-  auto* out = static_cast<uint16_t*>(dst);
+  auto* out = static_cast<unsigned char*>(dst);  // any address, as in WidenToFloat
+  auto put = [out](int64_t i, uint16_t h) { std::memcpy(out + 2 * i, &h, 2); };
   if (dtype == DType::kFloat16) {
-    for (int64_t i = 0; i < n; ++i) out[i] = FloatToFloat16(src[i]);
+    for (int64_t i = 0; i < n; ++i) put(i, FloatToFloat16(src[i]));
   } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = FloatToBFloat16(src[i]);
+    for (int64_t i = 0; i < n; ++i) put(i, FloatToBFloat16(src[i]));
   }
 }
 
