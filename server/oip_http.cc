@@ -11,6 +11,7 @@
 #include <optional>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -871,22 +872,31 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const std::string version = path_.size() == 6 ? path_[4] : "";
     request_.Clear();
     format_ = HttpOutputFormat();
-    if (header_length.value_or(req.body().size()) <= kInlineCodecBytes) {
-      const absl::Status parsed =
-          ParseInferRequest(req.body(), header_length, path_[2], version, &request_, &format_);
-      req = Request();
-      return OnParsed(parsed);
-    }
-    // A large JSON text is parsed on the codec pool; nothing else touches this session's
-    // request meanwhile (it reads nothing more until it has answered).
-    net::post(front_->codec_pool, [self = this->shared_from_this(), req = std::move(req),
-                                   header_length, version]() mutable {
-      absl::Status parsed = ParseInferRequest(req.body(), header_length, self->path_[2], version,
-                                              &self->request_, &self->format_);
-      req = Request();
-      net::post(self->stream_.get_executor(), [self, parsed = std::move(parsed)] {
-        self->OnParsed(parsed);
-      });
+    const bool large = header_length.value_or(req.body().size()) > kInlineCodecBytes;
+    OffTheIoThreadIf(
+        large,
+        [this, req = std::move(req), header_length, version]() mutable {
+          absl::Status parsed =
+              ParseInferRequest(req.body(), header_length, path_[2], version, &request_, &format_);
+          req = Request();  // the body, freed where it was parsed
+          return parsed;
+        },
+        [self = this->shared_from_this()](absl::Status parsed) { self->OnParsed(parsed); });
+  }
+
+  // Runs `work` and hands its result to `then`: here and now, or, when `large`, on the codec
+  // pool, with `then` posted back to this session's strand. Nothing else touches the session's
+  // request or response meanwhile: it reads nothing more until it has answered.
+  template <typename Work, typename Then>
+  void OffTheIoThreadIf(bool large, Work work, Then then) {
+    if (!large) return then(work());
+    net::post(front_->codec_pool, [self = this->shared_from_this(), work = std::move(work),
+                                   then = std::move(then)]() mutable {
+      auto result = work();
+      net::post(self->stream_.get_executor(),
+                [then = std::move(then), result = std::move(result)]() mutable {
+                  then(std::move(result));
+                });
     });
   }
 
@@ -956,21 +966,17 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                            "(parameters.binary_data) or retry later"),
                        /*close=*/false);
     }
-    if (bound - 4096 <= static_cast<int64_t>(kInlineCodecBytes)) {
-      size_t json_length = 0;
-      std::string body = FormatInferResponse(response_, format_, &json_length);
-      response_.Clear();
-      return SendResult(std::move(body), json_length);
-    }
-    net::post(front_->codec_pool, [self = this->shared_from_this()] {  // as a large request
-      size_t json_length = 0;
-      std::string body = FormatInferResponse(self->response_, self->format_, &json_length);
-      self->response_.Clear();
-      net::post(self->stream_.get_executor(),
-                [self, body = std::move(body), json_length]() mutable {
-                  self->SendResult(std::move(body), json_length);
-                });
-    });
+    OffTheIoThreadIf(
+        bound - 4096 > static_cast<int64_t>(kInlineCodecBytes),
+        [this] {
+          size_t json_length = 0;
+          std::string body = FormatInferResponse(response_, format_, &json_length);
+          response_.Clear();
+          return std::make_pair(std::move(body), json_length);
+        },
+        [self = this->shared_from_this()](std::pair<std::string, size_t> text) {
+          self->SendResult(std::move(text.first), text.second);
+        });
   }
 
   void SendResult(std::string body, size_t json_length) {
