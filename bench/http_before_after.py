@@ -8,12 +8,11 @@ rounds: a change to the HTTP path measured beside its baseline in one run.
 import argparse
 import http.client
 import json
-import re
-import signal
-import subprocess
 import time
 
 import numpy as np
+
+from http_server import http_server
 
 BODY = json.dumps({"inputs": [{
     "name": "scores", "datatype": "FP32", "shape": [1, 1000],
@@ -21,17 +20,7 @@ BODY = json.dumps({"inputs": [{
 
 
 def p50_us(binary, seconds):
-    proc = subprocess.Popen([binary, "--grpc_address=127.0.0.1:0", "--metrics_address=",
-                             "--backend=cpu", "--http_address=127.0.0.1:0"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        port = None
-        while port is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{binary} exited before serving HTTP")
-            m = re.search(r"HTTP \(Open Inference Protocol\) on port (\d+)", line)
-            port = int(m.group(1)) if m else None
+    with http_server(binary) as port:
         conn = http.client.HTTPConnection("127.0.0.1", port)
 
         def call():
@@ -48,9 +37,6 @@ def p50_us(binary, seconds):
             call()
             lat.append(time.perf_counter() - t0)
         return float(np.median(lat)) * 1e6
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def main():

@@ -11,27 +11,16 @@ itself, and the second client waited for it.
 import argparse
 import http.client
 import json
-import re
-import subprocess
 import threading
 import time
 
 import numpy as np
 
+from http_server import http_server
+
 
 def run(binary, body, seconds):
-    proc = subprocess.Popen([binary, "--grpc_address=127.0.0.1:0", "--metrics_address=",
-                             "--backend=cpu", "--threads=1", "--http_threads=1",
-                             "--http_address=127.0.0.1:0"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        port = None
-        while port is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{binary} exited before serving HTTP")
-            m = re.search(r"HTTP \(Open Inference Protocol\) on port (\d+)", line)
-            port = int(m.group(1)) if m else None
+    with http_server(binary, "--threads=1", "--http_threads=1") as port:
         stop = time.monotonic() + seconds
         big_done = []
 
@@ -60,9 +49,6 @@ def run(binary, body, seconds):
         t.join()
         w = np.array(waits) * 1e3
         return np.percentile(w, 50), np.percentile(w, 99), w.max(), len(big_done) / seconds
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main():
