@@ -5,6 +5,7 @@
 #include <atomic>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -41,6 +42,13 @@ using json = nlohmann::json;
 
 // Containers nested deeper than this in a request are refused (the DOM is ours to bound).
 constexpr int kMaxJsonDepth = 64;
+
+// Every JSON text the binding writes goes through here. Messages quote the request (its path, a
+// header, a string of its JSON), whose bytes need not be UTF-8: nlohmann's default dump() throws
+// on those, so they are written as U+FFFD instead.
+std::string JsonText(const json& value) {
+  return value.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
+}
 
 // Bytes per element of the datatypes the protocol names (0: BYTES, variable).
 std::optional<int> ElementSize(std::string_view datatype) {
@@ -439,7 +447,7 @@ void AppendData(const std::string& datatype, const std::string& raw, std::string
       at += 4;
       if (!first) out->push_back(',');
       first = false;
-      out->append(json(raw.substr(at, n)).dump());
+      out->append(JsonText(json(raw.substr(at, n))));
       at += n;
     }
   } else {
@@ -478,7 +486,7 @@ std::string FormatInferResponse(const ModelInferResponse& response, const HttpOu
   }
   // The envelope comes from nlohmann; the outputs' data arrays are written straight into the
   // text (a DOM node per value would cost several times the values).
-  std::string text = head.dump();
+  std::string text = JsonText(head);
   text.pop_back();  // the closing brace
   text.append(",\"outputs\":[");
   for (int i = 0; i < response.outputs_size(); ++i) {
@@ -491,7 +499,7 @@ std::string FormatInferResponse(const ModelInferResponse& response, const HttpOu
       binary.append(raw);
     }
     if (i > 0) text.push_back(',');
-    std::string piece = meta.dump();
+    std::string piece = JsonText(meta);
     if (!as_binary) {
       piece.pop_back();
       piece.append(",\"data\":");
@@ -603,6 +611,21 @@ json StatisticsJson(const inference::ModelStatisticsResponse& r) {
 }  // namespace
 
 
+namespace {
+
+// A handler that throws is a bug of ours (or memory running out): say so in the log, without
+// letting a client that can repeat it flood the log (the first 10, then every 1000th).
+void LogHandlerFailure(std::string_view what) {
+  static std::atomic<int64_t> failures{0};
+  const int64_t n = failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (n <= 10 || n % 1000 == 0) {
+    std::fprintf(stderr, "zlpr-server: an HTTP request failed with an exception (%lld so far): %.*s\n",
+                 static_cast<long long>(n), static_cast<int>(what.size()), what.data());
+  }
+}
+
+}  // namespace
+
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
 namespace net = boost::asio;
@@ -683,7 +706,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     beast::get_lowest_layer(stream_).expires_after(options().io_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
-                              self->OnHeader(ec);
+                              self->Step([&] { self->OnHeader(ec); });
                             });
   }
 
@@ -750,13 +773,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!get) return MethodNotAllowed("GET");
     if (path_.size() == 1) {
       const auto m = ServerMetadataOf(options().version);
-      return JsonResponse(
-          200, json{{"name", m.name()}, {"version", m.version()}, {"extensions", m.extensions()}}
-                   .dump());
+      return JsonResponse(200, JsonText(json{{"name", m.name()},
+                                             {"version", m.version()},
+                                             {"extensions", m.extensions()}}));
     }
     if (path_[1] != "models" || path_.size() < 3) return not_found();
     if (path_.size() == 3 && path_[2] == "stats") {
-      return JsonResponse(200, StatisticsJson(*StatisticsOf(*service_, "", "")).dump());
+      return JsonResponse(200, JsonText(StatisticsJson(*StatisticsOf(*service_, "", ""))));
     }
     const std::string& model = path_[2];
     std::string version;
@@ -769,7 +792,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const std::string action = path_.size() == next ? "" : path_[next];
     if (action.empty()) {
       auto r = ModelMetadataOf(model, version);
-      return r.ok() ? JsonResponse(200, MetadataJson(*r).dump()) : ErrorResponse(r.status());
+      return r.ok() ? JsonResponse(200, JsonText(MetadataJson(*r))) : ErrorResponse(r.status());
     }
     if (action == "ready") {
       if (absl::Status st = CheckModel(model, version); !st.ok()) return ErrorResponse(st);
@@ -777,11 +800,11 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     if (action == "config") {
       auto r = ModelConfigOf(model, version, options().max_batch_rows);
-      return r.ok() ? JsonResponse(200, ConfigJson(*r).dump()) : ErrorResponse(r.status());
+      return r.ok() ? JsonResponse(200, JsonText(ConfigJson(*r))) : ErrorResponse(r.status());
     }
     if (action == "stats") {
       auto r = StatisticsOf(*service_, model, version);
-      return r.ok() ? JsonResponse(200, StatisticsJson(*r).dump()) : ErrorResponse(r.status());
+      return r.ok() ? JsonResponse(200, JsonText(StatisticsJson(*r))) : ErrorResponse(r.status());
     }
     return not_found();
   }
@@ -793,6 +816,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (service_->shutting_down()) {
       return Refuse(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
     }
+    // An unknown model is answered before its body is read (and the connection closed).
+    if (absl::Status st = CheckModel(path_[2], path_.size() == 6 ? path_[4] : ""); !st.ok()) {
+      return Refuse(st, Reject::kInvalid);
+    }
     if (const auto it = req.find(http::field::content_encoding);
         it != req.end() && it->value() != "identity") {
       return Refuse(absl::InvalidArgumentError(absl::StrFormat(
@@ -803,20 +830,18 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!parser_->content_length()) {
       // A chunked body's size is not known before it is read: refuse it rather than read blind.
       metrics.rejected(Reject::kInvalid).Increment();
-      Response res = JsonResponse(
-          411, json{{"error", "send the request with a Content-Length (chunked bodies are not "
-                              "read)"}}.dump());
+      Response res = ErrorResponse(
+          411, "send the request with a Content-Length (chunked bodies are not read)");
       return Send(std::move(res), /*close=*/true);
     }
     const uint64_t length = *parser_->content_length();
     if (length > static_cast<uint64_t>(options().max_message_bytes)) {
       metrics.rejected(Reject::kInvalid).Increment();
       Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
-      Response res = JsonResponse(
-          413, json{{"error", absl::StrFormat("the request body is %d bytes, over the server's "
-                                              "limit of %d (--max_message_bytes)",
-                                              length, options().max_message_bytes)}}
-                   .dump());
+      Response res = ErrorResponse(
+          413, absl::StrFormat("the request body is %d bytes, over the server's limit of %d "
+                               "(--max_message_bytes)",
+                               length, options().max_message_bytes));
       return Send(std::move(res), /*close=*/true);
     }
     // The body, its parsed form and the tensors' copy.
@@ -846,7 +871,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     beast::get_lowest_layer(stream_).expires_after(IoTimeout(options(), length));
     http::async_read(stream_, buffer_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
-                       self->OnBody(ec);
+                       self->Step([&] { self->OnBody(ec); });
                      });
   }
 
@@ -892,12 +917,52 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!large) return then(work());
     net::post(front_->codec_pool, [self = this->shared_from_this(), work = std::move(work),
                                    then = std::move(then)]() mutable {
-      auto result = work();
-      net::post(self->stream_.get_executor(),
-                [then = std::move(then), result = std::move(result)]() mutable {
-                  then(std::move(result));
-                });
+      std::optional<decltype(work())> result;
+      std::string failure;
+      try {
+        result.emplace(work());
+      } catch (const std::exception& e) {
+        failure = e.what();
+      } catch (...) {
+        failure = "an exception that is not a std::exception";
+      }
+      net::post(self->stream_.get_executor(), [self, then = std::move(then),
+                                               result = std::move(result),
+                                               failure = std::move(failure)]() mutable {
+        if (!result) return self->Fail(failure);
+        self->Step([&] { then(*std::move(result)); });
+      });
     });
+  }
+
+  // Runs one step of the session on its strand. An exception must not leave an I/O thread (it
+  // would end the process): it fails this request with 500 and closes the connection, and the
+  // server goes on.
+  template <typename F>
+  void Step(F&& step) {
+    try {
+      std::forward<F>(step)();
+    } catch (const std::exception& e) {
+      Fail(e.what());
+    } catch (...) {
+      Fail("an exception that is not a std::exception");
+    }
+  }
+
+  void Fail(std::string_view what) {
+    LogHandlerFailure(what);
+    failed_ = true;
+    if (computing_ || response_out_ != nullptr || continue_ != nullptr) {
+      // A worker still owns the request, or a write is under way: the connection just closes;
+      // OnResult or OnWritten ends the call.
+      return Close();
+    }
+    request_.Clear();
+    body_lease_.Reset();
+    if (IsInfer() && !in_call_) Done(grpc::StatusCode::INTERNAL);
+    Send(ErrorResponse(500, "the server could not handle this request (an internal error, "
+                            "logged by the server)"),
+         /*close=*/true);
   }
 
   void OnParsed(const absl::Status& parsed) {
@@ -917,7 +982,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                    &response_, [self = this->shared_from_this()](absl::Status st) {
                      // From a worker (or this strand, when refused): back to the strand.
                      net::post(self->stream_.get_executor(),
-                               [self, st = std::move(st)]() mutable { self->OnResult(st); });
+                               [self, st = std::move(st)]() mutable {
+                                 self->Step([&] { self->OnResult(st); });
+                               });
                    });
     WatchForDisconnect(std::move(gone));
   }
@@ -951,6 +1018,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     beast::error_code ignored;
     beast::get_lowest_layer(stream_).socket().cancel(ignored);  // the disconnect watch
     request_.Clear();
+    if (failed_) {  // the connection is closing: nobody to answer
+      response_.Clear();
+      inference_.Release();
+      in_call_ = false;
+      service_->CallEnds(accepted_);
+      return;
+    }
     if (!status.ok()) return SendError(status, /*close=*/false);
     // The text is held beside the response until it is sent: at most ~16 characters a value.
     int64_t bound = 4096;
@@ -1008,15 +1082,19 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     return res;
   }
 
+  // {"error": message}. Messages may quote the request (its path, a header, a JSON string):
+  // JsonText writes bytes that are not UTF-8 as U+FFFD instead of throwing.
+  static Response ErrorResponse(int status, const std::string& message) {
+    return JsonResponse(status, JsonText(json{{"error", message}}));
+  }
+
   static Response ErrorResponse(const absl::Status& st) {
-    return JsonResponse(HttpStatus(st.code()),
-                        json{{"error", std::string(st.message())}}.dump());
+    return ErrorResponse(HttpStatus(st.code()), std::string(st.message()));
   }
 
   static Response MethodNotAllowed(const char* allowed) {
-    Response res = JsonResponse(
-        405, json{{"error", absl::StrCat("this method is not allowed here: use ", allowed)}}
-                 .dump());
+    Response res =
+        ErrorResponse(405, absl::StrCat("this method is not allowed here: use ", allowed));
     res.set(http::field::allow, allowed);
     return res;
   }
@@ -1074,6 +1152,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   OipInference inference_;
   bool in_call_ = false;
   bool computing_ = false;  // from Run to OnResult: the disconnect watch is on
+  bool failed_ = false;     // a step threw: the connection is closing
   bool accepted_ = false;
   std::shared_ptr<Response> response_out_;
   std::shared_ptr<http::response<http::empty_body>> continue_;
@@ -1167,7 +1246,20 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const HttpOpti
   front->port_ = i->acceptor.local_endpoint().port();
   i->Accept();
   for (int t = 0; t < threads; ++t) {
-    i->threads.emplace_back([i] { i->ioc.run(); });
+    i->threads.emplace_back([i] {
+      // Sessions catch their own exceptions (Session::Step); this is the last line, for a
+      // handler outside a session: the thread logs it and goes on serving.
+      for (;;) {
+        try {
+          i->ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          LogHandlerFailure(e.what());
+        } catch (...) {
+          LogHandlerFailure("an exception that is not a std::exception");
+        }
+      }
+    });
   }
   return front;
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <thread>
@@ -57,6 +58,26 @@ inline std::string HttpGet(int port, const std::string& path) {
   close(fd);
   const size_t body = resp.find("\r\n\r\n");
   return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+// Writes `request` (raw bytes, sent as they are) to 127.0.0.1:port and returns everything the
+// server sends back until it closes the connection or 10 s pass ("" when refused). The request
+// should ask for `Connection: close`.
+inline std::string RawExchange(int port, const std::string& request) {
+  const int fd = ConnectLoopback(port);
+  if (fd < 0) return "";
+  (void)!write(fd, request.data(), request.size());
+  std::string resp;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return resp;
+}
+
+// The status code of the first HTTP response in `response` (0 when there is none).
+inline int StatusOf(const std::string& response) {
+  if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) return 0;
+  return std::atoi(response.substr(9, 3).c_str());
 }
 
 // The value of the sample `name{labels}` (exactly as exposed), or -1 when absent.
