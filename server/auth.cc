@@ -7,6 +7,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/file.h"
@@ -106,9 +107,16 @@ absl::StatusOr<bool> TokenStore::Reload() {
 }
 
 bool TokenStore::Accepts(std::string_view authorization) const {
-  constexpr std::string_view kBearer = "Bearer ";
-  if (!authorization.starts_with(kBearer)) return false;
+  // The scheme's name is case-insensitive (RFC 9110, section 11.1); one or more spaces follow it.
+  constexpr std::string_view kBearer = "bearer";
+  if (authorization.size() <= kBearer.size() ||
+      !absl::EqualsIgnoreCase(absl::string_view(authorization.data(), kBearer.size()),
+                               absl::string_view(kBearer.data(), kBearer.size())) ||
+      authorization[kBearer.size()] != ' ') {
+    return false;
+  }
   authorization.remove_prefix(kBearer.size());
+  while (!authorization.empty() && authorization.front() == ' ') authorization.remove_prefix(1);
   absl::MutexLock lock(&mu_);
   // Both comparisons always run, so the time does not say which token matched.
   const bool current = ConstantTimeEquals(authorization, current_);

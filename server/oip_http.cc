@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/types/span.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -62,8 +63,15 @@ std::optional<int> ElementSize(std::string_view datatype) {
   return std::nullopt;
 }
 
+// Values outside the inputs' "data" a request may hold (keys, strings, numbers, containers):
+// the DOM of everything but the tensors stays small whatever the body's size.
+constexpr int kMaxJsonValues = 4096;
+
 // nlohmann's SAX events into a DOM of the request, except the numbers of each input's "data"
-// (inputs[i].data, any nesting), which are appended to `data[i]` as float32 bytes.
+// (inputs[i].data, any nesting), which are appended to `data[i]` as float32 bytes. The request's
+// structure is checked as it is read, so that a hostile body costs no more than its bytes: a
+// key the protocol does not have, a key given twice, a container where a value belongs, or more
+// than kMaxJsonValues values outside the data end the parse at once.
 class RequestReader final : public json::json_sax_t {
  public:
   json root;
@@ -88,6 +96,22 @@ class RequestReader final : public json::json_sax_t {
     return Open(json::object());
   }
   bool key(string_t& k) override {
+    const Level& top = levels_.back();
+    static constexpr std::string_view kRequestKeys[] = {"id", "parameters", "inputs", "outputs"};
+    static constexpr std::string_view kInputKeys[] = {"name", "shape", "datatype", "parameters",
+                                                      "data"};
+    static constexpr std::string_view kOutputKeys[] = {"name", "parameters"};
+    absl::Span<const std::string_view> allowed;
+    if (top.kind == Kind::kRequest) allowed = kRequestKeys;
+    if (top.kind == Kind::kInput) allowed = kInputKeys;
+    if (top.kind == Kind::kOutput) allowed = kOutputKeys;
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
+      return Fail(absl::StrFormat("%s: unknown key '%s'", top.where, k));
+    }
+    if (top.node->contains(k)) {
+      return Fail(absl::StrFormat("%s: key '%s' given twice", top.where, k));
+    }
+    if (!Count()) return false;
     key_ = std::move(k);
     return true;
   }
@@ -97,13 +121,11 @@ class RequestReader final : public json::json_sax_t {
       if (++collect_depth_ > kMaxJsonDepth) return Fail("inputs: data nested too deeply");
       return true;
     }
-    // inputs[i].data: root object > "inputs" array > input object > "data".
-    if (stack_.size() == 3 && key_ == "data" && opened_under_[1] == "inputs" &&
-        stack_[2]->is_object()) {
-      input_ = stack_[1]->size() - 1;
+    if (!levels_.empty() && levels_.back().kind == Kind::kInput && key_ == "data") {
+      input_ = levels_[1].node->size() - 1;
       if (data.size() <= input_) data.resize(input_ + 1);
       data[input_].emplace();
-      (*stack_[2])["data"] = json::array();  // marks that the data was given
+      (*levels_.back().node)["data"] = json::array();  // marks that the data was given
       collecting_ = true;
       collect_depth_ = 1;
       return true;
@@ -124,9 +146,23 @@ class RequestReader final : public json::json_sax_t {
   }
 
  private:
+  // Where a container sits in a request: the protocol's objects and arrays, and parameters and
+  // shapes, which hold values only.
+  enum class Kind { kRequest, kInputs, kInput, kOutputs, kOutput, kValues };
+  struct Level {
+    Kind kind;
+    json* node;
+    std::string where;  // for messages: "request", "inputs[2]", ...
+  };
+
   bool Fail(std::string message) {
     if (error.empty()) error = std::move(message);
     return false;
+  }
+  bool Count() {
+    if (++values_ <= kMaxJsonValues) return true;
+    return Fail(absl::StrFormat(
+        "the request has more than %d keys and values outside its inputs' data", kMaxJsonValues));
   }
   bool NotANumber() {
     return Fail(absl::StrFormat("inputs[%d].data: element %d is not a number", input_,
@@ -139,11 +175,11 @@ class RequestReader final : public json::json_sax_t {
   }
   // Puts `v` where the parser is: the root, the end of an array, or the object's current key.
   json* Insert(json v) {
-    if (stack_.empty()) {
+    if (levels_.empty()) {
       root = std::move(v);
       return &root;
     }
-    json& top = *stack_.back();
+    json& top = *levels_.back().node;
     if (top.is_array()) {
       top.push_back(std::move(v));
       return &top.back();
@@ -154,25 +190,79 @@ class RequestReader final : public json::json_sax_t {
   }
   bool Value(json v) {
     if (collecting_) return NotANumber();
+    if (levels_.empty()) return Fail("the request must be a JSON object");
+    if (!Count()) return false;
+    const Level& top = levels_.back();
+    if (top.kind == Kind::kInputs || top.kind == Kind::kOutputs) {
+      return Fail(absl::StrFormat("%s[%d] must be an object", top.where, top.node->size()));
+    }
     Insert(std::move(v));
     return true;
   }
+  // A container may open only where the protocol has one.
   bool Open(json container) {
-    if (stack_.size() >= kMaxJsonDepth) return Fail("the request is nested too deeply");
-    const std::string under = stack_.empty() || stack_.back()->is_array() ? "" : key_;
-    stack_.push_back(Insert(std::move(container)));
-    opened_under_.push_back(under);
+    if (!Count()) return false;
+    const bool object = container.is_object();
+    std::optional<Level> level;
+    if (levels_.empty()) {
+      if (object) level = Level{Kind::kRequest, nullptr, "request"};
+    } else {
+      const Level& top = levels_.back();
+      const std::string index = absl::StrFormat("%s[%d]", top.where, top.node->size());
+      switch (top.kind) {
+        case Kind::kRequest:
+          if (key_ == "parameters" && object) level = Level{Kind::kValues, nullptr, "parameters"};
+          if (key_ == "inputs" && !object) level = Level{Kind::kInputs, nullptr, "inputs"};
+          if (key_ == "outputs" && !object) level = Level{Kind::kOutputs, nullptr, "outputs"};
+          if (!level) return Fail(WrongType("request", key_));
+          break;
+        case Kind::kInputs:
+          if (!object) return Fail(index + " must be an object");
+          level = Level{Kind::kInput, nullptr, index};
+          break;
+        case Kind::kOutputs:
+          if (!object) return Fail(index + " must be an object");
+          level = Level{Kind::kOutput, nullptr, index};
+          break;
+        case Kind::kInput:
+        case Kind::kOutput:
+          if (key_ == "parameters" && object) {
+            level = Level{Kind::kValues, nullptr, top.where + ".parameters"};
+          }
+          if (key_ == "shape" && top.kind == Kind::kInput && !object) {
+            level = Level{Kind::kValues, nullptr, top.where + ".shape"};
+          }
+          if (!level) return Fail(WrongType(top.where, key_));
+          break;
+        case Kind::kValues:
+          return Fail(top.node->is_array()
+                          ? index + " must be a number"
+                          : absl::StrFormat("%s: '%s' must be a boolean, number or string",
+                                            top.where, key_));
+      }
+    }
+    if (!level) return Fail("the request must be a JSON object");
+    level->node = Insert(std::move(container));
+    levels_.push_back(std::move(*level));
     return true;
   }
+  // The message for a container under `key` of `where`, which takes none there.
+  static std::string WrongType(const std::string& where, const std::string& key) {
+    if (key == "inputs") return "request: 'inputs' must be an array of tensors";
+    if (key == "outputs") return "request: 'outputs' must be an array";
+    if (key == "parameters") return absl::StrFormat("%s: 'parameters' must be an object", where);
+    if (key == "shape") return absl::StrFormat("%s: 'shape' must be an array of dimensions", where);
+    if (key == "data") return absl::StrFormat("%s: 'data' must be an array of numbers", where);
+    return absl::StrFormat("%s: '%s' must be a string", where, key);
+  }
   bool Close() {
-    stack_.pop_back();
-    opened_under_.pop_back();
+    levels_.pop_back();
     return true;
   }
 
-  std::vector<json*> stack_;
-  std::vector<std::string> opened_under_;  // the key each open container is the value of
+  std::vector<Level> levels_;  // the open containers, outermost first
   std::string key_;
+  int values_ = 0;
   bool collecting_ = false;
   int collect_depth_ = 0;
   size_t input_ = 0;
@@ -199,16 +289,6 @@ absl::Status ToParameter(const std::string& where, const json& v, inference::Inf
     p->set_string_param(v.get<std::string>());
   } else {
     return Invalid(absl::StrFormat("%s must be a boolean, number or string", where));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckKeys(const std::string& where, const json& object,
-                       std::initializer_list<std::string_view> keys) {
-  for (const auto& [key, value] : object.items()) {
-    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
-      return Invalid(absl::StrFormat("%s: unknown key '%s'", where, key));
-    }
   }
   return absl::OkStatus();
 }
@@ -258,7 +338,6 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
   }
   const json& root = reader.root;
   if (!root.is_object()) return Invalid("the request must be a JSON object");
-  ZLPR_RETURN_IF_ERROR(CheckKeys("request", root, {"id", "parameters", "inputs", "outputs"}));
   request->set_model_name(model);
   request->set_model_version(version);
   if (auto it = root.find("id"); it != root.end()) {
@@ -286,7 +365,6 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
     const json& in = (*inputs)[i];
     const std::string where = absl::StrFormat("inputs[%d]", i);
     if (!in.is_object()) return Invalid(where + " must be an object");
-    ZLPR_RETURN_IF_ERROR(CheckKeys(where, in, {"name", "shape", "datatype", "parameters", "data"}));
     auto* t = request->add_inputs();
     const auto name = in.find("name");
     if (name == in.end() || !name->is_string()) return Invalid(where + ": 'name' must be a string");
@@ -303,17 +381,18 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
     if (shape == in.end() || !shape->is_array()) {
       return Invalid(tensor + ": 'shape' must be an array of dimensions");
     }
+    // The element count, saturated at 2^40: beyond any body (messages are under 2^31 bytes), so
+    // the counts below refuse it, and neither it nor its byte size can overflow.
+    constexpr uint64_t kMaxElements = uint64_t{1} << 40;
     uint64_t elements = 1;
     for (const json& d : *shape) {
-      // Each dimension below 2^31 keeps the product of a few exact in 64 bits; larger tensors
-      // than the message limit are refused below anyway.
       if (!d.is_number_integer() || d.get<int64_t>() < 0 ||
           d.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
         return Invalid(tensor + ": 'shape' must hold whole numbers 0 to 2^31 - 1");
       }
+      const auto dim = static_cast<uint64_t>(d.get<int64_t>());
       t->add_shape(d.get<int64_t>());
-      elements = std::min<uint64_t>(elements * static_cast<uint64_t>(d.get<int64_t>()),
-                                    uint64_t{1} << 62);
+      elements = dim != 0 && elements > kMaxElements / dim ? kMaxElements : elements * dim;
     }
     std::optional<uint64_t> binary_size;
     if (auto p = in.find("parameters"); p != in.end()) {
@@ -371,7 +450,6 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
       const json& out = (*outputs)[i];
       const std::string where = absl::StrFormat("outputs[%d]", i);
       if (!out.is_object()) return Invalid(where + " must be an object");
-      ZLPR_RETURN_IF_ERROR(CheckKeys(where, out, {"name", "parameters"}));
       const auto name = out.find("name");
       if (name == out.end() || !name->is_string()) {
         return Invalid(where + ": 'name' must be a string");
@@ -698,6 +776,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   const HttpOptions& options() const { return front_->options; }
 
   void Read() {
+    head_ = false;
     parser_.emplace();
     parser_->header_limit(16 << 10);
     // Checked against the header's Content-Length below, with a clear answer. (Not boost::none:
@@ -724,6 +803,22 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     start_ = service_->clock().Now();
     const auto& req = parser_->get();
     keep_alive_ = req.keep_alive();
+    head_ = req.method() == http::verb::head;
+    // Transfer-Encoding decides where this request ends and the next begins: anything but one
+    // plain "chunked" (and no Content-Length beside it) could be read one way here and another
+    // by a proxy in front, and is refused with the connection closed (RFC 9112, section 6.3).
+    if (const auto te = req.find(http::field::transfer_encoding); te != req.end()) {
+      if (req.count(http::field::transfer_encoding) > 1 ||
+          !beast::iequals(te->value(), "chunked") || req.count(http::field::content_length) > 0) {
+        service_->metrics().rejected(Reject::kInvalid).Increment();
+        return SendError(absl::InvalidArgumentError(absl::StrFormat(
+                             "Transfer-Encoding '%s'%s is not supported: send a Content-Length",
+                             std::string(te->value()),
+                             req.count(http::field::content_length) > 0 ? " with Content-Length"
+                                                                        : "")),
+                         /*close=*/true);
+      }
+    }
     const std::string_view target(req.target().data(), req.target().size());
     const std::string_view path = target.substr(0, target.find('?'));
     path_ = absl::StrSplit(absl::string_view(path.data(), path.size()), '/', absl::SkipEmpty());
@@ -816,10 +911,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (service_->shutting_down()) {
       return Refuse(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
     }
-    // An unknown model is answered before its body is read (and the connection closed).
-    if (absl::Status st = CheckModel(path_[2], path_.size() == 6 ? path_[4] : ""); !st.ok()) {
-      return Refuse(st, Reject::kInvalid);
-    }
     if (const auto it = req.find(http::field::content_encoding);
         it != req.end() && it->value() != "identity") {
       return Refuse(absl::InvalidArgumentError(absl::StrFormat(
@@ -895,6 +986,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       header_length = static_cast<size_t>(std::min<uint64_t>(n, SIZE_MAX));
     }
     const std::string version = path_.size() == 6 ? path_[4] : "";
+    if (absl::Status st = CheckModel(path_[2], version); !st.ok()) {
+      body_lease_.Reset();
+      return Refuse(st, Reject::kInvalid, /*close=*/false);
+    }
     request_.Clear();
     format_ = HttpOutputFormat();
     const bool large = header_length.value_or(req.body().size()) > kInlineCodecBytes;
@@ -952,7 +1047,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   void Fail(std::string_view what) {
     LogHandlerFailure(what);
     failed_ = true;
-    if (computing_ || response_out_ != nullptr || continue_ != nullptr) {
+    if (computing_ || writing_ != nullptr || continue_ != nullptr) {
       // A worker still owns the request, or a write is under way: the connection just closes;
       // OnResult or OnWritten ends the call.
       return Close();
@@ -1109,17 +1204,27 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     res.keep_alive(keep);
     res.set(http::field::server, "zlpr-server");
     res.prepare_payload();
-    response_out_ = std::make_shared<Response>(std::move(res));
+    if (head_) {
+      // The answer to HEAD is GET's header, its Content-Length included, without the body.
+      return Write(std::make_shared<http::response<http::empty_body>>(std::move(res.base())),
+                   keep);
+    }
+    Write(std::make_shared<Response>(std::move(res)), keep);
+  }
+
+  template <typename Message>
+  void Write(std::shared_ptr<Message> message, bool keep) {
+    writing_ = message;
     beast::get_lowest_layer(stream_).expires_after(
-        IoTimeout(options(), response_out_->body().size()));
-    http::async_write(stream_, *response_out_,
+        IoTimeout(options(), message->payload_size().value_or(0)));
+    http::async_write(stream_, *message,
                       [self = this->shared_from_this(), keep](beast::error_code ec, size_t) {
                         self->OnWritten(ec, keep);
                       });
   }
 
   void OnWritten(beast::error_code ec, bool keep) {
-    response_out_.reset();
+    writing_.reset();
     inference_.Release();
     if (in_call_) {
       in_call_ = false;
@@ -1153,8 +1258,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool in_call_ = false;
   bool computing_ = false;  // from Run to OnResult: the disconnect watch is on
   bool failed_ = false;     // a step threw: the connection is closing
+  bool head_ = false;       // the request is a HEAD: its answer has no body
   bool accepted_ = false;
-  std::shared_ptr<Response> response_out_;
+  std::shared_ptr<void> writing_;  // the response being written
   std::shared_ptr<http::response<http::empty_body>> continue_;
 };
 

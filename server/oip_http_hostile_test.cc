@@ -7,6 +7,7 @@
 #include "gtest/gtest.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/oip_http.h"
 #include "server/server.h"
 #include "server/test_support.h"
 
@@ -106,6 +107,122 @@ TEST(OipHttpHostileTest, ARawByteThatIsNotUtf8InsideAJsonStringIsAnsweredAndTheS
       RawExchange(server->http_port(), Infer("zlpr_predict", "", "{\"\xc0\xaf\":1}")), 400,
       "the request is not valid JSON");
   ExpectStillServing(*server);
+}
+
+TEST(OipHttpHostileTest, HeadIsAnsweredWithTheHeaderOnly) {
+  auto server = StartHttpServer();
+  ASSERT_NE(server, nullptr);
+  // Two requests in one write: the second answer must start right after the first one's header.
+  const std::string res =
+      RawExchange(server->http_port(),
+                  "HEAD /v2 HTTP/1.1\r\n\r\nGET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n");
+  ASSERT_EQ(StatusOf(res), 200) << res;
+  const size_t end = res.find("\r\n\r\n");
+  ASSERT_NE(end, std::string::npos);
+  EXPECT_THAT(res.substr(0, end), HasSubstr("Content-Length: "));
+  EXPECT_NE(res.substr(0, end).find("Content-Length: 0"), 0u);
+  EXPECT_EQ(StatusOf(res.substr(end + 4)), 200) << res;
+}
+
+TEST(OipHttpHostileTest, ATransferEncodingOtherThanChunkedIsRefusedAndTheConnectionClosed) {
+  auto server = StartHttpServer();
+  ASSERT_NE(server, nullptr);
+  const std::string smuggled = "GET /v2/health/live HTTP/1.1\r\n\r\n";
+  for (const char* te : {"xchunked", "chunked, gzip", "gzip", "chunked\r\nTransfer-Encoding: chunked"}) {
+    const std::string res = RawExchange(
+        server->http_port(), absl::StrCat("POST /v2/models/zlpr_predict/infer HTTP/1.1\r\n"
+                                          "Transfer-Encoding: ", te, "\r\n\r\n", smuggled));
+    // Beast refuses some forms itself ("bad Transfer-Encoding"), the binding the rest.
+    ExpectJsonError(res, 400, "Transfer-Encoding");
+    // One answer, not a second one for the body taken as a request.
+    EXPECT_EQ(res.find("HTTP/1.1", 1), std::string::npos) << te << "\n" << res;
+    EXPECT_THAT(res, HasSubstr("Connection: close"));
+  }
+  const std::string both = RawExchange(
+      server->http_port(), absl::StrCat("POST /v2/models/zlpr_predict/infer HTTP/1.1\r\n"
+                                        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                                        smuggled));
+  EXPECT_EQ(StatusOf(both), 400) << both;
+  EXPECT_EQ(both.find("HTTP/1.1", 1), std::string::npos) << both;
+  ExpectStillServing(*server);
+}
+
+TEST(OipHttpHostileTest, AKeyGivenTwiceIsRefused) {
+  auto server = StartHttpServer();
+  ASSERT_NE(server, nullptr);
+  // The first "inputs" held the data, the second (the one a DOM keeps) none.
+  const std::string body =
+      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,3],"data":[1,-1,0.5]}],)"
+      R"("inputs":[{"name":"scores","datatype":"FP32","shape":[1,3]}]})";
+  ExpectJsonError(RawExchange(server->http_port(), Infer("zlpr_predict", "", body)), 400,
+                  "request: key 'inputs' given twice");
+  ExpectJsonError(
+      RawExchange(server->http_port(),
+                  Infer("zlpr_predict", "",
+                        R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,1],)"
+                        R"("data":[1],"data":[2]}]})")),
+      400, "inputs[0]: key 'data' given twice");
+}
+
+absl::Status Parse(const std::string& body) {
+  inference::ModelInferRequest request;
+  HttpOutputFormat format;
+  return ParseInferRequest(body, std::nullopt, "zlpr_predict", "", &request, &format);
+}
+
+TEST(OipHttpHostileTest, UnknownKeysAreRefusedAsTheyAreRead) {
+  // 8 MiB of empty objects under a key the protocol does not have: refused at the key, before
+  // any of them is built.
+  std::string body = R"({"x":[)";
+  while (body.size() < (8 << 20)) body += "{},";
+  body += "{}]}";
+  const absl::Status st = Parse(body);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "request: unknown key 'x'");
+}
+
+TEST(OipHttpHostileTest, TheJsonOutsideTheDataIsBounded) {
+  std::string body = R"({"inputs":[)";
+  for (int i = 0; i < 100000; ++i) body += "{},";
+  body += "{}]}";
+  EXPECT_EQ(Parse(body).message(),
+            "the request has more than 4096 keys and values outside its inputs' data");
+  body = R"({"parameters":{)";
+  for (int i = 0; i < 5000; ++i) absl::StrAppend(&body, "\"p", i, "\":1,");
+  body += R"("q":1}})";
+  EXPECT_EQ(Parse(body).message(),
+            "the request has more than 4096 keys and values outside its inputs' data");
+  // Containers only where the protocol has them.
+  EXPECT_EQ(Parse(R"({"parameters":{"a":[1]}})").message(),
+            "parameters: 'a' must be a boolean, number or string");
+  EXPECT_EQ(Parse(R"({"inputs":[{"shape":[[1]]}]})").message(),
+            "inputs[0].shape[0] must be a number");
+  EXPECT_EQ(Parse(R"({"inputs":[[]]})").message(), "inputs[0] must be an object");
+  EXPECT_EQ(Parse(R"({"inputs":[1]})").message(), "inputs[0] must be an object");
+  EXPECT_EQ(Parse(R"({"id":{}})").message(), "request: 'id' must be a string");
+  EXPECT_EQ(Parse(R"([1])").message(), "the request must be a JSON object");
+  // Data may nest (a [rows, cols] list of lists), to a bound.
+  EXPECT_THAT(Parse(R"({"inputs":[{"data":)" + std::string(100, '[') + std::string(100, ']') +
+                    "}]}")
+                  .message(),
+              HasSubstr("data nested too deeply"));
+}
+
+TEST(OipHttpHostileTest, AShapeWhoseProductOverflowsIsRefused) {
+  // 2^30 cubed is 2^90, 0 modulo 2^64: an unchecked product would take no data for it.
+  const absl::Status st = Parse(
+      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1073741824,1073741824,)"
+      R"(1073741824],"data":[]}]})");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("0 values in 'data'"));
+  const std::string header =
+      R"({"inputs":[{"name":"scores","datatype":"FP64","shape":[1073741824,1073741824,)"
+      R"(1073741824],"parameters":{"binary_data_size":0}}]})";
+  inference::ModelInferRequest request;
+  HttpOutputFormat format;
+  const absl::Status binary =
+      ParseInferRequest(header, header.size(), "zlpr_predict", "", &request, &format);
+  EXPECT_EQ(binary.code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -305,5 +305,20 @@ TEST(SecurityOptionsTest, HalfATlsConfigurationIsRefused) {
             "--tls_cert=/nonexistent.pem: cannot open (No such file or directory)");
 }
 
+TEST(TokenStoreTest, TheBearerSchemeIsCaseInsensitiveAndTheTokenIsNot) {
+  const fs::path file = fs::temp_directory_path() / ("zlpr_token_" + std::to_string(::getpid()));
+  std::ofstream(file) << "s3cret\n";
+  auto tokens = TokenStore::FromFile(file.string(), absl::ZeroDuration());
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  for (const char* good : {"Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer   s3cret"}) {
+    EXPECT_TRUE((*tokens)->Accepts(good)) << good;
+  }
+  for (const char* bad : {"Bearer S3CRET", "Bearers3cret", "Basic s3cret", "Bearer", "Bearer ",
+                          "s3cret", "Bearer s3cret2", ""}) {
+    EXPECT_FALSE((*tokens)->Accepts(bad)) << bad;
+  }
+  fs::remove(file);
+}
+
 }  // namespace
 }  // namespace zlpr::server
