@@ -37,6 +37,18 @@ ABSL_FLAG(int, http_threads, 0,
           "being computed holds none); 0: one per 4 hardware threads, at least 1");
 ABSL_FLAG(int, http_max_connections, 1024,
           "HTTP connections open at once; more are closed when accepted");
+ABSL_FLAG(double, http_timeout_s, 10,
+          "HTTP: seconds for a request's header, for an idle keep-alive connection, and for a "
+          "body's first bytes; a body must then arrive at --min_transfer_bytes_per_s or faster");
+ABSL_FLAG(double, http_budget_wait_s, 5,
+          "HTTP: seconds a body waits, unread, for the memory for requests in flight "
+          "(--max_inflight_bytes) before it is answered 429 with Retry-After");
+ABSL_FLAG(double, write_timeout_s, 20,
+          "Seconds a response may take to be written, plus its size at "
+          "--min_transfer_bytes_per_s: a call (gRPC or HTTP) whose client does not read its "
+          "response in that time is cancelled, and the memory it held is returned");
+ABSL_FLAG(int64_t, min_transfer_bytes_per_s, 1 << 20,
+          "The slowest rate at which a client may send an HTTP body or read a response");
 ABSL_FLAG(std::string, backend, "auto",
           "auto (CUDA when a device is visible, else CPU), cpu or cuda");
 ABSL_FLAG(std::string, devices, "",
@@ -102,6 +114,13 @@ std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::
   for (std::string& s : storage) args.push_back(s.data());
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
   return args;
+}
+
+// Seconds as milliseconds, for the bounds check (ValidateServerOptions), which names the flag;
+// what is not a finite number of seconds becomes -1 ms, which it refuses.
+std::chrono::milliseconds Milliseconds(double seconds) {
+  if (!std::isfinite(seconds) || std::abs(seconds) > 1e9) return std::chrono::milliseconds(-1);
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
 absl::StatusOr<std::vector<int>> ParseDevices(const std::string& s) {
@@ -178,6 +197,10 @@ int main(int argc, char** argv) {
   options.http_address = absl::GetFlag(FLAGS_http_address);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  options.http_timeout = Milliseconds(absl::GetFlag(FLAGS_http_timeout_s));
+  options.http_budget_wait = Milliseconds(absl::GetFlag(FLAGS_http_budget_wait_s));
+  options.write_timeout = Milliseconds(absl::GetFlag(FLAGS_write_timeout_s));
+  options.min_transfer_rate = absl::GetFlag(FLAGS_min_transfer_bytes_per_s);
   options.backend = absl::GetFlag(FLAGS_backend);
   auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
   if (!devices.ok()) {

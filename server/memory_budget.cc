@@ -9,12 +9,72 @@
 #include <algorithm>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 
 namespace zlpr::server {
+
+struct MemoryBudget::Ticket::Waiter {
+  int64_t bytes;
+  absl::AnyInvocable<void(Lease)> granted;
+  bool done = false;  // granted or cancelled (guarded by the budget's mu_)
+};
+
+MemoryBudget::Ticket MemoryBudget::Wait(int64_t bytes, absl::AnyInvocable<void(Lease)> granted) {
+  if (bytes < 0 || bytes > limit_) return Ticket();
+  auto waiter = std::make_shared<Ticket::Waiter>(Ticket::Waiter{bytes, std::move(granted)});
+  {
+    absl::MutexLock lock(&mu_);
+    waiting_.fetch_add(1);
+    if (queue_.empty() && Take(bytes)) {
+      waiting_.fetch_sub(1);
+      waiter->done = true;
+    } else {
+      queue_.push_back(waiter);
+      return Ticket(this, std::move(waiter));
+    }
+  }
+  waiter->granted(Lease(this, bytes));
+  return Ticket();
+}
+
+void MemoryBudget::ServeWaiters() {
+  std::vector<std::shared_ptr<Ticket::Waiter>> served;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!queue_.empty()) {
+      Ticket::Waiter& head = *queue_.front();
+      if (!head.done) {
+        if (!Take(head.bytes)) break;  // in order: nobody passes the head
+        head.done = true;
+        served.push_back(queue_.front());
+      }
+      queue_.pop_front();
+      waiting_.fetch_sub(1);
+    }
+  }
+  for (auto& w : served) w->granted(Lease(this, w->bytes));
+}
+
+bool MemoryBudget::Ticket::Cancel() {
+  if (budget_ == nullptr) return false;
+  bool cancelled = false;
+  {
+    absl::MutexLock lock(&budget_->mu_);
+    if (!waiter_->done) {
+      waiter_->done = true;  // left in the queue, skipped (and dropped) when it reaches the head
+      cancelled = true;
+    }
+  }
+  // A cancelled head may have held up the waiters behind it.
+  if (cancelled) budget_->ServeWaiters();
+  budget_ = nullptr;
+  waiter_.reset();
+  return cancelled;
+}
 
 Reclaimer::Reclaimer(const MemoryBudget* budget, std::chrono::milliseconds period,
                      int64_t min_returned)

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 
 namespace zlpr::server {
@@ -82,6 +83,98 @@ TEST(MemoryBudgetTest, RacingThreadsGetExactlyWhatFits) {
   }
   for (auto& t : threads) t.join();
   for (int round = 0; round < kRounds; ++round) EXPECT_EQ(per_round[round], 5) << round;
+  EXPECT_EQ(budget.held(), 0);
+}
+
+TEST(MemoryBudgetTest, ShrinkToReturnsWhatALeaseNoLongerNeeds) {
+  MemoryBudget budget(100);
+  auto lease = budget.TryAcquire(80);
+  ASSERT_TRUE(lease.has_value());
+  lease->ShrinkTo(30);
+  EXPECT_EQ(lease->bytes(), 30);
+  EXPECT_EQ(budget.held(), 30);
+  lease->ShrinkTo(50);  // never grows
+  lease->ShrinkTo(-1);
+  EXPECT_EQ(budget.held(), 30);
+  lease.reset();
+  EXPECT_EQ(budget.held(), 0);
+}
+
+TEST(MemoryBudgetTest, WaitersAreServedInOrderAsBytesAreReturned) {
+  MemoryBudget budget(100);
+  std::vector<std::pair<int, MemoryBudget::Lease>> granted;
+  granted.reserve(8);  // a callback appends while another element returns its bytes
+  auto grant = [&](int id) {
+    return [&granted, id](MemoryBudget::Lease l) { granted.emplace_back(id, std::move(l)); };
+  };
+  MemoryBudget::Ticket now = budget.Wait(60, grant(0));  // fits: granted at once
+  ASSERT_EQ(granted.size(), 1u);
+  EXPECT_FALSE(now.Cancel());
+  MemoryBudget::Ticket big = budget.Wait(70, grant(1));
+  MemoryBudget::Ticket small = budget.Wait(10, grant(2));  // would fit, but waits its turn
+  EXPECT_EQ(granted.size(), 1u);
+  EXPECT_EQ(budget.held(), 60);
+  granted[0].second.Reset();  // 100 free: the 70, then the 10
+  ASSERT_EQ(granted.size(), 3u);
+  EXPECT_EQ(granted[1].first, 1);
+  EXPECT_EQ(granted[2].first, 2);
+  EXPECT_EQ(budget.held(), 80);
+  EXPECT_FALSE(big.Cancel());  // already granted
+  // Over the limit: never queued, never granted.
+  MemoryBudget::Ticket never = budget.Wait(101, grant(3));
+  EXPECT_FALSE(never.Cancel());
+  granted.clear();
+  EXPECT_EQ(budget.held(), 0);
+}
+
+TEST(MemoryBudgetTest, ACancelledWaiterNoLongerHoldsUpThoseBehindIt) {
+  MemoryBudget budget(100);
+  auto held = budget.TryAcquire(50);
+  std::vector<int> granted;
+  std::vector<MemoryBudget::Lease> leases;
+  MemoryBudget::Ticket big = budget.Wait(90, [&](MemoryBudget::Lease l) {
+    granted.push_back(90);
+    leases.push_back(std::move(l));
+  });
+  MemoryBudget::Ticket small = budget.Wait(40, [&](MemoryBudget::Lease l) {
+    granted.push_back(40);
+    leases.push_back(std::move(l));
+  });
+  EXPECT_TRUE(granted.empty());
+  EXPECT_TRUE(big.Cancel());  // the 40 fits beside the 50 now
+  EXPECT_EQ(granted, std::vector<int>({40}));
+  EXPECT_EQ(budget.held(), 90);
+  held.reset();
+  leases.clear();
+  EXPECT_EQ(budget.held(), 0);
+  EXPECT_FALSE(small.Cancel());
+}
+
+TEST(MemoryBudgetTest, ConcurrentWaitersAreAllServedAndTheBudgetIsNeverOverdrawn) {
+  MemoryBudget budget(1000);
+  std::atomic<int> served{0};
+  std::atomic<int64_t> max_held{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2000; ++i) {
+        absl::Notification got;
+        MemoryBudget::Lease lease;
+        MemoryBudget::Ticket ticket = budget.Wait(100 + (t * 37 + i) % 400, [&](MemoryBudget::Lease l) {
+          lease = std::move(l);
+          got.Notify();
+        });
+        got.WaitForNotification();
+        int64_t held = budget.held(), prev = max_held.load();
+        while (held > prev && !max_held.compare_exchange_weak(prev, held)) {
+        }
+        served.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(served.load(), 8 * 2000);
+  EXPECT_LE(max_held.load(), 1000);
   EXPECT_EQ(budget.held(), 0);
 }
 

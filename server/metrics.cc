@@ -110,6 +110,12 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                              .Register(registry);
   inflight_bytes_ = &inflight_bytes.Add({{"kind", "held"}});
   inflight_bytes_limit_ = &inflight_bytes.Add({{"kind", "limit"}});
+  http_connections_ = &BuildGauge()
+                           .Name("zlpr_http_connections")
+                           .Help("Connections open on the HTTP port (--http_max_connections, "
+                                 "and the few beyond it kept for health checks)")
+                           .Register(registry)
+                           .Add({});
   auto& rejected = BuildCounter()
                        .Name("zlpr_rejected_requests_total")
                        .Help("Requests refused, dropped or too large to answer, by reason")

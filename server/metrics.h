@@ -62,6 +62,7 @@ class Metrics {
   prometheus::Gauge& inflight() { return *inflight_; }
   prometheus::Gauge& inflight_bytes() { return *inflight_bytes_; }
   prometheus::Gauge& inflight_bytes_limit() { return *inflight_bytes_limit_; }
+  prometheus::Gauge& http_connections() { return *http_connections_; }
   prometheus::Counter& rejected(Reject r) { return *rejected_[static_cast<int>(r)]; }
   prometheus::Counter& request_bytes() { return *request_bytes_; }
   // Requests computed although their deadline passed before the result was ready.
@@ -85,6 +86,7 @@ class Metrics {
   prometheus::Gauge* inflight_ = nullptr;
   prometheus::Gauge* inflight_bytes_ = nullptr;
   prometheus::Gauge* inflight_bytes_limit_ = nullptr;
+  prometheus::Gauge* http_connections_ = nullptr;
   prometheus::Counter* request_bytes_ = nullptr;
   prometheus::Counter* late_results_ = nullptr;
   prometheus::Counter* response_bytes_ = nullptr;

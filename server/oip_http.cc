@@ -21,10 +21,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "boost/asio/dispatch.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/ssl.hpp"
+#include "boost/asio/steady_timer.hpp"
 #include "boost/asio/strand.hpp"
 #include "boost/asio/thread_pool.hpp"
 #include "boost/beast/core.hpp"
@@ -722,6 +724,13 @@ class HttpFrontEnd::Impl {
   std::optional<ssl::context> tls;
   std::atomic<int> connections{0};
   std::atomic<bool> stopping{false};
+  // Closed by Stop() before the I/O threads end: from then on the memory budget's grants, which
+  // run on other threads, post nothing more to the io_context (their leases go back instead).
+  struct PostGate {
+    absl::Mutex mu;
+    bool open ABSL_GUARDED_BY(mu) = true;
+  };
+  std::shared_ptr<PostGate> gate = std::make_shared<PostGate>();
   net::io_context ioc;
   tcp::acceptor acceptor;
   std::vector<std::thread> threads;
@@ -743,10 +752,22 @@ using Response = http::response<http::string_body>;
 // goes to the codec pool.
 constexpr size_t kInlineCodecBytes = 64 << 10;
 
-// The I/O deadline of reading or writing `bytes`: the base timeout plus 1 s per MiB.
-std::chrono::milliseconds IoTimeout(const HttpOptions& o, uint64_t bytes) {
-  return o.io_timeout + std::chrono::milliseconds(bytes >> 10 >> 10 << 10);
+using SteadyClock = std::chrono::steady_clock;
+
+// When a transfer that began at `start` must have moved `done` bytes: `timeout` plus the time
+// those bytes take at the slowest rate allowed. Re-armed as bytes move, it cuts off a client
+// that stalls or trickles, and never one that keeps up.
+SteadyClock::time_point TransferDeadline(SteadyClock::time_point start,
+                                         std::chrono::milliseconds timeout, uint64_t done,
+                                         int64_t min_bytes_per_second) {
+  const auto ms = static_cast<int64_t>(
+      std::min<double>(1e12, 1000.0 * static_cast<double>(done) /
+                                 static_cast<double>(std::max<int64_t>(1, min_bytes_per_second))));
+  return start + timeout + std::chrono::milliseconds(ms);
 }
+
+// A reserved connection (over --http_max_connections) gets this long for its header.
+constexpr std::chrono::seconds kReservedHeaderTimeout{2};
 
 // One connection: requests read one after another (keep-alive), each answered before the next is
 // read. Runs on its strand; a request being computed holds no thread. `Stream` is a
@@ -754,11 +775,18 @@ std::chrono::milliseconds IoTimeout(const HttpOptions& o, uint64_t bytes) {
 template <typename Stream>
 class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
-  Session(HttpFrontEnd::Impl* front, Stream stream)
+  Session(HttpFrontEnd::Impl* front, Stream stream, bool reserve)
       : front_(front), service_(front->service), stream_(std::move(stream)),
-        inference_(service_, Method::kModelInferHttp) {}
+        budget_timer_(stream_.get_executor()), reserve_(reserve),
+        inference_(service_, Method::kModelInferHttp) {
+    service_->metrics().http_connections().Increment();
+  }
 
-  ~Session() { front_->connections.fetch_sub(1); }
+  ~Session() {
+    budget_ticket_.Cancel();
+    service_->metrics().http_connections().Decrement();
+    front_->connections.fetch_sub(1);
+  }
 
   void Start() {
     if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
@@ -777,12 +805,15 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void Read() {
     head_ = false;
+    expect_continue_ = false;
+    discarded_ = 0;
     parser_.emplace();
     parser_->header_limit(16 << 10);
     // Checked against the header's Content-Length below, with a clear answer. (Not boost::none:
     // Boost 1.74 compares a Content-Length with an empty limit as if the limit were smaller.)
     parser_->body_limit(std::numeric_limits<uint64_t>::max());
-    beast::get_lowest_layer(stream_).expires_after(options().io_timeout);
+    beast::get_lowest_layer(stream_).expires_after(
+        reserve_ ? std::chrono::milliseconds(kReservedHeaderTimeout) : options().io_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
                               self->Step([&] { self->OnHeader(ec); });
@@ -824,6 +855,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     path_ = absl::StrSplit(absl::string_view(path.data(), path.size()), '/', absl::SkipEmpty());
     has_body_ = parser_->chunked() || parser_->content_length().value_or(0) > 0;
     const bool health = path_.size() == 3 && path_[0] == "v2" && path_[1] == "health";
+    if (reserve_ && !health) {
+      return SendError(absl::UnavailableError(absl::StrFormat(
+                           "the server has %d connections open (--http_max_connections): only "
+                           "health checks are answered on this one; retry later",
+                           options().max_connections)),
+                       /*close=*/true);
+    }
     if (options().tokens != nullptr && !health) {
       const auto it = req.find(http::field::authorization);
       if (it == req.end() || !options().tokens->Accepts(std::string_view(it->value().data(),
@@ -935,42 +973,144 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                                length, options().max_message_bytes));
       return Send(std::move(res), /*close=*/true);
     }
-    // The body, its parsed form and the tensors' copy.
-    if (absl::Status st = service_->Charge(static_cast<int64_t>(length), &body_lease_); !st.ok()) {
-      Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
-      return SendError(st, /*close=*/true);
-    }
+    body_length_ = length;
     parser_->body_limit(length);
-    // A client that waits for leave to send its body (curl does for large ones) gets it now
-    // that the header passed every check.
+    body_start_ = SteadyClock::now();
+    // A client that waits for leave to send its body (curl does for large ones) sends nothing
+    // before it: its memory is found first.
     if (const auto it = req.find(http::field::expect);
         it != req.end() && beast::iequals(it->value(), "100-continue")) {
-      continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
-      beast::get_lowest_layer(stream_).expires_after(options().io_timeout);
-      http::async_write(stream_, *continue_,
-                        [self = this->shared_from_this(), length](beast::error_code ec, size_t) {
-                          self->continue_.reset();
-                          if (ec) return self->OnBody(ec);
-                          self->ReadBodyBytes(length);
-                        });
-      return;
+      expect_continue_ = true;
+      return Reserve();
     }
-    ReadBodyBytes(length);
+    if (parser_->is_done() || buffer_.size() > 0) return Reserve();
+    // The body is given its memory once its first bytes arrive (at most one read, 64 KiB, is
+    // taken before): a client that sends only a header holds none.
+    beast::get_lowest_layer(stream_).expires_at(body_start_ + options().body_timeout);
+    http::async_read_some(stream_, buffer_, *parser_,
+                          [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                            self->Step([&] {
+                              if (ec) return self->OnBody(ec);
+                              self->Reserve();
+                            });
+                          });
   }
 
-  void ReadBodyBytes(uint64_t length) {
-    beast::get_lowest_layer(stream_).expires_after(IoTimeout(options(), length));
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
-                       self->Step([&] { self->OnBody(ec); });
-                     });
+  // Takes the body's memory (twice its size: it and its parsed form) from the budget, in turn
+  // with other waiting bodies; the body stays unread meanwhile, for at most budget_wait.
+  void Reserve() {
+    const int64_t bytes = 2 * static_cast<int64_t>(body_length_);
+    MemoryBudget& budget = service_->budget();
+    if (bytes > budget.limit()) {  // can never fit
+      service_->metrics().rejected(Reject::kMemory).Increment();
+      Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
+      return RefuseBody(ErrorResponse(absl::ResourceExhaustedError(absl::StrFormat(
+          "the request needs %d bytes, more than the server's whole memory for requests in "
+          "flight (%d bytes, --max_inflight_bytes): send fewer rows per request",
+          bytes, budget.limit()))));
+    }
+    waiting_budget_ = true;
+    budget_ticket_ = budget.Wait(
+        bytes, [weak = this->weak_from_this(), gate = front_->gate](MemoryBudget::Lease lease) {
+          // On the thread that returned the bytes (or this one): back to the strand, unless
+          // the session or the front end is gone (the lease then goes back with this lambda).
+          auto self = weak.lock();
+          absl::MutexLock lock(&gate->mu);
+          if (self == nullptr || !gate->open) return;
+          net::post(self->stream_.get_executor(),
+                    [self, lease = std::make_shared<MemoryBudget::Lease>(std::move(lease))] {
+                      self->Step([&] { self->OnReserved(std::move(*lease)); });
+                    });
+        });
+    if (!budget_ticket_.queued()) return;  // granted at once: OnReserved is posted
+    budget_timer_.expires_after(options().budget_wait);
+    budget_timer_.async_wait([self = this->shared_from_this()](beast::error_code ec) {
+      if (!ec) self->Step([&] { self->OnBudgetWaitOver(); });
+    });
+  }
+
+  void OnReserved(MemoryBudget::Lease lease) {
+    if (!waiting_budget_) return;  // the wait already ended: the lease goes back
+    waiting_budget_ = false;
+    budget_timer_.cancel();
+    body_lease_ = std::move(lease);
+    body_start_ = SteadyClock::now();  // the transfer's clock starts once the body may flow
+    if (!expect_continue_) return ReadBodyBytes();
+    continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+    beast::get_lowest_layer(stream_).expires_after(options().write_timeout);
+    http::async_write(stream_, *continue_,
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->Step([&] {
+                          self->continue_.reset();
+                          if (ec) return self->OnBody(ec);
+                          self->body_start_ = SteadyClock::now();
+                          self->ReadBodyBytes();
+                        });
+                      });
+  }
+
+  // The budget could not cover the body in time: 429 with Retry-After.
+  void OnBudgetWaitOver() {
+    if (!waiting_budget_ || !budget_ticket_.Cancel()) return;  // granted meanwhile
+    waiting_budget_ = false;
+    service_->metrics().rejected(Reject::kMemory).Increment();
+    Done(grpc::StatusCode::RESOURCE_EXHAUSTED);
+    const auto waited = std::chrono::duration_cast<std::chrono::seconds>(options().budget_wait);
+    Response res = ErrorResponse(absl::ResourceExhaustedError(absl::StrFormat(
+        "the server's memory for requests in flight (--max_inflight_bytes) could not hold this "
+        "request's %d bytes within %d s: retry later, or send fewer rows per request",
+        2 * body_length_, waited.count())));
+    res.set(http::field::retry_after, "1");
+    RefuseBody(std::move(res));
+  }
+
+  // Answers `res` instead of reading the body into memory: the body is read and dropped first,
+  // so that a client still sending it sees the answer and the connection stays usable. A client
+  // that waits for 100-continue has sent none: the answer goes at once, and the connection
+  // closes after it.
+  void RefuseBody(Response res) {
+    if (expect_continue_) return Send(std::move(res), /*close=*/true);
+    refusal_ = std::move(res);
+    discarding_ = true;
+    body_start_ = SteadyClock::now();
+    ReadBodyBytes();
+  }
+
+  // Reads the body as it arrives, each read due by the transfer deadline (a stalled or
+  // trickling client is cut off); a body being discarded is dropped as it is read.
+  void ReadBodyBytes() {
+    if (parser_->is_done()) return OnBody({});
+    auto& body = parser_->get().body();
+    if (discarding_) {
+      discarded_ += body.size();
+      body.clear();
+      body.shrink_to_fit();
+    }
+    beast::get_lowest_layer(stream_).expires_at(
+        TransferDeadline(body_start_, options().body_timeout, discarded_ + body.size(),
+                         options().min_bytes_per_second));
+    http::async_read_some(stream_, buffer_, *parser_,
+                          [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                            self->Step([&] {
+                              if (ec) return self->OnBody(ec);
+                              self->ReadBodyBytes();
+                            });
+                          });
   }
 
   void OnBody(beast::error_code ec) {
-    if (ec) {  // the client went away or stalled past the timeout: nobody to answer
-      service_->metrics().rejected(Reject::kCancelled).Increment();
-      Done(grpc::StatusCode::CANCELLED);
+    if (ec) {  // the client went away or stalled past its deadline: nobody to answer
+      body_lease_.Reset();
+      if (!discarding_) {
+        service_->metrics().rejected(Reject::kCancelled).Increment();
+        Done(grpc::StatusCode::CANCELLED);
+      }
       return Close();
+    }
+    if (discarding_) {
+      discarding_ = false;
+      parser_->release();
+      return Send(*std::exchange(refusal_, std::nullopt), /*close=*/false);
     }
     Request req = parser_->release();
     keep_alive_ = req.keep_alive();
@@ -1200,7 +1340,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // Writes `res`; then reads the next request, or closes when `close`, the client asked to, or
   // the server is shutting down.
   void Send(Response res, bool close) {
-    const bool keep = !close && keep_alive_ && !front_->stopping.load();
+    const bool keep = !close && keep_alive_ && !reserve_ && !front_->stopping.load();
     res.keep_alive(keep);
     res.set(http::field::server, "zlpr-server");
     res.prepare_payload();
@@ -1212,15 +1352,32 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     Write(std::make_shared<Response>(std::move(res)), keep);
   }
 
+  // Writes `message` a piece at a time, each due by the transfer deadline: a client that stops
+  // reading is cut off, and what its request held goes back.
   template <typename Message>
   void Write(std::shared_ptr<Message> message, bool keep) {
     writing_ = message;
-    beast::get_lowest_layer(stream_).expires_after(
-        IoTimeout(options(), message->payload_size().value_or(0)));
-    http::async_write(stream_, *message,
-                      [self = this->shared_from_this(), keep](beast::error_code ec, size_t) {
-                        self->OnWritten(ec, keep);
-                      });
+    written_ = 0;
+    write_start_ = SteadyClock::now();
+    WriteSome(std::move(message),
+              std::make_shared<http::serializer<false, typename Message::body_type>>(*message),
+              keep);
+  }
+
+  template <typename Message, typename Serializer>
+  void WriteSome(std::shared_ptr<Message> message, std::shared_ptr<Serializer> serializer,
+                 bool keep) {
+    beast::get_lowest_layer(stream_).expires_at(TransferDeadline(
+        write_start_, options().write_timeout, written_, options().min_bytes_per_second));
+    Serializer& sr = *serializer;
+    http::async_write_some(
+        stream_, sr,
+        [self = this->shared_from_this(), message = std::move(message),
+         serializer = std::move(serializer), keep](beast::error_code ec, size_t n) mutable {
+          self->written_ += n;
+          if (ec || serializer->is_done()) return self->OnWritten(ec, keep);
+          self->WriteSome(std::move(message), std::move(serializer), keep);
+        });
   }
 
   void OnWritten(beast::error_code ec, bool keep) {
@@ -1243,12 +1400,24 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   HttpFrontEnd::Impl* const front_;
   ZlprServiceImpl* const service_;
   Stream stream_;
+  net::steady_timer budget_timer_;  // the end of a body's wait for memory
+  const bool reserve_;              // over --http_max_connections: health checks only
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::vector<std::string> path_;
   bool has_body_ = false;
   bool keep_alive_ = true;
   SteadyTime start_{};
+  // The body being read: its declared length, when its transfer began, its place in the memory
+  // budget's queue and the memory it was given.
+  uint64_t body_length_ = 0;
+  SteadyClock::time_point body_start_{};
+  MemoryBudget::Ticket budget_ticket_;
+  bool waiting_budget_ = false;
+  bool expect_continue_ = false;
+  bool discarding_ = false;  // refused for memory: read and dropped, then refusal_ is sent
+  uint64_t discarded_ = 0;
+  std::optional<Response> refusal_;
   // The request being computed (alive until its response is written).
   MemoryBudget::Lease body_lease_;
   inference::ModelInferRequest request_;
@@ -1261,6 +1430,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool head_ = false;       // the request is a HEAD: its answer has no body
   bool accepted_ = false;
   std::shared_ptr<void> writing_;  // the response being written
+  SteadyClock::time_point write_start_{};
+  uint64_t written_ = 0;
   std::shared_ptr<http::response<http::empty_body>> continue_;
 };
 
@@ -1271,22 +1442,26 @@ void HttpFrontEnd::Impl::Accept() {
       net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
         if (ec == net::error::operation_aborted || stopping.load()) return;
         if (!ec) {
-          // Over the connection limit: closed at once (the client sees a reset and retries).
-          if (connections.fetch_add(1) >= options.max_connections) {
+          // Over the connection limit and its reserve for health checks: closed at once (the
+          // client sees a reset and retries). In the reserve: health checks only (Session).
+          const int open = connections.fetch_add(1);
+          if (open >= options.max_connections + options.reserved_connections) {
             connections.fetch_sub(1);
             beast::error_code ignored;
             socket.close(ignored);
           } else {
+            const bool reserve = open >= options.max_connections;
             // Small responses go out at once, not held back for a delayed ACK.
             beast::error_code ignored;
             socket.set_option(tcp::no_delay(true), ignored);
             beast::tcp_stream stream(std::move(socket));
             if (tls) {
               std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
-                  this, beast::ssl_stream<beast::tcp_stream>(std::move(stream), *tls))
+                  this, beast::ssl_stream<beast::tcp_stream>(std::move(stream), *tls), reserve)
                   ->Start();
             } else {
-              std::make_shared<Session<beast::tcp_stream>>(this, std::move(stream))->Start();
+              std::make_shared<Session<beast::tcp_stream>>(this, std::move(stream), reserve)
+                  ->Start();
             }
           }
         }
@@ -1374,6 +1549,10 @@ void HttpFrontEnd::Stop(std::chrono::milliseconds flush) {
   if (impl_ == nullptr || impl_->threads.empty()) return;
   Impl* i = impl_.get();
   i->stopping.store(true);
+  {
+    absl::MutexLock lock(&i->gate->mu);
+    i->gate->open = false;
+  }
   net::post(i->acceptor.get_executor(), [i] {
     beast::error_code ignored;
     i->acceptor.close(ignored);

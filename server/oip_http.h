@@ -49,10 +49,23 @@ struct HttpOptions {
   std::string address;    // HOST:PORT ([V6]:PORT); port 0 picks a free one
   // I/O threads (parsing and formatting run on them); 0: one per 4 hardware threads, at least 1.
   int threads = 0;
-  int max_connections = 1024;  // connections open at once; more are closed at accept
-  // Reading a request's header, or an idle keep-alive connection waiting for one, gets this
-  // long; reading a body or writing a response this long plus 1 s per MiB.
+  int max_connections = 1024;  // connections open at once; beyond them, see below
+  // Connections accepted beyond max_connections for health checks only (anything else on them
+  // gets 503), so that probes are answered however many clients hold connections.
+  int reserved_connections = 8;
+  // Reading a request's header, and an idle keep-alive connection waiting for one.
   std::chrono::milliseconds io_timeout{10000};
+  // A body must begin within body_timeout of its header, and then arrive at min_bytes_per_second
+  // or faster (after body_timeout + received / min_bytes_per_second it is cut off); a response
+  // likewise, with write_timeout. A client holds a connection, or the memory a body was given,
+  // only while it moves bytes.
+  std::chrono::milliseconds body_timeout{10000};
+  std::chrono::milliseconds write_timeout{20000};
+  int64_t min_bytes_per_second = 1 << 20;
+  // A body the memory budget cannot cover yet is held unread (the client's sends block, as under
+  // gRPC's flow control) until the budget can, in arrival order, for at most this long; then
+  // 429 with Retry-After, its bytes read and dropped so that the client sees the answer.
+  std::chrono::milliseconds budget_wait{5000};
   // TLS when both are set (PEM files, as --tls_cert and --tls_key); with client_ca also mutual.
   std::string tls_cert_file;
   std::string tls_key_file;

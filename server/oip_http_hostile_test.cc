@@ -1,7 +1,11 @@
 // The HTTP binding under hostile clients, each case through a real server on loopback with raw
 // bytes on the socket: whatever a request holds, it gets an answer (or its connection closes)
 // and the server goes on serving everyone else.
+#include <memory>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -223,6 +227,200 @@ TEST(OipHttpHostileTest, AShapeWhoseProductOverflowsIsRefused) {
   const absl::Status binary =
       ParseInferRequest(header, header.size(), "zlpr_predict", "", &request, &format);
   EXPECT_EQ(binary.code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A connection that has sent `header` and keeps its socket open.
+class OpenConnection {
+ public:
+  OpenConnection(int port, const std::string& header) : fd_(ConnectLoopback(port)) {
+    Send(header);
+  }
+  ~OpenConnection() { Close(); }
+  void Send(const std::string& bytes) { (void)!write(fd_, bytes.data(), bytes.size()); }
+  // Everything until the server closes the connection (or 10 s pass).
+  std::string ReadAll() {
+    std::string out;
+    char buf[4096];
+    for (ssize_t n; (n = read(fd_, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+    return out;
+  }
+  // One response (its header and a Content-Length body) or "" when the connection ends first.
+  std::string ReadResponse() {
+    std::string out;
+    char c;
+    while (out.find("\r\n\r\n") == std::string::npos) {
+      if (read(fd_, &c, 1) != 1) return "";
+      out.push_back(c);
+    }
+    const size_t at = out.find("Content-Length: ");
+    size_t left = at == std::string::npos ? 0 : std::stoul(out.substr(at + 16));
+    while (left > 0) {
+      if (read(fd_, &c, 1) != 1) return "";
+      out.push_back(c);
+      --left;
+    }
+    return out;
+  }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+ServerOptions BudgetOptions(int64_t max_inflight_bytes) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "127.0.0.1:0";
+  o.http_address = "127.0.0.1:0";
+  o.http_threads = 1;
+  o.backend = "cpu";
+  o.threads = 1;
+  o.max_inflight_bytes = max_inflight_bytes;
+  return o;
+}
+
+std::string PostHeader(size_t content_length, const std::string& extra = "") {
+  return absl::StrCat("POST /v2/models/zlpr_predict/infer HTTP/1.1\r\n", extra,
+                      "Content-Length: ", content_length, "\r\n\r\n");
+}
+
+// {"inputs":[scores [1, n] of -1 as binary]}, padded to `size` bytes with spaces in the JSON.
+std::pair<std::string, size_t> BinaryPredictBody(size_t n) {
+  const std::string header = absl::StrCat(
+      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,)", n,
+      R"(],"parameters":{"binary_data_size":)", 4 * n, R"(}}],"outputs":[{"name":"label_count"}]})");
+  const std::vector<float> scores(n, -1.0f);
+  return {header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * n),
+          header.size()};
+}
+
+TEST(OipHttpHostileTest, HeadersAloneHoldNoMemory) {
+  // A budget of 8 MiB; three clients declare bodies of 2 MiB (4 MiB charged each) and send
+  // nothing more. Others' requests are answered all along.
+  auto server = Server::Start(BudgetOptions(8 << 20));
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::unique_ptr<OpenConnection>> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(std::make_unique<OpenConnection>((*server)->http_port(), PostHeader(2 << 20)));
+  }
+  const auto [body, json_length] = BinaryPredictBody(200000);  // 800 KB: 1.6 MB charged
+  for (int i = 0; i < 3; ++i) {
+    const std::string res = RawExchange(
+        (*server)->http_port(),
+        absl::StrCat(PostHeader(body.size(), absl::StrCat("Connection: close\r\n"
+                                                          "Inference-Header-Content-Length: ",
+                                                          json_length, "\r\n")),
+                     body));
+    EXPECT_EQ(StatusOf(res), 200) << res.substr(0, 400);
+  }
+  (*server)->Shutdown();
+}
+
+TEST(OipHttpHostileTest, ABodyThatTricklesIsCutOffAndItsMemoryReturned) {
+  ServerOptions o = BudgetOptions(64 << 20);
+  o.http_timeout = std::chrono::milliseconds(300);
+  o.min_transfer_rate = 64 << 10;  // 64 KiB/s
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const auto held = [&] {
+    return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
+                       "zlpr_inflight_bytes{kind=\"held\"}");
+  };
+  OpenConnection trickle((*server)->http_port(), PostHeader(1 << 20) + "{");
+  ASSERT_TRUE(WaitUntil([&] { return held() == 2 << 20; }));  // the body got its memory
+  // One byte every 100 ms is far below 64 KiB/s: cut off within the 300 ms start plus a little.
+  const auto start = std::chrono::steady_clock::now();
+  bool closed = false;
+  for (int i = 0; i < 100 && !closed; ++i) {
+    trickle.Send(" ");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    closed = held() == 0;
+  }
+  EXPECT_TRUE(closed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(trickle.ReadAll(), "");  // nobody to answer: the connection just closes
+  ExpectStillServing(**server);
+  (*server)->Shutdown();
+}
+
+TEST(OipHttpHostileTest, HealthChecksAreAnsweredWhenEveryConnectionIsTaken) {
+  ServerOptions o = BudgetOptions(0);
+  o.http_max_connections = 4;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::unique_ptr<OpenConnection>> taken;
+  for (int i = 0; i < 4; ++i) {
+    taken.push_back(std::make_unique<OpenConnection>((*server)->http_port(), "GET /v2 HT"));
+  }
+  // The four are being served (their headers are being read) before the probes arrive.
+  ASSERT_TRUE(WaitUntil([&] {
+    return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
+                       "zlpr_http_connections") == 4;
+  }));
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(StatusOf(RawExchange((*server)->http_port(),
+                                   "GET /v2/health/ready HTTP/1.1\r\n\r\n")),
+              200);
+  }
+  const std::string other = RawExchange((*server)->http_port(), "GET /v2 HTTP/1.1\r\n\r\n");
+  ExpectJsonError(other, 503, "only health checks are answered on this one");
+  (*server)->Shutdown();
+}
+
+TEST(OipHttpHostileTest, ABodyWaitsUnreadForMemoryAndIsAnsweredWhenItFrees) {
+  const auto [body, json_length] = BinaryPredictBody(250000);  // 1 MB
+  // Room for one body's charge (2 MB) and its computation (2 MB more), not for two bodies.
+  ServerOptions o = BudgetOptions(5 << 20);
+  o.http_budget_wait = std::chrono::seconds(5);
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string header = PostHeader(
+      body.size(), absl::StrCat("Inference-Header-Content-Length: ", json_length, "\r\n"));
+  OpenConnection first((*server)->http_port(), header + body.substr(0, 1000));
+  const auto held = [&] {
+    return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
+                       "zlpr_inflight_bytes{kind=\"held\"}");
+  };
+  ASSERT_TRUE(WaitUntil([&] { return held() == 2.0 * body.size(); }));
+  OpenConnection second((*server)->http_port(), header + body);  // waits for the first
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(held(), 2.0 * body.size());
+  first.Send(body.substr(1000));  // the first completes, and its memory goes to the second
+  EXPECT_EQ(StatusOf(first.ReadResponse()), 200);
+  const std::string res = second.ReadResponse();
+  EXPECT_EQ(StatusOf(res), 200) << res;
+  (*server)->Shutdown();
+}
+
+TEST(OipHttpHostileTest, ABodyThatWaitsTooLongIsAnswered429AndTheConnectionGoesOn) {
+  const auto [body, json_length] = BinaryPredictBody(250000);
+  ServerOptions o = BudgetOptions(3 << 20);
+  o.http_budget_wait = std::chrono::milliseconds(300);
+  o.http_timeout = std::chrono::seconds(30);  // the first client holds its body's memory
+  o.min_transfer_rate = 1024;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string header = PostHeader(
+      body.size(), absl::StrCat("Inference-Header-Content-Length: ", json_length, "\r\n"));
+  OpenConnection first((*server)->http_port(), header + body.substr(0, 1000));
+  ASSERT_TRUE(WaitUntil([&] {
+    return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
+                       "zlpr_inflight_bytes{kind=\"held\"}") ==
+           2.0 * body.size();
+  }));
+  OpenConnection second((*server)->http_port(), header + body);
+  const std::string refused = second.ReadResponse();
+  ExpectJsonError(refused, 429, "could not hold this request's");
+  EXPECT_THAT(refused, HasSubstr("Retry-After: 1"));
+  // The body was read and dropped: the connection serves the next request.
+  const std::string small =
+      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,2],"data":[1,-1]}]})";
+  second.Send(PostHeader(small.size()) + small);
+  EXPECT_EQ(StatusOf(second.ReadResponse()), 200);
+  (*server)->Shutdown();
 }
 
 }  // namespace

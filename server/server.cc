@@ -68,6 +68,16 @@ absl::Status CheckAddress(const char* flag, const std::string& address, bool may
   return absl::OkStatus();
 }
 
+// A duration flag given in seconds (--NAME_s).
+absl::Status CheckSeconds(const char* flag, std::chrono::milliseconds value,
+                          std::chrono::milliseconds low, std::chrono::milliseconds high) {
+  if (value >= low && value <= high) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--", flag, "=", value.count() / 1000.0, ": must be ",
+      std::chrono::duration<double>(low).count(), " to ",
+      std::chrono::duration<double>(high).count()));
+}
+
 template <typename T>
 absl::Status CheckRange(const char* flag, T value, T low, T high) {
   if (value >= low && value <= high) return absl::OkStatus();
@@ -123,6 +133,14 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   ZLPR_RETURN_IF_ERROR(CheckRange("http_threads", o.http_threads, 0, kMaxHttpThreads));
   ZLPR_RETURN_IF_ERROR(CheckRange("http_max_connections", o.http_max_connections, 1,
                                   kMaxHttpConnections));
+  ZLPR_RETURN_IF_ERROR(
+      CheckSeconds("http_timeout_s", o.http_timeout, kMinIoTimeout, kMaxIoTimeout));
+  ZLPR_RETURN_IF_ERROR(
+      CheckSeconds("write_timeout_s", o.write_timeout, kMinIoTimeout, kMaxIoTimeout));
+  ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("min_transfer_bytes_per_s", o.min_transfer_rate,
+                                           kMinTransferRate, int64_t{1} << 40));
+  ZLPR_RETURN_IF_ERROR(CheckSeconds("http_budget_wait_s", o.http_budget_wait,
+                                    std::chrono::milliseconds(0), kMaxBudgetWait));
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
       CheckRange<int64_t>("max_batch_rows", o.batcher.max_batch_rows, 1, kMaxBatchRows));
@@ -350,6 +368,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     HttpOptions http{.address = options.http_address,
                      .threads = options.http_threads,
                      .max_connections = options.http_max_connections,
+                     .io_timeout = options.http_timeout,
+                     .body_timeout = options.http_timeout,
+                     .write_timeout = options.write_timeout,
+                     .min_bytes_per_second = options.min_transfer_rate,
+                     .budget_wait = options.http_budget_wait,
                      .tls_cert_file = options.tls_cert_file,
                      .tls_key_file = options.tls_key_file,
                      .tls_client_ca_file = options.tls_client_ca_file,

@@ -40,7 +40,16 @@ struct ServerOptions {
   // the gRPC port.
   std::string http_address;
   int http_threads = 0;             // its I/O threads; 0: one per 4 hardware threads, at least 1
-  int http_max_connections = 1024;  // its connections open at once
+  int http_max_connections = 1024;  // its connections open at once (and 8 for health checks)
+  // HTTP: a request's header, an idle keep-alive connection, and the start of a body get
+  // http_timeout; a body then arrives at min_transfer_rate or faster, or is cut off.
+  std::chrono::milliseconds http_timeout{10000};
+  // A response (gRPC or HTTP) not written after write_timeout plus its size at
+  // min_transfer_rate cancels its call, and what the call held is returned.
+  std::chrono::milliseconds write_timeout{20000};
+  int64_t min_transfer_rate = 1 << 20;  // bytes per second
+  // How long an HTTP body waits, unread, for the memory budget before 429.
+  std::chrono::milliseconds http_budget_wait{5000};
   std::string backend = "auto";     // auto | cpu | cuda
   std::vector<int> devices;         // CUDA devices; empty: all visible
   // Device memory each CUDA backend's buffers may hold; 0: no limit of ours (CudaOptions).
@@ -87,6 +96,10 @@ inline constexpr std::chrono::milliseconds kMaxShutdownGrace = std::chrono::hour
 inline constexpr int64_t kMinInflightBytes = int64_t{1} << 20;
 inline constexpr int64_t kMinTransportMemoryBytes = int64_t{16} << 20;
 inline constexpr std::chrono::milliseconds kMaxAuthTokenGrace = std::chrono::hours(24);
+inline constexpr std::chrono::milliseconds kMinIoTimeout{100};
+inline constexpr std::chrono::milliseconds kMaxIoTimeout = std::chrono::hours(1);
+inline constexpr int64_t kMinTransferRate = 1024;
+inline constexpr std::chrono::milliseconds kMaxBudgetWait = std::chrono::minutes(10);
 
 // OK when every option is within its bounds; else INVALID_ARGUMENT naming the flag, the value
 // and what is allowed, e.g. "--max_batch_rows=0: must be 1 to 1048576".
