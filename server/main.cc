@@ -47,6 +47,19 @@ ABSL_FLAG(double, write_timeout_s, 20,
           "Seconds a response may take to be written, plus its size at "
           "--min_transfer_bytes_per_s: a call (gRPC or HTTP) whose client does not read its "
           "response in that time is cancelled, and the memory it held is returned");
+ABSL_FLAG(double, grpc_keepalive_s, 60,
+          "gRPC: seconds a connection may be idle before the server pings it; one that does not "
+          "answer within --grpc_keepalive_timeout_s is closed with its calls");
+ABSL_FLAG(double, grpc_keepalive_timeout_s, 20, "gRPC: seconds to wait for a ping's answer");
+ABSL_FLAG(double, grpc_max_connection_idle_s, 1800,
+          "gRPC: a connection without calls for this long is closed (clients reconnect when "
+          "they need to); 0: never");
+ABSL_FLAG(double, grpc_max_connection_age_s, 0,
+          "gRPC: every connection is asked to reconnect after this long (spreads clients over "
+          "new replicas), its calls ended --grpc_max_connection_age_grace_s later; 0: never "
+          "(long-lived training streams would be ended too)");
+ABSL_FLAG(double, grpc_max_connection_age_grace_s, 60,
+          "gRPC: seconds the calls of a connection past --grpc_max_connection_age_s may take");
 ABSL_FLAG(int64_t, min_transfer_bytes_per_s, 1 << 20,
           "The slowest rate at which a client may send an HTTP body or read a response");
 ABSL_FLAG(std::string, backend, "auto",
@@ -201,6 +214,13 @@ int main(int argc, char** argv) {
   options.http_budget_wait = Milliseconds(absl::GetFlag(FLAGS_http_budget_wait_s));
   options.write_timeout = Milliseconds(absl::GetFlag(FLAGS_write_timeout_s));
   options.min_transfer_rate = absl::GetFlag(FLAGS_min_transfer_bytes_per_s);
+  options.grpc_keepalive = Milliseconds(absl::GetFlag(FLAGS_grpc_keepalive_s));
+  options.grpc_keepalive_timeout = Milliseconds(absl::GetFlag(FLAGS_grpc_keepalive_timeout_s));
+  options.grpc_max_connection_idle =
+      Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_idle_s));
+  options.grpc_max_connection_age = Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_age_s));
+  options.grpc_max_connection_age_grace =
+      Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_age_grace_s));
   options.backend = absl::GetFlag(FLAGS_backend);
   auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
   if (!devices.ok()) {

@@ -10,7 +10,7 @@ namespace {
 
 const char* const kRejectNames[] = {"queue_full",      "deadline",  "cancelled",
                                     "invalid",         "shutting_down", "unauthenticated",
-                                    "too_large",       "memory"};
+                                    "too_large",       "memory",    "slow_reader"};
 static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
 // Latency buckets from 50 µs to 30 s.

@@ -37,6 +37,7 @@ enum class Reject {
   kUnauthenticated,
   kTooLarge,  // the response would exceed the message limit
   kMemory,    // the memory budget for requests in flight could not cover it
+  kSlowReader,  // its response was not read within --write_timeout_s: the call was cancelled
   kCount
 };
 

@@ -3,6 +3,7 @@
 #include "server/oip_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <numeric>
 #include <limits>
@@ -497,6 +498,9 @@ void OipInference::Finish(absl::Status status) {
     status = service_->CheckResponseSize(bytes);
     if (status.ok()) {
       service_->metrics().response_bytes().Increment(static_cast<double>(bytes));
+      // The job's inputs are no longer needed: from here on the request holds its response
+      // (and its serialized copy).
+      lease_.ShrinkTo(2 * bytes);
     } else {
       response_->clear_outputs();
       response_->clear_raw_output_contents();
@@ -521,10 +525,15 @@ class InferCall final : public grpc::ServerUnaryReactor {
 
   void Start(const ModelInferRequest* request, ModelInferResponse* response) {
     inference_.Run(ControlOf(ctx_, service_->clock()), request, response,
-                   [this](absl::Status st) { HandToGrpc([&] { Finish(ToGrpc(st)); }); });
+                   [this, response](absl::Status st) {
+                     write_watch_ = service_->WatchWrite(
+                         ctx_, static_cast<int64_t>(response->ByteSizeLong()));
+                     HandToGrpc([&] { Finish(ToGrpc(st)); });
+                   });
   }
 
   void OnDone() override {
+    service_->watchdog().Disarm(write_watch_);
     inference_.Release();
     service_->CallEnds(accepted_);
     delete this;
@@ -535,6 +544,7 @@ class InferCall final : public grpc::ServerUnaryReactor {
   grpc::CallbackServerContext* const ctx_;
   OipInference inference_;
   const bool accepted_;
+  Watchdog::Id write_watch_ = 0;
 };
 
 // ModelStreamInfer: one request at a time, in order; a request's error is its response's
@@ -570,11 +580,14 @@ class InferStream final
     inference_.Run(ControlOf(ctx_, service_->clock()), &request_,
                    response_.mutable_infer_response(), [this](absl::Status st) {
       if (!st.ok()) response_.set_error_message(std::string(st.message()));
+      write_watch_.store(
+          service_->WatchWrite(ctx_, static_cast<int64_t>(response_.ByteSizeLong())));
       HandToGrpc([this] { StartWrite(&response_); });
     });
   }
 
   void OnWriteDone(bool ok) override {
+    service_->watchdog().Disarm(write_watch_.exchange(0));
     inference_.Release();
     absl::MutexLock lock(&mu_);
     if (!ok) return FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client is gone"));
@@ -586,6 +599,7 @@ class InferStream final
   }
 
   void OnDone() override {
+    service_->watchdog().Disarm(write_watch_.exchange(0));
     service_->streams().Remove(this);  // no Drain() from now on
     // Finish may have been called under mu_ (Drain, from the shutdown thread): wait for that
     // thread to let go of it before the mutex is destroyed.
@@ -616,6 +630,7 @@ class InferStream final
   const bool accepted_;
   ModelInferRequest request_;
   inference::ModelStreamInferResponse response_;
+  std::atomic<Watchdog::Id> write_watch_{0};
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -68,14 +69,19 @@ absl::Status CheckAddress(const char* flag, const std::string& address, bool may
   return absl::OkStatus();
 }
 
+// Seconds as a flag takes them: whole seconds without a fraction.
+std::string SecondsText(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0) return absl::StrCat(d.count() / 1000);
+  return absl::StrCat(d.count() / 1000.0);
+}
+
 // A duration flag given in seconds (--NAME_s).
 absl::Status CheckSeconds(const char* flag, std::chrono::milliseconds value,
                           std::chrono::milliseconds low, std::chrono::milliseconds high) {
   if (value >= low && value <= high) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--", flag, "=", value.count() / 1000.0, ": must be ",
-      std::chrono::duration<double>(low).count(), " to ",
-      std::chrono::duration<double>(high).count()));
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", SecondsText(value),
+                                                 ": must be ", SecondsText(low), " to ",
+                                                 SecondsText(high)));
 }
 
 template <typename T>
@@ -141,6 +147,17 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
                                            kMinTransferRate, int64_t{1} << 40));
   ZLPR_RETURN_IF_ERROR(CheckSeconds("http_budget_wait_s", o.http_budget_wait,
                                     std::chrono::milliseconds(0), kMaxBudgetWait));
+  ZLPR_RETURN_IF_ERROR(CheckSeconds("grpc_keepalive_s", o.grpc_keepalive,
+                                    std::chrono::milliseconds(1000), std::chrono::hours(24)));
+  ZLPR_RETURN_IF_ERROR(CheckSeconds("grpc_keepalive_timeout_s", o.grpc_keepalive_timeout,
+                                    std::chrono::milliseconds(1000), std::chrono::hours(1)));
+  for (const auto& [flag, value] :
+       {std::pair{"grpc_max_connection_idle_s", o.grpc_max_connection_idle},
+        std::pair{"grpc_max_connection_age_s", o.grpc_max_connection_age},
+        std::pair{"grpc_max_connection_age_grace_s", o.grpc_max_connection_age_grace}}) {
+    ZLPR_RETURN_IF_ERROR(CheckSeconds(flag, value, std::chrono::milliseconds(0),
+                                      std::chrono::hours(24 * 365)));
+  }
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
       CheckRange<int64_t>("max_batch_rows", o.batcher.max_batch_rows, 1, kMaxBatchRows));
@@ -285,6 +302,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->max_inflight_bytes_ =
       options.max_inflight_bytes != 0 ? options.max_inflight_bytes : DefaultMemoryShare();
   service_options.max_inflight_bytes = s->max_inflight_bytes_;
+  service_options.write_timeout = options.write_timeout;
+  service_options.min_transfer_rate = options.min_transfer_rate;
   if (!options.auth_token_file.empty()) {
     ZLPR_ASSIGN_OR_RETURN(s->tokens_, TokenStore::FromFile(options.auth_token_file,
                                                            absl::FromChrono(options.auth_token_grace)));
@@ -323,6 +342,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::ServerBuilder builder;
   // Two servers on one port would split traffic silently: make the second fail instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A peer that vanished (no answer to a ping) is dropped with its calls; clients may ping
+  // every 10 s themselves (their keepalive) without being cut off for it.
+  const auto ms = [](std::chrono::milliseconds d) {
+    return static_cast<int>(std::min<int64_t>(d.count(), std::numeric_limits<int>::max()));
+  };
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms(options.grpc_keepalive));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(options.grpc_keepalive_timeout));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  if (options.grpc_max_connection_idle.count() > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               ms(options.grpc_max_connection_idle));
+  }
+  if (options.grpc_max_connection_age.count() > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, ms(options.grpc_max_connection_age));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               ms(options.grpc_max_connection_age_grace));
+  }
   builder.AddListeningPort(options.grpc_address, credentials, &s->grpc_port_);
   // The transport's own memory (connections, messages being received or sent) is bounded too:
   // under pressure gRPC shrinks its flow-control windows, so clients send more slowly.

@@ -50,6 +50,16 @@ struct ServerOptions {
   int64_t min_transfer_rate = 1 << 20;  // bytes per second
   // How long an HTTP body waits, unread, for the memory budget before 429.
   std::chrono::milliseconds http_budget_wait{5000};
+  // gRPC connections: the server pings a connection idle for grpc_keepalive and closes it when
+  // the ping is not answered within grpc_keepalive_timeout (a peer that vanished); a
+  // connection without calls for grpc_max_connection_idle is closed (0: never); with
+  // grpc_max_connection_age (0: never) every connection is asked to reconnect after that long,
+  // and its calls are ended after grpc_max_connection_age_grace more.
+  std::chrono::milliseconds grpc_keepalive{60000};
+  std::chrono::milliseconds grpc_keepalive_timeout{20000};
+  std::chrono::milliseconds grpc_max_connection_idle{std::chrono::minutes(30)};
+  std::chrono::milliseconds grpc_max_connection_age{0};
+  std::chrono::milliseconds grpc_max_connection_age_grace{std::chrono::minutes(1)};
   std::string backend = "auto";     // auto | cpu | cuda
   std::vector<int> devices;         // CUDA devices; empty: all visible
   // Device memory each CUDA backend's buffers may hold; 0: no limit of ours (CudaOptions).

@@ -150,6 +150,17 @@ void ZlprServiceImpl::BeginShutdown() {
   streams_->DrainAll();
 }
 
+Watchdog::Id ZlprServiceImpl::WatchWrite(grpc::CallbackServerContext* ctx, int64_t bytes) {
+  const auto transfer = std::chrono::milliseconds(
+      static_cast<int64_t>(1000.0 * static_cast<double>(bytes) /
+                           static_cast<double>(std::max<int64_t>(1, options_.min_transfer_rate))));
+  return watchdog_.Arm(Watchdog::Clock::now() + options_.write_timeout + transfer,
+                       [this, ctx] {
+                         metrics_->rejected(Reject::kSlowReader).Increment();
+                         ctx->TryCancel();
+                       });
+}
+
 bool ZlprServiceImpl::CallBegins() {
   absl::MutexLock lock(&calls_mu_);
   if (shutting_down_.load()) return false;
@@ -338,6 +349,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
   void OnDone() override {
+    service_->watchdog().Disarm(write_watch_);
     lease_.Reset();
     service_->CallEnds(accepted_);
     delete this;
@@ -357,10 +369,13 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       service_->metrics().response_bytes().Increment(static_cast<double>(raw_out_->Length()));
     }
     response_.reset();
+    // From here on the call holds only its serialized response.
+    lease_.ShrinkTo(static_cast<int64_t>(raw_out_->Length()));
     service_->metrics().RequestDone(
         method_, status.error_code(),
         std::chrono::duration<double>(service_->clock().Now() - start_).count());
     service_->metrics().inflight().Decrement();
+    write_watch_ = service_->WatchWrite(ctx_, static_cast<int64_t>(raw_out_->Length()));
     HandToGrpc([&] { Finish(status); });
   }
 
@@ -373,6 +388,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   std::unique_ptr<Request> request_;
   std::unique_ptr<Response> response_;
   MemoryBudget::Lease lease_;
+  Watchdog::Id write_watch_ = 0;
 };
 
 // The reactor of GetServerInfo: like gRPC's default one, and counted like every call.

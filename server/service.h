@@ -37,6 +37,7 @@
 #include "server/executor.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
+#include "server/watchdog.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr::server {
@@ -49,6 +50,10 @@ struct ServiceOptions {
   int stream_window = 64;
   // Bytes that requests in flight may hold in all (see MemoryBudget).
   int64_t max_inflight_bytes = int64_t{1} << 30;
+  // A response not written (read by the client) after write_timeout plus its size at
+  // min_transfer_rate (bytes per second) cancels its call: what the call held is returned.
+  std::chrono::milliseconds write_timeout{20000};
+  int64_t min_transfer_rate = 1 << 20;
 };
 
 // The generated service with the four compute methods raw (grpc::ByteBuffer in and out).
@@ -162,6 +167,12 @@ class ZlprServiceImpl final : public ZlprServiceBase {
                       int64_t response_bytes,
                       absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done);
 
+  // Cancels `ctx`'s call unless its response of `bytes` is written in time (write_timeout plus
+  // bytes at min_transfer_rate): arm before handing the response to gRPC, Disarm when the write
+  // completes (OnWriteDone, OnDone). A cancelled call counts as reason="slow_reader".
+  Watchdog::Id WatchWrite(grpc::CallbackServerContext* ctx, int64_t bytes);
+  Watchdog& watchdog() { return watchdog_; }
+
   // A call begins (a reactor is made) and ends (its OnDone). Begin returns whether the call was
   // accepted before shutdown began, which End must be told.
   bool CallBegins();
@@ -196,6 +207,7 @@ class ZlprServiceImpl final : public ZlprServiceBase {
   std::function<void(const absl::Status&)> on_unusable_;
   std::unique_ptr<MetricsListener> listener_;
   Workers workers_;
+  Watchdog watchdog_;
   std::unique_ptr<StreamRegistry> streams_;
   std::atomic<bool> shutting_down_{false};
   absl::Mutex calls_mu_;

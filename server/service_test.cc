@@ -176,6 +176,18 @@ TEST(ServerStartTest, OptionsOutOfRangeAreRefusedNamingTheFlag) {
                    "--devices: device 0 is listed twice"});
   cases.push_back({[](ServerOptions& o) { o.cuda_memory_limit_bytes = -1; },
                    "--cuda_memory_limit_bytes=-1: must be 0 to 1125899906842624"});
+  cases.push_back({[](ServerOptions& o) { o.http_timeout = milliseconds(10); },
+                   "--http_timeout_s=0.01: must be 0.1 to 3600"});
+  cases.push_back({[](ServerOptions& o) { o.write_timeout = milliseconds(-2000); },
+                   "--write_timeout_s=-2: must be 0.1 to 3600"});
+  cases.push_back({[](ServerOptions& o) { o.min_transfer_rate = 10; },
+                   "--min_transfer_bytes_per_s=10: must be 1024 to 1099511627776"});
+  cases.push_back({[](ServerOptions& o) { o.http_budget_wait = std::chrono::hours(1); },
+                   "--http_budget_wait_s=3600: must be 0 to 600"});
+  cases.push_back({[](ServerOptions& o) { o.grpc_keepalive = milliseconds(0); },
+                   "--grpc_keepalive_s=0: must be 1 to 86400"});
+  cases.push_back({[](ServerOptions& o) { o.grpc_max_connection_age = milliseconds(-1000); },
+                   "--grpc_max_connection_age_s=-1: must be 0 to 31536000"});
   for (const auto& [change, message] : cases) {
     ServerOptions o;
     o.grpc_address = "127.0.0.1:0";
@@ -569,6 +581,72 @@ TEST_F(ServiceTest, StreamLossAnswersInOrderWithPerMessageErrorsAndGoesOn) {
   writer.join();
   EXPECT_EQ(n, 20);
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+// A client that stops reading its responses: the write that cannot complete cancels the call
+// after --write_timeout_s (plus the response's size at the minimum rate), and the memory its
+// messages held goes back. Without it, the stream held its share of the budget until the
+// client went away.
+TEST_F(ServiceTest, AStreamWhoseClientStopsReadingIsCancelledAndItsMemoryReturned) {
+  StartServer(DefaultBatcher(), [](ServerOptions& o) {
+    o.write_timeout = milliseconds(300);
+    o.min_transfer_rate = 64 << 20;
+  });
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamPredict(&ctx);
+  // Each answer carries 256 x 4096 probabilities (4 MiB): far more than the flow-control
+  // window lets through unread.
+  constexpr int kRows = 256, kCols = 4096;
+  v1::PredictRequest req;
+  *req.mutable_scores() = FloatTensor(std::vector<float>(kRows * kCols, 0.25f), kRows, kCols);
+  req.set_want_probs(true);
+  for (int i = 0; i < 6; ++i) {
+    if (!stream->Write(req)) break;
+  }
+  const auto held = [&] {
+    return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}");
+  };
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"slow_reader\"}") >= 1;
+  }));
+  EXPECT_TRUE(WaitUntil([&] { return held() == 0; })) << held();
+  v1::PredictResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST_F(ServiceTest, AnInferenceStreamWhoseClientStopsReadingIsCancelledAndItsMemoryReturned) {
+  StartServer(DefaultBatcher(), [](ServerOptions& o) {
+    o.write_timeout = milliseconds(300);
+    o.min_transfer_rate = 64 << 20;
+  });
+  grpc::ClientContext ctx;
+  auto stream = inference::GRPCInferenceService::NewStub(channel_)->ModelStreamInfer(&ctx);
+  constexpr int kRows = 256, kCols = 4096;
+  inference::ModelInferRequest req;
+  req.set_model_name("zlpr_predict");
+  auto* in = req.add_inputs();
+  in->set_name("scores");
+  in->set_datatype("FP32");
+  in->add_shape(kRows);
+  in->add_shape(kCols);
+  const std::vector<float> scores(kRows * kCols, 0.25f);
+  req.add_raw_input_contents(
+      std::string(reinterpret_cast<const char*>(scores.data()), scores.size() * sizeof(float)));
+  req.add_outputs()->set_name("probs");  // 4 MiB an answer
+  for (int i = 0; i < 6; ++i) {
+    if (!stream->Write(req)) break;
+  }
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"slow_reader\"}") >= 1;
+  }));
+  EXPECT_TRUE(WaitUntil(
+      [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
+  inference::ModelStreamInferResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
 TEST_F(ServiceTest, StreamPredictAnswersEveryMessageInOrder) {

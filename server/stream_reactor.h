@@ -12,6 +12,7 @@
 #ifndef ZLPR_SERVER_STREAM_REACTOR_H_
 #define ZLPR_SERVER_STREAM_REACTOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -161,6 +162,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnWriteDone(bool ok) override {
+    service_->watchdog().Disarm(write_watch_.exchange(0));
     absl::MutexLock lock(&mu_);
     writing_ = false;
     writing_message_.reset();
@@ -178,6 +180,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnDone() override {
+    service_->watchdog().Disarm(write_watch_.exchange(0));
     service_->streams().Remove(this);  // no Drain() from now on
     // The thread that called Finish did so holding mu_, and gRPC may run OnDone before that
     // thread lets go of it: wait for it, or the mutex is destroyed under its unlock. (Nobody
@@ -211,6 +214,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void Completed(uint64_t seq, std::shared_ptr<Message> message) ABSL_LOCKS_EXCLUDED(mu_) {
     const grpc::Status serialized = Serialize(*message->response, &message->serialized);
     message->response.reset();
+    // From here on the message holds only its serialized response.
+    message->lease.ShrinkTo(static_cast<int64_t>(message->serialized.Length()));
     if (!serialized.ok()) return Failed(seq, serialized);
     service_->metrics().response_bytes().Increment(
         static_cast<double>(message->serialized.Length()));
@@ -251,6 +256,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       writing_message_ = std::move(it->second);
       ready_.erase(it);
       const grpc::ByteBuffer* serialized = &writing_message_->serialized;
+      write_watch_.store(
+          service_->WatchWrite(ctx_, static_cast<int64_t>(serialized->Length())));
       HandToGrpc([&] { this->StartWrite(serialized); });
     }
   }
@@ -277,6 +284,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   const Method method_;
   const Submit submit_;
   const bool accepted_;  // begun before shutdown: the server waits for it
+  std::atomic<Watchdog::Id> write_watch_{0};  // the write in flight's deadline
 
   absl::Mutex mu_;
   std::unique_ptr<grpc::ByteBuffer> reading_ ABSL_GUARDED_BY(mu_);  // the one read in flight
