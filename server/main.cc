@@ -37,6 +37,9 @@ ABSL_FLAG(int, http_threads, 0,
           "being computed holds none); 0: one per 4 hardware threads, at least 1");
 ABSL_FLAG(int, http_max_connections, 1024,
           "HTTP connections open at once; more are closed when accepted");
+ABSL_FLAG(bool, http_metrics, false,
+          "Also serve GET /metrics on the HTTP port, behind its TLS and bearer token (then "
+          "--metrics_address= turns the plaintext metrics port off)");
 ABSL_FLAG(double, http_timeout_s, 10,
           "HTTP: seconds for a request's header, for an idle keep-alive connection, and for a "
           "body's first bytes; a body must then arrive at --min_transfer_bytes_per_s or faster");
@@ -210,6 +213,7 @@ int main(int argc, char** argv) {
   options.http_address = absl::GetFlag(FLAGS_http_address);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  options.http_metrics = absl::GetFlag(FLAGS_http_metrics);
   options.http_timeout = Milliseconds(absl::GetFlag(FLAGS_http_timeout_s));
   options.http_budget_wait = Milliseconds(absl::GetFlag(FLAGS_http_budget_wait_s));
   options.write_timeout = Milliseconds(absl::GetFlag(FLAGS_write_timeout_s));

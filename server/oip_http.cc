@@ -904,6 +904,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
           "no such endpoint: %s %s (see the protocol's /v2 paths)",
           std::string(req.method_string()), std::string(req.target()))));
     };
+    if (path_.size() == 1 && path_[0] == "metrics" && options().metrics_text) {
+      if (!get) return MethodNotAllowed("GET");
+      Response res{http::status::ok, 11};
+      res.set(http::field::content_type, "text/plain; version=0.0.4");
+      res.body() = options().metrics_text();
+      return res;
+    }
     if (path_.empty() || path_[0] != "v2") return not_found();
     if (path_.size() == 3 && path_[1] == "health" && (path_[2] == "live" || path_[2] == "ready")) {
       if (!get) return MethodNotAllowed("GET");

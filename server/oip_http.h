@@ -12,6 +12,7 @@
 //   GET  /v2/models[/{m}[/versions/{v}]]/stats  statistics (Triton's statistics extension)
 //   POST /v2/models/{m}[/versions/{v}]/infer    inference: JSON tensors, or the binary tensor
 //                                               extension (Inference-Header-Content-Length)
+//   GET  /metrics                               Prometheus metrics, with --http_metrics
 //
 // HTTP is served by Boost.Beast on Asio, asynchronously: --http_threads I/O threads serve every
 // connection (no thread per connection, so neither idle keep-alive clients nor slow ones hold
@@ -32,6 +33,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -72,6 +74,9 @@ struct HttpOptions {
   std::string tls_client_ca_file;
   const TokenStore* tokens = nullptr;  // null: no token needed; must outlive the front end
   int64_t max_message_bytes = 64 << 20;  // the largest request body
+  // When set, GET /metrics answers its text (Prometheus' exposition format) on this port, with
+  // its TLS and token, for scrapers that must not reach the plaintext metrics port.
+  std::function<std::string()> metrics_text;
   int64_t max_batch_rows = 256;          // what the model configuration reports
   std::string version;
 };

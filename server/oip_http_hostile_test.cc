@@ -1,6 +1,7 @@
 // The HTTP binding under hostile clients, each case through a real server on loopback with raw
 // bytes on the socket: whatever a request holds, it gets an answer (or its connection closes)
 // and the server goes on serving everyone else.
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -421,6 +422,33 @@ TEST(OipHttpHostileTest, ABodyThatWaitsTooLongIsAnswered429AndTheConnectionGoesO
   second.Send(PostHeader(small.size()) + small);
   EXPECT_EQ(StatusOf(second.ReadResponse()), 200);
   (*server)->Shutdown();
+}
+
+TEST(OipHttpHostileTest, MetricsOnTheHttpPortNeedTheToken) {
+  const std::string token_file =
+      absl::StrCat(::testing::TempDir(), "/zlpr_http_metrics_token_", getpid());
+  {
+    FILE* f = std::fopen(token_file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("t0ken\n", f);
+    std::fclose(f);
+  }
+  ServerOptions o = BudgetOptions(0);
+  o.metrics_address = "";
+  o.http_metrics = true;
+  o.auth_token_file = token_file;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ExpectJsonError(RawExchange((*server)->http_port(),
+                              "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"),
+                  401, "needs a bearer token");
+  const std::string res =
+      RawExchange((*server)->http_port(),
+                  "GET /metrics HTTP/1.1\r\nAuthorization: bearer t0ken\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(StatusOf(res), 200) << res.substr(0, 300);
+  EXPECT_THAT(res, HasSubstr("zlpr_build_info"));
+  (*server)->Shutdown();
+  std::remove(token_file.c_str());
 }
 
 }  // namespace

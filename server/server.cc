@@ -22,6 +22,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "prometheus/text_serializer.h"
 #include "server/echo_service.h"
 #include "server/oip_service.h"
 
@@ -417,6 +418,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                      .max_message_bytes = options.max_message_bytes,
                      .max_batch_rows = options.batcher.max_batch_rows,
                      .version = Version()};
+    if (options.http_metrics) {
+      http.metrics_text = [registry = s->registry_] {
+        return prometheus::TextSerializer().Serialize(registry->Collect());
+      };
+    }
     auto front = HttpFrontEnd::Start(http, s->service_.get());
     // On failure ~Server shuts down what has started (Shutdown() does it in order).
     if (!front.ok()) return front.status();

@@ -41,6 +41,8 @@ struct ServerOptions {
   std::string http_address;
   int http_threads = 0;             // its I/O threads; 0: one per 4 hardware threads, at least 1
   int http_max_connections = 1024;  // its connections open at once (and 8 for health checks)
+  // Serve GET /metrics on the HTTP port too, behind its TLS and token.
+  bool http_metrics = false;
   // HTTP: a request's header, an idle keep-alive connection, and the start of a body get
   // http_timeout; a body then arrives at min_transfer_rate or faster, or is cut off.
   std::chrono::milliseconds http_timeout{10000};
