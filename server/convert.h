@@ -7,7 +7,7 @@
 #define ZLPR_SERVER_CONVERT_H_
 
 #include "absl/status/statusor.h"
-#include "server/job.h"
+#include "server/core/job.h"
 #include "zlpr/v1/zlpr.pb.h"
 
 namespace zlpr::server {

@@ -14,7 +14,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "server/job.h"
+#include "server/core/job.h"
 
 namespace zlpr::server {
 

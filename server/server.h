@@ -25,7 +25,7 @@
 #include "prometheus/registry.h"
 #include "absl/synchronization/notification.h"
 #include "server/auth.h"
-#include "server/memory_budget.h"
+#include "server/core/memory_budget.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/oip_http.h"

@@ -33,11 +33,11 @@
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "kernels/zlpr.h"
-#include "server/batcher.h"
-#include "server/executor.h"
-#include "server/memory_budget.h"
+#include "server/core/batcher.h"
+#include "server/core/executor.h"
+#include "server/core/memory_budget.h"
 #include "server/metrics.h"
-#include "server/watchdog.h"
+#include "server/core/watchdog.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
 namespace zlpr::server {

@@ -1,6 +1,5 @@
-// Helpers for server tests: an injected clock that moves only when told, and, for tests that
-// run a server on loopback, HTTP GET of /metrics, sample lookup and a bounded wait on a
-// condition (no fixed sleeps).
+// Helpers for tests that run a server on loopback: raw HTTP exchanges, GET of /metrics, sample
+// lookup and a bounded wait on a condition; and the core's test clock.
 #ifndef ZLPR_SERVER_TEST_SUPPORT_H_
 #define ZLPR_SERVER_TEST_SUPPORT_H_
 
@@ -16,19 +15,9 @@
 #include <thread>
 
 #include "absl/strings/str_split.h"
-#include "server/batcher.h"
+#include "server/core/test_clock.h"
 
 namespace zlpr::server {
-
-// A Clock that stands still until Advance().
-class FakeClock final : public Clock {
- public:
-  SteadyTime Now() const override { return now_; }
-  void Advance(std::chrono::microseconds d) { now_ += d; }
-
- private:
-  SteadyTime now_ = SteadyTime{} + std::chrono::hours(1);
-};
 
 // A TCP connection to 127.0.0.1:port (-1 when refused), reads giving up after 10 s.
 inline int ConnectLoopback(int port) {

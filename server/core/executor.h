@@ -11,8 +11,8 @@
 // Workers is the thread side: one thread per backend, each with its own Executor, pulling
 // batches from the batcher until it is shut down and drained. A worker whose backend turns
 // unhealthy stops pulling while another backend is healthy.
-#ifndef ZLPR_SERVER_EXECUTOR_H_
-#define ZLPR_SERVER_EXECUTOR_H_
+#ifndef ZLPR_SERVER_CORE_EXECUTOR_H_
+#define ZLPR_SERVER_CORE_EXECUTOR_H_
 
 #include <atomic>
 #include <chrono>
@@ -24,8 +24,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/zlpr.h"
-#include "server/batcher.h"
-#include "server/job.h"
+#include "server/core/batcher.h"
+#include "server/core/job.h"
 
 namespace zlpr::server {
 
@@ -126,4 +126,4 @@ class Workers {
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_EXECUTOR_H_
+#endif  // ZLPR_SERVER_CORE_EXECUTOR_H_

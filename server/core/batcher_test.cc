@@ -1,6 +1,6 @@
 // The batcher with an injected clock and fake jobs: no threads, no gRPC, no real time (but for
 // the last test, which checks the blocking NextBatch loop with the real clock).
-#include "server/batcher.h"
+#include "server/core/batcher.h"
 
 #include <atomic>
 #include <memory>
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/test_support.h"
+#include "server/core/test_clock.h"
 
 namespace zlpr::server {
 namespace {

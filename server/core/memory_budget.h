@@ -16,8 +16,8 @@
 // Freed memory is given back to the system (malloc_trim) by Reclaimer once the load is gone:
 // glibc keeps large freed blocks in its arenas, so without it a burst of large requests would
 // leave the process resident at its peak.
-#ifndef ZLPR_SERVER_MEMORY_BUDGET_H_
-#define ZLPR_SERVER_MEMORY_BUDGET_H_
+#ifndef ZLPR_SERVER_CORE_MEMORY_BUDGET_H_
+#define ZLPR_SERVER_CORE_MEMORY_BUDGET_H_
 
 #include <atomic>
 #include <chrono>
@@ -184,4 +184,4 @@ int64_t AvailableMemoryBytes();
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_MEMORY_BUDGET_H_
+#endif  // ZLPR_SERVER_CORE_MEMORY_BUDGET_H_

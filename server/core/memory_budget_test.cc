@@ -1,5 +1,5 @@
 // MemoryBudget: leases that never overdraw the budget, also when taken from many threads.
-#include "server/memory_budget.h"
+#include "server/core/memory_budget.h"
 
 #include <atomic>
 #include <barrier>

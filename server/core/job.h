@@ -5,8 +5,8 @@
 //   LossJob job{.input = *ValidateLossInput(in), .want_grad = true};   // from a converter
 //   ... the batcher queues it, the executor runs it ...
 //   absl::StatusOr<LossResult> r;   // r->loss, r->grad (bytes of grad_dtype), r->timing
-#ifndef ZLPR_SERVER_JOB_H_
-#define ZLPR_SERVER_JOB_H_
+#ifndef ZLPR_SERVER_CORE_JOB_H_
+#define ZLPR_SERVER_CORE_JOB_H_
 
 #include <cstdint>
 #include <string>
@@ -74,4 +74,4 @@ struct PredictJob {
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_JOB_H_
+#endif  // ZLPR_SERVER_CORE_JOB_H_

@@ -1,5 +1,5 @@
 // MemoryBudget's reclaimer and the machine's memory.
-#include "server/memory_budget.h"
+#include "server/core/memory_budget.h"
 
 #include <unistd.h>
 #if defined(__GLIBC__)

@@ -1,5 +1,5 @@
 // The batcher is a template (batcher.h); this is the real clock it reads by default.
-#include "server/batcher.h"
+#include "server/core/batcher.h"
 
 namespace zlpr::server {
 namespace {

@@ -1,5 +1,5 @@
 // Executor: group, concatenate, compute, slice. Workers: a thread per backend.
-#include "server/executor.h"
+#include "server/core/executor.h"
 
 #include <cstring>
 #include <type_traits>

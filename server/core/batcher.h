@@ -16,8 +16,8 @@
 //
 // Every task's `done` runs exactly once: from Enqueue (refused), from NextBatch (dropped: the
 // caller cancelled or the deadline passed) or from whoever runs the batch (the executor).
-#ifndef ZLPR_SERVER_BATCHER_H_
-#define ZLPR_SERVER_BATCHER_H_
+#ifndef ZLPR_SERVER_CORE_BATCHER_H_
+#define ZLPR_SERVER_CORE_BATCHER_H_
 
 #include <algorithm>
 #include <chrono>
@@ -37,7 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/job.h"
+#include "server/core/job.h"
 
 namespace zlpr::server {
 
@@ -321,4 +321,4 @@ class Batcher {
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_BATCHER_H_
+#endif  // ZLPR_SERVER_CORE_BATCHER_H_

@@ -1,6 +1,6 @@
 // Watchdog: callbacks at their deadlines, in order; a disarmed one never runs, and Disarm waits
 // for one that is running.
-#include "server/watchdog.h"
+#include "server/core/watchdog.h"
 
 #include <atomic>
 #include <chrono>

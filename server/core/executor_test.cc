@@ -1,6 +1,6 @@
 // The executor with a fake backend and an injected clock: grouping, concatenation, slicing,
 // narrowing, error isolation and timing, without gRPC, kernels or real time.
-#include "server/executor.h"
+#include "server/core/executor.h"
 
 #include <algorithm>
 #include <cstring>
@@ -10,7 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
-#include "server/test_support.h"
+#include "server/core/test_clock.h"
 
 namespace zlpr::server {
 namespace {

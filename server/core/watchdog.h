@@ -8,8 +8,8 @@
 //
 // Callbacks must be short (they delay the ones after them) and must not call Disarm on another
 // watchdog entry that waits for this thread.
-#ifndef ZLPR_SERVER_WATCHDOG_H_
-#define ZLPR_SERVER_WATCHDOG_H_
+#ifndef ZLPR_SERVER_CORE_WATCHDOG_H_
+#define ZLPR_SERVER_CORE_WATCHDOG_H_
 
 #include <chrono>
 #include <cstdint>
@@ -59,4 +59,4 @@ class Watchdog {
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_WATCHDOG_H_
+#endif  // ZLPR_SERVER_CORE_WATCHDOG_H_

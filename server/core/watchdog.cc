@@ -1,5 +1,5 @@
 // Watchdog: one thread waiting for the earliest deadline.
-#include "server/watchdog.h"
+#include "server/core/watchdog.h"
 
 #include "absl/time/time.h"
 
