@@ -10,7 +10,7 @@
 #include <memory>
 
 #include "google/protobuf/stubs/logging.h"
-#include "server/convert.h"
+#include "server/zlpr_v1/convert.h"
 #include "zlpr/v1/zlpr.pb.h"
 
 namespace {

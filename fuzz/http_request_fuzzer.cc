@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "nlohmann/json.hpp"
-#include "server/oip_http.h"
+#include "server/oip/http_codec.h"
 
 namespace {
 
@@ -29,35 +29,42 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data) + 1, size - 1);
   std::optional<size_t> header;
   if (data[0] != 0) header = body.size() * data[0] / 256;
-  inference::ModelInferRequest request;
-  zlpr::server::HttpOutputFormat format;
+  zlpr::server::oip::Request request;
+  zlpr::server::oip::OutputFormat format;
   const absl::Status st =
-      zlpr::server::ParseInferRequest(body, header, "zlpr_predict", "", &request, &format);
+      zlpr::server::oip::ParseInferRequest(body, header, "zlpr_predict", "", &request, &format);
   if (!st.ok()) {
     Check(st.code() == absl::StatusCode::kInvalidArgument, "only INVALID_ARGUMENT on bad input");
     Check(!st.message().empty(), "errors say what is wrong");
     return 0;
   }
-  Check(request.raw_input_contents_size() == request.inputs_size(), "one raw content per input");
-  size_t raw_bytes = 0;
-  for (const auto& r : request.raw_input_contents()) raw_bytes += r.size();
+  size_t tensor_bytes = 0;
+  for (const auto& t : request.inputs) {
+    tensor_bytes += t.data.size();
+    // A tensor's bytes are a view of the body or of the request's own storage.
+    const bool in_body = t.data.data() >= body.data() && t.data.data() + t.data.size() <= body.data() + body.size();
+    bool owned = false;
+    for (const std::string& o : request.owned) owned |= t.data.data() == o.data();
+    Check(in_body || owned || t.data.empty(), "tensor bytes live in the body or the request");
+  }
   // JSON numbers take at least one character each (4 bytes of FP32 at most), binary tensors
   // their own bytes: the tensors never outgrow 4 times the body.
-  Check(raw_bytes <= 4 * body.size() + 4, "tensor bytes bounded by the body");
-  // Echo the inputs back as outputs (FP32 views of their bytes) through the response writer: its
-  // JSON must parse.
-  inference::ModelInferResponse response;
-  response.set_model_name("zlpr_predict");
-  response.set_id(request.id());
-  for (int i = 0; i < request.inputs_size(); ++i) {
-    auto* o = response.add_outputs();
-    o->set_name(request.inputs(i).name());
-    o->set_datatype(i % 3 == 0 ? "FP32" : (i % 3 == 1 ? "INT32" : "UINT8"));
-    o->add_shape(static_cast<int64_t>(request.raw_input_contents(i).size()));
-    *response.add_raw_output_contents() = request.raw_input_contents(i);
+  Check(tensor_bytes <= 4 * body.size() + 4, "tensor bytes bounded by the body");
+  // Echo the inputs back as outputs (FP32, INT32 and UINT8 views of their bytes) through the
+  // response writer: its JSON must parse.
+  zlpr::server::oip::Response response;
+  response.model = "zlpr_predict";
+  response.id = request.id;
+  for (size_t i = 0; i < request.inputs.size(); ++i) {
+    using zlpr::server::oip::DataType;
+    response.outputs.push_back(zlpr::server::oip::Output{
+        .name = request.inputs[i].name,
+        .datatype = i % 3 == 0 ? DataType::kFp32 : (i % 3 == 1 ? DataType::kInt32 : DataType::kUint8),
+        .shape = {static_cast<int64_t>(request.inputs[i].data.size())},
+        .data = std::string(request.inputs[i].data)});
   }
   size_t json_length = 0;
-  const std::string out = zlpr::server::FormatInferResponse(response, format, &json_length);
+  const std::string out = zlpr::server::oip::FormatInferResponse(response, format, &json_length);
   Check(json_length <= out.size(), "the JSON is a prefix of the body");
   const std::string text = out.substr(0, json_length);
   // NaN and infinities are written as Python's json reads them; nlohmann reads no such tokens,

@@ -12,7 +12,6 @@
 #include "gtest/gtest.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/oip_http.h"
 #include "server/server.h"
 #include "server/test_support.h"
 
@@ -169,67 +168,6 @@ TEST(OipHttpHostileTest, AKeyGivenTwiceIsRefused) {
       400, "inputs[0]: key 'data' given twice");
 }
 
-absl::Status Parse(const std::string& body) {
-  inference::ModelInferRequest request;
-  HttpOutputFormat format;
-  return ParseInferRequest(body, std::nullopt, "zlpr_predict", "", &request, &format);
-}
-
-TEST(OipHttpHostileTest, UnknownKeysAreRefusedAsTheyAreRead) {
-  // 8 MiB of empty objects under a key the protocol does not have: refused at the key, before
-  // any of them is built.
-  std::string body = R"({"x":[)";
-  while (body.size() < (8 << 20)) body += "{},";
-  body += "{}]}";
-  const absl::Status st = Parse(body);
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(st.message(), "request: unknown key 'x'");
-}
-
-TEST(OipHttpHostileTest, TheJsonOutsideTheDataIsBounded) {
-  std::string body = R"({"inputs":[)";
-  for (int i = 0; i < 100000; ++i) body += "{},";
-  body += "{}]}";
-  EXPECT_EQ(Parse(body).message(),
-            "the request has more than 4096 keys and values outside its inputs' data");
-  body = R"({"parameters":{)";
-  for (int i = 0; i < 5000; ++i) absl::StrAppend(&body, "\"p", i, "\":1,");
-  body += R"("q":1}})";
-  EXPECT_EQ(Parse(body).message(),
-            "the request has more than 4096 keys and values outside its inputs' data");
-  // Containers only where the protocol has them.
-  EXPECT_EQ(Parse(R"({"parameters":{"a":[1]}})").message(),
-            "parameters: 'a' must be a boolean, number or string");
-  EXPECT_EQ(Parse(R"({"inputs":[{"shape":[[1]]}]})").message(),
-            "inputs[0].shape[0] must be a number");
-  EXPECT_EQ(Parse(R"({"inputs":[[]]})").message(), "inputs[0] must be an object");
-  EXPECT_EQ(Parse(R"({"inputs":[1]})").message(), "inputs[0] must be an object");
-  EXPECT_EQ(Parse(R"({"id":{}})").message(), "request: 'id' must be a string");
-  EXPECT_EQ(Parse(R"([1])").message(), "the request must be a JSON object");
-  // Data may nest (a [rows, cols] list of lists), to a bound.
-  EXPECT_THAT(Parse(R"({"inputs":[{"data":)" + std::string(100, '[') + std::string(100, ']') +
-                    "}]}")
-                  .message(),
-              HasSubstr("data nested too deeply"));
-}
-
-TEST(OipHttpHostileTest, AShapeWhoseProductOverflowsIsRefused) {
-  // 2^30 cubed is 2^90, 0 modulo 2^64: an unchecked product would take no data for it.
-  const absl::Status st = Parse(
-      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1073741824,1073741824,)"
-      R"(1073741824],"data":[]}]})");
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("0 values in 'data'"));
-  const std::string header =
-      R"({"inputs":[{"name":"scores","datatype":"FP64","shape":[1073741824,1073741824,)"
-      R"(1073741824],"parameters":{"binary_data_size":0}}]})";
-  inference::ModelInferRequest request;
-  HttpOutputFormat format;
-  const absl::Status binary =
-      ParseInferRequest(header, header.size(), "zlpr_predict", "", &request, &format);
-  EXPECT_EQ(binary.code(), absl::StatusCode::kInvalidArgument);
-}
-
 // A connection that has sent `header` and keeps its socket open.
 class OpenConnection {
  public:
@@ -359,7 +297,7 @@ TEST(OipHttpHostileTest, HealthChecksAreAnsweredWhenEveryConnectionIsTaken) {
   // The four are being served (their headers are being read) before the probes arrive.
   ASSERT_TRUE(WaitUntil([&] {
     return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
-                       "zlpr_http_connections") == 4;
+                       "zlpr_open_connections{protocol=\"oip_http\"}") == 4;
   }));
   for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(StatusOf(RawExchange((*server)->http_port(),

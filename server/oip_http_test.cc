@@ -16,7 +16,6 @@
 #include "gtest/gtest.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/oip_http.h"
 #include "server/server.h"
 #include "server/test_support.h"
 
@@ -291,27 +290,6 @@ TEST(OipHttpTest, TheBodyIsChargedUntilItIsParsedNotWhileTheRequestIsComputed) {
   auto res = conn.Post("/v2/models/zlpr_predict/infer", body, header.size());
   EXPECT_EQ(res.result_int(), 429);
   EXPECT_THAT(res.body(), HasSubstr("--max_inflight_bytes"));
-}
-
-TEST(OipHttpTest, TheCodecWritesShortestFloatsAndBinaryAfterTheJson) {
-  inference::ModelInferResponse r;
-  r.set_model_name("zlpr_loss");
-  auto* o = r.add_outputs();
-  o->set_name("loss");
-  o->set_datatype("FP32");
-  o->add_shape(2);
-  const float v[2] = {0.1f, 1e-30f};
-  r.add_raw_output_contents(std::string(reinterpret_cast<const char*>(v), sizeof v));
-  size_t json_length = 0;
-  HttpOutputFormat as_json;
-  std::string body = FormatInferResponse(r, as_json, &json_length);
-  EXPECT_EQ(json_length, body.size());
-  EXPECT_THAT(body, HasSubstr(R"("data":[0.1,1e-30])"));
-  HttpOutputFormat as_binary{.all_binary = true};
-  body = FormatInferResponse(r, as_binary, &json_length);
-  EXPECT_EQ(body.size(), json_length + sizeof v);
-  EXPECT_THAT(body.substr(0, json_length), HasSubstr(R"("binary_data_size":8)"));
-  EXPECT_EQ(body.substr(json_length), std::string(reinterpret_cast<const char*>(v), sizeof v));
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// The zlpr-server process in one object: backends, the service and its workers, the gRPC
-// server (with health and reflection), and the Prometheus endpoint; started and shut down
-// gracefully. main.cc only parses flags and waits for a signal; tests start it on port 0.
+// The zlpr-server process in one object: the inference core (backends, workers, budget), its
+// front ends (zlpr.v1 and the Open Inference Protocol on the gRPC port, the protocol's HTTP
+// binding), health and reflection, and the Prometheus metrics (a listener of the core); started
+// and shut down gracefully. main.cc only parses flags and waits for a signal; tests start it on
+// port 0.
 //
 //   ServerOptions options;
 //   options.grpc_address = "127.0.0.1:0";
@@ -20,16 +22,18 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
-#include "absl/synchronization/notification.h"
-#include "server/auth.h"
+#include "server/core/core.h"
 #include "server/core/memory_budget.h"
-#include "inference/grpc_service.grpc.pb.h"
-#include "server/metrics.h"
-#include "server/oip_http.h"
-#include "server/service.h"
+#include "server/core/token_store.h"
+#include "server/http/front_end.h"
+#include "server/metrics/metrics.h"
+#include "server/oip/grpc_service.h"
+#include "server/oip/http_routes.h"
+#include "server/zlpr_v1/service.h"
 
 namespace zlpr::server {
 
@@ -151,14 +155,16 @@ class Server {
   absl::Notification stop_watching_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
-  std::unique_ptr<ZlprServiceImpl> service_;
+  std::unique_ptr<InferenceCore> core_;
+  std::unique_ptr<ZlprV1Service> zlpr_v1_;
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
-  std::unique_ptr<inference::GRPCInferenceService::CallbackService> inference_;
+  std::unique_ptr<oip::InferenceService> inference_;
   std::unique_ptr<grpc::Server> grpc_server_;
   // grpc_server_ for the workers, which turn its health NOT_SERVING when no backend can
   // compute (published once it is built; it lives until the workers are joined).
   std::atomic<grpc::Server*> serving_{nullptr};
-  std::unique_ptr<HttpFrontEnd> http_;
+  std::unique_ptr<oip::HttpRoutes> http_routes_;  // outlives http_, which calls it
+  std::unique_ptr<http::FrontEnd> http_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Reclaimer> reclaimer_;
   int64_t max_inflight_bytes_ = 0;

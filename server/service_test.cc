@@ -446,7 +446,8 @@ TEST_F(ServiceTest, InvalidPredictRequestsGetInvalidArgument) {
       {[](v1::PredictRequest& r) {
          *r.mutable_label_thresholds() = FloatTensor({0.5f, 0.5f}, 1, 2);
        },
-       "label_thresholds.shape [1, 2] must be [3] or [1, 3] (one per column)"},
+       "label_thresholds.shape [1, 2] (8 bytes) must be [3] or [n, 3] of FLOAT32 (one per "
+       "column)"},
       {[](v1::PredictRequest& r) {
          v1::Tensor t = FloatTensor({0.5f, 0.0f, 0.5f}, 1, 3);
          t.mutable_shape()->RemoveLast();

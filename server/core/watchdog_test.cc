@@ -48,8 +48,10 @@ TEST(WatchdogTest, ADisarmedCallbackNeverRuns) {
       watchdog.Arm(Watchdog::Clock::now() + milliseconds(30), [&] { ran.fetch_add(1); });
   watchdog.Disarm(id);
   absl::Notification after;
-  watchdog.Arm(Watchdog::Clock::now() + milliseconds(60), [&] { after.Notify(); });
+  const Watchdog::Id later =
+      watchdog.Arm(Watchdog::Clock::now() + milliseconds(60), [&] { after.Notify(); });
   after.WaitForNotification();
+  watchdog.Disarm(later);  // returns once that callback has finished
   EXPECT_EQ(ran.load(), 0);
   EXPECT_EQ(watchdog.fired(), 1);
   watchdog.Disarm(id);  // again: ignored

@@ -5,11 +5,12 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/tensor_rules.h"
 
 namespace zlpr::v1 {
 namespace {
 
-constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxDim = kMaxMatrixDim;
 
 void SetShape(int64_t rows, int64_t cols, Tensor* t) {
   t->clear_shape();
@@ -109,24 +110,24 @@ absl::StatusOr<MatrixBytes> CheckMatrix(const Tensor& t, std::string_view field,
     return absl::InvalidArgumentError(absl::StrFormat("%s.dtype %s is not allowed: use %s", field,
                                                       DType_Name(t.dtype()), TypeList(allowed)));
   }
-  if (t.shape_size() != 2) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s.shape %s must have two dimensions [rows, cols]", field, ShapeString(t)));
-  }
-  const int64_t rows = t.shape(0), cols = t.shape(1);
-  if (rows < 1 || cols < 1 || rows > kMaxDim || cols > kMaxDim) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s.shape %s must have 1 to %d rows and columns", field, ShapeString(t), kMaxDim));
-  }
   const size_t elem = ElementBytes(t.dtype());
-  // rows and cols are below 2^31 and elem <= 4: the product fits in 64 bits.
-  const uint64_t want = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols) * elem;
-  if (t.data().size() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s.data has %d bytes, expected %d x %d x %d = %d", field, t.data().size(),
-                        rows, cols, elem, want));
+  uint64_t want = 0;
+  switch (CheckMatrixShape({t.shape().data(), static_cast<size_t>(t.shape_size())}, elem,
+                           t.data().size(), &want)) {
+    case MatrixProblem::kNotTwoDimensions:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s.shape %s must have two dimensions [rows, cols]", field, ShapeString(t)));
+    case MatrixProblem::kDimensionRange:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s.shape %s must have 1 to %d rows and columns", field, ShapeString(t), kMaxDim));
+    case MatrixProblem::kByteCount:
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s.data has %d bytes, expected %d x %d x %d = %d", field,
+                          t.data().size(), t.shape(0), t.shape(1), elem, want));
+    case MatrixProblem::kNone:
+      break;
   }
-  return MatrixBytes{t.data().data(), t.dtype(), rows, cols};
+  return MatrixBytes{t.data().data(), t.dtype(), t.shape(0), t.shape(1)};
 }
 
 absl::StatusOr<std::vector<float>> DecodeFloats(const Tensor& t, std::string_view field) {

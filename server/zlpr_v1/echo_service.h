@@ -2,8 +2,8 @@
 // batching or compute, each response as large as the real one would be (ComputeLoss returns
 // the scores' bytes as the gradient, Predict an empty label list per row). zlpr-server --echo.
 // The bearer token is checked by the port's credentials (auth.h), for it as for the real service.
-#ifndef ZLPR_SERVER_ECHO_SERVICE_H_
-#define ZLPR_SERVER_ECHO_SERVICE_H_
+#ifndef ZLPR_SERVER_ZLPR_V1_ECHO_SERVICE_H_
+#define ZLPR_SERVER_ZLPR_V1_ECHO_SERVICE_H_
 
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
@@ -31,4 +31,4 @@ class EchoService final : public v1::ZlprService::CallbackService {
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_ECHO_SERVICE_H_
+#endif  // ZLPR_SERVER_ZLPR_V1_ECHO_SERVICE_H_

@@ -1,9 +1,9 @@
 // EchoService: responses of the real size, nothing computed.
-#include "server/echo_service.h"
+#include "server/zlpr_v1/echo_service.h"
 
 #include <memory>
 
-#include "server/service.h"
+
 
 namespace zlpr::server {
 namespace {

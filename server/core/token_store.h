@@ -1,19 +1,13 @@
-// Authentication on the gRPC port: TLS (optionally mutual) and bearer tokens, both enforced by
-// the transport, so that a call without a valid token is refused (UNAUTHENTICATED) from its
-// headers, before its message is read: an unauthenticated caller costs the server nothing but
-// its headers.
+// The bearer token every front end checks: read from a file, reloadable for rotation (after a
+// reload that changes it, the previous token stays valid for a grace period, so that clients
+// can switch over). Tokens are compared in time independent of their contents.
 //
 //   auto tokens = TokenStore::FromFile("/run/secrets/token", absl::Minutes(5));
-//   auto creds = ServerCredentials(tls, tokens->get(), [&] { ++refused; });
-//   builder.AddListeningPort(address, *creds);
+//   if (!(*tokens)->Accepts(authorization_header)) ... UNAUTHENTICATED
 //   ... on SIGHUP or a change of the file: (*tokens)->Reload();
-//
-// Every method needs the token except gRPC's health checks and server reflection, so that
-// probes and tools work without it. Tokens are compared in time independent of their contents.
-#ifndef ZLPR_SERVER_AUTH_H_
-#define ZLPR_SERVER_AUTH_H_
+#ifndef ZLPR_SERVER_CORE_TOKEN_STORE_H_
+#define ZLPR_SERVER_CORE_TOKEN_STORE_H_
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -23,7 +17,6 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "grpcpp/security/server_credentials.h"
 
 namespace zlpr::server {
 
@@ -58,24 +51,6 @@ class TokenStore {
   absl::Time previous_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
-// PEM contents for TLS on the gRPC port; no certificate: plaintext.
-struct TlsPem {
-  std::string cert_chain;
-  std::string private_key;
-  std::string client_ca;  // not empty: mutual TLS, clients must present a certificate it signed
-};
-
-// The gRPC port's credentials: TLS when `tls` has a certificate, else plaintext; with `tokens`
-// (may be null: no token needed) the transport refuses every call but health checks and
-// reflection that lacks a valid token, calling `on_refused` for each. `tokens` must outlive the
-// server.
-std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const TlsPem& tls,
-                                                           const TokenStore* tokens,
-                                                           std::function<void()> on_refused);
-
-// Whether a method (its HTTP/2 :path) is served without a token: health checks and reflection.
-bool ExemptFromAuth(std::string_view path);
-
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_AUTH_H_
+#endif  // ZLPR_SERVER_CORE_TOKEN_STORE_H_

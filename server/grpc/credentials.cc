@@ -1,45 +1,19 @@
-// Bearer tokens and the port's credentials. The token check runs in gRPC core's auth filter (a
+// The gRPC port's credentials. The token check runs in gRPC core's auth filter (a
 // grpc_auth_metadata_processor on the server credentials), which sees a call's headers before
 // anything reads its message. gRPC C++ 1.51 refuses a metadata processor on its plaintext
 // credentials, so the credentials are made with the core API, for TLS and plaintext alike, and
 // handed to ServerBuilder through a small grpc::ServerCredentials that adds the port with them.
-#include "server/auth.h"
+#include "server/grpc/credentials.h"
 
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
-#include "common/file.h"
 #include "grpc/grpc.h"
 #include "grpc/grpc_security.h"
 
 namespace zlpr::server {
 namespace {
-
-// Compares every byte of `token` whatever `got` holds: the time depends on the token's length
-// only.
-bool ConstantTimeEquals(std::string_view got, std::string_view token) {
-  unsigned diff = got.size() == token.size() ? 0u : 1u;
-  for (size_t i = 0; i < token.size(); ++i) {
-    diff |= static_cast<unsigned char>(token[i]) ^
-            static_cast<unsigned char>(i < got.size() ? got[i] : 0);
-  }
-  return diff == 0 && !token.empty();
-}
-
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  absl::StatusOr<std::string> contents = ReadFile(path);
-  if (!contents.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("--auth_token_file=", contents.status().message()));
-  }
-  std::string token(absl::StripAsciiWhitespace(*contents));
-  if (token.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--auth_token_file=", path, ": empty"));
-  }
-  return token;
-}
 
 // The state of the core metadata processor; the core destroys it with the credentials.
 struct Processor {
@@ -88,42 +62,6 @@ class CoreCredentials final : public grpc::ServerCredentials {
 };
 
 }  // namespace
-
-absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::FromFile(std::string path,
-                                                                 absl::Duration grace) {
-  absl::StatusOr<std::string> token = ReadToken(path);
-  if (!token.ok()) return token.status();
-  return std::unique_ptr<TokenStore>(new TokenStore(std::move(path), grace, *std::move(token)));
-}
-
-absl::StatusOr<bool> TokenStore::Reload() {
-  absl::StatusOr<std::string> token = ReadToken(path_);
-  if (!token.ok()) return token.status();
-  absl::MutexLock lock(&mu_);
-  if (*token == current_) return false;
-  previous_ = std::exchange(current_, *std::move(token));
-  previous_until_ = absl::Now() + grace_;
-  return true;
-}
-
-bool TokenStore::Accepts(std::string_view authorization) const {
-  // The scheme's name is case-insensitive (RFC 9110, section 11.1); one or more spaces follow it.
-  constexpr std::string_view kBearer = "bearer";
-  if (authorization.size() <= kBearer.size() ||
-      !absl::EqualsIgnoreCase(absl::string_view(authorization.data(), kBearer.size()),
-                               absl::string_view(kBearer.data(), kBearer.size())) ||
-      authorization[kBearer.size()] != ' ') {
-    return false;
-  }
-  authorization.remove_prefix(kBearer.size());
-  while (!authorization.empty() && authorization.front() == ' ') authorization.remove_prefix(1);
-  absl::MutexLock lock(&mu_);
-  // Both comparisons always run, so the time does not say which token matched.
-  const bool current = ConstantTimeEquals(authorization, current_);
-  const bool previous =
-      ConstantTimeEquals(authorization, previous_) && absl::Now() < previous_until_;
-  return current || previous;
-}
 
 bool ExemptFromAuth(std::string_view path) {
   return path.starts_with("/grpc.health.v1.Health/") ||

@@ -3,8 +3,8 @@
 // becomes a response. Nothing after LossJobFromRequest / PredictJobFromRequest reads the
 // proto; the job's views point into the request's own bytes (no copy), so the request must
 // outlive the job.
-#ifndef ZLPR_SERVER_CONVERT_H_
-#define ZLPR_SERVER_CONVERT_H_
+#ifndef ZLPR_SERVER_ZLPR_V1_CONVERT_H_
+#define ZLPR_SERVER_ZLPR_V1_CONVERT_H_
 
 #include "absl/status/statusor.h"
 #include "server/core/job.h"
@@ -30,4 +30,4 @@ void FillResponse(PredictResult result, v1::PredictResponse* response);
 
 }  // namespace zlpr::server
 
-#endif  // ZLPR_SERVER_CONVERT_H_
+#endif  // ZLPR_SERVER_ZLPR_V1_CONVERT_H_

@@ -1,9 +1,10 @@
 // zlpr.v1 requests to jobs (tensor checks through the codec, then the kernels' validators) and
 // results to responses.
-#include "server/convert.h"
+#include "server/zlpr_v1/convert.h"
 
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "common/tensor_rules.h"
 #include "zlpr/v1/tensor.h"
 
 namespace zlpr::server {
@@ -16,9 +17,13 @@ absl::StatusOr<MatrixView> FloatMatrix(const v1::Tensor& t, const char* field) {
   return MatrixView{m.data, *v1::FromWire(m.dtype), m.rows, m.cols};
 }
 
+std::span<const int64_t> ShapeOf(const v1::Tensor& t) {
+  return {t.shape().data(), static_cast<size_t>(t.shape_size())};
+}
+
 absl::StatusOr<const uint8_t*> Mask(const v1::Tensor& t, const MatrixView& scores) {
   ZLPR_ASSIGN_OR_RETURN(const v1::MatrixBytes m, v1::CheckMatrix(t, "mask", {v1::UINT8}));
-  if (m.rows != scores.rows || m.cols != scores.cols) {
+  if (!MaskMatches(ShapeOf(t), t.data().size(), scores.rows, scores.cols)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("mask.shape %s does not match scores [%d, %d]", v1::ShapeString(t),
                         scores.rows, scores.cols));
@@ -35,21 +40,24 @@ absl::StatusOr<DType> GradDType(v1::DType wire) {
 }
 
 absl::StatusOr<const float*> LabelThresholds(const v1::Tensor& t, int64_t cols) {
-  const bool shape_ok = (t.shape_size() == 1 && t.shape(0) == cols) ||
-                        (t.shape_size() == 2 && t.shape(0) == 1 && t.shape(1) == cols);
-  if (!shape_ok) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("label_thresholds.shape %s must be [%d] or [1, %d] (one per column)",
-                        v1::ShapeString(t), cols, cols));
-  }
   if (t.dtype() != v1::FLOAT32) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "label_thresholds.dtype %s is not allowed: use FLOAT32", v1::DType_Name(t.dtype())));
   }
-  if (t.data().size() != static_cast<size_t>(cols) * 4) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("label_thresholds.data has %d bytes, expected %d x 4 = %d", t.data().size(),
-                        cols, cols * 4));
+  int64_t row = 0;
+  switch (CheckThresholds(ShapeOf(t), t.data(), cols, &row)) {
+    case ThresholdsProblem::kShape:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "label_thresholds.shape %s (%d bytes) must be [%d] or [n, %d] of FLOAT32 (one per "
+          "column)",
+          v1::ShapeString(t), t.data().size(), cols, cols));
+    case ThresholdsProblem::kRowsDiffer:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "label_thresholds: row %d differs from row 0: the thresholds are per column, the same "
+          "for every row",
+          row));
+    case ThresholdsProblem::kNone:
+      break;
   }
   return reinterpret_cast<const float*>(t.data().data());
 }

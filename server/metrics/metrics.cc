@@ -1,5 +1,5 @@
 // Metric families and their cached handles.
-#include "server/metrics.h"
+#include "server/metrics/metrics.h"
 
 #include <iterator>
 
@@ -7,11 +7,6 @@
 
 namespace zlpr::server {
 namespace {
-
-const char* const kRejectNames[] = {"queue_full",      "deadline",  "cancelled",
-                                    "invalid",         "shutting_down", "unauthenticated",
-                                    "too_large",       "memory",    "slow_reader"};
-static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
 // Latency buckets from 50 µs to 30 s.
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
@@ -25,47 +20,19 @@ prometheus::Histogram::BucketBoundaries RowBuckets() {
 
 }  // namespace
 
-const char* MethodName(Method m) {
-  static const char* const kNames[] = {"ComputeLoss",   "Predict",       "StreamLoss",
-                                       "StreamPredict", "GetServerInfo", "ModelInfer",
-                                       "ModelInfer"};
-  static_assert(std::size(kNames) == static_cast<size_t>(Method::kCount));
-  return kNames[static_cast<int>(m)];
-}
-
-const char* ProtocolName(Method m) {
-  switch (m) {
-    case Method::kModelInfer:
-      return "oip_grpc";
-    case Method::kModelInferHttp:
-      return "oip_http";
-    default:
-      return "zlpr_v1";
-  }
-}
-
 Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                  const std::string& backend, const std::vector<int>& cuda_devices) {
   using namespace prometheus;
-  auto& requests = BuildCounter()
-                       .Name("zlpr_requests_total")
-                       .Help("Requests (stream messages count one each) by method, protocol (zlpr_v1, "
-                             "oip_grpc, oip_http) and status code")
-                       .Register(registry);
-  auto& duration = BuildHistogram()
-                       .Name("zlpr_request_duration_seconds")
-                       .Help("Time from a request's arrival to its response, by method and protocol")
-                       .Register(registry);
-  for (int m = 0; m < kMethods; ++m) {
-    const char* method = MethodName(static_cast<Method>(m));
-    const char* protocol = ProtocolName(static_cast<Method>(m));
-    for (int c = 0; c < kCodes; ++c) {
-      const std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
-      requests_[m][c] =
-          &requests.Add({{"method", method}, {"protocol", protocol}, {"code", code}});
-    }
-    duration_[m] = &duration.Add({{"method", method}, {"protocol", protocol}}, SecondsBuckets());
-  }
+  requests_family_ = &BuildCounter()
+                          .Name("zlpr_requests_total")
+                          .Help("Requests (stream messages count one each) by method, protocol "
+                                "(zlpr_v1, oip_grpc, oip_http) and status code")
+                          .Register(registry);
+  duration_family_ = &BuildHistogram()
+                          .Name("zlpr_request_duration_seconds")
+                          .Help("Time from a request's arrival to its response, by method and "
+                                "protocol")
+                          .Register(registry);
   auto& queue = BuildHistogram()
                     .Name("zlpr_queue_duration_seconds")
                     .Help("Time a request waited in the batcher's queue, by operation")
@@ -110,18 +77,18 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                              .Register(registry);
   inflight_bytes_ = &inflight_bytes.Add({{"kind", "held"}});
   inflight_bytes_limit_ = &inflight_bytes.Add({{"kind", "limit"}});
-  http_connections_ = &BuildGauge()
-                           .Name("zlpr_http_connections")
-                           .Help("Connections open on the HTTP port (--http_max_connections, "
-                                 "and the few beyond it kept for health checks)")
-                           .Register(registry)
-                           .Add({});
+  connections_family_ = &BuildGauge()
+                             .Name("zlpr_open_connections")
+                             .Help("Connections a front end holds open, by protocol (oip_http: "
+                                   "--http_max_connections and the few beyond it kept for "
+                                   "health checks)")
+                             .Register(registry);
   auto& rejected = BuildCounter()
                        .Name("zlpr_rejected_requests_total")
                        .Help("Requests refused, dropped or too large to answer, by reason")
                        .Register(registry);
   for (int r = 0; r < static_cast<int>(Reject::kCount); ++r) {
-    rejected_[r] = &rejected.Add({{"reason", kRejectNames[r]}});
+    rejected_[r] = &rejected.Add({{"reason", RejectName(static_cast<Reject>(r))}});
   }
   late_results_ = &BuildCounter()
                        .Name("zlpr_late_results_total")
@@ -163,10 +130,79 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   }
 }
 
-void Metrics::RequestDone(Method m, grpc::StatusCode code, double seconds) {
+void Metrics::OnMethodRegistered(MethodId id, std::string_view method,
+                                 std::string_view protocol) {
+  if (static_cast<size_t>(id) >= methods_.size()) methods_.resize(id + 1);
+  MethodHandles& h = methods_[id];
+  const std::string m(method), p(protocol);
+  for (int c = 0; c < kCodes; ++c) {
+    const std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
+    h.requests[c] = &requests_family_->Add({{"method", m}, {"protocol", p}, {"code", code}});
+  }
+  h.duration = &duration_family_->Add({{"method", m}, {"protocol", p}}, SecondsBuckets());
+}
+
+void Metrics::OnRequestDone(MethodId id, absl::StatusCode code, double seconds) {
   const int c = static_cast<int>(code);
-  requests_[static_cast<int>(m)][c >= 0 && c < kCodes ? c : 2]->Increment();
-  duration_[static_cast<int>(m)]->Observe(seconds);
+  MethodHandles& h = methods_[id];
+  h.requests[c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown)]->Increment();
+  h.duration->Observe(seconds);
+}
+
+void Metrics::OnRejected(Reject reason) { rejected_[static_cast<int>(reason)]->Increment(); }
+
+void Metrics::OnInflight(int delta) { inflight_->Increment(delta); }
+
+void Metrics::OnRequestBytes(int64_t bytes) {
+  request_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::OnResponseBytes(int64_t bytes) {
+  response_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::OnBudget(int64_t held, int64_t limit) {
+  inflight_bytes_->Set(static_cast<double>(held));
+  inflight_bytes_limit_->Set(static_cast<double>(limit));
+}
+
+void Metrics::OnQueueDepth(JobKind kind, int64_t depth, int64_t capacity) {
+  depth_[static_cast<int>(kind)]->Set(static_cast<double>(depth));
+  capacity_[static_cast<int>(kind)]->Set(static_cast<double>(capacity));
+}
+
+void Metrics::OnLateResult() { late_results_->Increment(); }
+
+void Metrics::OnConnections(std::string_view protocol, int delta) {
+  absl::MutexLock lock(&connections_mu_);
+  auto it = connections_.find(protocol);
+  if (it == connections_.end()) {
+    it = connections_
+             .emplace(std::string(protocol),
+                      &connections_family_->Add({{"protocol", std::string(protocol)}}))
+             .first;
+  }
+  it->second->Increment(delta);
+}
+
+void Metrics::OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) {
+  compute_[static_cast<int>(kind)]->Observe(seconds);
+  batch_rows_[static_cast<int>(kind)]->Observe(static_cast<double>(rows));
+  if (ok) rows_[static_cast<int>(kind)]->Increment(static_cast<double>(rows));
+}
+
+void Metrics::OnQueued(JobKind kind, double seconds) {
+  queue_[static_cast<int>(kind)]->Observe(seconds);
+}
+
+void Metrics::OnBatchDone(size_t worker, const Backend& backend) {
+  if (backend.kind() == BackendKind::kCuda && worker < device_memory_.size()) {
+    device_memory_[worker]->Set(static_cast<double>(backend.DeviceMemoryBytes()));
+  }
+}
+
+void Metrics::OnBackendUnhealthy(size_t worker, const absl::Status&, int) {
+  if (worker < device_healthy_.size()) device_healthy_[worker]->Set(0);
 }
 
 }  // namespace zlpr::server

@@ -1,0 +1,196 @@
+// InferenceCore without any front end: admission and its RAII end, charges and refusals, the
+// drain of accepted calls, jobs through the CPU backend, and the write watchdog.
+#include "server/core/core.h"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace zlpr::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Records what the core reports.
+class Recorder final : public CoreListener {
+ public:
+  void OnMethodRegistered(MethodId id, std::string_view method, std::string_view) override {
+    absl::MutexLock lock(&mu_);
+    methods.emplace_back(id, std::string(method));
+  }
+  void OnRequestDone(MethodId id, absl::StatusCode code, double) override {
+    absl::MutexLock lock(&mu_);
+    done.emplace_back(id, code);
+  }
+  void OnRejected(Reject reason) override { rejected[static_cast<int>(reason)].fetch_add(1); }
+  void OnInflight(int delta) override { inflight.fetch_add(delta); }
+  void OnBudget(int64_t held, int64_t) override { budget_held.store(held); }
+  void OnKernelCall(JobKind, int64_t, double, bool) override { kernel_calls.fetch_add(1); }
+  void OnQueued(JobKind, double) override {}
+  void OnBatchDone(size_t, const Backend&) override {}
+
+  std::vector<std::pair<MethodId, absl::StatusCode>> Done() {
+    absl::MutexLock lock(&mu_);
+    return done;
+  }
+  int Rejected(Reject reason) { return rejected[static_cast<int>(reason)].load(); }
+
+  std::vector<std::pair<MethodId, std::string>> methods;
+  std::atomic<int> inflight{0};
+  std::atomic<int64_t> budget_held{0};
+  std::atomic<int> kernel_calls{0};
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::pair<MethodId, absl::StatusCode>> done ABSL_GUARDED_BY(mu_);
+  std::array<std::atomic<int>, static_cast<int>(Reject::kCount)> rejected{};
+};
+
+class CoreTest : public ::testing::Test {
+ protected:
+  void Make(CoreOptions options = {}) {
+    std::vector<std::unique_ptr<Backend>> backends;
+    backends.push_back(NewCpuBackend({.threads = 1}));
+    core_ = std::make_unique<InferenceCore>(options, std::move(backends), &recorder_);
+    method_ = core_->RegisterMethod("Predict", "test");
+    core_->Start();
+  }
+
+  Recorder recorder_;
+  std::unique_ptr<InferenceCore> core_;
+  MethodId method_ = -1;
+};
+
+TEST_F(CoreTest, AnAdmissionEndsWhateverPathTheRequestTook) {
+  Make({.max_inflight_bytes = 1000});
+  EXPECT_EQ(recorder_.methods.size(), 1u);
+  {
+    Admission a = core_->Admit(method_);
+    EXPECT_EQ(recorder_.inflight.load(), 1);
+    ASSERT_TRUE(a.Charge(100).ok());  // twice the message
+    EXPECT_EQ(core_->budget().held(), 200);
+    // Dropped without an answer: recorded as cancelled, memory and in-flight count returned.
+  }
+  EXPECT_EQ(core_->budget().held(), 0);
+  EXPECT_EQ(recorder_.inflight.load(), 0);
+  ASSERT_EQ(recorder_.Done().size(), 1u);
+  EXPECT_EQ(recorder_.Done()[0].second, absl::StatusCode::kCancelled);
+  {
+    Admission a = core_->Admit(method_);
+    a.Finish(absl::StatusCode::kOk);
+    a.Finish(absl::StatusCode::kInternal);  // once only
+    Admission moved = std::move(a);         // the moved-from one ends nothing
+  }
+  ASSERT_EQ(recorder_.Done().size(), 2u);
+  EXPECT_EQ(recorder_.Done()[1].second, absl::StatusCode::kOk);
+  EXPECT_EQ(recorder_.inflight.load(), 0);
+}
+
+TEST_F(CoreTest, ChargesAreRefusedOverTheBudgetAndWhileShuttingDown) {
+  Make({.max_inflight_bytes = 1000});
+  Admission big = core_->Admit(method_);
+  const absl::Status over = big.Charge(501);
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.message().find("--max_inflight_bytes"), std::string::npos);
+  EXPECT_EQ(recorder_.Rejected(Reject::kMemory), 1);
+  core_->BeginShutdown();
+  Admission late = core_->Admit(method_);
+  EXPECT_EQ(late.Charge(1).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(recorder_.Rejected(Reject::kShuttingDown), 1);
+}
+
+TEST_F(CoreTest, ShutdownWaitsForTheCallsAcceptedBeforeIt) {
+  Make();
+  CallScope before = core_->BeginCall();
+  EXPECT_TRUE(before.accepted());
+  core_->BeginShutdown();
+  CallScope after = core_->BeginCall();
+  EXPECT_FALSE(after.accepted());
+  EXPECT_FALSE(core_->WaitForAcceptedCalls(absl::Now() + absl::Milliseconds(20)));
+  before.End();
+  EXPECT_TRUE(core_->WaitForAcceptedCalls(absl::Now() + absl::Seconds(5)));
+}
+
+TEST_F(CoreTest, AJobIsComputedAndItsResponseMemoryCharged) {
+  Make({.max_inflight_bytes = 1 << 20});
+  const std::vector<float> scores = {2.0f, -2.0f, 0.1f};
+  LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 3}};
+  absl::StatusOr<ValidatedLabelerInput> valid = ValidateLabelerInput(in);
+  ASSERT_TRUE(valid.ok());
+  Admission a = core_->Admit(method_);
+  ASSERT_TRUE(a.Charge(12).ok());
+  absl::Notification done;
+  absl::StatusOr<PredictResult> result;
+  core_->Enqueue(&a, CallControl{}, PredictJob{.input = *std::move(valid), .want_probs = true},
+                 /*response_bytes=*/100, [&](absl::StatusOr<PredictResult> r) {
+                   result = std::move(r);
+                   done.Notify();
+                 });
+  EXPECT_EQ(a.bytes(), 24 + 200);  // the request twice, the response twice
+  done.WaitForNotification();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->labels.labels, std::vector<int32_t>({0, 2}));
+  EXPECT_EQ(result->probs.size(), 3 * sizeof(float));
+  EXPECT_EQ(recorder_.kernel_calls.load(), 1);
+  EXPECT_EQ(core_->statistics(JobKind::kPredict).inference_count.load(), 1u);
+}
+
+TEST_F(CoreTest, AResponseThatCannotFitTheMessageLimitIsRefusedBeforeItIsComputed) {
+  Make({.max_message_bytes = 1000});
+  const std::vector<float> scores = {1.0f};
+  LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 1}};
+  Admission a = core_->Admit(method_);
+  absl::Status status;
+  core_->Enqueue(&a, CallControl{}, PredictJob{.input = *ValidateLabelerInput(in)}, 1001,
+                 [&](absl::StatusOr<PredictResult> r) { status = r.status(); });
+  EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(recorder_.Rejected(Reject::kTooLarge), 1);
+  EXPECT_EQ(recorder_.kernel_calls.load(), 0);
+}
+
+TEST_F(CoreTest, AWriteNotDoneInTimeCancelsItsCallUnlessDisarmed) {
+  Make({.write_timeout = milliseconds(20), .min_transfer_rate = 1 << 20});
+  absl::Notification cancelled;
+  {
+    Admission a = core_->Admit(method_);
+    a.WatchWrite(0, [&] { cancelled.Notify(); });
+    EXPECT_TRUE(cancelled.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  }
+  EXPECT_EQ(recorder_.Rejected(Reject::kSlowReader), 1);
+  std::atomic<bool> fired{false};
+  {
+    Admission a = core_->Admit(method_);
+    a.WatchWrite(0, [&] { fired.store(true); });
+    a.DisarmWrite();
+  }
+  absl::SleepFor(absl::Milliseconds(60));
+  EXPECT_FALSE(fired.load());
+  // The destructor disarms too.
+  {
+    Admission a = core_->Admit(method_);
+    a.WatchWrite(1 << 20, [&] { fired.store(true); });  // 1 s more for a MiB
+  }
+  absl::SleepFor(absl::Milliseconds(60));
+  EXPECT_FALSE(fired.load());
+}
+
+TEST_F(CoreTest, ABodyTheFrontEndFoundMemoryForIsAdopted) {
+  Make({.max_inflight_bytes = 1000});
+  std::optional<MemoryBudget::Lease> lease = core_->budget().TryAcquire(300);
+  ASSERT_TRUE(lease.has_value());
+  Admission a = core_->Admit(method_);
+  ASSERT_TRUE(a.Adopt(*std::move(lease)).ok());
+  EXPECT_EQ(a.bytes(), 300);
+  a.ShrinkTo(100);
+  EXPECT_EQ(core_->budget().held(), 100);
+  EXPECT_EQ(recorder_.budget_held.load(), 100);
+}
+
+}  // namespace
+}  // namespace zlpr::server

@@ -1,0 +1,87 @@
+// The Open Inference Protocol's gRPC binding (KServe v2; Triton's GRPCInferenceService) on the
+// same port as zlpr.v1: ModelInfer and ModelStreamInfer take their messages raw, charged to
+// the memory budget before they are parsed (server/grpc/reactors.h), then become the binding-
+// free Request once (ViewOf) and run through oip::Inference; the rest answers from models.h.
+// tritonclient and other v2 clients work unchanged.
+#ifndef ZLPR_SERVER_OIP_GRPC_SERVICE_H_
+#define ZLPR_SERVER_OIP_GRPC_SERVICE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "inference/grpc_service.grpc.pb.h"
+#include "server/core/core.h"
+#include "server/oip/request.h"
+
+namespace zlpr::server::oip {
+
+// `message` as a Request: its tensors view its raw_input_contents (or typed FP32 contents), or
+// bytes narrowed into request->owned (UINT8 contents). INVALID_ARGUMENT naming the input when
+// its datatype is unknown or its contents cannot be read. `message` must outlive `request`.
+absl::Status ViewOf(const inference::ModelInferRequest& message, Request* request);
+// Moves `response` into `message` (outputs as raw_output_contents).
+void ToMessage(Response response, inference::ModelInferResponse* message);
+
+using InferenceServiceBase = inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
+    inference::GRPCInferenceService::WithRawCallbackMethod_ModelStreamInfer<
+        inference::GRPCInferenceService::WithCallbackMethod_ServerLive<
+            inference::GRPCInferenceService::WithCallbackMethod_ServerReady<
+                inference::GRPCInferenceService::WithCallbackMethod_ModelReady<
+                    inference::GRPCInferenceService::WithCallbackMethod_ServerMetadata<
+                        inference::GRPCInferenceService::WithCallbackMethod_ModelMetadata<
+                            inference::GRPCInferenceService::WithCallbackMethod_ModelConfig<
+                                inference::GRPCInferenceService::WithCallbackMethod_ModelStatistics<
+                                    inference::GRPCInferenceService::Service>>>>>>>>>;
+
+struct GrpcOptions {
+  std::string version;
+  int64_t max_batch_rows = 256;  // what ModelConfig reports
+  int stream_window = 64;        // ModelStreamInfer requests read and not yet answered
+};
+
+class InferenceService final : public InferenceServiceBase {
+ public:
+  // Registers its methods with `core`, which must outlive it; before core->Start().
+  InferenceService(InferenceCore* core, const GrpcOptions& options);
+  ~InferenceService() override;
+
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* ctx,
+                                       const inference::ServerLiveRequest* request,
+                                       inference::ServerLiveResponse* response) override;
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* ctx,
+                                        const inference::ServerReadyRequest* request,
+                                        inference::ServerReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* ctx,
+                                       const inference::ModelReadyRequest* request,
+                                       inference::ModelReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* ctx,
+                                           const inference::ServerMetadataRequest* request,
+                                           inference::ServerMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* ctx,
+                                          const inference::ModelMetadataRequest* request,
+                                          inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* ctx,
+                                        const inference::ModelConfigRequest* request,
+                                        inference::ModelConfigResponse* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* ctx,
+                                            const inference::ModelStatisticsRequest* request,
+                                            inference::ModelStatisticsResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* ctx,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ModelStreamInfer(
+      grpc::CallbackServerContext* ctx) override;
+
+ private:
+  class Protocols;
+
+  InferenceCore* const core_;
+  const GrpcOptions options_;
+  std::unique_ptr<Protocols> protocols_;
+};
+
+}  // namespace zlpr::server::oip
+
+#endif  // ZLPR_SERVER_OIP_GRPC_SERVICE_H_

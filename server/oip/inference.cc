@@ -1,0 +1,61 @@
+// Inference: convert, queue, fill.
+#include "server/oip/inference.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <variant>
+
+#include "server/oip/converter.h"
+
+namespace zlpr::server::oip {
+
+void Inference::Run(Admission* admission, CallControl control, const Request& request,
+                    Response* response, absl::AnyInvocable<void(absl::Status)> done) {
+  response->model = request.model;
+  response->version = "1";
+  response->id = request.id;
+  absl::StatusOr<Plan> plan = Convert(request);
+  if (!plan.ok()) {
+    core_->Rejected(Reject::kInvalid);
+    return done(plan.status());
+  }
+  if (plan->timeout_us > 0) {
+    // Triton's per-request timeout: the earlier of it and the call's own deadline.
+    control.deadline = std::min(control.deadline,
+                                admission->start() + std::chrono::microseconds(plan->timeout_us));
+  }
+  auto answer = [this, admission, response, done = std::move(done)](
+                    absl::Status st) mutable {
+    if (st.ok()) {
+      const int64_t bytes = WireBytes(*response);
+      st = core_->CheckResponseSize(bytes);
+      if (st.ok()) {
+        admission->ShrinkTo(2 * bytes);  // the inputs are no longer needed
+      } else {
+        response->outputs.clear();
+      }
+    }
+    done(std::move(st));
+  };
+  const int64_t response_bytes = plan->response_bytes;
+  std::visit(
+      [&](auto& planned) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(planned)>, std::monostate>) {
+          answer(absl::InternalError("the request was converted to no job"));
+          return;
+        } else {
+        auto job = std::move(planned);  // out of the plan, which moves into the completion
+        using Result = typename decltype(job)::Result;
+        core_->Enqueue(admission, std::move(control), std::move(job), response_bytes,
+                       [plan = std::move(*plan), response, answer = std::move(answer)](
+                           absl::StatusOr<Result> r) mutable {
+                         if (r.ok()) Fill(*std::move(r), plan, response);
+                         answer(r.status());
+                       });
+        }
+      },
+      plan->job);
+}
+
+}  // namespace zlpr::server::oip

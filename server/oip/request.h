@@ -1,0 +1,93 @@
+// The Open Inference Protocol's requests and responses without a wire: what both bindings (gRPC
+// and HTTP) turn their messages into, once, and what the converter (converter.h) turns into
+// jobs. Tensors are views: their bytes stay where the binding received them (the gRPC message,
+// the HTTP body), or in `owned` when the binding had to make them (JSON numbers, typed
+// contents).
+#ifndef ZLPR_SERVER_OIP_REQUEST_H_
+#define ZLPR_SERVER_OIP_REQUEST_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace zlpr::server::oip {
+
+// The protocol's tensor element types.
+enum class DataType {
+  kBool,
+  kUint8,
+  kUint16,
+  kUint32,
+  kUint64,
+  kInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kFp16,
+  kBf16,
+  kFp32,
+  kFp64,
+  kBytes,  // variable length: each element a 4-byte little-endian length, then its bytes
+};
+
+// "FP32" -> kFp32; nullopt for a name the protocol does not have.
+std::optional<DataType> ParseDataType(std::string_view name);
+const char* DataTypeName(DataType type);
+// Bytes per element; 0 for kBytes.
+int ElementSize(DataType type);
+
+// A request, output or response parameter.
+using Parameter = std::variant<bool, int64_t, uint64_t, double, std::string>;
+using Parameters = std::map<std::string, Parameter>;
+
+struct Tensor {
+  std::string name;
+  DataType datatype = DataType::kFp32;
+  std::vector<int64_t> shape;
+  std::string_view data;  // raw little-endian elements
+  Parameters parameters;
+};
+
+struct RequestedOutput {
+  std::string name;
+  Parameters parameters;
+};
+
+struct Request {
+  std::string model;
+  std::string version;  // empty: the latest
+  std::string id;
+  Parameters parameters;
+  std::vector<Tensor> inputs;
+  std::vector<RequestedOutput> outputs;  // empty: all of the model's
+  // Bytes the inputs' views point into when they are not the binding's own buffer (a deque:
+  // adding one moves none of the others).
+  std::deque<std::string> owned;
+};
+
+struct Output {
+  std::string name;
+  DataType datatype = DataType::kFp32;
+  std::vector<int64_t> shape;
+  std::string data;
+};
+
+struct Response {
+  std::string model;
+  std::string version;
+  std::string id;
+  Parameters parameters;
+  std::vector<Output> outputs;
+};
+
+// "[2, 3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
+}  // namespace zlpr::server::oip
+
+#endif  // ZLPR_SERVER_OIP_REQUEST_H_
