@@ -9,7 +9,10 @@ OIPVENV ?= build-oipvenv
 FUZZ_SECONDS ?= 600
 FUZZERS := convert cli_readers http_request oip_convert http_session
 CMAKE_FLAGS ?=
-LAUNCHER := $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache,)
+# ccache when it is installed, looked up by each recipe's shell (after `deps` has installed it),
+# not when make reads this file: otherwise the first build of a fresh machine and the next one
+# configure different compiler command lines, and the second rebuilds the whole tree.
+LAUNCHER = -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache) -DCMAKE_CUDA_COMPILER_LAUNCHER=$$(command -v ccache)
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \

@@ -307,7 +307,6 @@ absl::Status Run(const std::string& command, std::ostream& out) {
 }  // namespace
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  const absl::FlagSaver restore_flags_on_return;
   if (std::find(args.begin(), args.end(), "--help") != args.end()) {
     out << kUsage << "\n" << FlagsHelp();
     return 0;

@@ -2,8 +2,9 @@
 // is RunCli so that tests can drive it in-process.
 //
 // Flags are absl flags (defined in cli.cc, listed by --help), read through absl's flag registry:
-// an unknown flag or a value that does not parse is a usage error. Each RunCli call starts from
-// the defaults and leaves no flag state behind.
+// an unknown flag or a value that does not parse is a usage error. RunCli sets the flags it is
+// given and leaves them set (a caller that runs it more than once in a process, as the tests
+// do, restores them itself with an absl::FlagSaver).
 #ifndef ZLPR_CLI_CLI_H_
 #define ZLPR_CLI_CLI_H_
 

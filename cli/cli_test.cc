@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/flags/reflection.h"
 #include "absl/strings/str_cat.h"
 #include "cli/cli_io.h"
 #include "gmock/gmock.h"
@@ -59,6 +60,7 @@ class CliTest : public ::testing::Test {
     args.insert(args.begin(), target_);
     out_.str("");
     err_.str("");
+    const absl::FlagSaver defaults_after_each_run;
     return RunCli(args, out_, err_);
   }
 

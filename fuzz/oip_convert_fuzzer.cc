@@ -31,9 +31,10 @@ zlpr::Backend& Cpu() {
   return *backend;
 }
 
-void Check(bool ok, const char* what) {
+void Check(bool ok, const char* what, const absl::Status& status = absl::OkStatus()) {
   if (ok) return;
-  std::fprintf(stderr, "oip_convert_fuzzer: %s does not hold\n", what);
+  std::fprintf(stderr, "oip_convert_fuzzer: %s does not hold (%s)\n", what,
+               status.ToString().c_str());
   std::abort();
 }
 
@@ -82,11 +83,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   inference::ModelInferRequest message;
   if (!message.ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
-  const bool named = !message.model_name().empty();
+  const bool named = !message.model_name().empty() || !message.model_version().empty();
   if (!named) message.set_model_name((data[0] & 1) != 0 ? oip::kLossModel : oip::kPredictModel);
   oip::Request request;
   if (absl::Status st = oip::ViewOf(message, &request); !st.ok()) {
-    Check(st.code() == absl::StatusCode::kInvalidArgument, "ViewOf: only INVALID_ARGUMENT");
+    Check(st.code() == absl::StatusCode::kInvalidArgument, "ViewOf: only INVALID_ARGUMENT", st);
     Check(!st.message().empty(), "errors say what is wrong");
     return 0;
   }
@@ -96,7 +97,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const absl::StatusCode code = plan.status().code();
     Check(code == absl::StatusCode::kInvalidArgument ||
               (code == absl::StatusCode::kNotFound && named),
-          "Convert: only INVALID_ARGUMENT, or NOT_FOUND for a model the message names");
+          "Convert: only INVALID_ARGUMENT, or NOT_FOUND for a model or version the message names",
+          plan.status());
     Check(!plan.status().message().empty(), "errors say what is wrong");
     return 0;
   }

@@ -16,6 +16,9 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_launch.h"
+#ifdef ZLPR_CUDA_FAULT_INJECTION
+#include "kernels/cuda_fault_testing.h"
+#endif
 #include "kernels/thread_pool.h"
 #include "kernels/validate.h"
 #include "kernels/zlpr.h"
@@ -155,9 +158,11 @@ class CudaBackend final : public Backend {
     return Guarded([&] { return LabelOnDevice(valid, out, probs); });
   }
 
+#ifdef ZLPR_CUDA_FAULT_INJECTION
   void InjectFault(bool breaks_context) {
     inject_.store(breaks_context ? Fault::kTrap : Fault::kLaunch);
   }
+#endif
 
  protected:
   internal::ThreadPool* validation_pool() override { return &pool_; }
@@ -173,6 +178,7 @@ class CudaBackend final : public Backend {
   absl::Status Guarded(const F& work) {
     if (!broken_.ok()) return broken_;
     absl::Status st = CudaError(cudaSetDevice(device_), "cudaSetDevice");
+#ifdef ZLPR_CUDA_FAULT_INJECTION
     switch (inject_.exchange(Fault::kNone)) {
       case Fault::kNone:
         break;
@@ -184,6 +190,7 @@ class CudaBackend final : public Backend {
         if (st.ok()) st = absl::InternalError("the injected launch was not refused");
         break;
     }
+#endif
     if (st.ok()) st = work();
     if (st.code() == absl::StatusCode::kResourceExhausted && account_.held > 0) {
       ReleaseBuffers();
@@ -276,8 +283,10 @@ class CudaBackend final : public Backend {
   PinnedBuffer pinned_in_, pinned_out_;
   DeviceAccount account_;
   absl::Status broken_;  // OK, or why the device is unusable for good
+#ifdef ZLPR_CUDA_FAULT_INJECTION
   enum class Fault { kNone, kTrap, kLaunch };
-  std::atomic<Fault> inject_{Fault::kNone};  // the fault-injection hook
+  std::atomic<Fault> inject_{Fault::kNone};  // the fault-injection hook (test builds only)
+#endif
 };
 
 absl::Status CudaBackend::LossOnDevice(const ValidatedLossInput& valid, const LossOutput& out) {
@@ -560,11 +569,13 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device, const CudaOp
   return backend;
 }
 
+#ifdef ZLPR_CUDA_FAULT_INJECTION
 bool InjectCudaFaultForTesting(Backend& backend, bool breaks_context) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (cuda == nullptr) return false;
   cuda->InjectFault(breaks_context);
   return true;
 }
+#endif
 
 }  // namespace zlpr

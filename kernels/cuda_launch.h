@@ -90,10 +90,12 @@ struct DeviceLabelArgs {
 };
 absl::Status LaunchLabeler(const DeviceLabelArgs& args, cudaStream_t stream);
 
-// For the backend's fault-injection hook (InjectCudaFaultForTesting): with `trap`, a kernel
-// that traps (the context is broken once it runs, as by a real device fault); without, a
-// launch the runtime refuses at once (an error that leaves the context intact).
+#ifdef ZLPR_CUDA_FAULT_INJECTION
+// For the backend's fault-injection hook (kernels/cuda_fault_testing.h; test builds only): with
+// `trap`, a kernel that traps (the context is broken once it runs, as by a real device fault);
+// without, a launch the runtime refuses at once (an error that leaves the context intact).
 absl::Status LaunchFaultForTesting(cudaStream_t stream, bool trap);
+#endif
 
 // A CUDA error as a Status naming what failed.
 absl::Status CudaError(cudaError_t err, const char* what);

@@ -393,18 +393,7 @@ absl::Status LaunchLossTyped(const Args<T>& a, int segment_threads, void* worksp
   return CudaError(cudaGetLastError(), "loss kernel launch");
 }
 
-__global__ void TrapKernel() { __trap(); }
-
 }  // namespace
-
-absl::Status LaunchFaultForTesting(cudaStream_t stream, bool trap) {
-  if (trap) {
-    TrapKernel<<<1, 1, 0, stream>>>();
-  } else {
-    TrapKernel<<<1, 4096, 0, stream>>>();  // more threads than a block may have: refused
-  }
-  return CudaError(cudaGetLastError(), trap ? "trap kernel launch" : "fault-injection launch");
-}
 
 absl::Status CudaError(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();

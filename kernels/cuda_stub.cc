@@ -13,6 +13,5 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device, const CudaOp
       "cuda:" + std::to_string(device) +
       ": this build has no CUDA backend (ZLPR_CUDA=OFF or no nvcc)");
 }
-bool InjectCudaFaultForTesting(Backend&, bool) { return false; }
 
 }  // namespace zlpr

@@ -11,6 +11,9 @@
 #include "kernels/reference.h"
 #include "kernels/test_util.h"
 #include "kernels/zlpr.h"
+#if ZLPR_HAVE_CUDA_BACKEND
+#include "kernels/cuda_fault_testing.h"
+#endif
 
 namespace zlpr {
 namespace {
@@ -237,6 +240,7 @@ TEST_F(CudaBackendTest, FaultABatchTheDeviceCannotAllocateIsRefusedAndTheNextOne
 }
 #endif
 
+#if ZLPR_HAVE_CUDA_BACKEND  // the fault hook is in the CUDA test library only
 TEST_F(CudaBackendTest, FaultALaunchErrorFailsItsBatchAndTheBackendGoesOn) {
   ASSERT_TRUE(InjectCudaFaultForTesting(*cuda_, /*breaks_context=*/false));
   const Problem p = MakeProblem({.rows = 8, .cols = 300, .seed = 2});
@@ -284,6 +288,7 @@ TEST(CudaFaultHookTest, OtherBackendsHaveNoFaultHook) {
   EXPECT_FALSE(InjectCudaFaultForTesting(*cpu, /*breaks_context=*/true));
   EXPECT_TRUE(cpu->health().ok());
 }
+#endif  // ZLPR_HAVE_CUDA_BACKEND
 
 }  // namespace
 }  // namespace zlpr

@@ -218,12 +218,6 @@ struct CudaOptions {
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int device,
                                                         const CudaOptions& options = {});
 
-// Test hook of the CUDA backend (false for any other backend): the next Loss or Label call
-// fails as a device fault would. With `breaks_context`, a kernel that traps runs before the
-// call's own work (the context is broken, as by an illegal address); without, a launch the
-// runtime refuses (the context stays usable).
-bool InjectCudaFaultForTesting(Backend& backend, bool breaks_context);
-
 // The highest-priority SIMD target the CPU kernels dispatch to on this machine, e.g. "AVX3".
 std::string CpuSimdTarget();
 

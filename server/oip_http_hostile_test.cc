@@ -200,6 +200,7 @@ class OpenConnection {
     }
     return out;
   }
+  void HalfClose() { shutdown(fd_, SHUT_WR); }
   void Close() {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
@@ -234,6 +235,24 @@ std::pair<std::string, size_t> BinaryPredictBody(size_t n) {
   const std::vector<float> scores(n, -1.0f);
   return {header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * n),
           header.size()};
+}
+
+// A client that half-closes its connection after its request has gone as far as a queued
+// inference goes: the request is dropped, not computed, and the answer (499) still reaches the
+// client, which may read it.
+TEST(OipHttpHostileTest, AClientThatHalfClosesAfterItsRequestGetsItsAnswer) {
+  ServerOptions o = BudgetOptions(0);
+  o.batcher.max_queue_delay = std::chrono::seconds(2);  // queued: the close is seen first
+  o.batcher.adaptive_delay = false;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string body =
+      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,2],"data":[1,-1]}]})";
+  OpenConnection conn((*server)->http_port(), PostHeader(body.size()) + body);
+  conn.HalfClose();
+  const std::string res = conn.ReadResponse();
+  ExpectJsonError(res, 499, "cancelled");
+  (*server)->Shutdown();
 }
 
 TEST(OipHttpHostileTest, HeadersAloneHoldNoMemory) {

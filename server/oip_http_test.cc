@@ -218,7 +218,7 @@ TEST(OipHttpTest, ShutdownAnswersTheRequestsInFlight) {
 TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
   ServerOptions o = HttpServerOptions();
   o.metrics_address = "127.0.0.1:0";
-  // A lone request waits 3 s in the queue; the cancellation is seen within 50 ms.
+  // A lone request waits 3 s in the queue; its client's close is seen at once.
   o.batcher.max_queue_delay = std::chrono::seconds(3);
   o.batcher.adaptive_delay = false;
   auto server = Server::Start(o);

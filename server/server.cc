@@ -36,8 +36,12 @@ const char* Version() { return ZLPR_VERSION; }
 
 namespace {
 
-// Shutdown: how long calls already on their way in get to reach the service once it refuses
-// new work, and how long gRPC then has to send the statuses of the last calls.
+// Shutdown, once every accepted call is done. gRPC's Shutdown cancels at once the calls it has
+// read but not yet handed to a reactor, and gives no event for when there are none left: calls
+// on their way in get kDispatchSettle to reach the core (which answers them UNAVAILABLE; without
+// it about one call in a hundred sent just before SIGTERM ended CANCELLED, ShutdownTest). Then
+// the HTTP binding's last answers and gRPC's last statuses get kStatusFlush; what is left after
+// (health watches, reflection streams, idle connections) is cancelled.
 constexpr std::chrono::milliseconds kDispatchSettle{100};
 constexpr std::chrono::milliseconds kStatusFlush{100};
 
@@ -285,15 +289,17 @@ absl::StatusOr<TlsPem> ReadTls(const ServerOptions& o) {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   ZLPR_RETURN_IF_ERROR(ValidateServerOptions(options));
+  ZLPR_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Backend>> backends, MakeBackends(options));
+  return Start(options, std::move(backends));
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options, std::vector<std::unique_ptr<Backend>> backends) {
+  ZLPR_RETURN_IF_ERROR(ValidateServerOptions(options));
+  if (backends.empty()) return absl::InvalidArgumentError("no backend to serve with");
   google::protobuf::SetLogHandler(RateLimitedProtobufLog);
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  std::vector<std::unique_ptr<Backend>> backends;
-  if (options.backend_factory) {
-    backends = options.backend_factory();
-  } else {
-    ZLPR_ASSIGN_OR_RETURN(backends, MakeBackends(options));
-  }
   s->backend_name_ = BackendKindName(backends.front()->kind());
   std::vector<int> cuda_devices;
   for (size_t i = 0; i < backends.size(); ++i) {
@@ -312,7 +318,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
           options.max_inflight_bytes != 0 ? options.max_inflight_bytes : DefaultMemoryShare(),
       .write_timeout = options.write_timeout,
       .min_transfer_rate = options.min_transfer_rate};
-  s->max_inflight_bytes_ = core_options.max_inflight_bytes;
   if (!options.auth_token_file.empty()) {
     ZLPR_ASSIGN_OR_RETURN(s->tokens_, TokenStore::FromFile(options.auth_token_file,
                                                            absl::FromChrono(options.auth_token_grace)));
@@ -488,14 +493,12 @@ void Server::Shutdown() {
     // gRPC has received is cancelled; the work in flight finishes (the workers still run).
     core_->BeginShutdown();
     core_->WaitForAcceptedCalls(deadline);
-    // Calls already on their way in reach the service and get their UNAVAILABLE.
     absl::SleepFor(std::min(absl::FromChrono(kDispatchSettle), deadline - absl::Now()));
     // The HTTP binding's last responses get kStatusFlush to be written; then its connections
     // close (its requests were counted with the calls above; new ones got 503 meanwhile).
     if (http_ != nullptr) http_->Stop(kStatusFlush);
-    // Only then does gRPC stop: statuses still being sent get kStatusFlush; what is left after
-    // it (health watches, reflection streams, idle connections) is cancelled, so the exit
-    // takes as long as the work in flight, not as long as the grace.
+    // Only then does gRPC stop, so the exit takes as long as the work in flight, not as long
+    // as the grace.
     grpc_server_->Shutdown(std::chrono::system_clock::now() + kStatusFlush);
     grpc_server_->Wait();
   }

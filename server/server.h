@@ -70,8 +70,6 @@ struct ServerOptions {
   std::vector<int> devices;         // CUDA devices; empty: all visible
   // Device memory each CUDA backend's buffers may hold; 0: no limit of ours (CudaOptions).
   int64_t cuda_memory_limit_bytes = 0;
-  // For tests: makes the backends instead of `backend` and `devices` when set.
-  std::function<std::vector<std::unique_ptr<Backend>>()> backend_factory;
   int threads = 0;  // CPU backend threads; 0: all cores
   BatcherOptions batcher;
   int64_t max_message_bytes = 64 << 20;
@@ -123,7 +121,12 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class Server {
  public:
+  // With the backends `options` asks for (MakeBackends).
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  // With `backends` made by the caller (an application that embeds the server and brings its
+  // own Backend); `options.backend` and `options.devices` are not used.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options, std::vector<std::unique_ptr<Backend>> backends);
   ~Server();
 
   int grpc_port() const { return grpc_port_; }
@@ -141,9 +144,6 @@ class Server {
   // Reads --auth_token_file again now (SIGHUP); OK and nothing else without one. An unreadable
   // or empty file keeps the current token and is returned as the error.
   absl::Status ReloadAuthToken();
-
-  // The memory budget in use (the default resolved).
-  int64_t max_inflight_bytes() const { return max_inflight_bytes_; }
 
  private:
   Server() = default;
@@ -167,7 +167,6 @@ class Server {
   std::unique_ptr<http::FrontEnd> http_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Reclaimer> reclaimer_;
-  int64_t max_inflight_bytes_ = 0;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   int http_port_ = 0;

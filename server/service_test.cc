@@ -110,7 +110,7 @@ class ServiceTest : public ::testing::Test {
     o.batcher = batcher;
     o.shutdown_grace = std::chrono::seconds(20);
     if (tweak) tweak(o);
-    auto s = Server::Start(o);
+    auto s = backends_.empty() ? Server::Start(o) : Server::Start(o, std::move(backends_));
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->grpc_port()),
@@ -127,6 +127,7 @@ class ServiceTest : public ::testing::Test {
   }
   std::string Metrics() { return HttpGet(server_->metrics_port(), "/metrics"); }
 
+  std::vector<std::unique_ptr<Backend>> backends_;  // set: StartServer serves with these
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ZlprService::Stub> stub_;
@@ -1027,13 +1028,8 @@ class BreakableBackend final : public Backend {
 
 TEST_F(ServiceTest, WhenNoBackendCanComputeHealthTurnsNotServingAndCallsGetUnavailable) {
   std::atomic<bool> broken{false};
-  StartServer(DefaultBatcher(), [&](ServerOptions& o) {
-    o.backend_factory = [&] {
-      std::vector<std::unique_ptr<Backend>> b;
-      b.push_back(std::make_unique<BreakableBackend>(&broken));
-      return b;
-    };
-  });
+  backends_.push_back(std::make_unique<BreakableBackend>(&broken));
+  StartServer();
   v1::PredictRequest req;
   *req.mutable_scores() = FloatTensor(std::vector<float>{1.0f, -1.0f, 0.5f}, 1, 3);
   req.set_top_k(1);

@@ -15,7 +15,9 @@
 //   while (auto batch = batcher.NextBatch()) std::visit(run, *batch);  // in each worker
 //
 // Every task's `done` runs exactly once: from Enqueue (refused), from NextBatch (dropped: the
-// caller cancelled or the deadline passed) or from whoever runs the batch (the executor).
+// caller cancelled or the deadline passed) or from whoever runs the batch (the executor). A
+// cancellation is seen when the caller says so (Wake()) or at the next cut, a deadline when it
+// passes: nothing polls.
 #ifndef ZLPR_SERVER_CORE_BATCHER_H_
 #define ZLPR_SERVER_CORE_BATCHER_H_
 
@@ -168,6 +170,10 @@ class Batcher {
     return TryCutLocked(clock_->Now(), drops, next_due);
   }
 
+  // A queued task's caller may have gone (its `cancelled` turned true): waiting workers look
+  // again now, and drop it if it is still queued.
+  void Wake() { cv_.SignalAll(); }
+
   // Refuses new tasks; queued ones are still handed out (at once, without waiting for the
   // delay), after which NextBatch returns nullopt.
   void Shutdown() {
@@ -178,16 +184,7 @@ class Batcher {
     cv_.SignalAll();
   }
 
-  // Tasks waiting in the queue of `Job`.
-  template <typename Job>
-  int64_t depth() const {
-    absl::MutexLock lock(&mu_);
-    return static_cast<int64_t>(std::get<Queue<Job>>(queues_).tasks.size());
-  }
-
  private:
-  // Cancellation is not signalled to the batcher: waiting tasks are looked at this often.
-  static constexpr std::chrono::milliseconds kCancelPoll{50};
   // How early gRPC's deadline timer may cancel a call, compared with our steady clock.
   static constexpr std::chrono::milliseconds kDeadlineSlack{20};
 
@@ -299,7 +296,6 @@ class Batcher {
           (visit(queue), ...);
         },
         queues_);
-    if (any_waiting) *next_due = std::min(*next_due, now + kCancelPoll);
     if (best == sizeof...(Jobs)) return std::nullopt;
     std::optional<AnyBatch> batch;
     index = 0;

@@ -83,7 +83,10 @@ TEST_F(BatcherTest, CutsABatchAsSoonAsMaxBatchRowsWait) {
   const auto batch = Cut(b);
   ASSERT_TRUE(batch.has_value());
   EXPECT_EQ(Ids(batch), (std::vector<int>{0, 1, 2, 3}));
-  EXPECT_EQ(b.depth<JobA>(), 0);
+  SteadyTime next_due;
+  std::vector<TestBatcher::Drop> drops;
+  EXPECT_FALSE(b.TryCut(&drops, &next_due).has_value());
+  EXPECT_EQ(next_due, SteadyTime::max());  // the queue is empty
 }
 
 TEST_F(BatcherTest, WaitsForTheOldestRequestsDelayThenCutsAPartialBatch) {
@@ -210,7 +213,6 @@ TEST_F(BatcherTest, ReportsEachQueuesDepthByJobKind) {
   ASSERT_TRUE(b.Enqueue(Make<JobA>(1)).ok());
   ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
   ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
-  EXPECT_EQ(b.depth<JobB>(), 2);
   const std::vector<std::pair<JobKind, int64_t>> want = {
       {JobKind::kLoss, 1}, {JobKind::kPredict, 1}, {JobKind::kPredict, 2}};
   EXPECT_EQ(depths, want);

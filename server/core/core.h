@@ -258,6 +258,8 @@ class InferenceCore {
   absl::Status CheckResponseSize(int64_t bytes);
   // Counts a refusal a front end decides itself (a request that does not parse, a token).
   void Rejected(Reject reason);
+  // A call was cancelled (its client went away): its queued job is dropped now, not computed.
+  void CallCancelled() { batcher_.Wake(); }
 
   const CoreOptions& options() const { return options_; }
   Clock& clock() { return *clock_; }

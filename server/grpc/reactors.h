@@ -79,6 +79,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
                       &extra_, [this](absl::Status st) { Answer(st); });
   }
 
+  // A cancelled call's queued job is dropped at once.
+  void OnCancel() override { protocol_->core().CallCancelled(); }
+
   // The admission and the call end with the reactor.
   void OnDone() override { delete this; }
 
@@ -227,6 +230,9 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     draining_ = true;
     MaybeFinishLocked();
   }
+
+  // A cancelled stream's queued jobs are dropped at once.
+  void OnCancel() override { protocol_->core().CallCancelled(); }
 
  private:
   struct Message {

@@ -434,11 +434,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     auto gone = std::make_shared<std::atomic<bool>>(false);
     app_->Handle(std::move(req), path_, &*admission_,
                  CallControl{.cancelled = [gone] { return gone->load(); }},
-                 [weak = this->weak_from_this(), gate = front_->gate](Response res) {
+                 // Holds the session: it lives until its request is answered (the client may
+                 // have half-closed the connection and still read the answer).
+                 [self = this->shared_from_this(), gate = front_->gate](Response res) {
                    // From any thread: back to the strand, unless the front end stopped.
-                   auto self = weak.lock();
                    absl::MutexLock lock(&gate->mu);
-                   if (self == nullptr || !gate->open) return;
+                   if (!gate->open) return;
                    net::post(self->stream_.get_executor(),
                              [self, res = std::make_shared<Response>(std::move(res))]() mutable {
                                self->Step([&] { self->OnAnswer(std::move(*res)); });
@@ -468,6 +469,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
           }
           if (!peek && n > 0) return;  // the client sent more: it is there
           gone->store(true);
+          self->core_->CallCancelled();
         });
   }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -393,8 +394,13 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
                                        tensor, *binary_size, ShapeString(t.shape),
                                        DataTypeName(t.datatype), elements * element));
       }
-      t.data = binary.substr(0, *binary_size);  // a view of the body: not copied
+      t.data = binary.substr(0, *binary_size);
       binary.remove_prefix(*binary_size);
+      // Used in place when it is aligned to its elements (the kernels load them as such);
+      // else copied once, into storage that is.
+      if (element > 1 && reinterpret_cast<uintptr_t>(t.data.data()) % element != 0) {
+        t.data = request->owned.emplace_back(t.data);
+      }
       continue;
     }
     std::string& floats = *reader.data[i];

@@ -36,7 +36,8 @@ struct OutputFormat {
 // Parses an inference request body for `model` (and `version`, may be empty) into `request`:
 // the JSON (the first `header_length` bytes; all of the body without the binary tensor
 // extension), then the binary tensors, in input order, as views of `body` (which must outlive
-// `request`). INVALID_ARGUMENT naming the key, input and element otherwise.
+// `request`) where they are aligned to their element size, else copied into `request`.
+// INVALID_ARGUMENT naming the key, input and element otherwise.
 absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> header_length,
                                const std::string& model, const std::string& version,
                                Request* request, OutputFormat* format);

@@ -2,6 +2,7 @@
 // (structure checked as it is read, tensors as views), responses out as JSON and binary.
 #include "server/oip/http_codec.h"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -109,12 +110,32 @@ TEST(HttpCodecTest, BinaryTensorsAreViewsOfTheBodyAndJsonDataIsKept) {
   EXPECT_EQ(request.id, "7");
   EXPECT_EQ(request.version, "1");
   ASSERT_EQ(request.inputs.size(), 2u);
-  EXPECT_EQ(request.inputs[0].data.data(), body.data() + header.size());  // not copied
+  if (reinterpret_cast<uintptr_t>(body.data() + header.size()) % 4 == 0) {
+    EXPECT_EQ(request.inputs[0].data.data(), body.data() + header.size());  // not copied
+  } else {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(request.inputs[0].data.data()) % 4, 0u);  // realigned
+  }
+  EXPECT_EQ(request.inputs[0].data, body.substr(header.size()));
   EXPECT_EQ(request.inputs[1].data, std::string("\x01\x00", 2));
   EXPECT_TRUE(format.IsBinary("labels"));
   EXPECT_FALSE(format.IsBinary("label_count"));
   ASSERT_EQ(request.outputs.size(), 1u);
   EXPECT_EQ(request.outputs[0].name, "labels");
+}
+
+TEST(HttpCodecTest, ABinaryTensorIsAlignedToItsElementsWhereverItStartsInTheBody) {
+  for (size_t pad = 0; pad < 8; ++pad) {
+    const std::string header =
+        R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,3],)"
+        R"("parameters":{"binary_data_size":12}}])" + std::string(pad, ' ') + "}";
+    const float v[3] = {1, 2, 3};
+    std::string body = header + std::string(reinterpret_cast<const char*>(v), 12);
+    Request request;
+    OutputFormat format;
+    ASSERT_TRUE(ParseInferRequest(body, header.size(), "zlpr_predict", "", &request, &format).ok());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(request.inputs[0].data.data()) % 4, 0u) << pad;
+    EXPECT_EQ(request.inputs[0].data, std::string(reinterpret_cast<const char*>(v), 12));
+  }
 }
 
 TEST(HttpCodecTest, TextThatIsNotUtf8IsWrittenAsReplacementCharacters) {
