@@ -15,7 +15,7 @@ CMAKE_FLAGS ?=
 LAUNCHER = -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache) -DCMAKE_CUDA_COMPILER_LAUNCHER=$$(command -v ccache)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
+.PHONY: all deps build test test-style test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
   test-python-torch test-oip test-container run \
   bench-cpu format clean
 
@@ -25,15 +25,20 @@ deps:
 	scripts/install-deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
+	  $(LAUNCHER) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Every test: unit, service, client and deployment tests (ctest), the kernel tests under
+# Every test: the style checks, unit, service, client and deployment tests (ctest), the kernel tests under
 # ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
 # the Python package (built as a wheel, installed in a fresh venv, tested against the server),
 # Triton's clients against the Open Inference Protocol (gRPC and HTTP), then the CPU and CUDA
 # container images built and run for real (podman, as root; the CUDA image without a GPU).
-test: test-unit test-asan test-tsan test-fuzz test-python test-oip test-container
+test: test-style test-unit test-asan test-tsan test-fuzz test-python test-oip test-container
+
+# The C++ is formatted (.clang-format) and clang-tidy finds nothing (.clang-tidy).
+test-style: build
+	scripts/check-style.sh $(BUILD)
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -134,7 +139,7 @@ bench-cpu: build
 	/usr/bin/python3 bench/cpu_vs_torch.py --bench $(BUILD)/bench/zlpr_kernels_bench
 
 format:
-	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu')
+	clang-format -i $$(git ls-files '*.h' '*.cc' '*.cu' '*.cuh')
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(PYVENV) $(PYVENV)-torch $(OIPVENV) \

@@ -22,6 +22,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -37,8 +38,8 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "kernels/test_util.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "kernels/test_util.h"
 #include "zlpr/v1/tensor.h"
 #include "zlpr/v1/zlpr.grpc.pb.h"
 
@@ -205,7 +206,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, int index 
 // One unary call with the callback API; `done(status, response bytes)`.
 void Call(v1::ZlprService::Stub* stub, inference::GRPCInferenceService::Stub* oip,
           const std::string& rpc, const Payload& payload,
-          std::function<void(grpc::Status, size_t)> done) {
+          const std::function<void(grpc::Status, size_t)>& done) {
   struct State {
     grpc::ClientContext ctx;
     v1::LossResponse loss;
@@ -216,17 +217,17 @@ void Call(v1::ZlprService::Stub* stub, inference::GRPCInferenceService::Stub* oi
   s->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   if (IsOip(rpc)) {
     oip->async()->ModelInfer(&s->ctx, &payload.oip, &s->infer, [s, done](grpc::Status st) {
-      done(st, s->infer.ByteSizeLong());
+      done(std::move(st), s->infer.ByteSizeLong());
       delete s;
     });
   } else if (rpc == "predict") {
     stub->async()->Predict(&s->ctx, &payload.predict, &s->predict, [s, done](grpc::Status st) {
-      done(st, s->predict.ByteSizeLong());
+      done(std::move(st), s->predict.ByteSizeLong());
       delete s;
     });
   } else {
     stub->async()->ComputeLoss(&s->ctx, &payload.loss, &s->loss, [s, done](grpc::Status st) {
-      done(st, s->loss.ByteSizeLong());
+      done(std::move(st), s->loss.ByteSizeLong());
       delete s;
     });
   }
@@ -303,10 +304,11 @@ Results RunOnce(const std::string& target, const std::string& label) {
           absl::MutexLock lock(&mu);
           ++outstanding;
         }
-        Call(stub.get(), oip.get(), rpc, payload, [&, scheduled](grpc::Status st, size_t bytes) {
-          rec.Record(scheduled, Clock::now(), st, payload.request_bytes, bytes, rows);
-          finished();
-        });
+        Call(stub.get(), oip.get(), rpc, payload,
+             [&, scheduled](const grpc::Status& st, size_t bytes) {
+               rec.Record(scheduled, Clock::now(), st, payload.request_bytes, bytes, rows);
+               finished();
+             });
         next +=
             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
       }
@@ -433,17 +435,17 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace zlpr::bench;
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
-  static const char* const kRpcs[] = {"loss",          "loss_grad",   "predict",
-                                      "stream_loss",   "stream_predict", "oip_predict",
-                                      "oip_loss",      "oip_loss_grad"};
+  static const char* const kRpcs[] = {"loss",           "loss_grad",   "predict",  "stream_loss",
+                                      "stream_predict", "oip_predict", "oip_loss", "oip_loss_grad"};
   if (std::find(std::begin(kRpcs), std::end(kRpcs), rpc) == std::end(kRpcs)) {
     std::fprintf(stderr, "zlpr-bench: --rpc=%s: expected one of %s\n", rpc.c_str(),
                  absl::StrJoin(kRpcs, ", ").c_str());
     return 2;
   }
   if (IsOip(rpc) && absl::GetFlag(FLAGS_labels) == "sparse") {
-    std::fprintf(stderr, "zlpr-bench: --labels=sparse: the Open Inference Protocol's zlpr_loss "
-                         "takes dense labels\n");
+    std::fprintf(stderr,
+                 "zlpr-bench: --labels=sparse: the Open Inference Protocol's zlpr_loss "
+                 "takes dense labels\n");
     return 2;
   }
   std::vector<Results> all;

@@ -253,7 +253,8 @@ TEST(ClientBalancingTest, SeveralAddressesAreBalancedRoundRobin) {
   call.cols = 8;
   call.scores = p.scores;
   for (int i = 0; i < 40; ++i) ASSERT_TRUE(client->Predict(call).ok());
-  const std::string sample = "zlpr_requests_total{code=\"OK\",method=\"Predict\",protocol=\"zlpr_v1\"}";
+  const std::string sample =
+      "zlpr_requests_total{code=\"OK\",method=\"Predict\",protocol=\"zlpr_v1\"}";
   const double on_a = MetricValue(server::HttpGet(a->metrics_port(), "/metrics"), sample);
   const double on_b = MetricValue(server::HttpGet(b->metrics_port(), "/metrics"), sample);
   EXPECT_EQ(on_a + on_b, 40);

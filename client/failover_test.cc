@@ -1,9 +1,9 @@
 // Three zlpr-server processes behind one round_robin client: load spreads over all three, and
 // when one is stopped with SIGTERM mid-run the client finishes with no failed request.
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <atomic>
 #include <cstdio>
@@ -68,8 +68,9 @@ class ServerProcess {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
   double PredictsServed() const {
-    return server::MetricValue(server::HttpGet(metrics_port, "/metrics"),
-                               "zlpr_requests_total{code=\"OK\",method=\"Predict\",protocol=\"zlpr_v1\"}");
+    return server::MetricValue(
+        server::HttpGet(metrics_port, "/metrics"),
+        "zlpr_requests_total{code=\"OK\",method=\"Predict\",protocol=\"zlpr_v1\"}");
   }
 
   int grpc_port = 0;

@@ -334,7 +334,8 @@ class GrpcClient final : public Client {
     const auto ranges = Ranges(call, options_.max_message_bytes);
     if (ranges.size() == 1) return PredictWhole(call);
     std::vector<std::future<absl::StatusOr<PredictResult>>> futures;
-    for (const auto& [begin, end] : ranges) futures.push_back(PredictFuture(SliceRows(call, begin, end)));
+    for (const auto& [begin, end] : ranges)
+      futures.push_back(PredictFuture(SliceRows(call, begin, end)));
     return Gather(futures, call.request_id);
   }
 
@@ -456,14 +457,15 @@ class GrpcClient final : public Client {
     auto* state = new State;
     Prepare(&state->ctx, deadline);
     state->req = std::move(request);
-    start(&state->ctx, &state->req, &state->resp, [state, done = std::move(done)](grpc::Status st) {
-      if (st.ok()) {
-        done(FromResponse(state->resp));
-      } else {
-        done(FromGrpc(st));
-      }
-      delete state;
-    });
+    start(&state->ctx, &state->req, &state->resp,
+          [state, done = std::move(done)](const grpc::Status& st) {
+            if (st.ok()) {
+              done(FromResponse(state->resp));
+            } else {
+              done(FromGrpc(st));
+            }
+            delete state;
+          });
   }
 
   void Prepare(grpc::ClientContext* ctx, std::optional<std::chrono::milliseconds> deadline) const {

@@ -17,11 +17,14 @@
 
 // `ZLPR_ASSIGN_OR_RETURN(auto x, MakeX());` declares `x` from an absl::StatusOr, or returns
 // its error status.
+// NOLINTBEGIN(bugprone-macro-parentheses): `lhs` is a declaration and `statusor` a name, which
+// parentheses would break.
 #define ZLPR_ASSIGN_OR_RETURN(lhs, expr) \
   ZLPR_ASSIGN_OR_RETURN_IMPL_(ZLPR_STATUS_CONCAT_(zlpr_statusor_, __LINE__), lhs, expr)
 #define ZLPR_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
   auto statusor = (expr);                                \
   if (!statusor.ok()) return statusor.status();          \
   lhs = std::move(statusor).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // ZLPR_COMMON_STATUS_MACROS_H_

@@ -49,8 +49,8 @@ inline bool MaskMatches(std::span<const int64_t> shape, uint64_t data_bytes, int
 
 enum class ThresholdsProblem {
   kNone,
-  kShape,        // neither [cols] nor [n, cols] of float32 with n >= 1 and matching bytes
-  kRowsDiffer,   // [n, cols] whose rows are not all the same (*row: the first that differs)
+  kShape,       // neither [cols] nor [n, cols] of float32 with n >= 1 and matching bytes
+  kRowsDiffer,  // [n, cols] whose rows are not all the same (*row: the first that differs)
 };
 
 // Per-column thresholds for `cols` columns: float32 [cols], or [n, cols] with n equal rows (a

@@ -42,7 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& t : request.inputs) {
     tensor_bytes += t.data.size();
     // A tensor's bytes are a view of the body or of the request's own storage.
-    const bool in_body = t.data.data() >= body.data() && t.data.data() + t.data.size() <= body.data() + body.size();
+    const bool in_body =
+        t.data.data() >= body.data() && t.data.data() + t.data.size() <= body.data() + body.size();
     bool owned = false;
     for (const std::string& o : request.owned) owned |= t.data.data() == o.data();
     Check(in_body || owned || t.data.empty(), "tensor bytes live in the body or the request");
@@ -59,7 +60,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using zlpr::server::oip::DataType;
     response.outputs.push_back(zlpr::server::oip::Output{
         .name = request.inputs[i].name,
-        .datatype = i % 3 == 0 ? DataType::kFp32 : (i % 3 == 1 ? DataType::kInt32 : DataType::kUint8),
+        .datatype =
+            i % 3 == 0 ? DataType::kFp32 : (i % 3 == 1 ? DataType::kInt32 : DataType::kUint8),
         .shape = {static_cast<int64_t>(request.inputs[i].data.size())},
         .data = std::string(request.inputs[i].data)});
   }

@@ -15,10 +15,10 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
-#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -91,8 +91,10 @@ std::string Exchange(int port, std::string_view bytes, bool request_close = fals
   }
   if (!connected) {
     int fds = 0;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) fds += e.exists() ? 1 : 0;
-    Check(false, "connect", std::string(std::strerror(errno)) + ", open fds " + std::to_string(fds));
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+      fds += e.exists() ? 1 : 0;
+    Check(false, "connect",
+          std::string(std::strerror(errno)) + ", open fds " + std::to_string(fds));
   }
   timeval timeout{.tv_sec = 5, .tv_usec = 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
@@ -163,8 +165,7 @@ void CheckResponses(std::string_view out, const std::vector<bool>& heads) {
     size_t used = 0;
     boost::beast::error_code ec;
     while (!parser.is_done() && used < out.size()) {
-      const size_t n =
-          parser.put(boost::asio::buffer(out.data() + used, out.size() - used), ec);
+      const size_t n = parser.put(boost::asio::buffer(out.data() + used, out.size() - used), ec);
       used += n;
       if (ec == bhttp::error::need_more) {
         ec = {};

@@ -48,7 +48,8 @@ absl::StatusOr<zlpr::server::LossResult> Run(const zlpr::server::LossJob& job) {
   r.cols = job.input.cols();
   r.loss.resize(job.rows());
   std::vector<float> grad(job.want_grad ? job.rows() * job.input.cols() : 0);
-  if (absl::Status st = Cpu().Loss(job.input, {r.loss.data(), job.want_grad ? grad.data() : nullptr});
+  if (absl::Status st =
+          Cpu().Loss(job.input, {r.loss.data(), job.want_grad ? grad.data() : nullptr});
       !st.ok()) {
     return st;
   }

@@ -136,7 +136,7 @@ __device__ __forceinline__ void LoadKeys(const Source& src, int64_t row, int64_t
 template <typename Pred>
 __device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh, bool* all,
                              uint64_t* kth) {
-  __syncthreads();  // the caller's last reads of sh are done
+  __syncthreads();           // the caller's last reads of sh are done
   sh.hist[threadIdx.x] = 0;  // kLabelThreads == 256 bins
   if (threadIdx.x == 0) {
     sh.prefix = 0;
@@ -187,7 +187,7 @@ __device__ int SelectLargest(const Pred& pred, int n, int want, LabelShared& sh,
         if (first && lane == 0) sh.total = static_cast<int>(total);
         const unsigned remaining = static_cast<unsigned>(sh.remaining);
         __syncwarp();  // every lane has read sh.remaining before one lane rewrites it
-        unsigned cum = suffix - local;  // in the buckets above this lane's
+        unsigned cum = suffix - local;                 // in the buckets above this lane's
         if (cum < remaining && remaining <= suffix) {  // exactly one lane
           for (int j = 7; j >= 0; --j) {
             if (cum + h[j] >= remaining) {

@@ -346,8 +346,7 @@ void LaunchSegmented(const Args<T>& a, void* workspace, const DeviceInfo& device
   }
   const int64_t segments = Segments(a.cols);
   const dim3 grid(static_cast<unsigned>(segments), rows);
-  if (allow_clusters && a.grad != nullptr && segments <= kMaxClusterSegments &&
-      device.major >= 9) {
+  if (allow_clusters && a.grad != nullptr && segments <= kMaxClusterSegments && device.major >= 9) {
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = dim3(G);

@@ -23,7 +23,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev curl openssl
   python3 python3-dev python3-pip python3-numpy python3-venv python3-torch prometheus
-  clang libclang-rt-14-dev libb64-0d
+  clang libclang-rt-14-dev clang-format clang-tidy libb64-0d
 )
 if [ "$build_only" = 1 ]; then
   packages=(build-essential cmake ninja-build pkg-config

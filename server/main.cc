@@ -1,7 +1,7 @@
 // zlpr-server: flags in, Server out; SIGTERM or SIGINT shut it down gracefully (exit 0), SIGHUP
 // reads --auth_token_file again.
 #include <malloc.h>
-#include <signal.h>
+#include <csignal>
 
 #include <algorithm>
 #include <cctype>
@@ -220,8 +220,7 @@ int main(int argc, char** argv) {
   options.min_transfer_rate = absl::GetFlag(FLAGS_min_transfer_bytes_per_s);
   options.grpc_keepalive = Milliseconds(absl::GetFlag(FLAGS_grpc_keepalive_s));
   options.grpc_keepalive_timeout = Milliseconds(absl::GetFlag(FLAGS_grpc_keepalive_timeout_s));
-  options.grpc_max_connection_idle =
-      Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_idle_s));
+  options.grpc_max_connection_idle = Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_idle_s));
   options.grpc_max_connection_age = Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_age_s));
   options.grpc_max_connection_age_grace =
       Milliseconds(absl::GetFlag(FLAGS_grpc_max_connection_age_grace_s));
@@ -247,8 +246,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
-  options.auth_token_grace =
-      std::chrono::milliseconds(static_cast<int64_t>(token_grace_s * 1000));
+  options.auth_token_grace = std::chrono::milliseconds(static_cast<int64_t>(token_grace_s * 1000));
   options.shutdown_grace = std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
 
   auto server = zlpr::server::Server::Start(options);

@@ -8,9 +8,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"
 #include "server/test_support.h"
@@ -71,18 +71,19 @@ std::string Infer(const std::string& model, const std::string& extra_headers,
 TEST(OipHttpHostileTest, APathThatIsNotUtf8IsAnsweredAndTheServerGoesOn) {
   auto server = StartHttpServer();
   ASSERT_NE(server, nullptr);
-  ExpectJsonError(RawExchange(server->http_port(),
-                              "GET /v2/health/\xff HTTP/1.1\r\nConnection: close\r\n\r\n"),
-                  404, "no such endpoint: GET /v2/health/\xef\xbf\xbd");
+  ExpectJsonError(
+      RawExchange(server->http_port(), "GET /v2/health/\xff HTTP/1.1\r\nConnection: close\r\n\r\n"),
+      404, "no such endpoint: GET /v2/health/\xef\xbf\xbd");
   ExpectStillServing(*server);
 }
 
 TEST(OipHttpHostileTest, AModelNameThatIsNotUtf8IsAnsweredAndTheServerGoesOn) {
   auto server = StartHttpServer();
   ASSERT_NE(server, nullptr);
-  ExpectJsonError(RawExchange(server->http_port(),
-                              "GET /v2/models/m\xc3\x28/config HTTP/1.1\r\nConnection: close\r\n\r\n"),
-                  404, "unknown model 'm\xef\xbf\xbd(");
+  ExpectJsonError(
+      RawExchange(server->http_port(),
+                  "GET /v2/models/m\xc3\x28/config HTTP/1.1\r\nConnection: close\r\n\r\n"),
+      404, "unknown model 'm\xef\xbf\xbd(");
   ExpectJsonError(RawExchange(server->http_port(), Infer("\xfe\xff", "", "{}")), 404,
                   "unknown model");
   ExpectStillServing(*server);
@@ -107,9 +108,8 @@ TEST(OipHttpHostileTest, ARawByteThatIsNotUtf8InsideAJsonStringIsAnsweredAndTheS
   ASSERT_NE(server, nullptr);
   ExpectJsonError(RawExchange(server->http_port(), Infer("zlpr_predict", "", "{\"id\":\"a\xff\"}")),
                   400, "the request is not valid JSON");
-  ExpectJsonError(
-      RawExchange(server->http_port(), Infer("zlpr_predict", "", "{\"\xc0\xaf\":1}")), 400,
-      "the request is not valid JSON");
+  ExpectJsonError(RawExchange(server->http_port(), Infer("zlpr_predict", "", "{\"\xc0\xaf\":1}")),
+                  400, "the request is not valid JSON");
   ExpectStillServing(*server);
 }
 
@@ -117,9 +117,9 @@ TEST(OipHttpHostileTest, HeadIsAnsweredWithTheHeaderOnly) {
   auto server = StartHttpServer();
   ASSERT_NE(server, nullptr);
   // Two requests in one write: the second answer must start right after the first one's header.
-  const std::string res =
-      RawExchange(server->http_port(),
-                  "HEAD /v2 HTTP/1.1\r\n\r\nGET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n");
+  const std::string res = RawExchange(
+      server->http_port(),
+      "HEAD /v2 HTTP/1.1\r\n\r\nGET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n");
   ASSERT_EQ(StatusOf(res), 200) << res;
   const size_t end = res.find("\r\n\r\n");
   ASSERT_NE(end, std::string::npos);
@@ -132,10 +132,12 @@ TEST(OipHttpHostileTest, ATransferEncodingOtherThanChunkedIsRefusedAndTheConnect
   auto server = StartHttpServer();
   ASSERT_NE(server, nullptr);
   const std::string smuggled = "GET /v2/health/live HTTP/1.1\r\n\r\n";
-  for (const char* te : {"xchunked", "chunked, gzip", "gzip", "chunked\r\nTransfer-Encoding: chunked"}) {
+  for (const char* te :
+       {"xchunked", "chunked, gzip", "gzip", "chunked\r\nTransfer-Encoding: chunked"}) {
     const std::string res = RawExchange(
         server->http_port(), absl::StrCat("POST /v2/models/zlpr_predict/infer HTTP/1.1\r\n"
-                                          "Transfer-Encoding: ", te, "\r\n\r\n", smuggled));
+                                          "Transfer-Encoding: ",
+                                          te, "\r\n\r\n", smuggled));
     // Beast refuses some forms itself ("bad Transfer-Encoding"), the binding the rest.
     ExpectJsonError(res, 400, "Transfer-Encoding");
     // One answer, not a second one for the body taken as a request.
@@ -171,9 +173,7 @@ TEST(OipHttpHostileTest, AKeyGivenTwiceIsRefused) {
 // A connection that has sent `header` and keeps its socket open.
 class OpenConnection {
  public:
-  OpenConnection(int port, const std::string& header) : fd_(ConnectLoopback(port)) {
-    Send(header);
-  }
+  OpenConnection(int port, const std::string& header) : fd_(ConnectLoopback(port)) { Send(header); }
   ~OpenConnection() { Close(); }
   void Send(const std::string& bytes) { (void)!write(fd_, bytes.data(), bytes.size()); }
   // Everything until the server closes the connection (or 10 s pass).
@@ -229,12 +229,12 @@ std::string PostHeader(size_t content_length, const std::string& extra = "") {
 
 // {"inputs":[scores [1, n] of -1 as binary]}, padded to `size` bytes with spaces in the JSON.
 std::pair<std::string, size_t> BinaryPredictBody(size_t n) {
-  const std::string header = absl::StrCat(
-      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,)", n,
-      R"(],"parameters":{"binary_data_size":)", 4 * n, R"(}}],"outputs":[{"name":"label_count"}]})");
+  const std::string header =
+      absl::StrCat(R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,)", n,
+                   R"(],"parameters":{"binary_data_size":)", 4 * n,
+                   R"(}}],"outputs":[{"name":"label_count"}]})");
   const std::vector<float> scores(n, -1.0f);
-  return {header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * n),
-          header.size()};
+  return {header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * n), header.size()};
 }
 
 // A client that half-closes its connection after its request has gone as far as a queued
@@ -319,9 +319,9 @@ TEST(OipHttpHostileTest, HealthChecksAreAnsweredWhenEveryConnectionIsTaken) {
                        "zlpr_open_connections{protocol=\"oip_http\"}") == 4;
   }));
   for (int i = 0; i < 20; ++i) {
-    EXPECT_EQ(StatusOf(RawExchange((*server)->http_port(),
-                                   "GET /v2/health/ready HTTP/1.1\r\n\r\n")),
-              200);
+    EXPECT_EQ(
+        StatusOf(RawExchange((*server)->http_port(), "GET /v2/health/ready HTTP/1.1\r\n\r\n")),
+        200);
   }
   const std::string other = RawExchange((*server)->http_port(), "GET /v2 HTTP/1.1\r\n\r\n");
   ExpectJsonError(other, 503, "only health checks are answered on this one");
@@ -329,7 +329,9 @@ TEST(OipHttpHostileTest, HealthChecksAreAnsweredWhenEveryConnectionIsTaken) {
 }
 
 TEST(OipHttpHostileTest, ABodyWaitsUnreadForMemoryAndIsAnsweredWhenItFrees) {
-  const auto [body, json_length] = BinaryPredictBody(250000);  // 1 MB
+  const auto payload = BinaryPredictBody(250000);  // 1 MB
+  const std::string& body = payload.first;
+  const size_t json_length = payload.second;
   // Room for one body's charge (2 MB) and its computation (2 MB more), not for two bodies.
   ServerOptions o = BudgetOptions(5 << 20);
   o.http_budget_wait = std::chrono::seconds(5);
@@ -354,7 +356,9 @@ TEST(OipHttpHostileTest, ABodyWaitsUnreadForMemoryAndIsAnsweredWhenItFrees) {
 }
 
 TEST(OipHttpHostileTest, ABodyThatWaitsTooLongIsAnswered429AndTheConnectionGoesOn) {
-  const auto [body, json_length] = BinaryPredictBody(250000);
+  const auto payload = BinaryPredictBody(250000);
+  const std::string& body = payload.first;
+  const size_t json_length = payload.second;
   ServerOptions o = BudgetOptions(3 << 20);
   o.http_budget_wait = std::chrono::milliseconds(300);
   o.http_timeout = std::chrono::seconds(30);  // the first client holds its body's memory
@@ -366,8 +370,7 @@ TEST(OipHttpHostileTest, ABodyThatWaitsTooLongIsAnswered429AndTheConnectionGoesO
   OpenConnection first((*server)->http_port(), header + body.substr(0, 1000));
   ASSERT_TRUE(WaitUntil([&] {
     return MetricValue(HttpGet((*server)->metrics_port(), "/metrics"),
-                       "zlpr_inflight_bytes{kind=\"held\"}") ==
-           2.0 * body.size();
+                       "zlpr_inflight_bytes{kind=\"held\"}") == 2.0 * body.size();
   }));
   OpenConnection second((*server)->http_port(), header + body);
   const std::string refused = second.ReadResponse();
@@ -396,12 +399,12 @@ TEST(OipHttpHostileTest, MetricsOnTheHttpPortNeedTheToken) {
   o.auth_token_file = token_file;
   auto server = Server::Start(o);
   ASSERT_TRUE(server.ok()) << server.status();
-  ExpectJsonError(RawExchange((*server)->http_port(),
-                              "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"),
-                  401, "needs a bearer token");
-  const std::string res =
-      RawExchange((*server)->http_port(),
-                  "GET /metrics HTTP/1.1\r\nAuthorization: bearer t0ken\r\nConnection: close\r\n\r\n");
+  ExpectJsonError(
+      RawExchange((*server)->http_port(), "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"),
+      401, "needs a bearer token");
+  const std::string res = RawExchange(
+      (*server)->http_port(),
+      "GET /metrics HTTP/1.1\r\nAuthorization: bearer t0ken\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(StatusOf(res), 200) << res.substr(0, 300);
   EXPECT_THAT(res, HasSubstr("zlpr_build_info"));
   (*server)->Shutdown();

@@ -8,13 +8,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"
 #include "server/test_support.h"
@@ -134,15 +134,14 @@ TEST(OipHttpTest, LargeJsonRequestsAndResponsesAreAnsweredRight) {
         const int k = c * 10 + i;
         std::vector<double> scores(kRows * kCols);
         for (int e = 0; e < kRows * kCols; ++e) scores[e] = ((e * 7 + k) % 11 - 5) / 4.0;
-        const std::string body =
-            json{{"id", std::to_string(k)},
-                 {"inputs",
-                  {{{"name", "scores"},
-                    {"datatype", "FP32"},
-                    {"shape", {kRows, kCols}},
-                    {"data", scores}}}},
-                 {"outputs", {{{"name", "probs"}}, {{"name", "label_count"}}}}}
-                .dump();
+        const std::string body = json{{"id", std::to_string(k)},
+                                      {"inputs",
+                                       {{{"name", "scores"},
+                                         {"datatype", "FP32"},
+                                         {"shape", {kRows, kCols}},
+                                         {"data", scores}}}},
+                                      {"outputs", {{{"name", "probs"}}, {{"name", "label_count"}}}}}
+                                     .dump();
         if (body.size() <= (64 << 10)) wrong.fetch_add(1000);  // not large enough to count
         auto res = conn.Post("/v2/models/zlpr_predict/infer", body);
         const json j = json::parse(res.body(), nullptr, false);
@@ -152,7 +151,7 @@ TEST(OipHttpTest, LargeJsonRequestsAndResponsesAreAnsweredRight) {
         }
         const json& probs = j["outputs"][0]["data"];
         const json& counts = j["outputs"][1]["data"];
-        if (probs.size() != static_cast<size_t>(kRows * kCols) || counts.size() != kRows) {
+        if (probs.size() != static_cast<size_t>(kRows) * kCols || counts.size() != kRows) {
           wrong.fetch_add(1);
           continue;
         }
@@ -198,7 +197,9 @@ TEST(OipHttpTest, ShutdownAnswersTheRequestsInFlight) {
         Connection conn(server->http_port());
         while (!stop.load()) {
           const auto res = conn.Post("/v2/models/zlpr_predict/infer", PredictBody(1));
-          (res.result_int() == 200 ? ok : res.result_int() == 503 ? unavailable : other)
+          (res.result_int() == 200   ? ok
+           : res.result_int() == 503 ? unavailable
+                                     : other)
               .fetch_add(1);
           if (res.result_int() != 200) break;
         }
@@ -231,8 +232,8 @@ TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
     leaving.Send("/v2/models/zlpr_predict/infer", PredictBody(1));
     ASSERT_TRUE(WaitUntil([&] { return metric("zlpr_queue_depth{op=\"predict\"}") == 1; }));
   }  // the client goes away without its answer
-  EXPECT_TRUE(WaitUntil(
-      [&] { return metric("zlpr_rejected_requests_total{reason=\"cancelled\"}") == 1; }));
+  EXPECT_TRUE(
+      WaitUntil([&] { return metric("zlpr_rejected_requests_total{reason=\"cancelled\"}") == 1; }));
   EXPECT_EQ(metric("zlpr_queue_depth{op=\"predict\"}"), 0);
   EXPECT_EQ(metric("zlpr_rows_total{op=\"predict\"}"), 0);
   // A client that stays gets its answer after the same wait: the watch does not take a live
@@ -262,14 +263,13 @@ TEST(OipHttpTest, AnHttpPortInUseFailsTheStartCleanly) {
 // answered 429); one and a half bodies refuses it before reading it.
 TEST(OipHttpTest, TheBodyIsChargedUntilItIsParsedNotWhileTheRequestIsComputed) {
   constexpr int kCols = 250000;
-  const std::string header =
-      json{{"inputs",
-            {{{"name", "scores"},
-              {"datatype", "FP32"},
-              {"shape", {1, kCols}},
-              {"parameters", {{"binary_data_size", 4 * kCols}}}}}},
-           {"outputs", {{{"name", "label_count"}}}}}
-          .dump();
+  const std::string header = json{{"inputs",
+                                   {{{"name", "scores"},
+                                     {"datatype", "FP32"},
+                                     {"shape", {1, kCols}},
+                                     {"parameters", {{"binary_data_size", 4 * kCols}}}}}},
+                                  {"outputs", {{{"name", "label_count"}}}}}
+                                 .dump();
   const std::vector<float> scores(kCols, -1.0f);  // p = 0.12 everywhere: no label
   const std::string body =
       header + std::string(reinterpret_cast<const char*>(scores.data()), 4 * kCols);
@@ -281,7 +281,7 @@ TEST(OipHttpTest, TheBodyIsChargedUntilItIsParsedNotWhileTheRequestIsComputed) {
     for (int i = 0; i < 3; ++i) {  // and nothing is left charged after each
       auto res = conn.Post("/v2/models/zlpr_predict/infer", body, header.size());
       ASSERT_EQ(res.result_int(), 200) << res.body();
-      EXPECT_EQ(json::parse(res.body())["outputs"][0]["data"], json({0}));
+      EXPECT_EQ(json::parse(res.body())["outputs"][0]["data"], json::array({0}));
     }
   }
   auto server = StartServer(3 * size / 2);

@@ -180,8 +180,7 @@ class TokenFileTest : public ::testing::Test {
     fs::rename(next, path_);  // as a secret volume swaps it: atomically
   }
 
-  const fs::path path_ =
-      fs::temp_directory_path() / ("zlpr_token_" + std::to_string(::getpid()));
+  const fs::path path_ = fs::temp_directory_path() / ("zlpr_token_" + std::to_string(::getpid()));
   std::unique_ptr<Server> server_;
   std::unique_ptr<v1::ZlprService::Stub> stub_;
 };

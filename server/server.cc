@@ -11,12 +11,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/time/clock.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "google/protobuf/stubs/logging.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
@@ -84,9 +84,8 @@ std::string SecondsText(std::chrono::milliseconds d) {
 absl::Status CheckSeconds(const char* flag, std::chrono::milliseconds value,
                           std::chrono::milliseconds low, std::chrono::milliseconds high) {
   if (value >= low && value <= high) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", SecondsText(value),
-                                                 ": must be ", SecondsText(low), " to ",
-                                                 SecondsText(high)));
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", SecondsText(value), ": must be ",
+                                                 SecondsText(low), " to ", SecondsText(high)));
 }
 
 template <typename T>
@@ -126,7 +125,8 @@ void RateLimitedProtobufLog(google::protobuf::LogLevel level, const char* file, 
   static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
   std::fprintf(stderr, "[libprotobuf %s %s:%d] %s", kLevels[level], file, line, message.c_str());
   if (report_suppressed > 0) {
-    std::fprintf(stderr, " (%lld similar lines suppressed)", static_cast<long long>(report_suppressed));
+    std::fprintf(stderr, " (%lld similar lines suppressed)",
+                 static_cast<long long>(report_suppressed));
   }
   std::fprintf(stderr, "\n");
 }
@@ -142,8 +142,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
         absl::StrCat("--http_address=", o.http_address, ": must be HOST:PORT"));
   }
   ZLPR_RETURN_IF_ERROR(CheckRange("http_threads", o.http_threads, 0, kMaxHttpThreads));
-  ZLPR_RETURN_IF_ERROR(CheckRange("http_max_connections", o.http_max_connections, 1,
-                                  kMaxHttpConnections));
+  ZLPR_RETURN_IF_ERROR(
+      CheckRange("http_max_connections", o.http_max_connections, 1, kMaxHttpConnections));
   ZLPR_RETURN_IF_ERROR(
       CheckSeconds("http_timeout_s", o.http_timeout, kMinIoTimeout, kMaxIoTimeout));
   ZLPR_RETURN_IF_ERROR(
@@ -160,8 +160,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
        {std::pair{"grpc_max_connection_idle_s", o.grpc_max_connection_idle},
         std::pair{"grpc_max_connection_age_s", o.grpc_max_connection_age},
         std::pair{"grpc_max_connection_age_grace_s", o.grpc_max_connection_age_grace}}) {
-    ZLPR_RETURN_IF_ERROR(CheckSeconds(flag, value, std::chrono::milliseconds(0),
-                                      std::chrono::hours(24 * 365)));
+    ZLPR_RETURN_IF_ERROR(
+        CheckSeconds(flag, value, std::chrono::milliseconds(0), std::chrono::hours(24 * 365)));
   }
   ZLPR_RETURN_IF_ERROR(CheckRange("threads", o.threads, 0, kMaxThreads));
   ZLPR_RETURN_IF_ERROR(
@@ -311,25 +311,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
 
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->metrics_ = std::make_unique<Metrics>(*s->registry_, Version(), s->backend_name_, cuda_devices);
-  CoreOptions core_options{
-      .batcher = options.batcher,
-      .max_message_bytes = options.max_message_bytes,
-      .max_inflight_bytes =
-          options.max_inflight_bytes != 0 ? options.max_inflight_bytes : DefaultMemoryShare(),
-      .write_timeout = options.write_timeout,
-      .min_transfer_rate = options.min_transfer_rate};
+  CoreOptions core_options{.batcher = options.batcher,
+                           .max_message_bytes = options.max_message_bytes,
+                           .max_inflight_bytes = options.max_inflight_bytes != 0
+                                                     ? options.max_inflight_bytes
+                                                     : DefaultMemoryShare(),
+                           .write_timeout = options.write_timeout,
+                           .min_transfer_rate = options.min_transfer_rate};
   if (!options.auth_token_file.empty()) {
-    ZLPR_ASSIGN_OR_RETURN(s->tokens_, TokenStore::FromFile(options.auth_token_file,
-                                                           absl::FromChrono(options.auth_token_grace)));
+    ZLPR_ASSIGN_OR_RETURN(
+        s->tokens_,
+        TokenStore::FromFile(options.auth_token_file, absl::FromChrono(options.auth_token_grace)));
   }
   ZLPR_ASSIGN_OR_RETURN(const TlsPem tls, ReadTls(options));
   Metrics* metrics = s->metrics_.get();
-  auto credentials = ServerCredentials(tls, s->tokens_.get(),
-                                       [metrics] { metrics->OnRejected(Reject::kUnauthenticated); });
+  auto credentials = ServerCredentials(
+      tls, s->tokens_.get(), [metrics] { metrics->OnRejected(Reject::kUnauthenticated); });
   s->core_ = std::make_unique<InferenceCore>(core_options, std::move(backends), metrics);
   // Freed request memory goes back to the system once the load has gone (see Reclaimer).
-  s->reclaimer_ = std::make_unique<Reclaimer>(&s->core_->budget(), kReclaimPeriod,
-                                              kReclaimMinBytes);
+  s->reclaimer_ =
+      std::make_unique<Reclaimer>(&s->core_->budget(), kReclaimPeriod, kReclaimMinBytes);
 
   if (!options.metrics_address.empty()) {
     try {
@@ -376,9 +377,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // The transport's own memory (connections, messages being received or sent) is bounded too:
   // under pressure gRPC shrinks its flow-control windows, so clients send more slowly.
   grpc::ResourceQuota quota("zlpr-server");
-  quota.Resize(static_cast<size_t>(options.transport_memory_bytes != 0
-                                       ? options.transport_memory_bytes
-                                       : DefaultMemoryShare()));
+  quota.Resize(static_cast<size_t>(
+      options.transport_memory_bytes != 0 ? options.transport_memory_bytes : DefaultMemoryShare()));
   builder.SetResourceQuota(quota);
   if (options.echo) {
     s->echo_ = std::make_unique<EchoService>();
@@ -386,7 +386,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     s->backend_name_ = "echo";
     s->devices_ = {"echo (no compute)"};
   } else {
-    s->zlpr_v1_ = std::make_unique<ZlprV1Service>(s->core_.get(), ZlprV1Options{.version = Version()});
+    s->zlpr_v1_ =
+        std::make_unique<ZlprV1Service>(s->core_.get(), ZlprV1Options{.version = Version()});
     builder.RegisterService(s->zlpr_v1_.get());
     // The Open Inference Protocol on the same port, over the same core.
     s->inference_ = std::make_unique<oip::InferenceService>(
@@ -465,10 +466,9 @@ absl::Status Server::ReloadAuthToken() {
     return changed.status();
   }
   if (*changed) {
-    std::fprintf(stderr,
-                 "zlpr-server: new bearer token from %s; the previous one is accepted for %.0f s\n",
-                 tokens_->path().c_str(),
-                 std::chrono::duration<double>(options_.auth_token_grace).count());
+    std::fprintf(
+        stderr, "zlpr-server: new bearer token from %s; the previous one is accepted for %.0f s\n",
+        tokens_->path().c_str(), std::chrono::duration<double>(options_.auth_token_grace).count());
   }
   return absl::OkStatus();
 }

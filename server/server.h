@@ -66,8 +66,8 @@ struct ServerOptions {
   std::chrono::milliseconds grpc_max_connection_idle{std::chrono::minutes(30)};
   std::chrono::milliseconds grpc_max_connection_age{0};
   std::chrono::milliseconds grpc_max_connection_age_grace{std::chrono::minutes(1)};
-  std::string backend = "auto";     // auto | cpu | cuda
-  std::vector<int> devices;         // CUDA devices; empty: all visible
+  std::string backend = "auto";  // auto | cpu | cuda
+  std::vector<int> devices;      // CUDA devices; empty: all visible
   // Device memory each CUDA backend's buffers may hold; 0: no limit of ours (CudaOptions).
   int64_t cuda_memory_limit_bytes = 0;
   int threads = 0;  // CPU backend threads; 0: all cores

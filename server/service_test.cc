@@ -12,6 +12,7 @@
 #include <optional>
 #include <regex>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -21,9 +22,9 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
-#include "inference/grpc_service.grpc.pb.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "kernels/test_util.h"
 #include "server/server.h"
 #include "server/test_support.h"
@@ -107,7 +108,7 @@ class ServiceTest : public ::testing::Test {
     o.metrics_address = "127.0.0.1:0";
     o.backend = "cpu";
     o.threads = 2;
-    o.batcher = batcher;
+    o.batcher = std::move(batcher);
     o.shutdown_grace = std::chrono::seconds(20);
     if (tweak) tweak(o);
     auto s = backends_.empty() ? Server::Start(o) : Server::Start(o, std::move(backends_));
@@ -173,22 +174,25 @@ TEST(ServerStartTest, OptionsOutOfRangeAreRefusedNamingTheFlag) {
       {[](ServerOptions& o) { o.shutdown_grace = std::chrono::milliseconds(-1000); },
        "--shutdown_grace_s=-1: must be 0 to 3600"},
   };
-  cases.push_back({[](ServerOptions& o) { o.devices = {0, 2, 0}; },
-                   "--devices: device 0 is listed twice"});
-  cases.push_back({[](ServerOptions& o) { o.cuda_memory_limit_bytes = -1; },
-                   "--cuda_memory_limit_bytes=-1: must be 0 to 1125899906842624"});
-  cases.push_back({[](ServerOptions& o) { o.http_timeout = milliseconds(10); },
-                   "--http_timeout_s=0.01: must be 0.1 to 3600"});
-  cases.push_back({[](ServerOptions& o) { o.write_timeout = milliseconds(-2000); },
-                   "--write_timeout_s=-2: must be 0.1 to 3600"});
-  cases.push_back({[](ServerOptions& o) { o.min_transfer_rate = 10; },
-                   "--min_transfer_bytes_per_s=10: must be 1024 to 1099511627776"});
-  cases.push_back({[](ServerOptions& o) { o.http_budget_wait = std::chrono::hours(1); },
-                   "--http_budget_wait_s=3600: must be 0 to 600"});
-  cases.push_back({[](ServerOptions& o) { o.grpc_keepalive = milliseconds(0); },
-                   "--grpc_keepalive_s=0: must be 1 to 86400"});
-  cases.push_back({[](ServerOptions& o) { o.grpc_max_connection_age = milliseconds(-1000); },
-                   "--grpc_max_connection_age_s=-1: must be 0 to 31536000"});
+  cases.emplace_back(
+      [](ServerOptions& o) {
+        o.devices = {0, 2, 0};
+      },
+      "--devices: device 0 is listed twice");
+  cases.emplace_back([](ServerOptions& o) { o.cuda_memory_limit_bytes = -1; },
+                     "--cuda_memory_limit_bytes=-1: must be 0 to 1125899906842624");
+  cases.emplace_back([](ServerOptions& o) { o.http_timeout = milliseconds(10); },
+                     "--http_timeout_s=0.01: must be 0.1 to 3600");
+  cases.emplace_back([](ServerOptions& o) { o.write_timeout = milliseconds(-2000); },
+                     "--write_timeout_s=-2: must be 0.1 to 3600");
+  cases.emplace_back([](ServerOptions& o) { o.min_transfer_rate = 10; },
+                     "--min_transfer_bytes_per_s=10: must be 1024 to 1099511627776");
+  cases.emplace_back([](ServerOptions& o) { o.http_budget_wait = std::chrono::hours(1); },
+                     "--http_budget_wait_s=3600: must be 0 to 600");
+  cases.emplace_back([](ServerOptions& o) { o.grpc_keepalive = milliseconds(0); },
+                     "--grpc_keepalive_s=0: must be 1 to 86400");
+  cases.emplace_back([](ServerOptions& o) { o.grpc_max_connection_age = milliseconds(-1000); },
+                     "--grpc_max_connection_age_s=-1: must be 0 to 31536000");
   for (const auto& [change, message] : cases) {
     ServerOptions o;
     o.grpc_address = "127.0.0.1:0";
@@ -432,7 +436,8 @@ TEST_F(ServiceTest, InvalidLossRequestsGetInvalidArgumentNamingFieldRowAndColumn
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"invalid\"}") == 10;
   }));
   EXPECT_EQ(MetricValue(Metrics(),
-                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}"),
+                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\","
+                        "protocol=\"zlpr_v1\"}"),
             10);
 }
 
@@ -484,7 +489,7 @@ TEST_F(ServiceTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   v1::LossResponse first_resp;
   calls.Add();
   stub_->async()->ComputeLoss(&first_ctx, &req, &first_resp,
-                              [&](grpc::Status st) { calls.Done(st); });
+                              [&](const grpc::Status& st) { calls.Done(st); });
   ASSERT_TRUE(
       WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}") == 1; }));
   grpc::ClientContext ctx;
@@ -529,7 +534,7 @@ TEST_F(ServiceTest, ARequestCancelledWhileQueuedIsNotComputed) {
   grpc::ClientContext ctx;
   v1::PredictResponse resp;
   calls.Add();
-  stub_->async()->Predict(&ctx, &req, &resp, [&](grpc::Status st) { calls.Done(st); });
+  stub_->async()->Predict(&ctx, &req, &resp, [&](const grpc::Status& st) { calls.Done(st); });
   ASSERT_TRUE(
       WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"predict\"}") == 1; }));
   ctx.TryCancel();
@@ -605,9 +610,7 @@ TEST_F(ServiceTest, AStreamWhoseClientStopsReadingIsCancelledAndItsMemoryReturne
   for (int i = 0; i < 6; ++i) {
     if (!stream->Write(req)) break;
   }
-  const auto held = [&] {
-    return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}");
-  };
+  const auto held = [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}"); };
   EXPECT_TRUE(WaitUntil([&] {
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"slow_reader\"}") >= 1;
   }));
@@ -643,8 +646,8 @@ TEST_F(ServiceTest, AnInferenceStreamWhoseClientStopsReadingIsCancelledAndItsMem
   EXPECT_TRUE(WaitUntil([&] {
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"slow_reader\"}") >= 1;
   }));
-  EXPECT_TRUE(WaitUntil(
-      [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
+  EXPECT_TRUE(
+      WaitUntil([&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
   inference::ModelStreamInferResponse resp;
   while (stream->Read(&resp)) {
   }
@@ -698,11 +701,10 @@ grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const s
   grpc::ByteBuffer request(&slice, 1), response;
   absl::Mutex mu;
   std::optional<grpc::Status> status;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status st) {
-                   absl::MutexLock lock(&mu);
-                   status = std::move(st);
-                 });
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
+    absl::MutexLock lock(&mu);
+    status = std::move(st);
+  });
   absl::MutexLock lock(&mu);
   mu.Await(absl::Condition(
       +[](std::optional<grpc::Status>* s) { return s->has_value(); }, &status));
@@ -723,9 +725,15 @@ TEST_F(ServiceTest, AnUnparseableUnaryRequestGetsInvalidArgumentAndIsCounted) {
     }
   }
   const std::string m = Metrics();
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}"),
+  EXPECT_EQ(MetricValue(m,
+                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"ComputeLoss\","
+                        "protocol=\"zlpr_v1\"}"),
             2);
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"Predict\",protocol=\"zlpr_v1\"}"), 2);
+  EXPECT_EQ(
+      MetricValue(
+          m,
+          "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method=\"Predict\",protocol=\"zlpr_v1\"}"),
+      2);
   EXPECT_EQ(MetricValue(m, "zlpr_rejected_requests_total{reason=\"invalid\"}"), 4);
   // The server goes on.
   v1::PredictRequest req;
@@ -756,8 +764,9 @@ TEST_F(ServiceTest, AStreamMessageThatDoesNotParseEndsTheStreamWithInvalidArgume
   EXPECT_THAT(st.error_message(), HasSubstr("stream message 1: the message"));
   EXPECT_THAT(st.error_message(), HasSubstr("is not a valid zlpr.v1.PredictRequest"));
   EXPECT_THAT(st.error_message(), HasSubstr("the messages sent after it were not answered"));
-  EXPECT_EQ(MetricValue(Metrics(), "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method="
-                                   "\"StreamPredict\",protocol=\"zlpr_v1\"}"),
+  EXPECT_EQ(MetricValue(Metrics(),
+                        "zlpr_requests_total{code=\"INVALID_ARGUMENT\",method="
+                        "\"StreamPredict\",protocol=\"zlpr_v1\"}"),
             1);
 }
 
@@ -788,9 +797,8 @@ TEST_F(ServiceTest, TheMemoryBudgetRefusesWhatItCannotCoverAndIsReturnedAfterwar
   }
   // Within it: answered, and the budget is whole again afterwards, also over a stream.
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(WaitUntil([&] {
-      return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0;
-    }));
+    ASSERT_TRUE(WaitUntil(
+        [&] { return MetricValue(Metrics(), "zlpr_inflight_bytes{kind=\"held\"}") == 0; }));
     grpc::ClientContext ctx;
     EXPECT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(half, false, false), &resp).ok());
   }
@@ -868,7 +876,9 @@ TEST_F(ServiceTest, OpenInferenceProtocolRequestsTakeTheSamePathAndBatchWithZlpr
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(bad.error_message(), HasSubstr("input 'labels': datatype INT64 is not allowed"));
   const std::string m = Metrics();
-  EXPECT_EQ(MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ModelInfer\",protocol=\"oip_grpc\"}"), 1);
+  EXPECT_EQ(MetricValue(
+                m, "zlpr_requests_total{code=\"OK\",method=\"ModelInfer\",protocol=\"oip_grpc\"}"),
+            1);
   EXPECT_EQ(MetricValue(m, "zlpr_rows_total{op=\"loss\"}"), 25);
 }
 
@@ -908,7 +918,7 @@ TEST_F(ServiceTest, ConcurrentRequestsAreMergedIntoOneBatch) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     calls.Add();
     stub_->async()->Predict(ctxs[i].get(), &reqs[i], &resps[i],
-                            [&](grpc::Status st) { calls.Done(st); });
+                            [&](const grpc::Status& st) { calls.Done(st); });
   }
   for (grpc::StatusCode c : calls.Wait()) EXPECT_EQ(c, grpc::StatusCode::OK);
   for (int i = 0; i < kCalls; ++i) {
@@ -940,13 +950,15 @@ TEST_F(ServiceTest, GracefulShutdownUnderLoadAnswersEveryAcceptedRequest) {
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     calls.Add();
     stub_->async()->ComputeLoss(ctxs[i].get(), &req, &resps[i],
-                                [&](grpc::Status st) { calls.Done(st); });
+                                [&](const grpc::Status& st) { calls.Done(st); });
   }
   // Every call accepted (queued or running) before the shutdown starts.
   ASSERT_TRUE(WaitUntil([&] {
     const std::string m = Metrics();
     return MetricValue(m, "zlpr_inflight_requests") +
-               MetricValue(m, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}") ==
+               MetricValue(m,
+                           "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_"
+                           "v1\"}") ==
            kCalls;
   }));
   server_->Shutdown();
@@ -970,7 +982,9 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
   std::string body;
   ASSERT_TRUE(WaitUntil([&] {
     body = Metrics();
-    return MetricValue(body, "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}") == 1;
+    return MetricValue(
+               body,
+               "zlpr_requests_total{code=\"OK\",method=\"ComputeLoss\",protocol=\"zlpr_v1\"}") == 1;
   }));
   // Every line is a comment or `name{labels} value` in the text exposition format.
   const std::regex sample(R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfaN]+$)");
@@ -1053,8 +1067,8 @@ TEST_F(ServiceTest, WhenNoBackendCanComputeHealthTurnsNotServingAndCallsGetUnava
   const grpc::Status st = predict();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(st.error_message(), "cuda:7 is unusable: the test broke it");
-  EXPECT_TRUE(WaitUntil(
-      [&] { return status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING; }));
+  EXPECT_TRUE(
+      WaitUntil([&] { return status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING; }));
   // The Open Inference Protocol's readiness says the same.
   auto oip = inference::GRPCInferenceService::NewStub(channel_);
   grpc::ClientContext ctx;

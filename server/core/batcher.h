@@ -101,23 +101,7 @@ class Batcher {
   // UNAVAILABLE after Shutdown()) and returns that status.
   template <typename Job>
   absl::Status Enqueue(Task<Job> task) {
-    absl::Status refused;
-    {
-      absl::MutexLock lock(&mu_);
-      Queue<Job>& q = std::get<Queue<Job>>(queues_);
-      if (shutdown_) {
-        refused = absl::UnavailableError("the server is shutting down");
-      } else if (static_cast<int64_t>(q.tasks.size()) >= options_.max_queue_size) {
-        refused = absl::ResourceExhaustedError("the request queue is full (" +
-                                               std::to_string(options_.max_queue_size) +
-                                               " requests waiting); retry later");
-      } else {
-        task.enqueued_at = clock_->Now();
-        q.rows += task.job.rows();
-        q.tasks.push_back(std::move(task));
-        DepthChanged(q);
-      }
-    }
+    absl::Status refused = TryQueue(task);
     if (!refused.ok()) {
       NotComputed<Job>(refused);
       task.done(refused);
@@ -174,6 +158,16 @@ class Batcher {
   // again now, and drop it if it is still queued.
   void Wake() { cv_.SignalAll(); }
 
+  // Hands queued tasks out at once, without waiting for the delay, and new ones as they come
+  // (the calls accepted before a shutdown still send theirs).
+  void Drain() {
+    {
+      absl::MutexLock lock(&mu_);
+      draining_ = true;
+    }
+    cv_.SignalAll();
+  }
+
   // Refuses new tasks; queued ones are still handed out (at once, without waiting for the
   // delay), after which NextBatch returns nullopt.
   void Shutdown() {
@@ -194,6 +188,24 @@ class Batcher {
     int64_t rows = 0;
     size_t last_batch_tasks = 0;  // tasks in the queue's previous batch
   };
+
+  // Moves `task` into its queue, or leaves it (and says why) when it cannot be queued.
+  template <typename Job>
+  absl::Status TryQueue(Task<Job>& task) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    Queue<Job>& q = std::get<Queue<Job>>(queues_);
+    if (shutdown_) return absl::UnavailableError("the server is shutting down");
+    if (static_cast<int64_t>(q.tasks.size()) >= options_.max_queue_size) {
+      return absl::ResourceExhaustedError("the request queue is full (" +
+                                          std::to_string(options_.max_queue_size) +
+                                          " requests waiting); retry later");
+    }
+    task.enqueued_at = clock_->Now();
+    q.rows += task.job.rows();
+    q.tasks.push_back(std::move(task));
+    DepthChanged(q);
+    return absl::OkStatus();
+  }
 
   template <typename Job>
   void DepthChanged(const Queue<Job>& q) {
@@ -244,7 +256,7 @@ class Batcher {
   SteadyTime DueLocked(const Queue<Job>& q) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (q.tasks.empty()) return SteadyTime::max();
     const SteadyTime head = q.tasks.front().enqueued_at;
-    const bool wait = q.rows < options_.max_batch_rows && !shutdown_ &&
+    const bool wait = q.rows < options_.max_batch_rows && !shutdown_ && !draining_ &&
                       (!options_.adaptive_delay || q.last_batch_tasks > 1);
     return wait ? head + options_.max_queue_delay : head;
   }
@@ -312,6 +324,7 @@ class Batcher {
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
   std::tuple<Queue<Jobs>...> queues_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -45,7 +45,7 @@ class BatcherTest : public ::testing::Test {
     o.max_queue_delay = microseconds(delay_us);
     o.max_queue_size = queue;
     o.on_not_computed = [this](JobKind kind, const absl::Status& why) {
-      not_computed_.push_back({kind, why.code()});
+      not_computed_.emplace_back(kind, why.code());
     };
     return o;
   }
@@ -54,7 +54,7 @@ class BatcherTest : public ::testing::Test {
     fates_.push_back(std::make_shared<Fate>());
     Task<Job> t;
     t.job = Job{.n = rows, .id = id};
-    t.done = [fate = fates_.back()](absl::StatusOr<FakeResult> r) {
+    t.done = [fate = fates_.back()](const absl::StatusOr<FakeResult>& r) {
       fate->answered = true;
       fate->why = r.status();
     };
@@ -208,7 +208,7 @@ TEST_F(BatcherTest, TheDueQueueWithTheOldestRequestGoesFirst) {
 TEST_F(BatcherTest, ReportsEachQueuesDepthByJobKind) {
   BatcherOptions o = Options(8, 100);
   std::vector<std::pair<JobKind, int64_t>> depths;
-  o.on_depth = [&](JobKind kind, int64_t depth) { depths.push_back({kind, depth}); };
+  o.on_depth = [&](JobKind kind, int64_t depth) { depths.emplace_back(kind, depth); };
   TestBatcher b(o, &clock_);
   ASSERT_TRUE(b.Enqueue(Make<JobA>(1)).ok());
   ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());

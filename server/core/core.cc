@@ -10,9 +10,9 @@
 namespace zlpr::server {
 
 const char* RejectName(Reject reason) {
-  static const char* const kNames[] = {"queue_full",    "deadline",        "cancelled",
-                                       "invalid",       "shutting_down",   "unauthenticated",
-                                       "too_large",     "memory",          "slow_reader"};
+  static const char* const kNames[] = {"queue_full", "deadline",      "cancelled",
+                                       "invalid",    "shutting_down", "unauthenticated",
+                                       "too_large",  "memory",        "slow_reader"};
   static_assert(std::size(kNames) == static_cast<size_t>(Reject::kCount));
   return kNames[static_cast<int>(reason)];
 }
@@ -103,8 +103,8 @@ class InferenceCore::Reporter final : public ExecutionListener {
     core_->listener_->OnBatchDone(worker, backend);
   }
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override {
-    std::fprintf(stderr, "zlpr-server: worker %zu's backend cannot compute: %s (%d left)\n",
-                 worker, std::string(why.message()).c_str(), healthy_left);
+    std::fprintf(stderr, "zlpr-server: worker %zu's backend cannot compute: %s (%d left)\n", worker,
+                 std::string(why.message()).c_str(), healthy_left);
     core_->listener_->OnBackendUnhealthy(worker, why, healthy_left);
     if (healthy_left == 0 && core_->on_unusable_) core_->on_unusable_(why);
   }
@@ -114,8 +114,8 @@ class InferenceCore::Reporter final : public ExecutionListener {
 };
 
 InferenceCore::InferenceCore(const CoreOptions& options,
-                             std::vector<std::unique_ptr<Backend>> backends,
-                             CoreListener* listener, Clock* clock)
+                             std::vector<std::unique_ptr<Backend>> backends, CoreListener* listener,
+                             Clock* clock)
     : options_(options),
       listener_(listener != nullptr ? listener : NoListener::Get()),
       clock_(clock),
@@ -145,14 +145,15 @@ void InferenceCore::BeginShutdown() {
     absl::MutexLock lock(&calls_mu_);
     shutting_down_.store(true);
   }
-  batcher_.Shutdown();  // queued requests run now, without waiting to fill a batch
+  batcher_.Drain();  // queued requests run now, without waiting to fill a batch
   streams_.DrainAll();
 }
 
 bool InferenceCore::WaitForAcceptedCalls(absl::Time deadline) {
   absl::MutexLock lock(&calls_mu_);
-  return calls_mu_.AwaitWithDeadline(
-      absl::Condition(+[](int64_t* n) { return *n == 0; }, &accepted_calls_), deadline);
+  return calls_mu_.AwaitWithDeadline(absl::Condition(
+                                         +[](int64_t* n) { return *n == 0; }, &accepted_calls_),
+                                     deadline);
 }
 
 void InferenceCore::Stop() {
@@ -173,9 +174,9 @@ void InferenceCore::CallEnds(bool accepted) {
   --accepted_calls_;
 }
 
-Admission InferenceCore::Admit(MethodId method) {
+Admission InferenceCore::Admit(MethodId method, const CallScope& call) {
   listener_->OnInflight(1);
-  return Admission(this, method, clock_->Now());
+  return Admission(this, method, call.accepted(), clock_->Now());
 }
 
 void InferenceCore::Rejected(Reject reason) { listener_->OnRejected(reason); }
@@ -187,16 +188,16 @@ absl::Status InferenceCore::CheckResponseSize(int64_t bytes) {
 }
 
 template <typename Job>
-void InferenceCore::EnqueueJob(Admission* admission, CallControl control, Job job,
-                               int64_t response_bytes,
-                               absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done) {
+void InferenceCore::EnqueueJob(
+    Admission* admission, CallControl control, Job job, int64_t response_bytes,
+    absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done) {
   JobStatistics& stats = stats_[static_cast<int>(Job::kKind)];
   auto reject = [&](const absl::Status& st, Reject reason) {
     listener_->OnRejected(reason);
     stats.fail.Add(0);
     done(st);
   };
-  if (shutting_down()) {
+  if (admission->Late()) {
     return reject(absl::UnavailableError("the server is shutting down"), Reject::kShuttingDown);
   }
   const int64_t limit = options_.max_message_bytes;
@@ -211,8 +212,7 @@ void InferenceCore::EnqueueJob(Admission* admission, CallControl control, Job jo
   Task<Job> task{.job = std::move(job),
                  .deadline = deadline,
                  .cancelled = std::move(control.cancelled),
-                 .done = [this, deadline, &stats, queued = clock_->Now(),
-                          done = std::move(done)](
+                 .done = [this, deadline, &stats, queued = clock_->Now(), done = std::move(done)](
                              absl::StatusOr<typename Job::Result> result) mutable {
                    const SteadyTime now = clock_->Now();
                    if (result.ok() && now > deadline) listener_->OnLateResult();
@@ -226,19 +226,20 @@ void InferenceCore::EnqueueJob(Admission* admission, CallControl control, Job jo
 void InferenceCore::Enqueue(Admission* admission, CallControl control, LossJob job,
                             int64_t response_bytes,
                             absl::AnyInvocable<void(absl::StatusOr<LossResult>)> done) {
-  EnqueueJob(admission, std::move(control), std::move(job), response_bytes, std::move(done));
+  EnqueueJob(admission, std::move(control), job, response_bytes, std::move(done));
 }
 
 void InferenceCore::Enqueue(Admission* admission, CallControl control, PredictJob job,
                             int64_t response_bytes,
                             absl::AnyInvocable<void(absl::StatusOr<PredictResult>)> done) {
-  EnqueueJob(admission, std::move(control), std::move(job), response_bytes, std::move(done));
+  EnqueueJob(admission, std::move(control), job, response_bytes, std::move(done));
 }
 
 // --- CallScope ------------------------------------------------------------------------------
 
 CallScope::CallScope(CallScope&& other) noexcept
-    : core_(std::exchange(other.core_, nullptr)), accepted_(std::exchange(other.accepted_, false)) {}
+    : core_(std::exchange(other.core_, nullptr)),
+      accepted_(std::exchange(other.accepted_, false)) {}
 
 CallScope& CallScope::operator=(CallScope&& other) noexcept {
   if (this != &other) {
@@ -260,6 +261,7 @@ void CallScope::End() {
 Admission::Admission(Admission&& other) noexcept
     : core_(std::exchange(other.core_, nullptr)),
       method_(other.method_),
+      accepted_(other.accepted_),
       start_(other.start_),
       finished_(std::exchange(other.finished_, true)),
       lease_(std::move(other.lease_)),
@@ -270,6 +272,7 @@ Admission& Admission::operator=(Admission&& other) noexcept {
     End();
     core_ = std::exchange(other.core_, nullptr);
     method_ = other.method_;
+    accepted_ = other.accepted_;
     start_ = other.start_;
     finished_ = std::exchange(other.finished_, true);
     lease_ = std::move(other.lease_);
@@ -278,10 +281,12 @@ Admission& Admission::operator=(Admission&& other) noexcept {
   return *this;
 }
 
+bool Admission::Late() const { return !accepted_ && core_->shutting_down(); }
+
 absl::Status Admission::Charge(int64_t message_bytes) {
   InferenceCore& core = *core_;
   core.listener_->OnRequestBytes(message_bytes);
-  if (core.shutting_down()) {
+  if (Late()) {
     core.listener_->OnRejected(Reject::kShuttingDown);
     return absl::UnavailableError("the server is shutting down");
   }
@@ -296,7 +301,7 @@ absl::Status Admission::Charge(int64_t message_bytes) {
 
 absl::Status Admission::Adopt(MemoryBudget::Lease lease) {
   lease_ = std::move(lease);
-  if (!core_->shutting_down()) return absl::OkStatus();
+  if (!Late()) return absl::OkStatus();
   core_->listener_->OnRejected(Reject::kShuttingDown);
   return absl::UnavailableError("the server is shutting down");
 }
@@ -312,9 +317,9 @@ void Admission::Finish(absl::StatusCode code, int64_t response_bytes) {
 void Admission::WatchWrite(int64_t bytes, absl::AnyInvocable<void()> cancel) {
   DisarmWrite();
   const CoreOptions& o = core_->options_;
-  const auto transfer = std::chrono::milliseconds(static_cast<int64_t>(
-      1000.0 * static_cast<double>(bytes) /
-      static_cast<double>(std::max<int64_t>(1, o.min_transfer_rate))));
+  const auto transfer = std::chrono::milliseconds(
+      static_cast<int64_t>(1000.0 * static_cast<double>(bytes) /
+                           static_cast<double>(std::max<int64_t>(1, o.min_transfer_rate))));
   CoreListener* listener = core_->listener_;
   watch_ = core_->watchdog_.Arm(Watchdog::Clock::now() + o.write_timeout + transfer,
                                 [listener, cancel = std::move(cancel)]() mutable {

@@ -9,7 +9,7 @@
 //   const MethodId predict = core.RegisterMethod("Predict", "zlpr_v1");   // at assembly
 //   core.Start();
 //   ... per call:    CallScope call = core.BeginCall();                // counted for the drain
-//   ... per request: Admission a = core.Admit(predict);                // in flight, on the clock
+//   ... per request: Admission a = core.Admit(predict, call);          // in flight, on the clock
 //                    if (absl::Status st = a.Charge(message_bytes); !st.ok()) ...
 //                    core.Enqueue(&a, control, std::move(job), response_bytes, done);
 //                    a.Finish(code);                                  // its outcome, recorded
@@ -155,12 +155,13 @@ class Admission {
   Admission& operator=(Admission&& other) noexcept;
   ~Admission() { End(); }
 
-  // Refuses the request while shutting down (UNAVAILABLE), else charges the memory budget
+  // Refuses the request when it came after shutdown began (UNAVAILABLE), else charges the memory
+  // budget
   // twice `message_bytes` (the parsed message and the batch's copy of its tensors):
   // RESOURCE_EXHAUSTED when it cannot cover them. Counted either way.
   absl::Status Charge(int64_t message_bytes);
-  // Takes over memory the front end obtained itself (MemoryBudget::Wait); UNAVAILABLE while
-  // shutting down.
+  // Takes over memory the front end obtained itself (MemoryBudget::Wait); UNAVAILABLE when the
+  // request came after shutdown began.
   absl::Status Adopt(MemoryBudget::Lease lease);
   // More bytes for what the front end holds besides (a response's text); false when the
   // budget cannot cover them.
@@ -186,12 +187,15 @@ class Admission {
 
  private:
   friend class InferenceCore;
-  Admission(InferenceCore* core, MethodId method, SteadyTime start)
-      : core_(core), method_(method), start_(start) {}
+  Admission(InferenceCore* core, MethodId method, bool accepted, SteadyTime start)
+      : core_(core), method_(method), accepted_(accepted), start_(start) {}
   void End();
+  // Refused: the request came after shutdown began.
+  bool Late() const;
 
   InferenceCore* core_ = nullptr;
   MethodId method_ = 0;
+  bool accepted_ = false;  // its call was accepted before shutdown began
   SteadyTime start_{};
   bool finished_ = false;
   MemoryBudget::Lease lease_;
@@ -231,8 +235,9 @@ class InferenceCore {
   // to (Backend::health()): the process can no longer serve. Before Start().
   void OnUnusable(std::function<void(const absl::Status&)> f) { on_unusable_ = std::move(f); }
   void Start();
-  // New requests get UNAVAILABLE; open streams are asked to end (DrainRegistry) once they have
-  // answered what they accepted; queued requests are still computed, at once.
+  // New calls' requests get UNAVAILABLE; open streams are asked to end (DrainRegistry) once
+  // they have answered what they accepted; queued requests, and those of calls accepted before,
+  // are still computed, at once.
   void BeginShutdown();
   // Waits until every call accepted before BeginShutdown() ended, or `deadline`; false then.
   bool WaitForAcceptedCalls(absl::Time deadline);
@@ -240,10 +245,13 @@ class InferenceCore {
   void Stop();
 
   CallScope BeginCall();
-  // A request of `method` enters: counted in flight, its clock started.
-  Admission Admit(MethodId method);
+  // A request of `method`, of `call`, enters: counted in flight, its clock started. A request
+  // of a call accepted before shutdown began is still taken (shutdown waits for it); others are
+  // refused from then on (Charge, Adopt, Enqueue: UNAVAILABLE).
+  Admission Admit(MethodId method, const CallScope& call);
 
-  // Queues a converted job: refused while shutting down (UNAVAILABLE), when its response
+  // Queues a converted job: refused when it came after shutdown began (UNAVAILABLE), when its
+  // response
   // (`response_bytes`, its dense size) cannot fit the message limit (OUT_OF_RANGE), or when
   // the budget cannot cover twice that response besides what `admission` holds
   // (RESOURCE_EXHAUSTED), or when its queue is full. `done` runs exactly once, from this thread

@@ -54,24 +54,26 @@ class Recorder final : public CoreListener {
 
 class CoreTest : public ::testing::Test {
  protected:
-  void Make(CoreOptions options = {}) {
+  void Make(const CoreOptions& options = {}) {
     std::vector<std::unique_ptr<Backend>> backends;
     backends.push_back(NewCpuBackend({.threads = 1}));
     core_ = std::make_unique<InferenceCore>(options, std::move(backends), &recorder_);
     method_ = core_->RegisterMethod("Predict", "test");
     core_->Start();
+    call_ = core_->BeginCall();
   }
 
   Recorder recorder_;
   std::unique_ptr<InferenceCore> core_;
   MethodId method_ = -1;
+  CallScope call_;  // the call the tests' requests belong to (no call: not accepted)
 };
 
 TEST_F(CoreTest, AnAdmissionEndsWhateverPathTheRequestTook) {
   Make({.max_inflight_bytes = 1000});
   EXPECT_EQ(recorder_.methods.size(), 1u);
   {
-    Admission a = core_->Admit(method_);
+    Admission a = core_->Admit(method_, call_);
     EXPECT_EQ(recorder_.inflight.load(), 1);
     ASSERT_TRUE(a.Charge(100).ok());  // twice the message
     EXPECT_EQ(core_->budget().held(), 200);
@@ -82,7 +84,7 @@ TEST_F(CoreTest, AnAdmissionEndsWhateverPathTheRequestTook) {
   ASSERT_EQ(recorder_.Done().size(), 1u);
   EXPECT_EQ(recorder_.Done()[0].second, absl::StatusCode::kCancelled);
   {
-    Admission a = core_->Admit(method_);
+    Admission a = core_->Admit(method_, call_);
     a.Finish(absl::StatusCode::kOk);
     a.Finish(absl::StatusCode::kInternal);  // once only
     Admission moved = std::move(a);         // the moved-from one ends nothing
@@ -92,21 +94,42 @@ TEST_F(CoreTest, AnAdmissionEndsWhateverPathTheRequestTook) {
   EXPECT_EQ(recorder_.inflight.load(), 0);
 }
 
-TEST_F(CoreTest, ChargesAreRefusedOverTheBudgetAndWhileShuttingDown) {
+TEST_F(CoreTest, ChargesAreRefusedOverTheBudget) {
   Make({.max_inflight_bytes = 1000});
-  Admission big = core_->Admit(method_);
+  Admission big = core_->Admit(method_, call_);
   const absl::Status over = big.Charge(501);
   EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(over.message().find("--max_inflight_bytes"), std::string::npos);
   EXPECT_EQ(recorder_.Rejected(Reject::kMemory), 1);
+}
+
+// Shutdown waits for the calls it accepted: their requests are still taken (and computed),
+// those of calls that came after are refused.
+TEST_F(CoreTest, AfterShutdownBeganOnlyTheCallsAcceptedBeforeItAreServed) {
+  Make();
   core_->BeginShutdown();
-  Admission late = core_->Admit(method_);
+  const CallScope late_call = core_->BeginCall();
+  Admission late = core_->Admit(method_, late_call);
   EXPECT_EQ(late.Charge(1).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(recorder_.Rejected(Reject::kShuttingDown), 1);
+  Admission accepted = core_->Admit(method_, call_);
+  ASSERT_TRUE(accepted.Charge(12).ok());
+  const std::vector<float> scores = {2.0f, -2.0f, 0.1f};
+  LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 3}};
+  absl::Notification done;
+  absl::Status status = absl::UnknownError("not run");
+  core_->Enqueue(&accepted, CallControl{}, PredictJob{.input = *ValidateLabelerInput(in)}, 100,
+                 [&](const absl::StatusOr<PredictResult>& r) {
+                   status = r.status();
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  EXPECT_TRUE(status.ok()) << status;
 }
 
 TEST_F(CoreTest, ShutdownWaitsForTheCallsAcceptedBeforeIt) {
   Make();
+  call_.End();
   CallScope before = core_->BeginCall();
   EXPECT_TRUE(before.accepted());
   core_->BeginShutdown();
@@ -123,7 +146,7 @@ TEST_F(CoreTest, AJobIsComputedAndItsResponseMemoryCharged) {
   LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 3}};
   absl::StatusOr<ValidatedLabelerInput> valid = ValidateLabelerInput(in);
   ASSERT_TRUE(valid.ok());
-  Admission a = core_->Admit(method_);
+  Admission a = core_->Admit(method_, call_);
   ASSERT_TRUE(a.Charge(12).ok());
   absl::Notification done;
   absl::StatusOr<PredictResult> result;
@@ -145,46 +168,48 @@ TEST_F(CoreTest, AResponseThatCannotFitTheMessageLimitIsRefusedBeforeItIsCompute
   Make({.max_message_bytes = 1000});
   const std::vector<float> scores = {1.0f};
   LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 1}};
-  Admission a = core_->Admit(method_);
+  Admission a = core_->Admit(method_, call_);
   absl::Status status;
   core_->Enqueue(&a, CallControl{}, PredictJob{.input = *ValidateLabelerInput(in)}, 1001,
-                 [&](absl::StatusOr<PredictResult> r) { status = r.status(); });
+                 [&](const absl::StatusOr<PredictResult>& r) { status = r.status(); });
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(recorder_.Rejected(Reject::kTooLarge), 1);
   EXPECT_EQ(recorder_.kernel_calls.load(), 0);
 }
 
-TEST_F(CoreTest, AWriteNotDoneInTimeCancelsItsCallUnlessDisarmed) {
+TEST_F(CoreTest, AWriteNotDoneInTimeCancelsItsCall) {
   Make({.write_timeout = milliseconds(20), .min_transfer_rate = 1 << 20});
   absl::Notification cancelled;
   {
-    Admission a = core_->Admit(method_);
+    Admission a = core_->Admit(method_, call_);
     a.WatchWrite(0, [&] { cancelled.Notify(); });
     EXPECT_TRUE(cancelled.WaitForNotificationWithTimeout(absl::Seconds(5)));
   }
   EXPECT_EQ(recorder_.Rejected(Reject::kSlowReader), 1);
+}
+
+TEST_F(CoreTest, AWriteWatchDisarmedOrEndedWithItsAdmissionNeverFires) {
+  Make({.write_timeout = std::chrono::hours(1)});
   std::atomic<bool> fired{false};
   {
-    Admission a = core_->Admit(method_);
+    Admission a = core_->Admit(method_, call_);
     a.WatchWrite(0, [&] { fired.store(true); });
-    a.DisarmWrite();
+    a.DisarmWrite();  // from here on the callback cannot run
   }
-  absl::SleepFor(absl::Milliseconds(60));
-  EXPECT_FALSE(fired.load());
-  // The destructor disarms too.
   {
-    Admission a = core_->Admit(method_);
-    a.WatchWrite(1 << 20, [&] { fired.store(true); });  // 1 s more for a MiB
-  }
-  absl::SleepFor(absl::Milliseconds(60));
+    Admission a = core_->Admit(method_, call_);
+    a.WatchWrite(1 << 20, [&] { fired.store(true); });
+  }  // the destructor disarms
+  EXPECT_EQ(core_->watchdog().fired(), 0);
   EXPECT_FALSE(fired.load());
+  EXPECT_EQ(recorder_.Rejected(Reject::kSlowReader), 0);
 }
 
 TEST_F(CoreTest, ABodyTheFrontEndFoundMemoryForIsAdopted) {
   Make({.max_inflight_bytes = 1000});
   std::optional<MemoryBudget::Lease> lease = core_->budget().TryAcquire(300);
   ASSERT_TRUE(lease.has_value());
-  Admission a = core_->Admit(method_);
+  Admission a = core_->Admit(method_, call_);
   ASSERT_TRUE(a.Adopt(*std::move(lease)).ok());
   EXPECT_EQ(a.bytes(), 300);
   a.ShrinkTo(100);

@@ -146,12 +146,12 @@ std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
     r.cols = cols;
     r.grad_dtype = job->grad_dtype;
     if (grad_in_place) {
-      r.grad = std::move(whole_grad);
+      r.grad = std::exchange(whole_grad, {});  // a lone job: the kernel wrote its bytes
     } else if (job->want_grad) {
       r.grad = Narrowed(grad_.data() + row0 * cols, n * cols, job->grad_dtype);
     }
     r.timing = {.compute_seconds = call.seconds, .batch_rows = rows};
-    out.push_back(std::move(r));
+    out.emplace_back(std::move(r));
     row0 += n;
   }
   return out;
@@ -189,13 +189,13 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
     r.labels.probs.assign(all.probs.begin() + first, all.probs.begin() + last);
     r.cols = cols;
     if (probs_in_place) {
-      r.probs = std::move(whole_probs);
+      r.probs = std::exchange(whole_probs, {});  // a lone job: the kernel wrote its bytes
     } else if (want_probs) {
       r.probs.assign(reinterpret_cast<const char*>(probs_.data() + row0 * cols),
                      static_cast<size_t>(n * cols) * sizeof(float));
     }
     r.timing = {.compute_seconds = call.seconds, .batch_rows = rows};
-    out.push_back(std::move(r));
+    out.emplace_back(std::move(r));
     row0 += n;
   }
   return out;

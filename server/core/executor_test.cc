@@ -106,7 +106,8 @@ struct Data {
   Data(int64_t rows, int64_t cols, float base = 0)
       : scores(rows * cols), labels(rows * cols, 0.0f) {
     for (int64_t i = 0; i < rows * cols; ++i) {
-      scores[i] = base + static_cast<float>((i / cols) * 10 + i % cols);
+      const int64_t row = i / cols;  // whole rows: the row's base value
+      scores[i] = base + static_cast<float>(row * 10 + i % cols);
     }
   }
 };
@@ -259,7 +260,7 @@ std::vector<absl::StatusCode> RunThroughWorkers(std::vector<std::unique_ptr<Back
     in.scores = {d.scores.data(), DType::kFloat32, 1, 3};
     in.labels = MatrixView{d.labels.data(), DType::kFloat32, 1, 3};
     Task<LossJob> task{.job = LossJob{.input = *ValidateLossInput(in)},
-                       .done = [&](absl::StatusOr<LossResult> r) {
+                       .done = [&](const absl::StatusOr<LossResult>& r) {
                          absl::MutexLock lock(&mu);
                          codes.push_back(r.status().code());
                        }};

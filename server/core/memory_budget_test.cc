@@ -26,7 +26,7 @@ TEST(MemoryBudgetTest, LeasesNeverOverdrawAndAreReturnedWhenDestroyed) {
   EXPECT_EQ(a->bytes(), 100);
   EXPECT_EQ(budget.held(), 100);
   MemoryBudget::Lease moved = *std::move(a);
-  a.reset();  // the moved-from lease returns nothing
+  a.reset();  // NOLINT(bugprone-use-after-move): the moved-from lease returns nothing
   EXPECT_EQ(budget.held(), 100);
   moved.Reset();
   EXPECT_EQ(budget.held(), 0);
@@ -160,10 +160,11 @@ TEST(MemoryBudgetTest, ConcurrentWaitersAreAllServedAndTheBudgetIsNeverOverdrawn
       for (int i = 0; i < 2000; ++i) {
         absl::Notification got;
         MemoryBudget::Lease lease;
-        MemoryBudget::Ticket ticket = budget.Wait(100 + (t * 37 + i) % 400, [&](MemoryBudget::Lease l) {
-          lease = std::move(l);
-          got.Notify();
-        });
+        MemoryBudget::Ticket ticket =
+            budget.Wait(100 + (t * 37 + i) % 400, [&](MemoryBudget::Lease l) {
+              lease = std::move(l);
+              got.Notify();
+            });
         got.WaitForNotification();
         int64_t held = budget.held(), prev = max_held.load();
         while (held > prev && !max_held.compare_exchange_weak(prev, held)) {

@@ -59,7 +59,7 @@ bool TokenStore::Accepts(std::string_view authorization) const {
   constexpr std::string_view kBearer = "bearer";
   if (authorization.size() <= kBearer.size() ||
       !absl::EqualsIgnoreCase(absl::string_view(authorization.data(), kBearer.size()),
-                               absl::string_view(kBearer.data(), kBearer.size())) ||
+                              absl::string_view(kBearer.data(), kBearer.size())) ||
       authorization[kBearer.size()] != ' ') {
     return false;
   }

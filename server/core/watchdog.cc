@@ -40,7 +40,8 @@ void Watchdog::Disarm(Id id) {
     Id id;
   };
   Firing firing{&firing_, id};
-  mu_.Await(absl::Condition(+[](Firing* f) { return *f->firing != f->id; }, &firing));
+  mu_.Await(absl::Condition(
+      +[](Firing* f) { return *f->firing != f->id; }, &firing));
 }
 
 int64_t Watchdog::fired() const {
@@ -65,8 +66,8 @@ void Watchdog::Run() {
       mu_.AwaitWithTimeout(
           absl::Condition(
               +[](Wake* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                return w->w->stop_ || (!w->w->due_.empty() &&
-                                       w->w->due_.begin()->first.second != w->earliest);
+                return w->w->stop_ ||
+                       (!w->w->due_.empty() && w->w->due_.begin()->first.second != w->earliest);
               },
               &wake),
           absl::FromChrono(until - now));

@@ -63,7 +63,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     auto* raw = const_cast<grpc::ByteBuffer*>(raw_in);
     InferenceCore& core = protocol_->core();
     call_ = core.BeginCall();
-    admission_ = core.Admit(protocol_->method());
+    admission_ = core.Admit(protocol_->method(), call_);
     const auto bytes = static_cast<int64_t>(raw->Length());
     if (absl::Status st = admission_.Charge(bytes); !st.ok()) {
       raw->Clear();
@@ -170,7 +170,7 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     InferenceCore& core = protocol_->core();
     auto message = std::make_shared<Message>();
-    message->admission = core.Admit(protocol_->method());
+    message->admission = core.Admit(protocol_->method(), call_);
     const auto bytes = static_cast<int64_t>(raw->Length());
     auto done = [this, seq, message](const absl::Status& st) {
       message->request.reset();
@@ -336,7 +336,7 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a message did not parse (or serialize)
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;               // a message did not parse (or serialize)
   uint64_t failed_seq_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;  // the first such message
   grpc::Status failed_status_ ABSL_GUARDED_BY(mu_);
 };

@@ -163,8 +163,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return Close();
     }
     if (admission_.has_value()) admission_->Finish(absl::StatusCode::kInternal);
-    Send(app_->Error(500, "the server could not handle this request (an internal error, logged "
-                          "by the server)"),
+    Send(app_->Error(500,
+                     "the server could not handle this request (an internal error, logged "
+                     "by the server)"),
          /*close=*/true);
   }
 
@@ -191,9 +192,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
           ec != net::error::eof && ec != net::error::operation_aborted) {
         // A malformed request line or header (or one over 16 KiB): say so, then close.
         core_->Rejected(Reject::kInvalid);
-        return Send(
-            app_->Error(400, absl::StrCat("the request's header could not be read: ", ec.message())),
-            /*close=*/true);
+        return Send(app_->Error(400, absl::StrCat("the request's header could not be read: ",
+                                                  ec.message())),
+                    /*close=*/true);
       }
       return Close();
     }
@@ -229,8 +230,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     if (options().tokens != nullptr && !health) {
       const auto it = req.find(bhttp::field::authorization);
-      if (it == req.end() || !options().tokens->Accepts(
-                                 std::string_view(it->value().data(), it->value().size()))) {
+      if (it == req.end() ||
+          !options().tokens->Accepts(std::string_view(it->value().data(), it->value().size()))) {
         core_->Rejected(Reject::kUnauthenticated);
         Response res = app_->Error(
             401, it == req.end() ? "this server needs a bearer token (authorization: Bearer ...)"
@@ -243,7 +244,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     // A request answered from its header takes no body: a body is not read, and the connection
     // closes after the answer.
     if (route.answer.has_value()) return Send(*std::move(route.answer), has_body_);
-    admission_ = core_->Admit(route.method);
+    call_ = core_->BeginCall();
+    admission_ = core_->Admit(route.method, call_);
     ReadBody();
   }
 
@@ -257,9 +259,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // A request's body: its size checked from the header, its memory found before it is read.
   void ReadBody() {
     const Request& req = parser_->get();
-    if (core_->shutting_down()) {
+    if (!call_.accepted()) {
       core_->Rejected(Reject::kShuttingDown);
-      return Refuse(absl::StatusCode::kUnavailable, app_->Error(503, "the server is shutting down"));
+      return Refuse(absl::StatusCode::kUnavailable,
+                    app_->Error(503, "the server is shutting down"));
     }
     if (const auto it = req.find(bhttp::field::content_encoding);
         it != req.end() && it->value() != "identity") {
@@ -273,8 +276,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       // A chunked body's size is not known before it is read: refuse it rather than read blind.
       core_->Rejected(Reject::kInvalid);
       return Refuse(absl::StatusCode::kInvalidArgument,
-                    app_->Error(411, "send the request with a Content-Length (chunked bodies are "
-                                     "not read)"));
+                    app_->Error(411,
+                                "send the request with a Content-Length (chunked bodies are "
+                                "not read)"));
     }
     const uint64_t length = *parser_->content_length();
     if (length > static_cast<uint64_t>(options().max_message_bytes)) {
@@ -419,7 +423,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         core_->Rejected(Reject::kCancelled);
         admission_->Finish(absl::StatusCode::kCancelled);
       }
-      admission_.reset();
+      EndRequest();
       return Close();
     }
     if (discarding_) {
@@ -429,7 +433,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     Request req = parser_->release();
     keep_alive_ = req.keep_alive();
-    call_ = core_->BeginCall();
     handling_ = true;
     auto gone = std::make_shared<std::atomic<bool>>(false);
     app_->Handle(std::move(req), path_, &*admission_,
@@ -573,8 +576,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool discarding_ = false;  // refused: read and dropped, then refusal_ is sent
   uint64_t discarded_ = 0;
   std::optional<Response> refusal_;
-  bool handling_ = false;  // the application has the request: the disconnect watch is on
-  bool failed_ = false;    // a step threw: the connection is closing
+  bool handling_ = false;          // the application has the request: the disconnect watch is on
+  bool failed_ = false;            // a step threw: the connection is closing
   std::shared_ptr<void> writing_;  // the answer being written
   SteadyClock::time_point write_start_{};
   uint64_t written_ = 0;
@@ -584,39 +587,37 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 }  // namespace
 
 void FrontEnd::Impl::Accept() {
-  acceptor.async_accept(
-      net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
-        if (ec == net::error::operation_aborted || stopping.load()) return;
-        if (!ec) {
-          // Over the connection limit and its reserve for health checks: closed at once (the
-          // client sees a reset and retries). In the reserve: health checks only (Session).
-          int open;
-          {
-            absl::MutexLock lock(&connections_mu);
-            open = connections;
-            if (open < options.max_connections + options.reserved_connections) ++connections;
-          }
-          if (open >= options.max_connections + options.reserved_connections) {
-            beast::error_code ignored;
-            socket.close(ignored);
-          } else {
-            const bool reserve = open >= options.max_connections;
-            // Small answers go out at once, not held back for a delayed ACK.
-            beast::error_code ignored;
-            socket.set_option(tcp::no_delay(true), ignored);
-            beast::tcp_stream stream(std::move(socket));
-            if (tls) {
-              std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
-                  this, beast::ssl_stream<beast::tcp_stream>(std::move(stream), *tls), reserve)
-                  ->Start();
-            } else {
-              std::make_shared<Session<beast::tcp_stream>>(this, std::move(stream), reserve)
-                  ->Start();
-            }
-          }
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || stopping.load()) return;
+    if (!ec) {
+      // Over the connection limit and its reserve for health checks: closed at once (the
+      // client sees a reset and retries). In the reserve: health checks only (Session).
+      int open;
+      {
+        absl::MutexLock lock(&connections_mu);
+        open = connections;
+        if (open < options.max_connections + options.reserved_connections) ++connections;
+      }
+      if (open >= options.max_connections + options.reserved_connections) {
+        beast::error_code ignored;
+        socket.close(ignored);
+      } else {
+        const bool reserve = open >= options.max_connections;
+        // Small answers go out at once, not held back for a delayed ACK.
+        beast::error_code ignored;
+        socket.set_option(tcp::no_delay(true), ignored);
+        beast::tcp_stream stream(std::move(socket));
+        if (tls) {
+          std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+              this, beast::ssl_stream<beast::tcp_stream>(std::move(stream), *tls), reserve)
+              ->Start();
+        } else {
+          std::make_shared<Session<beast::tcp_stream>>(this, std::move(stream), reserve)->Start();
         }
-        Accept();
-      });
+      }
+    }
+    Accept();
+  });
 }
 
 FrontEnd::FrontEnd(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -628,8 +629,8 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(const Options& options
     try {
       ssl::context& ctx = impl->tls.emplace(ssl::context::tls_server);
       ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
-                      ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
+                      ssl::context::single_dh_use);
       ctx.use_certificate_chain_file(options.tls_cert_file);
       ctx.use_private_key_file(options.tls_key_file, ssl::context::pem);
       if (!options.tls_client_ca_file.empty()) {
@@ -637,8 +638,8 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(const Options& options
         ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
       }
     } catch (const boost::system::system_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls_cert/--tls_key/--tls_client_ca for the HTTP port: ", e.what()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls_cert/--tls_key/--tls_client_ca for the HTTP port: ", e.what()));
     }
   }
   // HOST:PORT or [V6]:PORT; the host may be a name.
@@ -698,9 +699,9 @@ void FrontEnd::Stop(std::chrono::milliseconds flush) {
   // Answers being written get `flush`; then every connection is dropped with the I/O threads.
   {
     absl::MutexLock lock(&i->connections_mu);
-    i->connections_mu.AwaitWithTimeout(
-        absl::Condition(+[](int* n) { return *n == 0; }, &i->connections),
-        absl::FromChrono(flush));
+    i->connections_mu.AwaitWithTimeout(absl::Condition(
+                                           +[](int* n) { return *n == 0; }, &i->connections),
+                                       absl::FromChrono(flush));
   }
   {
     absl::MutexLock lock(&i->gate->mu);

@@ -61,8 +61,8 @@ class Application {
   // A request with its body, admitted: `admission` holds the body's memory and records the
   // outcome (Handle's to Finish); both live until the answer is written. `control` says when
   // the client went away.
-  virtual void Handle(Request request, const Path& path, Admission* admission,
-                      CallControl control, std::function<void(Response)> respond) = 0;
+  virtual void Handle(Request request, const Path& path, Admission* admission, CallControl control,
+                      std::function<void(Response)> respond) = 0;
 
   // The application's form of an error answer.
   virtual Response Error(int status, const std::string& message) const = 0;

@@ -25,13 +25,15 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   using namespace prometheus;
   requests_family_ = &BuildCounter()
                           .Name("zlpr_requests_total")
-                          .Help("Requests (stream messages count one each) by method, protocol "
-                                "(zlpr_v1, oip_grpc, oip_http) and status code")
+                          .Help(
+                              "Requests (stream messages count one each) by method, protocol "
+                              "(zlpr_v1, oip_grpc, oip_http) and status code")
                           .Register(registry);
   duration_family_ = &BuildHistogram()
                           .Name("zlpr_request_duration_seconds")
-                          .Help("Time from a request's arrival to its response, by method and "
-                                "protocol")
+                          .Help(
+                              "Time from a request's arrival to its response, by method and "
+                              "protocol")
                           .Register(registry);
   auto& queue = BuildHistogram()
                     .Name("zlpr_queue_duration_seconds")
@@ -72,16 +74,18 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                    .Add({});
   auto& inflight_bytes = BuildGauge()
                              .Name("zlpr_inflight_bytes")
-                             .Help("Bytes of the memory budget held by requests in flight, and "
-                                   "the budget (--max_inflight_bytes)")
+                             .Help(
+                                 "Bytes of the memory budget held by requests in flight, and "
+                                 "the budget (--max_inflight_bytes)")
                              .Register(registry);
   inflight_bytes_ = &inflight_bytes.Add({{"kind", "held"}});
   inflight_bytes_limit_ = &inflight_bytes.Add({{"kind", "limit"}});
   connections_family_ = &BuildGauge()
                              .Name("zlpr_open_connections")
-                             .Help("Connections a front end holds open, by protocol (oip_http: "
-                                   "--http_max_connections and the few beyond it kept for "
-                                   "health checks)")
+                             .Help(
+                                 "Connections a front end holds open, by protocol (oip_http: "
+                                 "--http_max_connections and the few beyond it kept for "
+                                 "health checks)")
                              .Register(registry);
   auto& rejected = BuildCounter()
                        .Name("zlpr_rejected_requests_total")
@@ -92,8 +96,9 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   }
   late_results_ = &BuildCounter()
                        .Name("zlpr_late_results_total")
-                       .Help("Requests computed whose deadline had passed by the time the result "
-                             "was ready (the expiry came after the batch was cut): wasted work")
+                       .Help(
+                           "Requests computed whose deadline had passed by the time the result "
+                           "was ready (the expiry came after the batch was cut): wasted work")
                        .Register(registry)
                        .Add({});
   request_bytes_ = &BuildCounter()
@@ -120,8 +125,9 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
     for (int d : cuda_devices) device_memory_.push_back(&mem.Add({{"device", std::to_string(d)}}));
     auto& healthy = BuildGauge()
                         .Name("zlpr_device_healthy")
-                        .Help("1 while the device can compute, 0 once a CUDA error broke its "
-                              "context (the process must be restarted)")
+                        .Help(
+                            "1 while the device can compute, 0 once a CUDA error broke its "
+                            "context (the process must be restarted)")
                         .Register(registry);
     for (int d : cuda_devices) {
       device_healthy_.push_back(&healthy.Add({{"device", std::to_string(d)}}));
@@ -130,8 +136,7 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   }
 }
 
-void Metrics::OnMethodRegistered(MethodId id, std::string_view method,
-                                 std::string_view protocol) {
+void Metrics::OnMethodRegistered(MethodId id, std::string_view method, std::string_view protocol) {
   if (static_cast<size_t>(id) >= methods_.size()) methods_.resize(id + 1);
   MethodHandles& h = methods_[id];
   const std::string m(method), p(protocol);

@@ -30,11 +30,10 @@ const std::vector<TensorSpec>& InputSpecs(std::string_view model) {
 }
 
 const std::vector<TensorSpec>& OutputSpecs(std::string_view model) {
-  static const std::vector<TensorSpec> predict = {
-      {"probs", DataType::kFp32, {-1, -1}},
-      {"labels", DataType::kInt32, {-1, -1}},
-      {"label_probs", DataType::kFp32, {-1, -1}},
-      {"label_count", DataType::kInt32, {-1}}};
+  static const std::vector<TensorSpec> predict = {{"probs", DataType::kFp32, {-1, -1}},
+                                                  {"labels", DataType::kInt32, {-1, -1}},
+                                                  {"label_probs", DataType::kFp32, {-1, -1}},
+                                                  {"label_count", DataType::kInt32, {-1}}};
   static const std::vector<TensorSpec> loss = {{"loss", DataType::kFp32, {-1}},
                                                {"grad", DataType::kFp32, {-1, -1}}};
   return model == kLossModel ? loss : predict;
@@ -42,8 +41,8 @@ const std::vector<TensorSpec>& OutputSpecs(std::string_view model) {
 
 absl::Status CheckModel(std::string_view name, std::string_view version) {
   if (name != kPredictModel && name != kLossModel) {
-    return absl::NotFoundError(absl::StrFormat(
-        "unknown model '%s': zlpr-server serves zlpr_predict and zlpr_loss", name));
+    return absl::NotFoundError(
+        absl::StrFormat("unknown model '%s': zlpr-server serves zlpr_predict and zlpr_loss", name));
   }
   if (!version.empty() && version != "1") {
     return absl::NotFoundError(
@@ -56,7 +55,7 @@ namespace {
 
 std::string Names(const std::vector<TensorSpec>& specs) {
   std::vector<std::string> names;
-  for (const TensorSpec& s : specs) names.push_back(s.name);
+  for (const TensorSpec& s : specs) names.emplace_back(s.name);
   return absl::StrJoin(names, ", ");
 }
 
@@ -102,8 +101,8 @@ absl::StatusOr<MatrixView> FloatMatrix(const Tensor& t) {
       break;
     default:
       return absl::InvalidArgumentError(
-          absl::StrFormat("input '%s': datatype %s is not allowed: use FP32, FP16 or BF16",
-                          t.name, DataTypeName(t.datatype)));
+          absl::StrFormat("input '%s': datatype %s is not allowed: use FP32, FP16 or BF16", t.name,
+                          DataTypeName(t.datatype)));
   }
   uint64_t want = 0;
   switch (CheckMatrixShape(t.shape, DTypeSize(dtype), t.data.size(), &want)) {
@@ -225,8 +224,7 @@ absl::Status Requested(const Request& req, Plan* plan) {
   for (const RequestedOutput& o : req.outputs) {
     if (!Known(specs, o.name)) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "unknown output '%s' for model %s: its outputs are %s", o.name, req.model,
-          Names(specs)));
+          "unknown output '%s' for model %s: its outputs are %s", o.name, req.model, Names(specs)));
     }
     for (const auto& [key, value] : o.parameters) {
       if (IsTritons(key)) continue;
@@ -238,8 +236,7 @@ absl::Status Requested(const Request& req, Plan* plan) {
       ZLPR_ASSIGN_OR_RETURN(const double k, Number(key, value));
       if (!(k >= 1) || k != static_cast<double>(static_cast<int64_t>(k))) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "output 'probs': classification = %g must be a whole number of classes, 1 or more",
-            k));
+            "output 'probs': classification = %g must be a whole number of classes, 1 or more", k));
       }
       plan->classification = static_cast<int64_t>(std::min(k, 1e9));
     }
@@ -274,7 +271,7 @@ absl::StatusOr<Plan> Convert(const Request& request) {
     ZLPR_ASSIGN_OR_RETURN(in.labels, FloatMatrix(*inputs.at("labels")));
     ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
     const bool grad = plan.want.count("grad") > 0;
-    plan.job = LossJob{.input = std::move(valid), .want_grad = grad};
+    plan.job = LossJob{.input = valid, .want_grad = grad};
     plan.response_bytes = kSlack + 4 * rows + (grad ? 4 * rows * cols : 0);
     return plan;
   }
@@ -287,7 +284,7 @@ absl::StatusOr<Plan> Convert(const Request& request) {
   }
   ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
   const bool probs = plan.want.count("probs") > 0;
-  plan.job = PredictJob{.input = std::move(valid), .want_probs = probs};
+  plan.job = PredictJob{.input = valid, .want_probs = probs};
   plan.response_bytes = kSlack + 12 * rows + (probs ? 4 * rows * cols : 0);
   return plan;
 }
@@ -296,8 +293,8 @@ namespace {
 
 void AddOutput(Response* resp, const char* name, DataType datatype, std::vector<int64_t> shape,
                std::string bytes) {
-  resp->outputs.push_back(
-      Output{.name = name, .datatype = datatype, .shape = std::move(shape), .data = std::move(bytes)});
+  resp->outputs.push_back(Output{
+      .name = name, .datatype = datatype, .shape = std::move(shape), .data = std::move(bytes)});
 }
 
 template <typename T>
@@ -314,9 +311,8 @@ std::string Classes(const float* probs, int64_t rows, int64_t cols, int64_t k) {
   for (int64_t i = 0; i < rows; ++i) {
     const float* p = probs + i * cols;
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [p](int32_t a, int32_t b) {
-      return p[a] > p[b] || (p[a] == p[b] && a < b);
-    });
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [p](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
     for (int64_t j = 0; j < k; ++j) {
       const std::string element = absl::StrFormat("%f:%d", p[order[j]], order[j]);
       const auto n = static_cast<uint32_t>(element.size());
@@ -382,7 +378,8 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
 int64_t WireBytes(const Response& r) {
   // A field's tag and length prefix take at most 11 bytes; a shape dimension at most 11.
   constexpr int64_t kField = 11;
-  int64_t bytes = 4 * kField + static_cast<int64_t>(r.model.size() + r.version.size() + r.id.size());
+  int64_t bytes =
+      4 * kField + static_cast<int64_t>(r.model.size() + r.version.size() + r.id.size());
   for (const auto& [key, value] : r.parameters) {
     bytes += 4 * kField + static_cast<int64_t>(key.size());
     if (const auto* s = std::get_if<std::string>(&value)) bytes += static_cast<int64_t>(s->size());

@@ -42,7 +42,7 @@ absl::Status CheckModel(std::string_view name, std::string_view version);
 // A model's input or output as its metadata and configuration report it.
 struct TensorSpec {
   const char* name;
-  DataType datatype;  // the main one; scores and labels also take FP16 and BF16
+  DataType datatype;           // the main one; scores and labels also take FP16 and BF16
   std::vector<int64_t> shape;  // with the batch dimension first
   bool optional = false;
 };
@@ -52,7 +52,7 @@ const std::vector<TensorSpec>& OutputSpecs(std::string_view model);
 // A request converted: the job to queue and how to answer it.
 struct Plan {
   std::variant<std::monostate, LossJob, PredictJob> job;  // set by Convert
-  std::set<std::string> want;  // the outputs to return
+  std::set<std::string> want;                             // the outputs to return
   int64_t classification = 0;  // zlpr_predict's probs as Triton's classification of k; 0: dense
   int64_t timeout_us = 0;      // Triton's "timeout"; 0: none
   // An upper bound on the response's outputs before anything is computed (label lists aside).

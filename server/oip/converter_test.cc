@@ -25,8 +25,10 @@ class ConverterTest : public ::testing::Test {
     Request r;
     r.model = kPredictModel;
     scores_.assign(rows * cols, 0.25f);
-    r.inputs.push_back(
-        Tensor{.name = "scores", .datatype = DataType::kFp32, .shape = {rows, cols}, .data = Bytes(scores_)});
+    r.inputs.push_back(Tensor{.name = "scores",
+                              .datatype = DataType::kFp32,
+                              .shape = {rows, cols},
+                              .data = Bytes(scores_)});
     return r;
   }
   std::vector<float> scores_;
@@ -63,7 +65,10 @@ TEST_F(ConverterTest, RefusalsNameWhatIsWrong) {
        absl::StatusCode::kInvalidArgument, "input 'scores': datatype INT32 is not allowed"},
       {[](Request& r) { r.inputs[0].shape = {6}; }, absl::StatusCode::kInvalidArgument,
        "input 'scores': shape [6] must be [rows, cols]"},
-      {[](Request& r) { r.inputs[0].shape = {3, 3}; }, absl::StatusCode::kInvalidArgument,
+      {[](Request& r) {
+         r.inputs[0].shape = {3, 3};
+       },
+       absl::StatusCode::kInvalidArgument,
        "input 'scores': 24 bytes of data for shape [3, 3] of FP32, expected 36"},
       {[](Request& r) { r.parameters["colour"] = std::string("red"); },
        absl::StatusCode::kInvalidArgument, "unknown parameter 'colour'"},

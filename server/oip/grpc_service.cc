@@ -100,7 +100,8 @@ absl::Status ViewOf(const ModelInferRequest& m, Request* r) {
     }
   }
   for (const auto& o : m.outputs()) {
-    r->outputs.push_back(RequestedOutput{.name = o.name(), .parameters = ParametersOf(o.parameters())});
+    r->outputs.push_back(
+        RequestedOutput{.name = o.name(), .parameters = ParametersOf(o.parameters())});
   }
   return absl::OkStatus();
 }
@@ -140,8 +141,8 @@ class InferProtocol {
   InferenceCore& core() { return *core_; }
   MethodId method() const { return method_; }
 
-  void Submit(Admission* admission, CallControl control, const Request& request,
-              Response* response, Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
+  void Submit(Admission* admission, CallControl control, const Request& request, Response* response,
+              Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
     if (absl::Status st = ViewOf(request, &extra->view); !st.ok()) {
       core_->Rejected(Reject::kInvalid);
       return done(st);
@@ -227,31 +228,34 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
   auto r = ModelMetadataOf(request->name(), request->version());
+  const absl::Status status = r.status();
   if (r.ok()) *response = *std::move(r);
-  return Answer(ctx, r.status());
+  return Answer(ctx, status);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
   auto r = ModelConfigOf(request->name(), request->version(), options_.max_batch_rows);
+  const absl::Status status = r.status();
   if (r.ok()) *response->mutable_config() = *std::move(r);
-  return Answer(ctx, r.status());
+  return Answer(ctx, status);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
     grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
   auto r = StatisticsOf(*core_, request->name(), request->version());
+  const absl::Status status = r.status();
   if (r.ok()) *response = *std::move(r);
-  return Answer(ctx, r.status());
+  return Answer(ctx, status);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerContext* ctx,
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
-  auto* call = NewReactor<UnaryCall<InferProtocol<ModelInferResponse>>>(&protocols_->infer, ctx,
-                                                                        response);
+  auto* call =
+      NewReactor<UnaryCall<InferProtocol<ModelInferResponse>>>(&protocols_->infer, ctx, response);
   call->Start(request);
   return call;
 }

@@ -239,7 +239,7 @@ class RequestReader final : public json::json_sax_t {
   size_t input_ = 0;
 };
 
-absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 // A JSON parameter value as a Parameter (bool, int64, uint64, double or string).
 absl::StatusOr<Parameter> ToParameter(const std::string& where, const json& v) {
@@ -270,9 +270,10 @@ absl::StatusOr<std::string> JsonTensorBytes(const std::string& name, DataType da
       float v;
       std::memcpy(&v, floats.data() + i * sizeof v, sizeof v);
       if (!(v >= 0 && v <= static_cast<float>(max)) || v != std::floor(v)) {
-        return Invalid(absl::StrFormat("input '%s': element %d is %g, not a whole number 0 to %d "
-                                       "for %s",
-                                       name, i, v, max, DataTypeName(datatype)));
+        return Invalid(
+            absl::StrFormat("input '%s': element %d is %g, not a whole number 0 to %d "
+                            "for %s",
+                            name, i, v, max, DataTypeName(datatype)));
       }
       out[i] = static_cast<char>(static_cast<int>(v));
     }
@@ -291,9 +292,9 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
                                Request* request, OutputFormat* format) {
   const size_t json_length = header_length.value_or(body.size());
   if (json_length > body.size()) {
-    return Invalid(absl::StrFormat(
-        "Inference-Header-Content-Length is %d, more than the %d bytes of the body", json_length,
-        body.size()));
+    return Invalid(
+        absl::StrFormat("Inference-Header-Content-Length is %d, more than the %d bytes of the body",
+                        json_length, body.size()));
   }
   RequestReader reader;
   const std::string_view text = body.substr(0, json_length);
@@ -340,8 +341,8 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
     }
     const std::optional<DataType> type = ParseDataType(datatype->get<std::string>());
     if (!type) {
-      return Invalid(absl::StrFormat("%s: unknown datatype '%s'", tensor,
-                                     datatype->get<std::string>()));
+      return Invalid(
+          absl::StrFormat("%s: unknown datatype '%s'", tensor, datatype->get<std::string>()));
     }
     t.datatype = *type;
     const uint64_t element = static_cast<uint64_t>(ElementSize(t.datatype));
@@ -373,8 +374,9 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
           binary_size = value.get<uint64_t>();
           continue;
         }
-        ZLPR_ASSIGN_OR_RETURN(t.parameters[key],
-                              ToParameter(absl::StrFormat("%s: parameter '%s'", tensor, key), value));
+        ZLPR_ASSIGN_OR_RETURN(
+            t.parameters[key],
+            ToParameter(absl::StrFormat("%s: parameter '%s'", tensor, key), value));
       }
     }
     const bool has_data = i < reader.data.size() && reader.data[i].has_value();
@@ -389,10 +391,11 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
             *binary_size, binary.size()));
       }
       if (element > 0 && *binary_size != elements * element) {
-        return Invalid(absl::StrFormat("%s: %d bytes of binary data for shape %s of %s, "
-                                       "expected %d",
-                                       tensor, *binary_size, ShapeString(t.shape),
-                                       DataTypeName(t.datatype), elements * element));
+        return Invalid(
+            absl::StrFormat("%s: %d bytes of binary data for shape %s of %s, "
+                            "expected %d",
+                            tensor, *binary_size, ShapeString(t.shape), DataTypeName(t.datatype),
+                            elements * element));
       }
       t.data = binary.substr(0, *binary_size);
       binary.remove_prefix(*binary_size);
@@ -435,8 +438,7 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
         for (const auto& [key, value] : p->items()) {
           if (key == "binary_data") {
             if (!value.is_boolean()) {
-              return Invalid(absl::StrFormat("output '%s': binary_data must be a boolean",
-                                             o.name));
+              return Invalid(absl::StrFormat("output '%s': binary_data must be a boolean", o.name));
             }
             (value.get<bool>() ? format->binary : format->json).insert(o.name);
             continue;
@@ -531,7 +533,8 @@ std::string FormatInferResponse(const Response& response, const OutputFormat& fo
   text.append(",\"outputs\":[");
   for (size_t i = 0; i < response.outputs.size(); ++i) {
     const Output& o = response.outputs[i];
-    json meta = {{"name", o.name}, {"datatype", DataTypeName(o.datatype)}, {"shape", ShapeJson(o.shape)}};
+    json meta = {
+        {"name", o.name}, {"datatype", DataTypeName(o.datatype)}, {"shape", ShapeJson(o.shape)}};
     const bool as_binary = format.IsBinary(o.name);
     if (as_binary) {
       meta["parameters"] = {{"binary_data_size", o.data.size()}};
@@ -650,7 +653,8 @@ json StatisticsJson(const inference::ModelStatisticsResponse& r) {
 }  // namespace
 
 std::string ServerMetadataText(const inference::ServerMetadataResponse& m) {
-  return JsonText(json{{"name", m.name()}, {"version", m.version()}, {"extensions", m.extensions()}});
+  return JsonText(
+      json{{"name", m.name()}, {"version", m.version()}, {"extensions", m.extensions()}});
 }
 std::string ModelMetadataText(const inference::ModelMetadataResponse& m) {
   return JsonText(MetadataJson(m));

@@ -54,17 +54,17 @@ TEST(HttpCodecTest, TheJsonOutsideTheDataIsBounded) {
   EXPECT_EQ(Parse(R"({"id":{}})").message(), "request: 'id' must be a string");
   EXPECT_EQ(Parse(R"([1])").message(), "the request must be a JSON object");
   // Data may nest (a [rows, cols] list of lists), to a bound.
-  EXPECT_THAT(Parse(R"({"inputs":[{"data":)" + std::string(100, '[') + std::string(100, ']') +
-                    "}]}")
-                  .message(),
-              HasSubstr("data nested too deeply"));
+  EXPECT_THAT(
+      Parse(R"({"inputs":[{"data":)" + std::string(100, '[') + std::string(100, ']') + "}]}")
+          .message(),
+      HasSubstr("data nested too deeply"));
 }
 
 TEST(HttpCodecTest, AShapeWhoseProductOverflowsIsRefused) {
   // 2^30 cubed is 2^90, 0 modulo 2^64: an unchecked product would take no data for it.
-  const absl::Status st = Parse(
-      R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1073741824,1073741824,)"
-      R"(1073741824],"data":[]}]})");
+  const absl::Status st =
+      Parse(R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1073741824,1073741824,)"
+            R"(1073741824],"data":[]}]})");
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("0 values in 'data'"));
   const std::string header =
@@ -125,9 +125,9 @@ TEST(HttpCodecTest, BinaryTensorsAreViewsOfTheBodyAndJsonDataIsKept) {
 
 TEST(HttpCodecTest, ABinaryTensorIsAlignedToItsElementsWhereverItStartsInTheBody) {
   for (size_t pad = 0; pad < 8; ++pad) {
-    const std::string header =
-        R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,3],)"
-        R"("parameters":{"binary_data_size":12}}])" + std::string(pad, ' ') + "}";
+    const std::string header = R"({"inputs":[{"name":"scores","datatype":"FP32","shape":[1,3],)"
+                               R"("parameters":{"binary_data_size":12}}])" +
+                               std::string(pad, ' ') + "}";
     const float v[3] = {1, 2, 3};
     std::string body = header + std::string(reinterpret_cast<const char*>(v), 12);
     Request request;

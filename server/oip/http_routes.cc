@@ -38,8 +38,8 @@ http::Response JsonResponse(int status, std::string body) {
 }
 
 http::Response MethodNotAllowed(const char* allowed) {
-  http::Response res = JsonResponse(
-      405, ErrorText(absl::StrCat("this method is not allowed here: use ", allowed)));
+  http::Response res =
+      JsonResponse(405, ErrorText(absl::StrCat("this method is not allowed here: use ", allowed)));
   res.set(bhttp::field::allow, allowed);
   return res;
 }
@@ -97,8 +97,7 @@ http::Response HttpRoutes::Error(int status, const std::string& message) const {
   return JsonResponse(status, ErrorText(message));
 }
 
-http::Application::Route HttpRoutes::Classify(const http::Request& header,
-                                              const http::Path& path) {
+http::Application::Route HttpRoutes::Classify(const http::Request& header, const http::Path& path) {
   if (IsInfer(path)) {
     if (header.method() != bhttp::verb::post) return {.answer = MethodNotAllowed("POST")};
     return {.method = infer_method_};
@@ -131,7 +130,8 @@ http::Response HttpRoutes::Get(const http::Request& req, const http::Path& path)
     return JsonResponse(ok ? 200 : 503, "");
   }
   if (!get) return MethodNotAllowed("GET");
-  if (path.size() == 1) return JsonResponse(200, ServerMetadataText(ServerMetadataOf(options_.version)));
+  if (path.size() == 1)
+    return JsonResponse(200, ServerMetadataText(ServerMetadataOf(options_.version)));
   if (path[1] != "models" || path.size() < 3) return not_found();
   if (path.size() == 3 && path[2] == "stats") {
     return JsonResponse(200, StatisticsText(*StatisticsOf(*core_, "", "")));
@@ -191,8 +191,8 @@ void HttpRoutes::Handle(http::Request request, const http::Path& path, Admission
   state->request = std::move(request);
   OffTheIoThreadIf(large, state, [this, state] {
     absl::Status parsed =
-        ParseInferRequest(state->request.body(), state->header_length, state->model,
-                          state->version, &state->parsed, &state->format);
+        ParseInferRequest(state->request.body(), state->header_length, state->model, state->version,
+                          &state->parsed, &state->format);
     if (!parsed.ok()) {
       core_->Rejected(Reject::kInvalid);
       return Answer(state, parsed);
@@ -218,17 +218,17 @@ void HttpRoutes::OffTheIoThreadIf(bool large, std::shared_ptr<InferState> state,
   guarded();
 }
 
-void HttpRoutes::Infer(std::shared_ptr<InferState> state) {
+void HttpRoutes::Infer(const std::shared_ptr<InferState>& state) {
   inference_.Run(state->admission, state->control, state->parsed, &state->response,
-                 [this, state](absl::Status st) {
+                 [this, state](const absl::Status& st) {
                    // The body and what it became are no longer needed.
                    state->request = http::Request();
                    state->parsed = oip::Request();
-                   Answer(state, std::move(st));
+                   Answer(state, st);
                  });
 }
 
-void HttpRoutes::Answer(std::shared_ptr<InferState> state, absl::Status status) {
+void HttpRoutes::Answer(const std::shared_ptr<InferState>& state, const absl::Status& status) {
   if (!status.ok()) {
     state->admission->Finish(status.code());
     return state->respond(Error(HttpStatus(status.code()), std::string(status.message())));
@@ -243,28 +243,27 @@ void HttpRoutes::Answer(std::shared_ptr<InferState> state, absl::Status status) 
     core_->Rejected(Reject::kMemory);
     state->admission->Finish(absl::StatusCode::kResourceExhausted);
     return state->respond(
-        Error(429, "the server's memory for requests in flight cannot hold this response as "
-                   "JSON now: ask for its outputs as binary data (parameters.binary_data) or "
-                   "retry later"));
+        Error(429,
+              "the server's memory for requests in flight cannot hold this response as "
+              "JSON now: ask for its outputs as binary data (parameters.binary_data) or "
+              "retry later"));
   }
-  OffTheIoThreadIf(bound - kEnvelopeBytes > static_cast<int64_t>(kInlineCodecBytes), state,
-                   [this, state] {
-                     size_t json_length = 0;
-                     std::string body =
-                         FormatInferResponse(state->response, state->format, &json_length);
-                     state->response = oip::Response();
-                     const bool binary = json_length < body.size();
-                     http::Response res{bhttp::status::ok, 11};
-                     res.set(bhttp::field::content_type,
-                             binary ? "application/octet-stream" : "application/json");
-                     if (binary) {
-                       res.set("Inference-Header-Content-Length", std::to_string(json_length));
-                     }
-                     state->admission->Finish(absl::StatusCode::kOk,
-                                              static_cast<int64_t>(body.size()));
-                     res.body() = std::move(body);
-                     state->respond(std::move(res));
-                   });
+  OffTheIoThreadIf(
+      bound - kEnvelopeBytes > static_cast<int64_t>(kInlineCodecBytes), state, [this, state] {
+        size_t json_length = 0;
+        std::string body = FormatInferResponse(state->response, state->format, &json_length);
+        state->response = oip::Response();
+        const bool binary = json_length < body.size();
+        http::Response res{bhttp::status::ok, 11};
+        res.set(bhttp::field::content_type,
+                binary ? "application/octet-stream" : "application/json");
+        if (binary) {
+          res.set("Inference-Header-Content-Length", std::to_string(json_length));
+        }
+        state->admission->Finish(absl::StatusCode::kOk, static_cast<int64_t>(body.size()));
+        res.body() = std::move(body);
+        state->respond(std::move(res));
+      });
 }
 
 }  // namespace zlpr::server::oip

@@ -58,10 +58,9 @@ class HttpRoutes final : public http::Application {
  private:
   http::Response Get(const http::Request& header, const http::Path& path);
   // Runs `work` here, or on the codec pool when `large`; an exception answers 500.
-  void OffTheIoThreadIf(bool large, std::shared_ptr<InferState> state,
-                        std::function<void()> work);
-  void Infer(std::shared_ptr<InferState> state);
-  void Answer(std::shared_ptr<InferState> state, absl::Status status);
+  void OffTheIoThreadIf(bool large, std::shared_ptr<InferState> state, std::function<void()> work);
+  void Infer(const std::shared_ptr<InferState>& state);
+  void Answer(const std::shared_ptr<InferState>& state, const absl::Status& status);
 
   InferenceCore* const core_;
   const HttpRoutesOptions options_;

@@ -25,8 +25,7 @@ void Inference::Run(Admission* admission, CallControl control, const Request& re
     control.deadline = std::min(control.deadline,
                                 admission->start() + std::chrono::microseconds(plan->timeout_us));
   }
-  auto answer = [this, admission, response, done = std::move(done)](
-                    absl::Status st) mutable {
+  auto answer = [this, admission, response, done = std::move(done)](absl::Status st) mutable {
     if (st.ok()) {
       const int64_t bytes = WireBytes(*response);
       st = core_->CheckResponseSize(bytes);
@@ -45,14 +44,15 @@ void Inference::Run(Admission* admission, CallControl control, const Request& re
           answer(absl::InternalError("the request was converted to no job"));
           return;
         } else {
-        auto job = std::move(planned);  // out of the plan, which moves into the completion
-        using Result = typename decltype(job)::Result;
-        core_->Enqueue(admission, std::move(control), std::move(job), response_bytes,
-                       [plan = std::move(*plan), response, answer = std::move(answer)](
-                           absl::StatusOr<Result> r) mutable {
-                         if (r.ok()) Fill(*std::move(r), plan, response);
-                         answer(r.status());
-                       });
+          auto job = std::move(planned);  // out of the plan, which moves into the completion
+          using Result = typename decltype(job)::Result;
+          core_->Enqueue(admission, std::move(control), std::move(job), response_bytes,
+                         [plan = std::move(*plan), response,
+                          answer = std::move(answer)](absl::StatusOr<Result> r) mutable {
+                           absl::Status status = r.status();
+                           if (r.ok()) Fill(*std::move(r), plan, response);
+                           answer(std::move(status));
+                         });
         }
       },
       plan->job);

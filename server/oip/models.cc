@@ -94,8 +94,8 @@ absl::StatusOr<inference::ModelConfig> ModelConfigOf(const std::string& name,
   c.set_platform(kPlatform);
   c.set_backend(kPlatform);
   // Rows are the batch dimension: dims below leave it out, as Triton's configurations do.
-  c.set_max_batch_size(static_cast<int32_t>(
-      std::min<int64_t>(max_batch_rows, std::numeric_limits<int32_t>::max())));
+  c.set_max_batch_size(
+      static_cast<int32_t>(std::min<int64_t>(max_batch_rows, std::numeric_limits<int32_t>::max())));
   for (const TensorSpec& s : InputSpecs(name)) {
     auto* in = c.add_input();
     in->set_name(s.name);

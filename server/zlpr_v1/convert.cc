@@ -95,8 +95,7 @@ absl::StatusOr<LossJob> LossJobFromRequest(const v1::LossRequest& request) {
   }
   ZLPR_ASSIGN_OR_RETURN(const DType grad_dtype, GradDType(request.grad_dtype()));
   ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
-  return LossJob{
-      .input = std::move(valid), .want_grad = request.want_grad(), .grad_dtype = grad_dtype};
+  return LossJob{.input = valid, .want_grad = request.want_grad(), .grad_dtype = grad_dtype};
 }
 
 absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& request) {
@@ -114,7 +113,7 @@ absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& reque
   in.options.top_k = request.top_k();
   in.options.min_labels = request.min_labels();
   ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
-  return PredictJob{.input = std::move(valid), .want_probs = request.want_probs()};
+  return PredictJob{.input = valid, .want_probs = request.want_probs()};
 }
 
 namespace {

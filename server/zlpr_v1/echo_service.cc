@@ -3,8 +3,6 @@
 
 #include <memory>
 
-
-
 namespace zlpr::server {
 namespace {
 

@@ -29,8 +29,8 @@ class V1Protocol {
   InferenceCore& core() { return *core_; }
   MethodId method() const { return method_; }
 
-  void Submit(Admission* admission, CallControl control, const Request& request,
-              Response* response, Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
+  void Submit(Admission* admission, CallControl control, const Request& request, Response* response,
+              Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
     response->set_request_id(request.request_id());
     absl::StatusOr<Job> job = convert_(request);
     if (!job.ok()) {
@@ -39,8 +39,8 @@ class V1Protocol {
     }
     const int64_t dense = DenseResponseBytes(*job, request.request_id().size());
     core_->Enqueue(admission, std::move(control), *std::move(job), dense,
-                   [this, response, extra, done = std::move(done)](
-                       absl::StatusOr<typename Job::Result> result) mutable {
+                   [this, response, extra,
+                    done = std::move(done)](absl::StatusOr<typename Job::Result> result) mutable {
                      if (!result.ok()) return done(result.status());
                      extra->timing = result->timing;
                      FillResponse(*std::move(result), response);
@@ -137,7 +137,8 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ZlprV1Service::Stre
 grpc::ServerUnaryReactor* ZlprV1Service::GetServerInfo(grpc::CallbackServerContext* ctx,
                                                        const v1::ServerInfoRequest*,
                                                        v1::ServerInfo* info) {
-  Admission admission = core_->Admit(info_method_);
+  const CallScope call = core_->BeginCall();
+  Admission admission = core_->Admit(info_method_, call);
   const CoreOptions& o = core_->options();
   const auto& backends = core_->backends();
   info->set_version(options_.version);

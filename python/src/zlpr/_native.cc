@@ -88,11 +88,20 @@ class WireReader {
   // Skips a value of wire type `wire`.
   void Skip(uint32_t wire) {
     switch (wire) {
-      case 0: Varint(); break;
-      case 1: Take(8); break;
-      case 2: Take(Varint()); break;
-      case 5: Take(4); break;
-      default: Fail("unsupported wire type " + std::to_string(wire));
+      case 0:
+        Varint();
+        break;
+      case 1:
+        Take(8);
+        break;
+      case 2:
+        Take(Varint());
+        break;
+      case 5:
+        Take(4);
+        break;
+      default:
+        Fail("unsupported wire type " + std::to_string(wire));
     }
   }
   [[noreturn]] static void Fail(const std::string& why) {
