@@ -43,9 +43,10 @@ ABSL_FLAG(bool, http_metrics, false,
 ABSL_FLAG(double, http_timeout_s, 10,
           "HTTP: seconds for a request's header, for an idle keep-alive connection, and for a "
           "body's first bytes; a body must then arrive at --min_transfer_bytes_per_s or faster");
-ABSL_FLAG(double, http_budget_wait_s, 5,
-          "HTTP: seconds a body waits, unread, for the memory for requests in flight "
-          "(--max_inflight_bytes) before it is answered 429 with Retry-After");
+ABSL_FLAG(double, http_budget_wait_s, 30,
+          "HTTP: seconds a body waits, unread and in turn, for the memory for requests in "
+          "flight (--max_inflight_bytes) before it is answered 429 with Retry-After (a waiting "
+          "body costs the server a connection; a refused one costs the client its resending)");
 ABSL_FLAG(double, write_timeout_s, 20,
           "Seconds a response may take to be written, plus its size at "
           "--min_transfer_bytes_per_s: a call (gRPC or HTTP) whose client does not read its "

@@ -55,7 +55,7 @@ struct ServerOptions {
   std::chrono::milliseconds write_timeout{20000};
   int64_t min_transfer_rate = 1 << 20;  // bytes per second
   // How long an HTTP body waits, unread, for the memory budget before 429.
-  std::chrono::milliseconds http_budget_wait{5000};
+  std::chrono::milliseconds http_budget_wait{30000};
   // gRPC connections: the server pings a connection idle for grpc_keepalive and closes it when
   // the ping is not answered within grpc_keepalive_timeout (a peer that vanished); a
   // connection without calls for grpc_max_connection_idle is closed (0: never); with

@@ -1,6 +1,7 @@
 // InferenceCore: admission, submission, shutdown and what the executors report.
 #include "server/core/core.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -265,6 +266,7 @@ Admission::Admission(Admission&& other) noexcept
       start_(other.start_),
       finished_(std::exchange(other.finished_, true)),
       lease_(std::move(other.lease_)),
+      headroom_(std::exchange(other.headroom_, 0)),
       watch_(std::exchange(other.watch_, 0)) {}
 
 Admission& Admission::operator=(Admission&& other) noexcept {
@@ -276,6 +278,7 @@ Admission& Admission::operator=(Admission&& other) noexcept {
     start_ = other.start_;
     finished_ = std::exchange(other.finished_, true);
     lease_ = std::move(other.lease_);
+    headroom_ = std::exchange(other.headroom_, 0);
     watch_ = std::exchange(other.watch_, 0);
   }
   return *this;
@@ -299,11 +302,19 @@ absl::Status Admission::Charge(int64_t message_bytes) {
   return absl::OkStatus();
 }
 
-absl::Status Admission::Adopt(MemoryBudget::Lease lease) {
+absl::Status Admission::Adopt(MemoryBudget::Lease lease, int64_t headroom) {
   lease_ = std::move(lease);
+  headroom_ = std::clamp<int64_t>(headroom, 0, lease_.bytes());
   if (!Late()) return absl::OkStatus();
   core_->listener_->OnRejected(Reject::kShuttingDown);
   return absl::UnavailableError("the server is shutting down");
+}
+
+bool Admission::Grow(int64_t bytes) {
+  const int64_t from_headroom = std::min(bytes, headroom_);
+  if (bytes > from_headroom && !lease_.TryGrow(bytes - from_headroom)) return false;
+  headroom_ -= from_headroom;
+  return true;
 }
 
 void Admission::Finish(absl::StatusCode code, int64_t response_bytes) {

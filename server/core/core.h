@@ -160,14 +160,19 @@ class Admission {
   // twice `message_bytes` (the parsed message and the batch's copy of its tensors):
   // RESOURCE_EXHAUSTED when it cannot cover them. Counted either way.
   absl::Status Charge(int64_t message_bytes);
-  // Takes over memory the front end obtained itself (MemoryBudget::Wait); UNAVAILABLE when the
-  // request came after shutdown began.
-  absl::Status Adopt(MemoryBudget::Lease lease);
-  // More bytes for what the front end holds besides (a response's text); false when the
-  // budget cannot cover them.
-  bool Grow(int64_t bytes) { return lease_.TryGrow(bytes); }
-  // Returns what the request no longer needs (its input, once the response is built).
-  void ShrinkTo(int64_t bytes) { lease_.ShrinkTo(bytes); }
+  // Takes over memory the front end obtained itself (MemoryBudget::Wait), `headroom` of it set
+  // aside for what the request will hold later (its response: Grow takes from it first);
+  // UNAVAILABLE when the request came after shutdown began.
+  absl::Status Adopt(MemoryBudget::Lease lease, int64_t headroom = 0);
+  // More bytes for what the request holds (its response, a response's text): from its
+  // headroom, then from the budget; false when the budget cannot cover them.
+  bool Grow(int64_t bytes);
+  // Returns what the request no longer needs (its input, once the response is built), and
+  // what is left of its headroom.
+  void ShrinkTo(int64_t bytes) {
+    headroom_ = 0;
+    lease_.ShrinkTo(bytes);
+  }
   int64_t bytes() const { return lease_.bytes(); }
 
   // Records the outcome (the time is from admission to now) and leaves the in-flight count;
@@ -199,6 +204,7 @@ class Admission {
   SteadyTime start_{};
   bool finished_ = false;
   MemoryBudget::Lease lease_;
+  int64_t headroom_ = 0;  // of the lease, not yet used
   Watchdog::Id watch_ = 0;
 };
 

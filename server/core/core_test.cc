@@ -217,5 +217,24 @@ TEST_F(CoreTest, ABodyTheFrontEndFoundMemoryForIsAdopted) {
   EXPECT_EQ(recorder_.budget_held.load(), 100);
 }
 
+TEST_F(CoreTest, HeadroomSetAsideAtAdmissionIsUsedBeforeTheBudget) {
+  Make({.max_inflight_bytes = 1000});
+  std::optional<MemoryBudget::Lease> lease = core_->budget().TryAcquire(400);
+  ASSERT_TRUE(lease.has_value());
+  Admission a = core_->Admit(method_, call_);
+  ASSERT_TRUE(a.Adopt(*std::move(lease), /*headroom=*/200).ok());
+  auto rest = core_->budget().TryAcquire(600);  // the budget is full now
+  ASSERT_TRUE(rest.has_value());
+  EXPECT_TRUE(a.Grow(150));  // from the headroom
+  EXPECT_TRUE(a.Grow(50));
+  EXPECT_FALSE(a.Grow(1));  // the headroom is spent and the budget full
+  EXPECT_EQ(a.bytes(), 400);
+  a.ShrinkTo(100);
+  EXPECT_EQ(core_->budget().held(), 700);
+  rest.reset();
+  EXPECT_TRUE(a.Grow(10));  // from the budget again
+  EXPECT_EQ(a.bytes(), 110);
+}
+
 }  // namespace
 }  // namespace zlpr::server

@@ -311,11 +311,16 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                            });
   }
 
-  // Takes the body's memory (twice its size: it and what it becomes) from the budget, in turn
-  // with other waiting bodies; the body stays unread meanwhile, for at most budget_wait.
+  // Takes the request's memory from the budget, in turn with other waiting bodies; the body
+  // stays unread meanwhile, for at most budget_wait. Twice the body (it and what it becomes),
+  // and as much again set aside for the response (twice a response as large as the body, which
+  // an answer to a body of tensors does not exceed): a request whose body was read is not then
+  // refused for its response's memory, which waiting bodies would have taken.
   void Reserve() {
-    const int64_t bytes = 2 * static_cast<int64_t>(body_length_);
     MemoryBudget& budget = core_->budget();
+    const int64_t input = 2 * static_cast<int64_t>(body_length_);
+    const int64_t bytes = 2 * input <= budget.limit() ? 2 * input : input;
+    reserving_ = bytes;
     if (bytes > budget.limit()) {  // can never fit
       core_->Rejected(Reject::kMemory);
       admission_->Finish(absl::StatusCode::kResourceExhausted);
@@ -349,7 +354,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!waiting_budget_) return;  // the wait already ended: the lease goes back
     waiting_budget_ = false;
     budget_timer_.cancel();
-    if (absl::Status st = admission_->Adopt(std::move(lease)); !st.ok()) {
+    const int64_t headroom = lease.bytes() - 2 * static_cast<int64_t>(body_length_);
+    if (absl::Status st = admission_->Adopt(std::move(lease), headroom); !st.ok()) {
       return Refuse(st.code(), app_->Error(503, std::string(st.message())));
     }
     body_start_ = SteadyClock::now();  // the transfer's clock starts once the body may flow
@@ -378,7 +384,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         429, absl::StrFormat("the server's memory for requests in flight (--max_inflight_bytes) "
                              "could not hold this request's %d bytes within %d s: retry later, "
                              "or send fewer rows per request",
-                             2 * body_length_, waited.count()));
+                             reserving_, waited.count()));
     res.set(bhttp::field::retry_after, "1");
     RefuseBody(std::move(res));
   }
@@ -569,6 +575,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // The body being read: its declared length, when its transfer began, its place in the memory
   // budget's queue.
   uint64_t body_length_ = 0;
+  int64_t reserving_ = 0;  // the memory asked of the budget for it
   SteadyClock::time_point body_start_{};
   MemoryBudget::Ticket budget_ticket_;
   bool waiting_budget_ = false;

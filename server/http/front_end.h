@@ -85,7 +85,7 @@ struct Options {
   std::chrono::milliseconds write_timeout{20000};
   int64_t min_bytes_per_second = 1 << 20;
   // How long a body waits, unread, for the memory budget.
-  std::chrono::milliseconds budget_wait{5000};
+  std::chrono::milliseconds budget_wait{30000};
   int64_t max_message_bytes = 64 << 20;  // the largest body
   // TLS when both are set (PEM files); with client_ca also mutual.
   std::string tls_cert_file;

@@ -1,6 +1,7 @@
 // HttpRoutes: what each Open Inference Protocol path answers.
 #include "server/oip/http_routes.h"
 
+#include <algorithm>
 #include <exception>
 #include <string_view>
 #include <utility>
@@ -233,13 +234,16 @@ void HttpRoutes::Answer(const std::shared_ptr<InferState>& state, const absl::St
     state->admission->Finish(status.code());
     return state->respond(Error(HttpStatus(status.code()), std::string(status.message())));
   }
-  // The text is held beside the response until it is sent: at most ~16 characters a value.
-  int64_t bound = kEnvelopeBytes;
+  // The text is held beside the response until it is sent: at most ~16 characters a value, a
+  // binary output's own bytes. The outputs' own bytes are within what the admission holds
+  // already (its input's memory, its headroom): only what the text needs beyond them is charged.
+  int64_t bound = kEnvelopeBytes, raw_bytes = 0;
   for (const Output& o : state->response.outputs) {
     const auto raw = static_cast<int64_t>(o.data.size());
+    raw_bytes += raw;
     bound += state->format.IsBinary(o.name) ? raw : 4 * raw + 64;
   }
-  if (!state->admission->Grow(bound)) {
+  if (!state->admission->Grow(std::max<int64_t>(0, bound - raw_bytes))) {
     core_->Rejected(Reject::kMemory);
     state->admission->Finish(absl::StatusCode::kResourceExhausted);
     return state->respond(

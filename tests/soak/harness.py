@@ -34,6 +34,14 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"unexpected start-up line: {line!r} {self.proc.stderr.read()}")
         self.grpc_port, self.metrics_port = int(m.group(1)), int(m.group(2))
+        self.http_port = None
+        if any(f.startswith("--http_address=") and f != "--http_address=" for f in flags):
+            line = self.proc.stdout.readline()
+            m = re.search(r"HTTP \(Open Inference Protocol\) on port (\d+)", line)
+            if not m:
+                self.proc.kill()
+                raise RuntimeError(f"unexpected HTTP start-up line: {line!r}")
+            self.http_port = int(m.group(1))
         self.stdout_lines, self.stderr_lines = [], []
         for stream, into in ((self.proc.stdout, self.stdout_lines),
                              (self.proc.stderr, self.stderr_lines)):
