@@ -366,7 +366,7 @@ absl::Status CpuBackend::Label(const ValidatedLabelerInput& valid, LabelSets* ou
 
 std::unique_ptr<Backend> NewCpuBackend(const CpuOptions& options) {
   int threads = options.threads;
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = internal::UsableCpus();
   return std::make_unique<CpuBackend>(threads, options.note);
 }
 

@@ -257,7 +257,7 @@ class CudaBackend final : public Backend {
   }
 
   static int HostThreads() {
-    return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+    return std::clamp(internal::UsableCpus(), 1, 8);
   }
   absl::Status EventAt(size_t k, cudaEvent_t* event) {
     while (events_.size() <= k) {

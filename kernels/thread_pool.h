@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -12,6 +14,19 @@
 #include "absl/synchronization/mutex.h"
 
 namespace zlpr::internal {
+
+// The CPUs this process may run on: those of its affinity mask (taskset, a container's cpuset),
+// at most its cgroup's CPU quota rounded up (a container's CPU limit; v2's cpu.max, v1's
+// cfs_quota_us), at least 1. std::thread::hardware_concurrency() counts the machine's, and a
+// pool sized by it on a CPU-limited container has more runnable threads than CPUs: every batch
+// then waits for threads the scheduler has no CPU for.
+int UsableCpus();
+
+// The CPUs a cgroup quota allows, rounded up: from cgroup v2's cpu.max ("max 100000",
+// "150000 100000"), or from v1's quota and period ("-1" is no limit); nullopt for no limit or a
+// text that does not parse.
+std::optional<int> CpusOfQuota(std::string_view cpu_max);
+std::optional<int> CpusOfQuota(std::string_view quota_us, std::string_view period_us);
 
 // `threads` - 1 workers plus the calling thread run each loop. Which thread runs which index
 // is not fixed, so callers make every index's result independent of that (the kernels do:

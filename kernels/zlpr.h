@@ -189,7 +189,7 @@ class Backend {
 };
 
 struct CpuOptions {
-  int threads = 0;  // 0: one per hardware thread
+  int threads = 0;  // 0: one per usable CPU (affinity and cgroup CPU limit)
   // Appended to Describe() in parentheses (e.g. why a CUDA build serves on the CPU).
   std::string note;
 };

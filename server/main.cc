@@ -34,7 +34,8 @@ ABSL_FLAG(std::string, http_address, "",
           "with the same TLS and bearer token as gRPC; empty (the default) disables it");
 ABSL_FLAG(int, http_threads, 0,
           "I/O threads of the HTTP binding (connections are served asynchronously; a request "
-          "being computed holds none); 0: one per 4 hardware threads, at least 1");
+          "being computed holds none); 0: one per 4 usable CPUs (affinity and cgroup CPU limit), "
+          "at least 1");
 ABSL_FLAG(int, http_max_connections, 1024,
           "HTTP connections open at once; more are closed when accepted");
 ABSL_FLAG(bool, http_metrics, false,
@@ -95,7 +96,9 @@ ABSL_FLAG(int64_t, cuda_memory_limit_bytes, 0,
           "Device memory each CUDA backend may hold for its buffers; 0: no limit but the "
           "device's. A batch that needs more is split into its requests, and a request that "
           "needs more by itself gets RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, threads, 0, "Threads of the CPU backend; 0: one per hardware thread");
+ABSL_FLAG(int, threads, 0,
+          "Threads of the CPU backend; 0: one per CPU this process may use (its affinity and "
+          "its cgroup's CPU limit)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",

@@ -22,6 +22,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "kernels/thread_pool.h"
 #include "prometheus/text_serializer.h"
 #include "server/grpc/credentials.h"
 #include "server/zlpr_v1/echo_service.h"
@@ -261,9 +262,7 @@ absl::StatusOr<std::string> ReadFlagFile(const std::string& flag, const std::str
 // and format, and more contend with the compute threads (measured: 1 thread answered a 1 x 1000
 // Predict at concurrency 1 in 316 us, 2 in 430 us on 2 cores).
 int HttpThreads(const ServerOptions& o) {
-  return o.http_threads != 0
-             ? o.http_threads
-             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 4);
+  return o.http_threads != 0 ? o.http_threads : std::max(1, zlpr::internal::UsableCpus() / 4);
 }
 
 absl::StatusOr<TlsPem> ReadTls(const ServerOptions& o) {

@@ -43,7 +43,7 @@ struct ServerOptions {
   // The Open Inference Protocol's HTTP binding (oip_http.h); empty: none. Same TLS and token as
   // the gRPC port.
   std::string http_address;
-  int http_threads = 0;             // its I/O threads; 0: one per 4 hardware threads, at least 1
+  int http_threads = 0;             // its I/O threads; 0: one per 4 usable CPUs, at least 1
   int http_max_connections = 1024;  // its connections open at once (and 8 for health checks)
   // Serve GET /metrics on the HTTP port too, behind its TLS and token.
   bool http_metrics = false;
