@@ -256,9 +256,7 @@ class CudaBackend final : public Backend {
     });
   }
 
-  static int HostThreads() {
-    return std::clamp(internal::UsableCpus(), 1, 8);
-  }
+  static int HostThreads() { return std::clamp(internal::UsableCpus(), 1, 8); }
   absl::Status EventAt(size_t k, cudaEvent_t* event) {
     while (events_.size() <= k) {
       cudaEvent_t e;

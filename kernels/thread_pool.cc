@@ -8,7 +8,6 @@
 #include <fstream>
 #include <string>
 
-
 namespace zlpr::internal {
 namespace {
 
@@ -41,8 +40,7 @@ bool ParseInt(std::string_view s, int64_t* value) {
 
 std::optional<int> CpusOfQuota(std::string_view quota_us, std::string_view period_us) {
   int64_t quota = 0, period = 0;
-  if (!ParseInt(quota_us, &quota) || !ParseInt(period_us, &period) || quota <= 0 ||
-      period <= 0) {
+  if (!ParseInt(quota_us, &quota) || !ParseInt(period_us, &period) || quota <= 0 || period <= 0) {
     return std::nullopt;
   }
   return static_cast<int>(std::min<int64_t>((quota - 1) / period + 1, 1 << 20));
