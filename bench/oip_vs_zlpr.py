@@ -18,13 +18,14 @@ median, and the ratios are of medians.
 import argparse
 import json
 import os
-import random
 import re
 import signal
 import statistics
 import subprocess
 import tempfile
 import urllib.request
+
+from perf_analyzer_common import cpu_seconds, predict_input
 
 
 def main():
@@ -49,19 +50,14 @@ def main():
     metrics = "http://127.0.0.1:%s/metrics" % re.search(r"metrics on port (\d+)", line).group(1)
     http = "127.0.0.1:" + re.search(r"on port (\d+)", server.stdout.readline()).group(1)
     tmp = tempfile.mkdtemp()
-    random.seed(0)
-    data = os.path.join(tmp, "input.json")
-    with open(data, "w") as f:
-        json.dump({"data": [{"scores": [random.gauss(0, 1) for _ in range(1000)]}]}, f)
+    data = predict_input(tmp)
     print("| Predict 1 x 1000 | concurrency | req/s | p50 | server CPU / request | server queue "
           "| server compute |")
     print("|---|---:|---:|---:|---:|---:|---:|")
 
     def served():
         """The server's CPU seconds so far, and the requests it has answered."""
-        with open(f"/proc/{server.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        cpu = cpu_seconds(server.pid)
         text = urllib.request.urlopen(metrics).read().decode()
         n = sum(float(m.group(1)) for m in
                 re.finditer(r"^zlpr_requests_total\{[^}]*\} (\S+)$", text, re.M))

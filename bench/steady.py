@@ -17,13 +17,14 @@ state.
 import argparse
 import json
 import os
-import random
 import re
 import resource
 import signal
 import subprocess
 import tempfile
 import time
+
+from perf_analyzer_common import cpu_seconds, predict_input
 
 
 def start(command):
@@ -33,12 +34,6 @@ def start(command):
                               stdout=subprocess.PIPE, text=True)
     line = server.stdout.readline()
     return server, "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def perf_analyzer(pa, server, target, data, c):
@@ -78,11 +73,7 @@ def main():
     args = ap.parse_args()
     pa = os.environ["ZLPR_PERF_ANALYZER"]
     servers = [s.split("=", 1) for s in args.server]
-    tmp = tempfile.mkdtemp()
-    random.seed(0)
-    data = os.path.join(tmp, "input.json")
-    with open(data, "w") as f:
-        json.dump({"data": [{"scores": [random.gauss(0, 1) for _ in range(1000)]}]}, f)
+    data = predict_input(tempfile.mkdtemp())
     print("| server | concurrency | stable | infer/s | p50 | p99 | p99/p50 | server CPU | "
           "perf_analyzer CPU |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|", flush=True)
