@@ -123,4 +123,47 @@ absl::StatusOr<ValidatedLabelerInput> ConcatenateLabelerInputs(
   return internal::Validator::AlreadyValid(in);
 }
 
+namespace {
+
+MatrixView SliceMatrix(const MatrixView& m, int64_t begin, int64_t end) {
+  MatrixView out = m;
+  out.data =
+      static_cast<const char*>(m.data) + static_cast<size_t>(begin * m.cols) * DTypeSize(m.dtype);
+  out.rows = end - begin;
+  return out;
+}
+
+const uint8_t* SliceMask(const uint8_t* mask, int64_t begin, int64_t cols) {
+  return mask == nullptr ? nullptr : mask + begin * cols;
+}
+
+}  // namespace
+
+ValidatedLossInput SliceRows(const ValidatedLossInput& valid, int64_t begin, int64_t end,
+                             ConcatBuffers* buf) {
+  LossInput in = valid.get();
+  const int64_t cols = valid.cols();
+  in.scores = SliceMatrix(in.scores, begin, end);
+  in.mask = SliceMask(in.mask, begin, cols);
+  if (const auto* dense = std::get_if<MatrixView>(&in.labels)) {
+    in.labels = SliceMatrix(*dense, begin, end);
+  } else {
+    const auto& sp = std::get<SparseLabelsView>(in.labels);
+    const int64_t first = sp.row_splits[begin], last = sp.row_splits[end];
+    buf->row_splits.resize(static_cast<size_t>(end - begin + 1));
+    for (int64_t r = begin; r <= end; ++r) buf->row_splits[r - begin] = sp.row_splits[r] - first;
+    in.labels =
+        SparseLabelsView{buf->row_splits, sp.indices.subspan(first, last - first),
+                         sp.values.empty() ? sp.values : sp.values.subspan(first, last - first)};
+  }
+  return internal::Validator::AlreadyValid(in);
+}
+
+ValidatedLabelerInput SliceRows(const ValidatedLabelerInput& valid, int64_t begin, int64_t end) {
+  LabelerInput in = valid.get();
+  in.scores = SliceMatrix(in.scores, begin, end);
+  in.mask = SliceMask(in.mask, begin, valid.cols());
+  return internal::Validator::AlreadyValid(in);
+}
+
 }  // namespace zlpr

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -245,6 +247,69 @@ TEST_F(ValidateTest, ConcatenatedInputsHoldEveryPartsRowsInOrder) {
       EXPECT_EQ(static_cast<const float*>(d.data)[12 + 2], 0.5f);
     }
   }
+}
+
+TEST_F(ValidateTest, SlicesComputeToTheBitsOfTheWhole) {
+  // Seeded random rows at an awkward size, dense and sparse (soft) labels, a mask: every row
+  // range's loss, gradient and labels equal the whole input's rows, bit for bit.
+  constexpr int64_t kRows = 13, kCols = 1031;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0, 3);
+  std::uniform_real_distribution<float> unit(0, 1);
+  std::vector<float> s(kRows * kCols), t(kRows * kCols, 0);
+  std::vector<uint8_t> mask(kRows * kCols);
+  std::vector<int64_t> splits = {0};
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t c = 0; c < kCols; ++c) {
+      s[r * kCols + c] = normal(rng);
+      mask[r * kCols + c] = unit(rng) < 0.95f ? 1 : 0;
+      if (unit(rng) < 0.01f * static_cast<float>(r % 4)) {
+        t[r * kCols + c] = unit(rng);
+        indices.push_back(static_cast<int32_t>(c));
+        values.push_back(t[r * kCols + c]);
+      }
+    }
+    splits.push_back(static_cast<int64_t>(indices.size()));
+  }
+  auto backend = NewCpuBackend({.threads = 2});
+  for (bool sparse : {false, true}) {
+    LossInput in;
+    in.scores = {s.data(), DType::kFloat32, kRows, kCols};
+    in.mask = mask.data();
+    if (sparse) {
+      in.labels = SparseLabelsView{splits, indices, values};
+    } else {
+      in.labels = MatrixView{t.data(), DType::kFloat32, kRows, kCols};
+    }
+    auto whole = ValidateLossInput(in);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    std::vector<float> loss(kRows), grad(kRows * kCols);
+    ASSERT_TRUE(backend->Loss(*whole, {loss.data(), grad.data()}).ok());
+    ConcatBuffers buf;
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 1}, {1, 6}, {6, 13}, {0, 13}}) {
+      const ValidatedLossInput slice = SliceRows(*whole, begin, end, &buf);
+      ASSERT_EQ(slice.rows(), end - begin);
+      std::vector<float> l(end - begin), g((end - begin) * kCols);
+      ASSERT_TRUE(backend->Loss(slice, {l.data(), g.data()}).ok());
+      EXPECT_EQ(std::memcmp(l.data(), loss.data() + begin, l.size() * 4), 0) << begin;
+      EXPECT_EQ(std::memcmp(g.data(), grad.data() + begin * kCols, g.size() * 4), 0) << begin;
+    }
+  }
+  LabelerInput li;
+  li.scores = {s.data(), DType::kFloat32, kRows, kCols};
+  li.mask = mask.data();
+  li.options.top_k = 7;
+  auto labeler = ValidateLabelerInput(li);
+  ASSERT_TRUE(labeler.ok());
+  LabelSets all, part;
+  ASSERT_TRUE(backend->Label(*labeler, &all, nullptr).ok());
+  ASSERT_TRUE(backend->Label(SliceRows(*labeler, 5, 9), &part, nullptr).ok());
+  const int64_t first = all.row_offsets[5], last = all.row_offsets[9];
+  EXPECT_EQ(part.labels,
+            std::vector<int32_t>(all.labels.begin() + first, all.labels.begin() + last));
+  EXPECT_EQ(part.probs, std::vector<float>(all.probs.begin() + first, all.probs.begin() + last));
 }
 
 }  // namespace

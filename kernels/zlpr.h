@@ -151,6 +151,15 @@ absl::StatusOr<ValidatedLossInput> ConcatenateLossInputs(
 absl::StatusOr<ValidatedLabelerInput> ConcatenateLabelerInputs(
     std::span<const ValidatedLabelerInput* const> parts, ConcatBuffers* buffers);
 
+// Rows [begin, end) of a validated input (0 <= begin < end <= rows), still validated: the rows
+// of a valid input are valid. The views point into the input's data, except sparse labels'
+// row offsets, rebased to start at 0 in `buffers`. The kernels are row-independent, so each
+// row computes to the same bits in a slice as in the whole (the executor computes large bulk
+// jobs slice by slice).
+ValidatedLossInput SliceRows(const ValidatedLossInput& in, int64_t begin, int64_t end,
+                             ConcatBuffers* buffers);
+ValidatedLabelerInput SliceRows(const ValidatedLabelerInput& in, int64_t begin, int64_t end);
+
 enum class BackendKind { kCpu, kCuda };
 const char* BackendKindName(BackendKind kind);
 

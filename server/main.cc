@@ -80,7 +80,12 @@ ABSL_FLAG(bool, adaptive_queue_delay, true,
           "Wait max_queue_delay_us only while the load makes it pay off (the previous batch "
           "merged several requests); a lone caller's request is cut at once. false: always wait");
 ABSL_FLAG(int64_t, max_queue_size, 1024,
-          "Queued requests per operation before new ones get RESOURCE_EXHAUSTED");
+          "Queued requests per operation and class (interactive, bulk) before new ones get "
+          "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, bulk_chunk_us, 1000,
+          "Kernel time of one chunk of a bulk batch, in microseconds: interactive requests run "
+          "between chunks, so they wait for one chunk at most, never a whole bulk batch. 0: bulk "
+          "batches are computed whole");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes (clients must allow the same)");
 ABSL_FLAG(int64_t, max_inflight_bytes, 0,
@@ -242,6 +247,7 @@ int main(int argc, char** argv) {
       std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   options.batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
+  options.bulk_chunk = std::chrono::microseconds(absl::GetFlag(FLAGS_bulk_chunk_us));
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
   options.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);

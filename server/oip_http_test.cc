@@ -230,11 +230,12 @@ TEST(OipHttpTest, ARequestWhoseClientLeavesWhileItIsQueuedIsNotComputed) {
   {
     Connection leaving((*server)->http_port());
     leaving.Send("/v2/models/zlpr_predict/infer", PredictBody(1));
-    ASSERT_TRUE(WaitUntil([&] { return metric("zlpr_queue_depth{op=\"predict\"}") == 1; }));
+    ASSERT_TRUE(WaitUntil(
+        [&] { return metric("zlpr_queue_depth{class=\"interactive\",op=\"predict\"}") == 1; }));
   }  // the client goes away without its answer
   EXPECT_TRUE(
       WaitUntil([&] { return metric("zlpr_rejected_requests_total{reason=\"cancelled\"}") == 1; }));
-  EXPECT_EQ(metric("zlpr_queue_depth{op=\"predict\"}"), 0);
+  EXPECT_EQ(metric("zlpr_queue_depth{class=\"interactive\",op=\"predict\"}"), 0);
   EXPECT_EQ(metric("zlpr_rows_total{op=\"predict\"}"), 0);
   // A client that stays gets its answer after the same wait: the watch does not take a live
   // connection for a closed one.

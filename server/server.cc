@@ -171,6 +171,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
       CheckRange<int64_t>("max_queue_size", o.batcher.max_queue_size, 1, kMaxQueueSize));
   ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_queue_delay_us", o.batcher.max_queue_delay.count(),
                                            0, kMaxQueueDelay.count()));
+  ZLPR_RETURN_IF_ERROR(
+      CheckRange<int64_t>("bulk_chunk_us", o.bulk_chunk.count(), 0, kMaxBulkChunk.count()));
   ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_message_bytes", o.max_message_bytes,
                                            kMinMessageBytes, kMaxMessageBytes));
   if (o.shutdown_grace.count() < 0 || o.shutdown_grace > kMaxShutdownGrace) {
@@ -311,6 +313,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->metrics_ = std::make_unique<Metrics>(*s->registry_, Version(), s->backend_name_, cuda_devices);
   CoreOptions core_options{.batcher = options.batcher,
+                           .chunks = {.bulk_chunk = options.bulk_chunk},
                            .max_message_bytes = options.max_message_bytes,
                            .max_inflight_bytes = options.max_inflight_bytes != 0
                                                      ? options.max_inflight_bytes
@@ -389,9 +392,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         std::make_unique<ZlprV1Service>(s->core_.get(), ZlprV1Options{.version = Version()});
     builder.RegisterService(s->zlpr_v1_.get());
     // The Open Inference Protocol on the same port, over the same core.
-    s->inference_ = std::make_unique<oip::InferenceService>(
-        s->core_.get(),
-        oip::GrpcOptions{.version = Version(), .max_batch_rows = options.batcher.max_batch_rows});
+    s->inference_ = std::make_unique<oip::InferenceService>(s->core_.get(),
+                                                            oip::GrpcOptions{.version = Version()});
     builder.RegisterService(s->inference_.get());
   }
   const int max_bytes = static_cast<int>(options.max_message_bytes);  // validated <= INT32_MAX
@@ -408,9 +410,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     }
   });
   if (!options.http_address.empty() && !options.echo) {
-    oip::HttpRoutesOptions routes{.version = Version(),
-                                  .max_batch_rows = options.batcher.max_batch_rows,
-                                  .codec_threads = HttpThreads(options)};
+    oip::HttpRoutesOptions routes{.version = Version(), .codec_threads = HttpThreads(options)};
     if (options.http_metrics) {
       routes.metrics_text = [registry = s->registry_] {
         return prometheus::TextSerializer().Serialize(registry->Collect());

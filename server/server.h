@@ -72,6 +72,8 @@ struct ServerOptions {
   int64_t cuda_memory_limit_bytes = 0;
   int threads = 0;  // CPU backend threads; 0: all cores
   BatcherOptions batcher;
+  // Kernel time of one chunk of a bulk batch (interactive work runs between chunks); 0: whole.
+  std::chrono::microseconds bulk_chunk{1000};
   int64_t max_message_bytes = 64 << 20;
   // Bytes all requests in flight may hold together (MemoryBudget); 0: DefaultMemoryShare().
   int64_t max_inflight_bytes = 0;
@@ -104,6 +106,7 @@ inline constexpr int kMaxHttpConnections = 1 << 20;
 inline constexpr int64_t kMaxBatchRows = int64_t{1} << 20;
 inline constexpr int64_t kMaxQueueSize = int64_t{1} << 20;
 inline constexpr std::chrono::microseconds kMaxQueueDelay = std::chrono::seconds(60);
+inline constexpr std::chrono::microseconds kMaxBulkChunk = std::chrono::seconds(10);
 inline constexpr int64_t kMinMessageBytes = 1024;
 inline constexpr int64_t kMaxMessageBytes = 2147483647;  // gRPC's limits are ints
 inline constexpr std::chrono::milliseconds kMaxShutdownGrace = std::chrono::hours(1);

@@ -490,13 +490,13 @@ TEST_F(ServiceTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   calls.Add();
   stub_->async()->ComputeLoss(&first_ctx, &req, &first_resp,
                               [&](const grpc::Status& st) { calls.Done(st); });
-  ASSERT_TRUE(
-      WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}") == 1; }));
+  ASSERT_TRUE(WaitUntil(
+      [&] { return MetricValue(Metrics(), "zlpr_queue_depth{class=\"bulk\",op=\"loss\"}") == 1; }));
   grpc::ClientContext ctx;
   v1::LossResponse resp;
   const grpc::Status st = stub_->ComputeLoss(&ctx, req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(st.error_message(), "the request queue is full (1 requests waiting); retry later");
+  EXPECT_EQ(st.error_message(), "the bulk request queue is full (1 requests waiting); retry later");
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"queue_full\"}"), 1);
   server_->Shutdown();  // the queued request is still answered
   EXPECT_EQ(calls.Wait(), std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
@@ -516,7 +516,7 @@ TEST_F(ServiceTest, ARequestWhoseDeadlinePassesWhileQueuedIsNotComputed) {
     return MetricValue(Metrics(), "zlpr_rejected_requests_total{reason=\"deadline\"}") == 1;
   }));
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_rows_total{op=\"loss\"}"), 0);
-  EXPECT_EQ(MetricValue(Metrics(), "zlpr_queue_depth{op=\"loss\"}"), 0);
+  EXPECT_EQ(MetricValue(Metrics(), "zlpr_queue_depth{class=\"bulk\",op=\"loss\"}"), 0);
   EXPECT_EQ(MetricValue(Metrics(), "zlpr_late_results_total"), 0);  // dropped, not computed late
 }
 
@@ -535,8 +535,9 @@ TEST_F(ServiceTest, ARequestCancelledWhileQueuedIsNotComputed) {
   v1::PredictResponse resp;
   calls.Add();
   stub_->async()->Predict(&ctx, &req, &resp, [&](const grpc::Status& st) { calls.Done(st); });
-  ASSERT_TRUE(
-      WaitUntil([&] { return MetricValue(Metrics(), "zlpr_queue_depth{op=\"predict\"}") == 1; }));
+  ASSERT_TRUE(WaitUntil([&] {
+    return MetricValue(Metrics(), "zlpr_queue_depth{class=\"interactive\",op=\"predict\"}") == 1;
+  }));
   ctx.TryCancel();
   EXPECT_EQ(calls.Wait(), std::vector<grpc::StatusCode>{grpc::StatusCode::CANCELLED});
   EXPECT_TRUE(WaitUntil([&] {
@@ -1000,7 +1001,7 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
         "zlpr_compute_duration_seconds", "zlpr_batch_rows", "zlpr_rows_total", "zlpr_queue_depth",
         "zlpr_inflight_requests", "zlpr_rejected_requests_total", "zlpr_request_bytes_total",
         "zlpr_response_bytes_total", "zlpr_build_info", "zlpr_inflight_bytes",
-        "zlpr_late_results_total"}) {
+        "zlpr_late_results_total", "zlpr_class_request_duration_seconds"}) {
     EXPECT_THAT(body, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   EXPECT_EQ(MetricValue(body, "zlpr_rows_total{op=\"loss\"}"), 3);

@@ -1,18 +1,23 @@
-// The dynamic batcher: one FIFO queue per job type, feeding worker threads with batches.
+// The dynamic batcher: queues per job type and request class, feeding worker threads with
+// batches.
 //
 // A queue is due when max_batch_rows rows wait or its oldest task has waited max_queue_delay.
 // With adaptive_delay (the default) the wait applies only while the load makes it pay off,
 // i.e. when the queue's previous batch held more than one task; under light load (a lone
 // caller) a task is cut at once, so waiting never adds latency where no other task would have
-// joined. A worker cuts a batch from the head of the due queue whose oldest task is oldest,
-// under the lock (tasks cancelled or past their deadline are dropped, not computed), and runs
-// it outside the lock. A task larger than max_batch_rows is a batch of its own. A full queue
+// joined. A worker cuts a batch from a due queue, under the lock (tasks cancelled or past
+// their deadline are dropped, not computed), and runs it outside the lock: interactive queues
+// before bulk ones whenever both are due (job.h, Priority), and among queues of one class the
+// one whose oldest task is oldest. Within a queue each caller (a connection) has its own FIFO
+// and the callers take turns, one task each (round robin), so one caller's many requests cannot
+// starve another's. A task larger than max_batch_rows is a batch of its own. A full queue
 // refuses at once (RESOURCE_EXHAUSTED). Clock is injected, so tests drive it without threads,
 // gRPC or real time. One mutex and condition variable, as Triton's dynamic batcher.
 //
 //   Batcher<LossJob, PredictJob> batcher({.max_batch_rows = 256, .max_queue_size = 1024});
 //   batcher.Enqueue(Task<LossJob>{.job = ..., .done = ...});        // from request handlers
 //   while (auto batch = batcher.NextBatch()) std::visit(run, *batch);  // in each worker
+//   auto urgent = batcher.TryCutNow(Priority::kInteractive, &drops);   // between bulk chunks
 //
 // Every task's `done` runs exactly once: from Enqueue (refused), from NextBatch (dropped: the
 // caller cancelled or the deadline passed) or from whoever runs the batch (the executor). A
@@ -22,6 +27,8 @@
 #define ZLPR_SERVER_CORE_BATCHER_H_
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -29,6 +36,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -37,6 +45,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/core/job.h"
@@ -64,6 +73,9 @@ struct Task {
   std::function<bool()> cancelled;
   // Runs exactly once, with the result or with why the job was not computed.
   absl::AnyInvocable<void(absl::StatusOr<typename Job::Result>)> done;
+  Priority priority = Job::kDefaultPriority;
+  // Who sent it (a connection): the callers of one queue take turns.
+  uint64_t caller = 0;
   // Set by Enqueue.
   SteadyTime enqueued_at{};
 };
@@ -74,12 +86,12 @@ using Batch = std::vector<Task<Job>>;
 struct BatcherOptions {
   int64_t max_batch_rows = 256;
   std::chrono::microseconds max_queue_delay{250};
-  int64_t max_queue_size = 1024;  // tasks per job type
+  int64_t max_queue_size = 1024;  // tasks per job type and class
   // Wait for max_queue_delay only when the queue's previous batch merged several tasks;
   // false: always wait (up to max_queue_delay or max_batch_rows).
   bool adaptive_delay = true;
   // Called under the batcher's lock whenever a queue's length changes (keep it cheap: a gauge).
-  std::function<void(JobKind kind, int64_t depth)> on_depth;
+  std::function<void(JobKind kind, Priority priority, int64_t depth)> on_depth;
   // Called (outside the lock) for every task the batcher answers itself, before its `done`:
   // refused (RESOURCE_EXHAUSTED, UNAVAILABLE) or dropped (CANCELLED, DEADLINE_EXCEEDED).
   std::function<void(JobKind kind, const absl::Status& why)> on_not_computed;
@@ -123,7 +135,7 @@ class Batcher {
         for (;;) {
           const SteadyTime now = clock_->Now();
           SteadyTime next_due;
-          batch = TryCutLocked(now, &drops, &next_due);
+          batch = TryCutLocked(now, kAnyClass, &drops, &next_due);
           if (batch.has_value() || !drops.empty()) break;
           if (shutdown_ && next_due == SteadyTime::max()) {
             drained = true;
@@ -151,7 +163,20 @@ class Batcher {
   // outside any lock.
   std::optional<AnyBatch> TryCut(std::vector<Drop>* drops, SteadyTime* next_due) {
     absl::MutexLock lock(&mu_);
-    return TryCutLocked(clock_->Now(), drops, next_due);
+    return TryCutLocked(clock_->Now(), kAnyClass, drops, next_due);
+  }
+
+  // A due batch of class `priority` if there is one, without waiting: what a worker computing
+  // bulk work runs between two chunks. Tasks to drop are appended to *drops.
+  std::optional<AnyBatch> TryCutNow(Priority priority, std::vector<Drop>* drops) {
+    absl::MutexLock lock(&mu_);
+    SteadyTime next_due;
+    return TryCutLocked(clock_->Now(), static_cast<int>(priority), drops, &next_due);
+  }
+
+  // Whether a task of class `priority` waits (due or not): lets a worker skip TryCutNow's lock.
+  bool Waiting(Priority priority) const {
+    return waiting_[static_cast<int>(priority)].load(std::memory_order_relaxed) > 0;
   }
 
   // A queued task's caller may have gone (its `cancelled` turned true): waiting workers look
@@ -181,35 +206,48 @@ class Batcher {
  private:
   // How early gRPC's deadline timer may cancel a call, compared with our steady clock.
   static constexpr std::chrono::milliseconds kDeadlineSlack{20};
+  static constexpr int kAnyClass = -1;
 
+  // One queue (a job type and a class): a FIFO per caller, the callers with tasks in turn order.
   template <typename Job>
   struct Queue {
-    std::deque<Task<Job>> tasks;
+    std::unordered_map<uint64_t, std::deque<Task<Job>>> flows;
+    std::deque<uint64_t> turns;  // callers with tasks; the front one gives the next task
     int64_t rows = 0;
+    int64_t tasks = 0;
     size_t last_batch_tasks = 0;  // tasks in the queue's previous batch
   };
+  template <typename Job>
+  using Classes = std::array<Queue<Job>, kPriorities>;
 
   // Moves `task` into its queue, or leaves it (and says why) when it cannot be queued.
   template <typename Job>
   absl::Status TryQueue(Task<Job>& task) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    Queue<Job>& q = std::get<Queue<Job>>(queues_);
+    const auto cls = static_cast<size_t>(task.priority);
+    Queue<Job>& q = std::get<Classes<Job>>(queues_)[cls];
     if (shutdown_) return absl::UnavailableError("the server is shutting down");
-    if (static_cast<int64_t>(q.tasks.size()) >= options_.max_queue_size) {
-      return absl::ResourceExhaustedError("the request queue is full (" +
-                                          std::to_string(options_.max_queue_size) +
-                                          " requests waiting); retry later");
+    if (q.tasks >= options_.max_queue_size) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the ", PriorityName(task.priority), " request queue is full (",
+                       options_.max_queue_size, " requests waiting); retry later"));
     }
     task.enqueued_at = clock_->Now();
     q.rows += task.job.rows();
-    q.tasks.push_back(std::move(task));
-    DepthChanged(q);
+    ++q.tasks;
+    std::deque<Task<Job>>& flow = q.flows[task.caller];
+    if (flow.empty()) q.turns.push_back(task.caller);
+    flow.push_back(std::move(task));
+    DepthChanged<Job>(q, cls);
     return absl::OkStatus();
   }
 
   template <typename Job>
-  void DepthChanged(const Queue<Job>& q) {
-    if (options_.on_depth) options_.on_depth(Job::kKind, static_cast<int64_t>(q.tasks.size()));
+  void DepthChanged(const Queue<Job>& q, size_t cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t waiting = 0;
+    std::apply([&](const auto&... c) { ((waiting += c[cls].tasks), ...); }, queues_);
+    waiting_[cls].store(waiting, std::memory_order_relaxed);
+    if (options_.on_depth) options_.on_depth(Job::kKind, static_cast<Priority>(cls), q.tasks);
   }
 
   template <typename Job>
@@ -220,100 +258,138 @@ class Batcher {
   // Moves the tasks nobody waits for any more out of `q` (into *drops); the earliest deadline
   // still ahead, so that the worker wakes then to drop that one too.
   template <typename Job>
-  SteadyTime DropExpiredLocked(Queue<Job>& q, SteadyTime now, std::vector<Drop>* drops)
+  SteadyTime DropExpiredLocked(Queue<Job>& q, size_t cls, SteadyTime now, std::vector<Drop>* drops)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     SteadyTime earliest = SteadyTime::max();
-    const size_t before = q.tasks.size();
-    for (auto it = q.tasks.begin(); it != q.tasks.end();) {
-      // A call whose deadline passed is also cancelled by gRPC, whose timer may fire a little
-      // before our clock reaches the deadline: the deadline is the reason then.
-      absl::Status why;
-      if (it->deadline <= now) {
-        why = absl::DeadlineExceededError("the deadline passed while queued");
-      } else if (it->cancelled && it->cancelled()) {
-        why = it->deadline <= now + kDeadlineSlack
-                  ? absl::DeadlineExceededError("the deadline passed while queued")
-                  : absl::CancelledError("the call was cancelled while queued");
+    const int64_t before = q.tasks;
+    for (auto flow = q.flows.begin(); flow != q.flows.end();) {
+      std::deque<Task<Job>>& tasks = flow->second;
+      for (auto it = tasks.begin(); it != tasks.end();) {
+        // A call whose deadline passed is also cancelled by gRPC, whose timer may fire a little
+        // before our clock reaches the deadline: the deadline is the reason then.
+        absl::Status why;
+        if (it->deadline <= now) {
+          why = absl::DeadlineExceededError("the deadline passed while queued");
+        } else if (it->cancelled && it->cancelled()) {
+          why = it->deadline <= now + kDeadlineSlack
+                    ? absl::DeadlineExceededError("the deadline passed while queued")
+                    : absl::CancelledError("the call was cancelled while queued");
+        }
+        if (why.ok()) {
+          earliest = std::min(earliest, it->deadline);
+          ++it;
+          continue;
+        }
+        q.rows -= it->job.rows();
+        --q.tasks;
+        drops->push_back([this, task = std::move(*it), why]() mutable {
+          NotComputed<Job>(why);
+          task.done(why);
+        });
+        it = tasks.erase(it);
       }
-      if (why.ok()) {
-        earliest = std::min(earliest, it->deadline);
-        ++it;
-        continue;
+      if (tasks.empty()) {
+        q.turns.erase(std::find(q.turns.begin(), q.turns.end(), flow->first));
+        flow = q.flows.erase(flow);
+      } else {
+        ++flow;
       }
-      q.rows -= it->job.rows();
-      drops->push_back([this, task = std::move(*it), why]() mutable {
-        NotComputed<Job>(why);
-        task.done(why);
-      });
-      it = q.tasks.erase(it);
     }
-    if (q.tasks.size() != before) DepthChanged(q);
+    if (q.tasks != before) DepthChanged<Job>(q, cls);
     return earliest;
   }
 
-  // When `q`'s head is due (SteadyTime::max() when `q` is empty).
+  // When the oldest task of `q` arrived (SteadyTime::max() when `q` is empty).
   template <typename Job>
-  SteadyTime DueLocked(const Queue<Job>& q) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (q.tasks.empty()) return SteadyTime::max();
-    const SteadyTime head = q.tasks.front().enqueued_at;
+  static SteadyTime OldestLocked(const Queue<Job>& q) {
+    SteadyTime oldest = SteadyTime::max();
+    for (const auto& [caller, tasks] : q.flows)
+      oldest = std::min(oldest, tasks.front().enqueued_at);
+    return oldest;
+  }
+
+  // When `q` is due, given its oldest task's arrival.
+  template <typename Job>
+  SteadyTime DueLocked(const Queue<Job>& q, SteadyTime oldest) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const bool wait = q.rows < options_.max_batch_rows && !shutdown_ && !draining_ &&
                       (!options_.adaptive_delay || q.last_batch_tasks > 1);
-    return wait ? head + options_.max_queue_delay : head;
+    return wait ? oldest + options_.max_queue_delay : oldest;
   }
 
   template <typename Job>
-  Batch<Job> CutLocked(Queue<Job>& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  Batch<Job> CutLocked(Queue<Job>& q, size_t cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Batch<Job> batch;
     int64_t rows = 0;
-    while (!q.tasks.empty()) {
-      const int64_t n = q.tasks.front().job.rows();
+    while (!q.turns.empty()) {
+      const uint64_t caller = q.turns.front();
+      std::deque<Task<Job>>& tasks = q.flows[caller];
+      const int64_t n = tasks.front().job.rows();
       if (!batch.empty() && rows + n > options_.max_batch_rows) break;
       rows += n;
       q.rows -= n;
-      batch.push_back(std::move(q.tasks.front()));
-      q.tasks.pop_front();
+      --q.tasks;
+      batch.push_back(std::move(tasks.front()));
+      tasks.pop_front();
+      q.turns.pop_front();
+      if (tasks.empty()) {
+        q.flows.erase(caller);
+      } else {
+        q.turns.push_back(caller);
+      }
     }
     q.last_batch_tasks = batch.size();
-    DepthChanged(q);
+    DepthChanged<Job>(q, cls);
     return batch;
   }
 
-  std::optional<AnyBatch> TryCutLocked(SteadyTime now, std::vector<Drop>* drops,
+  // Cuts a due batch: of class `only`, or of any class (kAnyClass: interactive first).
+  std::optional<AnyBatch> TryCutLocked(SteadyTime now, int only, std::vector<Drop>* drops,
                                        SteadyTime* next_due) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     *next_due = SteadyTime::max();
-    // Among due queues, the one whose oldest task is oldest goes first.
-    size_t best = sizeof...(Jobs);
-    SteadyTime best_head = SteadyTime::max();
-    bool any_waiting = false;
+    // The due queue of the most urgent class whose oldest task is oldest goes first.
+    constexpr size_t kNone = sizeof...(Jobs) * kPriorities;
+    size_t best = kNone;
+    int best_class = kPriorities;
+    SteadyTime best_oldest = SteadyTime::max();
     size_t index = 0;
     std::apply(
-        [&](auto&... queue) {
-          auto visit = [&](auto& q) {
-            const SteadyTime earliest_deadline = DropExpiredLocked(q, now, drops);
-            if (!q.tasks.empty()) {
-              any_waiting = true;
+        [&](auto&... classes) {
+          auto visit = [&](auto& c) {
+            for (size_t cls = 0; cls < kPriorities; ++cls, ++index) {
+              if (only != kAnyClass && static_cast<int>(cls) != only) continue;
+              auto& q = c[cls];
+              const SteadyTime earliest_deadline = DropExpiredLocked(q, cls, now, drops);
+              if (q.tasks == 0) continue;
               *next_due = std::min(*next_due, earliest_deadline);
-              const SteadyTime due = DueLocked(q);
-              if (due <= now) {
-                if (q.tasks.front().enqueued_at < best_head) {
-                  best = index;
-                  best_head = q.tasks.front().enqueued_at;
-                }
-              } else {
+              const SteadyTime oldest = OldestLocked(q);
+              const SteadyTime due = DueLocked(q, oldest);
+              if (due > now) {
                 *next_due = std::min(*next_due, due);
+                continue;
+              }
+              const int rank = static_cast<int>(cls);
+              if (rank < best_class || (rank == best_class && oldest < best_oldest)) {
+                best = index;
+                best_class = rank;
+                best_oldest = oldest;
               }
             }
-            ++index;
           };
-          (visit(queue), ...);
+          (visit(classes), ...);
         },
         queues_);
-    if (best == sizeof...(Jobs)) return std::nullopt;
+    if (best == kNone) return std::nullopt;
     std::optional<AnyBatch> batch;
     index = 0;
     std::apply(
-        [&](auto&... queue) {
-          ((index++ == best ? (void)(batch.emplace(CutLocked(queue))) : (void)0), ...);
+        [&](auto&... classes) {
+          auto visit = [&](auto& c) {
+            for (size_t cls = 0; cls < kPriorities; ++cls, ++index) {
+              if (index == best) batch.emplace(CutLocked(c[cls], cls));
+            }
+          };
+          (visit(classes), ...);
         },
         queues_);
     return batch;
@@ -323,7 +399,9 @@ class Batcher {
   Clock* const clock_;
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
-  std::tuple<Queue<Jobs>...> queues_ ABSL_GUARDED_BY(mu_);
+  std::tuple<Classes<Jobs>...> queues_ ABSL_GUARDED_BY(mu_);
+  // Tasks queued per class, over every job type (read without the lock by Waiting()).
+  std::array<std::atomic<int64_t>, kPriorities> waiting_{};
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };

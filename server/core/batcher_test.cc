@@ -3,8 +3,10 @@
 #include "server/core/batcher.h"
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -22,6 +24,8 @@ template <JobKind Kind>
 struct FakeJob {
   using Result = FakeResult;
   static constexpr JobKind kKind = Kind;
+  // One class unless a test says otherwise, so that the tests of batching see one queue per type.
+  static constexpr Priority kDefaultPriority = Priority::kInteractive;
   int64_t n = 1;
   int id = 0;
   int64_t rows() const { return n; }
@@ -50,10 +54,13 @@ class BatcherTest : public ::testing::Test {
     return o;
   }
   template <typename Job = JobA>
-  Task<Job> Make(int64_t rows, int id = 0) {
+  Task<Job> Make(int64_t rows, int id = 0, Priority priority = Job::kDefaultPriority,
+                 uint64_t caller = 0) {
     fates_.push_back(std::make_shared<Fate>());
     Task<Job> t;
     t.job = Job{.n = rows, .id = id};
+    t.priority = priority;
+    t.caller = caller;
     t.done = [fate = fates_.back()](const absl::StatusOr<FakeResult>& r) {
       fate->answered = true;
       fate->why = r.status();
@@ -148,7 +155,8 @@ TEST_F(BatcherTest, RefusesWithResourceExhaustedWhenTheQueueIsFullAndAnswersTheT
   ASSERT_TRUE(b.Enqueue(Make(1)).ok());
   const absl::Status st = b.Enqueue(Make(1));
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(st.message(), "the request queue is full (2 requests waiting); retry later");
+  EXPECT_EQ(st.message(),
+            "the interactive request queue is full (2 requests waiting); retry later");
   EXPECT_TRUE(fates_.back()->answered);
   EXPECT_EQ(fates_.back()->why, st);
   EXPECT_FALSE(fates_.front()->answered);
@@ -205,17 +213,111 @@ TEST_F(BatcherTest, TheDueQueueWithTheOldestRequestGoesFirst) {
   EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{20}));
 }
 
-TEST_F(BatcherTest, ReportsEachQueuesDepthByJobKind) {
+TEST_F(BatcherTest, ReportsEachQueuesDepthByJobKindAndClass) {
   BatcherOptions o = Options(8, 100);
-  std::vector<std::pair<JobKind, int64_t>> depths;
-  o.on_depth = [&](JobKind kind, int64_t depth) { depths.emplace_back(kind, depth); };
+  std::vector<std::tuple<JobKind, Priority, int64_t>> depths;
+  o.on_depth = [&](JobKind kind, Priority p, int64_t depth) {
+    depths.emplace_back(kind, p, depth);
+  };
   TestBatcher b(o, &clock_);
   ASSERT_TRUE(b.Enqueue(Make<JobA>(1)).ok());
   ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
   ASSERT_TRUE(b.Enqueue(Make<JobB>(1)).ok());
-  const std::vector<std::pair<JobKind, int64_t>> want = {
-      {JobKind::kLoss, 1}, {JobKind::kPredict, 1}, {JobKind::kPredict, 2}};
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 0, Priority::kBulk)).ok());
+  const std::vector<std::tuple<JobKind, Priority, int64_t>> want = {
+      {JobKind::kLoss, Priority::kInteractive, 1},
+      {JobKind::kPredict, Priority::kInteractive, 1},
+      {JobKind::kPredict, Priority::kInteractive, 2},
+      {JobKind::kPredict, Priority::kBulk, 1}};
   EXPECT_EQ(depths, want);
+}
+
+TEST_F(BatcherTest, InteractiveWorkIsCutBeforeOlderBulkWork) {
+  TestBatcher b(Options(4, 0), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 1, Priority::kBulk)).ok());
+  clock_.Advance(microseconds(100));
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 2, Priority::kBulk)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 3, Priority::kInteractive)).ok());
+  clock_.Advance(microseconds(100));
+  // A loss asked to be interactive goes with the interactive work, not with its type's bulk.
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 4, Priority::kInteractive)).ok());
+  EXPECT_EQ(Ids<JobB>(Cut(b)), (std::vector<int>{3}));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{4}));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{1, 2}));
+  EXPECT_FALSE(Cut(b).has_value());
+}
+
+TEST_F(BatcherTest, TryCutNowTakesOnlyTheClassAskedForAndWaitingSaysWhatIsQueued) {
+  TestBatcher b(Options(4, 0), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 1, Priority::kBulk)).ok());
+  EXPECT_TRUE(b.Waiting(Priority::kBulk));
+  EXPECT_FALSE(b.Waiting(Priority::kInteractive));
+  EXPECT_FALSE(b.TryCutNow(Priority::kInteractive, &drops_).has_value());
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 2, Priority::kInteractive)).ok());
+  EXPECT_TRUE(b.Waiting(Priority::kInteractive));
+  EXPECT_EQ(Ids<JobB>(b.TryCutNow(Priority::kInteractive, &drops_)), (std::vector<int>{2}));
+  EXPECT_FALSE(b.Waiting(Priority::kInteractive));
+  EXPECT_EQ(Ids<JobA>(b.TryCutNow(Priority::kBulk, &drops_)), (std::vector<int>{1}));
+  EXPECT_FALSE(b.Waiting(Priority::kBulk));
+}
+
+TEST_F(BatcherTest, AFullBulkQueueDoesNotRefuseInteractiveWork) {
+  TestBatcher b(Options(4, 1000, /*queue=*/2), &clock_);
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 1, Priority::kBulk)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 2, Priority::kBulk)).ok());
+  const absl::Status full = b.Enqueue(Make<JobA>(1, 3, Priority::kBulk));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(full.message(), "the bulk request queue is full (2 requests waiting); retry later");
+  EXPECT_TRUE(b.Enqueue(Make<JobA>(1, 4, Priority::kInteractive)).ok());
+}
+
+TEST_F(BatcherTest, CallersOfOneQueueTakeTurns) {
+  // Caller 7 queued five tasks before caller 9 queued two: batches of 4 rows alternate them.
+  TestBatcher b(Options(4, 0), &clock_);
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 70 + i, Priority::kBulk, 7)).ok());
+  for (int i = 0; i < 2; ++i)
+    ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 90 + i, Priority::kBulk, 9)).ok());
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{70, 90, 71, 91}));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{72, 73, 74}));
+}
+
+TEST_F(BatcherTest, ATrainerSendingThreeTimesAsFastGetsNoMoreThanItsShare) {
+  // Two trainers flood the bulk queue, one with three requests per tick and one with one,
+  // while the worker computes two per tick: the slower one gets half of the work (all it asks
+  // for), not the quarter that first come, first served would give it.
+  TestBatcher b(Options(1, 0, /*queue=*/100000), &clock_);
+  int id = 0;
+  std::map<uint64_t, int> served;
+  for (int tick = 0; tick < 100; ++tick) {
+    for (int i = 0; i < 3; ++i)
+      ASSERT_TRUE(b.Enqueue(Make<JobA>(1, id++, Priority::kBulk, 1)).ok());
+    ASSERT_TRUE(b.Enqueue(Make<JobA>(1, id++, Priority::kBulk, 2)).ok());
+    for (int k = 0; k < 2; ++k) {
+      auto batch = Cut(b);
+      ASSERT_TRUE(batch.has_value());
+      for (const Task<JobA>& t : std::get<Batch<JobA>>(*batch)) ++served[t.caller];
+    }
+    clock_.Advance(microseconds(1000));
+  }
+  EXPECT_EQ(served[2], 100);
+  EXPECT_EQ(served[1], 100);
+}
+
+TEST_F(BatcherTest, ExpiredTasksLeaveTheirCallersTurn) {
+  TestBatcher b(Options(4, 1000), &clock_);
+  Task<JobA> late = Make<JobA>(1, 1, Priority::kBulk, 5);
+  late.deadline = clock_.Now() + microseconds(10);
+  ASSERT_TRUE(b.Enqueue(std::move(late)).ok());
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 2, Priority::kBulk, 6)).ok());
+  clock_.Advance(microseconds(2000));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{2}));
+  ASSERT_EQ(drops_.size(), 1u);
+  for (auto& d : drops_) d();
+  EXPECT_EQ(fates_[0]->why.code(), absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 3, Priority::kBulk, 5)).ok());
+  clock_.Advance(microseconds(2000));
+  EXPECT_EQ(Ids<JobA>(Cut(b)), (std::vector<int>{3}));
 }
 
 TEST_F(BatcherTest, ShutdownRefusesNewWorkAndHandsOutQueuedWorkWithoutWaiting) {

@@ -26,7 +26,7 @@ double Seconds(SteadyTime a, SteadyTime b) { return std::chrono::duration<double
 class NoListener final : public CoreListener {
  public:
   void OnKernelCall(JobKind, int64_t, double, bool) override {}
-  void OnQueued(JobKind, double) override {}
+  void OnQueued(JobKind, Priority, double) override {}
   void OnBatchDone(size_t, const Backend&) override {}
 
   static CoreListener* Get() {
@@ -70,8 +70,8 @@ absl::Status OverBudget(int64_t bytes, const MemoryBudget& budget) {
 
 BatcherOptions Reporting(BatcherOptions o, CoreListener* listener) {
   const int64_t capacity = o.max_queue_size;
-  o.on_depth = [listener, capacity](JobKind kind, int64_t depth) {
-    listener->OnQueueDepth(kind, depth, capacity);
+  o.on_depth = [listener, capacity](JobKind kind, Priority priority, int64_t depth) {
+    listener->OnQueueDepth(kind, priority, depth, capacity);
   };
   o.on_not_computed = [listener](JobKind, const absl::Status& why) {
     listener->OnRejected(RejectReason(why.code()));
@@ -96,9 +96,9 @@ class InferenceCore::Reporter final : public ExecutionListener {
     if (ok) s.inference_count.fetch_add(static_cast<uint64_t>(rows), std::memory_order_relaxed);
     core_->listener_->OnKernelCall(kind, rows, seconds, ok);
   }
-  void OnQueued(JobKind kind, double seconds) override {
+  void OnQueued(JobKind kind, Priority priority, double seconds) override {
     core_->stats_[static_cast<int>(kind)].queue.Add(seconds);
-    core_->listener_->OnQueued(kind, seconds);
+    core_->listener_->OnQueued(kind, priority, seconds);
   }
   void OnBatchDone(size_t worker, const Backend& backend) override {
     core_->listener_->OnBatchDone(worker, backend);
@@ -124,10 +124,12 @@ InferenceCore::InferenceCore(const CoreOptions& options,
               [this](int64_t held) { listener_->OnBudget(held, options_.max_inflight_bytes); }),
       reporter_(std::make_unique<Reporter>(this)),
       batcher_(Reporting(options.batcher, listener_), clock),
-      workers_(&batcher_, std::move(backends), clock, reporter_.get()) {
+      workers_(&batcher_, std::move(backends), clock, reporter_.get(), options.chunks) {
   listener_->OnBudget(0, options.max_inflight_bytes);
   for (JobKind kind : {JobKind::kLoss, JobKind::kPredict}) {
-    listener_->OnQueueDepth(kind, 0, options.batcher.max_queue_size);
+    for (Priority priority : {Priority::kInteractive, Priority::kBulk}) {
+      listener_->OnQueueDepth(kind, priority, 0, options.batcher.max_queue_size);
+    }
   }
 }
 
@@ -210,16 +212,21 @@ void InferenceCore::EnqueueJob(
     return reject(OverBudget(admission->bytes() + 2 * response_bytes, budget_), Reject::kMemory);
   }
   const SteadyTime deadline = control.deadline;
+  const Priority priority = control.priority.value_or(Job::kDefaultPriority);
+  admission->priority_ = priority;
   Task<Job> task{.job = std::move(job),
                  .deadline = deadline,
                  .cancelled = std::move(control.cancelled),
-                 .done = [this, deadline, &stats, queued = clock_->Now(), done = std::move(done)](
-                             absl::StatusOr<typename Job::Result> result) mutable {
-                   const SteadyTime now = clock_->Now();
-                   if (result.ok() && now > deadline) listener_->OnLateResult();
-                   (result.ok() ? stats.success : stats.fail).Add(Seconds(queued, now));
-                   done(std::move(result));
-                 }};
+                 .done =
+                     [this, deadline, &stats, queued = clock_->Now(),
+                      done = std::move(done)](absl::StatusOr<typename Job::Result> result) mutable {
+                       const SteadyTime now = clock_->Now();
+                       if (result.ok() && now > deadline) listener_->OnLateResult();
+                       (result.ok() ? stats.success : stats.fail).Add(Seconds(queued, now));
+                       done(std::move(result));
+                     },
+                 .priority = priority,
+                 .caller = control.caller};
   // A refusal (queue full, shutting down) is answered through the task's `done`.
   batcher_.Enqueue(std::move(task)).IgnoreError();
 }
@@ -267,7 +274,8 @@ Admission::Admission(Admission&& other) noexcept
       finished_(std::exchange(other.finished_, true)),
       lease_(std::move(other.lease_)),
       headroom_(std::exchange(other.headroom_, 0)),
-      watch_(std::exchange(other.watch_, 0)) {}
+      watch_(std::exchange(other.watch_, 0)),
+      priority_(other.priority_) {}
 
 Admission& Admission::operator=(Admission&& other) noexcept {
   if (this != &other) {
@@ -280,6 +288,7 @@ Admission& Admission::operator=(Admission&& other) noexcept {
     lease_ = std::move(other.lease_);
     headroom_ = std::exchange(other.headroom_, 0);
     watch_ = std::exchange(other.watch_, 0);
+    priority_ = other.priority_;
   }
   return *this;
 }
@@ -321,7 +330,7 @@ void Admission::Finish(absl::StatusCode code, int64_t response_bytes) {
   if (finished_ || core_ == nullptr) return;
   finished_ = true;
   if (response_bytes > 0) core_->listener_->OnResponseBytes(response_bytes);
-  core_->listener_->OnRequestDone(method_, code, Seconds(start_, core_->clock_->Now()));
+  core_->listener_->OnRequestDone(method_, code, Seconds(start_, core_->clock_->Now()), priority_);
   core_->listener_->OnInflight(-1);
 }
 

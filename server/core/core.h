@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -72,15 +73,18 @@ class CoreListener : public ExecutionListener {
   // At registration (before Start): `id` is `method` of `protocol` from now on.
   virtual void OnMethodRegistered(MethodId /*id*/, std::string_view /*method*/,
                                   std::string_view /*protocol*/) {}
-  // A request's outcome and its time from admission to its answer.
-  virtual void OnRequestDone(MethodId /*id*/, absl::StatusCode /*code*/, double /*seconds*/) {}
+  // A request's outcome and its time from admission to its answer; `priority` is its class
+  // when it was queued (nullopt: answered before, e.g. refused).
+  virtual void OnRequestDone(MethodId /*id*/, absl::StatusCode /*code*/, double /*seconds*/,
+                             std::optional<Priority> /*priority*/) {}
   virtual void OnRejected(Reject /*reason*/) {}
   virtual void OnInflight(int /*delta*/) {}
   virtual void OnRequestBytes(int64_t /*bytes*/) {}
   virtual void OnResponseBytes(int64_t /*bytes*/) {}
   // The memory budget's bytes held (every change) and its limit (once).
   virtual void OnBudget(int64_t /*held*/, int64_t /*limit*/) {}
-  virtual void OnQueueDepth(JobKind /*kind*/, int64_t /*depth*/, int64_t /*capacity*/) {}
+  virtual void OnQueueDepth(JobKind /*kind*/, Priority /*priority*/, int64_t /*depth*/,
+                            int64_t /*capacity*/) {}
   // A request computed after its deadline had passed: wasted work.
   virtual void OnLateResult() {}
   // Connections a front end holds open (`protocol` as registered).
@@ -109,10 +113,16 @@ struct JobStatistics {
 struct CallControl {
   SteadyTime deadline = SteadyTime::max();
   std::function<bool()> cancelled;  // empty: the call cannot be cancelled
+  // The request's class when it asked for one; else its job type's default.
+  std::optional<Priority> priority;
+  // Who sent it (a hash of its connection's peer): bulk callers take turns in the queue.
+  uint64_t caller = 0;
 };
 
 struct CoreOptions {
   BatcherOptions batcher;
+  // How bulk batches are cut into chunks between which interactive work runs.
+  ChunkOptions chunks;
   // The largest message a front end accepts or sends: a job whose response cannot fit is
   // refused before it is computed (OUT_OF_RANGE).
   int64_t max_message_bytes = 64 << 20;
@@ -188,6 +198,8 @@ class Admission {
 
   SteadyTime start() const { return start_; }
   MethodId method() const { return method_; }
+  // Its class, once queued.
+  std::optional<Priority> priority() const { return priority_; }
   MemoryBudget::Lease& lease() { return lease_; }
 
  private:
@@ -206,6 +218,7 @@ class Admission {
   MemoryBudget::Lease lease_;
   int64_t headroom_ = 0;  // of the lease, not yet used
   Watchdog::Id watch_ = 0;
+  std::optional<Priority> priority_;
 };
 
 // Every open stream, so that shutdown can end them once their accepted messages are answered.

@@ -24,17 +24,23 @@ class Recorder final : public CoreListener {
     absl::MutexLock lock(&mu_);
     methods.emplace_back(id, std::string(method));
   }
-  void OnRequestDone(MethodId id, absl::StatusCode code, double) override {
+  void OnRequestDone(MethodId id, absl::StatusCode code, double,
+                     std::optional<Priority> priority) override {
     absl::MutexLock lock(&mu_);
     done.emplace_back(id, code);
+    classes.push_back(priority);
   }
   void OnRejected(Reject reason) override { rejected[static_cast<int>(reason)].fetch_add(1); }
   void OnInflight(int delta) override { inflight.fetch_add(delta); }
   void OnBudget(int64_t held, int64_t) override { budget_held.store(held); }
   void OnKernelCall(JobKind, int64_t, double, bool) override { kernel_calls.fetch_add(1); }
-  void OnQueued(JobKind, double) override {}
+  void OnQueued(JobKind, Priority, double) override {}
   void OnBatchDone(size_t, const Backend&) override {}
 
+  std::vector<std::optional<Priority>> Classes() {
+    absl::MutexLock lock(&mu_);
+    return classes;
+  }
   std::vector<std::pair<MethodId, absl::StatusCode>> Done() {
     absl::MutexLock lock(&mu_);
     return done;
@@ -49,6 +55,7 @@ class Recorder final : public CoreListener {
  private:
   absl::Mutex mu_;
   std::vector<std::pair<MethodId, absl::StatusCode>> done ABSL_GUARDED_BY(mu_);
+  std::vector<std::optional<Priority>> classes ABSL_GUARDED_BY(mu_);
   std::array<std::atomic<int>, static_cast<int>(Reject::kCount)> rejected{};
 };
 
@@ -234,6 +241,29 @@ TEST_F(CoreTest, HeadroomSetAsideAtAdmissionIsUsedBeforeTheBudget) {
   rest.reset();
   EXPECT_TRUE(a.Grow(10));  // from the budget again
   EXPECT_EQ(a.bytes(), 110);
+}
+
+TEST_F(CoreTest, ARequestIsRecordedWithItsClassOnceQueued) {
+  Make({.max_inflight_bytes = 1 << 20});
+  const std::vector<float> scores = {2.0f, -2.0f, 0.1f};
+  LabelerInput in{.scores = MatrixView{scores.data(), DType::kFloat32, 1, 3}};
+  for (std::optional<Priority> asked :
+       {std::optional<Priority>(), std::optional(Priority::kBulk)}) {
+    Admission a = core_->Admit(method_, call_);
+    ASSERT_TRUE(a.Charge(12).ok());
+    absl::Notification done;
+    core_->Enqueue(&a, CallControl{.priority = asked},
+                   PredictJob{.input = *ValidateLabelerInput(in)}, 100,
+                   [&](const absl::StatusOr<PredictResult>&) { done.Notify(); });
+    done.WaitForNotification();
+    EXPECT_EQ(a.priority(), asked.value_or(Priority::kInteractive));
+    a.Finish(absl::StatusCode::kOk);
+  }
+  Admission refused = core_->Admit(method_, call_);
+  refused.Finish(absl::StatusCode::kInvalidArgument);  // never queued: no class
+  const std::vector<std::optional<Priority>> want = {Priority::kInteractive, Priority::kBulk,
+                                                     std::nullopt};
+  EXPECT_EQ(recorder_.Classes(), want);
 }
 
 }  // namespace

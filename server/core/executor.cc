@@ -1,9 +1,12 @@
 // Executor: group, concatenate, compute, slice. Workers: a thread per backend.
 #include "server/core/executor.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <utility>
+
+#include "common/status_macros.h"
 
 namespace zlpr::server {
 namespace {
@@ -73,19 +76,56 @@ std::string Narrowed(const float* values, int64_t n, DType dtype) {
 
 }  // namespace
 
-Executor::Executor(Backend* backend, Clock* clock, ExecutionListener* listener)
-    : backend_(backend), clock_(clock), listener_(listener) {}
+Executor::Executor(Backend* backend, Clock* clock, ExecutionListener* listener,
+                   const ChunkOptions& chunks)
+    : backend_(backend), clock_(clock), listener_(listener), chunks_(chunks) {
+  ns_per_element_.fill(chunks.initial_ns_per_element);
+}
 
-Executor::KernelCall Executor::TimedKernelCall(JobKind kind, int64_t rows,
+Executor::KernelCall Executor::TimedKernelCall(JobKind kind, int64_t rows, int64_t cols,
                                                const std::function<absl::Status()>& call) {
   const SteadyTime t0 = clock_->Now();
   const absl::Status status = call();
   const double seconds = std::chrono::duration<double>(clock_->Now() - t0).count();
   if (listener_ != nullptr) listener_->OnKernelCall(kind, rows, seconds, status.ok());
+  const double elements = static_cast<double>(rows) * static_cast<double>(cols);
+  if (status.ok() && elements > 0 && seconds > 0) {
+    // A moving average over about the last four calls: it follows a change of load or
+    // device within a few chunks, and one preempted call moves it by a quarter only.
+    double& avg = ns_per_element_[static_cast<int>(kind)];
+    avg = 0.75 * avg + 0.25 * (seconds * 1e9 / elements);
+  }
   return {status, seconds};
 }
 
-std::vector<absl::StatusOr<LossResult>> Executor::Run(std::span<const LossJob* const> jobs) {
+int64_t Executor::ChunkRows(JobKind kind, int64_t cols) const {
+  const double ns = static_cast<double>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(chunks_.bulk_chunk).count());
+  const double per_row = ns_per_element_[static_cast<int>(kind)] * static_cast<double>(cols);
+  const double rows = per_row > 0 ? ns / per_row : 1.0;
+  return rows < 1.0 ? 1 : rows > 1e12 ? int64_t{1} << 40 : static_cast<int64_t>(rows);
+}
+
+template <typename Input, typename Call>
+Executor::KernelCall Executor::RunRows(JobKind kind, const Input& in, bool chunked,
+                                       const Call& call) {
+  const int64_t rows = in.rows(), cols = in.cols();
+  if (!chunked) return TimedKernelCall(kind, rows, cols, [&] { return call(0, rows); });
+  KernelCall total;
+  for (int64_t begin = 0; begin < rows;) {
+    const int64_t end = std::min(rows, begin + ChunkRows(kind, cols));
+    const KernelCall part =
+        TimedKernelCall(kind, end - begin, cols, [&] { return call(begin, end); });
+    total.seconds += part.seconds;
+    if (!part.status.ok()) return {part.status, total.seconds};
+    begin = end;
+    if (begin < rows && between_chunks_) between_chunks_();
+  }
+  return total;
+}
+
+std::vector<absl::StatusOr<LossResult>> Executor::Run(std::span<const LossJob* const> jobs,
+                                                      bool chunked) {
   return RunGroups(
       jobs,
       [](const LossJob& a, const LossJob& b) {
@@ -95,11 +135,12 @@ std::vector<absl::StatusOr<LossResult>> Executor::Run(std::span<const LossJob* c
         return ConcatenateLossInputs(parts, &concat_);
       },
       [&](std::span<const LossJob* const> group, const ValidatedLossInput& in) {
-        return RunLossGroup(group, in);
+        return RunLossGroup(group, in, chunked);
       });
 }
 
-std::vector<absl::StatusOr<PredictResult>> Executor::Run(std::span<const PredictJob* const> jobs) {
+std::vector<absl::StatusOr<PredictResult>> Executor::Run(std::span<const PredictJob* const> jobs,
+                                                         bool chunked) {
   return RunGroups(
       jobs,
       [](const PredictJob& a, const PredictJob& b) {
@@ -109,12 +150,12 @@ std::vector<absl::StatusOr<PredictResult>> Executor::Run(std::span<const Predict
         return ConcatenateLabelerInputs(parts, &concat_);
       },
       [&](std::span<const PredictJob* const> group, const ValidatedLabelerInput& in) {
-        return RunPredictGroup(group, in);
+        return RunPredictGroup(group, in, chunked);
       });
 }
 
 std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
-    std::span<const LossJob* const> group, const ValidatedLossInput& in) {
+    std::span<const LossJob* const> group, const ValidatedLossInput& in, bool chunked) {
   const LossJob& first = *group.front();
   const int64_t rows = in.rows(), cols = in.cols();
   loss_.resize(static_cast<size_t>(rows));
@@ -131,8 +172,10 @@ std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
     grad_.resize(static_cast<size_t>(rows * cols));
     grad = grad_.data();
   }
-  const KernelCall call = TimedKernelCall(JobKind::kLoss, rows, [&] {
-    return backend_->Loss(in, {loss_.data(), grad});
+  const KernelCall call = RunRows(JobKind::kLoss, in, chunked, [&](int64_t begin, int64_t end) {
+    if (begin == 0 && end == rows) return backend_->Loss(in, {loss_.data(), grad});
+    return backend_->Loss(SliceRows(in, begin, end, &slice_),
+                          {loss_.data() + begin, grad == nullptr ? nullptr : grad + begin * cols});
   });
   if (!call.status.ok()) return {group.size(), call.status};
   std::vector<absl::StatusOr<LossResult>> out;
@@ -158,7 +201,7 @@ std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
 }
 
 std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
-    std::span<const PredictJob* const> group, const ValidatedLabelerInput& in) {
+    std::span<const PredictJob* const> group, const ValidatedLabelerInput& in, bool chunked) {
   const bool want_probs = group.front()->want_probs;
   const int64_t rows = in.rows(), cols = in.cols();
   const bool probs_in_place = want_probs && group.size() == 1;
@@ -171,8 +214,27 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
     probs_.resize(static_cast<size_t>(rows * cols));
     probs = probs_.data();
   }
-  const KernelCall call = TimedKernelCall(JobKind::kPredict, rows,
-                                          [&] { return backend_->Label(in, &label_sets_, probs); });
+  const KernelCall call =
+      RunRows(JobKind::kPredict, in, chunked, [&](int64_t begin, int64_t end) -> absl::Status {
+        if (begin == 0 && end == rows) return backend_->Label(in, &label_sets_, probs);
+        // A chunk's label sets are appended to the group's, their offsets moved past it.
+        ZLPR_RETURN_IF_ERROR(backend_->Label(SliceRows(in, begin, end), &chunk_sets_,
+                                             probs == nullptr ? nullptr : probs + begin * cols));
+        if (begin == 0) label_sets_.row_offsets.assign(1, 0);
+        const int64_t base = label_sets_.row_offsets.back();
+        for (size_t k = 1; k < chunk_sets_.row_offsets.size(); ++k) {
+          label_sets_.row_offsets.push_back(base + chunk_sets_.row_offsets[k]);
+        }
+        if (begin == 0) {
+          label_sets_.labels.clear();
+          label_sets_.probs.clear();
+        }
+        label_sets_.labels.insert(label_sets_.labels.end(), chunk_sets_.labels.begin(),
+                                  chunk_sets_.labels.end());
+        label_sets_.probs.insert(label_sets_.probs.end(), chunk_sets_.probs.begin(),
+                                 chunk_sets_.probs.end());
+        return absl::OkStatus();
+      });
   if (!call.status.ok()) return {group.size(), call.status};
   const LabelSets& all = label_sets_;
   std::vector<absl::StatusOr<PredictResult>> out;
@@ -202,11 +264,12 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
 }
 
 Workers::Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
-                 ExecutionListener* listener)
+                 ExecutionListener* listener, const ChunkOptions& chunks)
     : batcher_(batcher),
       backends_(std::move(backends)),
       clock_(clock),
       listener_(listener),
+      chunks_(chunks),
       healthy_(static_cast<int>(backends_.size())) {}
 
 Workers::~Workers() { Join(); }
@@ -215,7 +278,22 @@ void Workers::Start() {
   for (size_t w = 0; w < backends_.size(); ++w) {
     threads_.emplace_back([this, w] {
       Backend& backend = *backends_[w];
-      Executor executor(&backend, clock_, listener_);
+      // Two executors on one backend (driven by this one thread): their buffers are apart, so
+      // interactive work can run between the chunks of a bulk batch whose inputs the bulk
+      // executor's buffers still hold.
+      Executor bulk(&backend, clock_, listener_, chunks_);
+      Executor interactive(&backend, clock_, listener_, chunks_);
+      bulk.SetBetweenChunks([&] {
+        while (batcher_->Waiting(Priority::kInteractive)) {
+          std::vector<JobBatcher::Drop> drops;
+          std::optional<JobBatcher::AnyBatch> batch =
+              batcher_->TryCutNow(Priority::kInteractive, &drops);
+          for (JobBatcher::Drop& d : drops) d();
+          if (!batch.has_value()) break;  // waiting, but not due yet (its batching delay)
+          std::visit([&](auto& b) { interactive.Execute(b); }, *batch);
+          if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
+        }
+      });
       bool healthy = true;
       // True when this worker should leave: its backend cannot compute and another can. The
       // last one stays, and its backend answers every batch with its status (UNAVAILABLE), so
@@ -229,7 +307,11 @@ void Workers::Start() {
       };
       if (leave()) return;
       while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch()) {
-        std::visit([&](auto& b) { executor.Execute(b); }, *batch);
+        std::visit(
+            [&](auto& b) {
+              (b.front().priority == Priority::kInteractive ? interactive : bulk).Execute(b);
+            },
+            *batch);
         if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
         if (leave()) break;
       }

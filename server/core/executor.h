@@ -8,12 +8,21 @@
 //   std::vector<absl::StatusOr<LossResult>> results = executor.Run(jobs);   // pure
 //   executor.Execute(batch);   // a batch from the batcher: runs it and answers every task
 //
-// Workers is the thread side: one thread per backend, each with its own Executor, pulling
-// batches from the batcher until it is shut down and drained. A worker whose backend turns
-// unhealthy stops pulling while another backend is healthy.
+// Bulk batches (job.h, Priority) are computed in row chunks of about `bulk_chunk` of kernel
+// time each (the rows follow from the time per element the executor measured on its recent
+// kernel calls of that job type), and `between_chunks` runs after each chunk but the last: a
+// worker runs the interactive work that arrived meanwhile there, so that an interactive batch
+// waits for at most one chunk, never for a whole bulk batch. The kernels are row-independent, so
+// a chunked job computes to the bits it gets whole.
+//
+// Workers is the thread side: one thread per backend, each with two Executors (bulk, and the
+// interactive work it runs between bulk chunks), pulling batches from the batcher until it is
+// shut down and drained. A worker whose backend turns unhealthy stops pulling while another
+// backend is healthy.
 #ifndef ZLPR_SERVER_CORE_EXECUTOR_H_
 #define ZLPR_SERVER_CORE_EXECUTOR_H_
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -39,8 +48,8 @@ class ExecutionListener {
   virtual ~ExecutionListener() = default;
   // One kernel call of `rows` rows took `seconds`.
   virtual void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) = 0;
-  // A task waited `seconds` from enqueue to the start of its batch.
-  virtual void OnQueued(JobKind kind, double seconds) = 0;
+  // A task of class `priority` waited `seconds` from enqueue to the start of its batch.
+  virtual void OnQueued(JobKind kind, Priority priority, double seconds) = 0;
   // Worker `worker` finished a batch on `backend`.
   virtual void OnBatchDone(size_t worker, const Backend& backend) = 0;
   // Worker `worker`'s backend stopped being able to compute (Backend::health() says why);
@@ -49,30 +58,52 @@ class ExecutionListener {
                                   int /*healthy_left*/) {}
 };
 
+// How bulk work is cut (CoreOptions::chunks).
+struct ChunkOptions {
+  // Kernel time of one chunk of a bulk batch; 0: bulk batches are computed whole.
+  std::chrono::microseconds bulk_chunk{1000};
+  // The time per element assumed before the first kernel call has been measured.
+  double initial_ns_per_element = 2.0;
+};
+
 class Executor {
  public:
   // `backend`, `clock` and `listener` (may be null) must outlive the executor.
-  Executor(Backend* backend, Clock* clock, ExecutionListener* listener);
+  Executor(Backend* backend, Clock* clock, ExecutionListener* listener,
+           const ChunkOptions& chunks = {});
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // One result per job, in order. Jobs in one kernel call share its fate: a backend error
-  // fails every job of that group, and only those; except RESOURCE_EXHAUSTED (the batch did
-  // not fit the device), after which each job of the group runs on its own.
-  std::vector<absl::StatusOr<LossResult>> Run(std::span<const LossJob* const> jobs);
-  std::vector<absl::StatusOr<PredictResult>> Run(std::span<const PredictJob* const> jobs);
+  // Runs after each bulk chunk but a batch's last, on the thread that runs the batch.
+  void SetBetweenChunks(std::function<void()> f) { between_chunks_ = std::move(f); }
+
+  // One result per job, in order; computed in chunks when `chunked`. Jobs in one kernel call
+  // share its fate: a backend error fails every job of that group, and only those; except
+  // RESOURCE_EXHAUSTED (the batch did not fit the device), after which each job of the group
+  // runs on its own.
+  std::vector<absl::StatusOr<LossResult>> Run(std::span<const LossJob* const> jobs,
+                                              bool chunked = false);
+  std::vector<absl::StatusOr<PredictResult>> Run(std::span<const PredictJob* const> jobs,
+                                                 bool chunked = false);
+
+  // Rows of one chunk of `cols` columns of a job type (at least 1), from the measured time per
+  // element.
+  int64_t ChunkRows(JobKind kind, int64_t cols) const;
 
   // Runs a batch from the batcher and answers each task with its result (and its queue time).
+  // A bulk batch is computed in chunks.
   template <typename Job>
   void Execute(Batch<Job>& batch) {
     const SteadyTime start = clock_->Now();
+    const Priority priority = batch.front().priority;
     std::vector<const Job*> jobs;
     jobs.reserve(batch.size());
     for (const Task<Job>& task : batch) jobs.push_back(&task.job);
-    std::vector<absl::StatusOr<typename Job::Result>> results = Run(jobs);
+    std::vector<absl::StatusOr<typename Job::Result>> results =
+        Run(jobs, priority == Priority::kBulk && chunks_.bulk_chunk.count() > 0);
     for (size_t i = 0; i < batch.size(); ++i) {
       const double queued = std::chrono::duration<double>(start - batch[i].enqueued_at).count();
-      if (listener_ != nullptr) listener_->OnQueued(Job::kKind, queued);
+      if (listener_ != nullptr) listener_->OnQueued(Job::kKind, priority, queued);
       if (results[i].ok()) results[i]->timing.queue_seconds = queued;
       batch[i].done(std::move(results[i]));
     }
@@ -83,28 +114,37 @@ class Executor {
     absl::Status status;
     double seconds = 0;
   };
-  // Runs `call` (one backend call of `rows` rows), timed and reported to the listener.
-  KernelCall TimedKernelCall(JobKind kind, int64_t rows, const std::function<absl::Status()>& call);
-  // One kernel call for a group of jobs that can share it; one result per job.
+  // Runs `call` (one backend call of `rows` x `cols`), timed and reported to the listener.
+  KernelCall TimedKernelCall(JobKind kind, int64_t rows, int64_t cols,
+                             const std::function<absl::Status()>& call);
+  // Runs `call(begin, end)` over the rows of `in` (whole, or chunk by chunk with
+  // between_chunks_ in between); the total kernel time, or the first error.
+  template <typename Input, typename Call>
+  KernelCall RunRows(JobKind kind, const Input& in, bool chunked, const Call& call);
+  // The kernel call(s) for a group of jobs that can share them; one result per job.
   std::vector<absl::StatusOr<LossResult>> RunLossGroup(std::span<const LossJob* const> group,
-                                                       const ValidatedLossInput& in);
+                                                       const ValidatedLossInput& in, bool chunked);
   std::vector<absl::StatusOr<PredictResult>> RunPredictGroup(
-      std::span<const PredictJob* const> group, const ValidatedLabelerInput& in);
+      std::span<const PredictJob* const> group, const ValidatedLabelerInput& in, bool chunked);
 
   Backend* const backend_;
   Clock* const clock_;
   ExecutionListener* const listener_;
+  const ChunkOptions chunks_;
+  std::function<void()> between_chunks_;
+  // Kernel time per element of each job type, a moving average of the recent kernel calls.
+  std::array<double, kJobKinds> ns_per_element_;
   // Reused across batches: no allocation on the steady-state path.
-  ConcatBuffers concat_;
+  ConcatBuffers concat_, slice_;
   std::vector<float> loss_, grad_, probs_;
-  LabelSets label_sets_;
+  LabelSets label_sets_, chunk_sets_;
 };
 
 class Workers {
  public:
   // One worker per backend; `batcher`, `clock` and `listener` must outlive the workers.
   Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
-          ExecutionListener* listener);
+          ExecutionListener* listener, const ChunkOptions& chunks = {});
   ~Workers();  // joins
 
   const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
@@ -120,6 +160,7 @@ class Workers {
   const std::vector<std::unique_ptr<Backend>> backends_;
   Clock* const clock_;
   ExecutionListener* const listener_;
+  const ChunkOptions chunks_;
   std::vector<std::thread> threads_;
   std::atomic<int> healthy_{0};
 };

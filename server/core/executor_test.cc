@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -31,6 +34,8 @@ class FakeBackend final : public Backend {
   absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
     ZLPR_RETURN_IF_ERROR(health());
     calls.push_back(in.rows());
+    kinds.push_back('L');
+    if (on_call) on_call();
     clock_->Advance(microseconds(5000));
     if (in.cols() == fail_cols) return absl::InternalError("the device fell over");
     if (in.rows() > max_rows) return absl::ResourceExhaustedError("too many rows for the device");
@@ -47,6 +52,8 @@ class FakeBackend final : public Backend {
   absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
     ZLPR_RETURN_IF_ERROR(health());
     calls.push_back(in.rows());
+    kinds.push_back('P');
+    if (on_call) on_call();
     clock_->Advance(microseconds(5000));
     const auto* s = static_cast<const float*>(in->scores.data);
     out->row_offsets = {0};
@@ -73,7 +80,9 @@ class FakeBackend final : public Backend {
                : absl::OkStatus();
   }
 
-  std::vector<int64_t> calls;  // rows of each kernel call
+  std::vector<int64_t> calls;     // rows of each kernel call
+  std::string kinds;              // L (loss) or P (labeler), one per call
+  std::function<void()> on_call;  // runs at the start of each call
   int64_t fail_cols = -1;
   int64_t max_rows = 1 << 30;  // larger calls fail with RESOURCE_EXHAUSTED
   int healthy_calls = -1;
@@ -87,7 +96,7 @@ class RecordingListener final : public ExecutionListener {
   void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) override {
     kernel_calls.push_back({kind, rows, seconds, ok});
   }
-  void OnQueued(JobKind, double seconds) override { queued.push_back(seconds); }
+  void OnQueued(JobKind, Priority, double seconds) override { queued.push_back(seconds); }
   void OnBatchDone(size_t, const Backend&) override {}
 
   struct Call {
@@ -227,7 +236,7 @@ TEST_F(ExecutorTest, ABatchThatDoesNotFitTheDeviceIsRetriedJobByJob) {
 class HealthListener final : public ExecutionListener {
  public:
   void OnKernelCall(JobKind, int64_t, double, bool) override {}
-  void OnQueued(JobKind, double) override {}
+  void OnQueued(JobKind, Priority, double) override {}
   void OnBatchDone(size_t, const Backend&) override {}
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int left) override {
     absl::MutexLock lock(&mu);
@@ -358,6 +367,109 @@ TEST_F(ExecutorTest, ExecuteAnswersEveryTaskCutByTheBatcherWithItsQueueTime) {
   EXPECT_EQ(answers[1]->loss, (std::vector<float>{3, 33}));
   EXPECT_EQ(answers[1]->timing.batch_rows, 3);
   EXPECT_EQ(listener_.queued.size(), 2u);
+}
+
+TEST_F(ExecutorTest, ChunkedBulkJobsComputeToTheResultsOfTheWholeWithWorkBetweenTheChunks) {
+  // 2 rows of 3 columns a chunk at first; the fake backend's 5 ms per call then makes the
+  // measured time per element larger and the chunks a row each.
+  Executor chunked(&backend_, &clock_, &listener_,
+                   {.bulk_chunk = microseconds(1000), .initial_ns_per_element = 1e6 / 6});
+  int between = 0;
+  chunked.SetBetweenChunks([&] { ++between; });
+  const Data a(7, 3), b(2, 3, 50);
+  const LossJob ja = LossOf(a, 7, 3, true), jb = LossOf(b, 2, 3, true, DType::kFloat16);
+  const LossJob* jobs[] = {&ja, &jb};
+  const auto whole = executor_.Run(jobs);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{9}));
+  backend_.calls.clear();
+  const auto parts = chunked.Run(jobs, /*chunked=*/true);
+  EXPECT_EQ(backend_.calls, (std::vector<int64_t>{2, 1, 1, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(between, 7);
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(whole[i].ok() && parts[i].ok());
+    EXPECT_EQ(parts[i]->loss, whole[i]->loss);
+    EXPECT_EQ(parts[i]->loss_sum, whole[i]->loss_sum);
+    EXPECT_EQ(parts[i]->grad, whole[i]->grad);
+    EXPECT_DOUBLE_EQ(parts[i]->timing.compute_seconds, 8 * 0.005);
+  }
+
+  const Data p(5, 3);
+  const PredictJob jp = PredictOf(p, 5, 3, true), jq = PredictOf(p, 5, 3, true);
+  const PredictJob* predicts[] = {&jp, &jq};
+  const auto whole_labels = executor_.Run(predicts);
+  backend_.calls.clear();
+  const auto chunked_labels = chunked.Run(predicts, /*chunked=*/true);
+  EXPECT_EQ(backend_.calls.size(), 9u);  // 2 rows, then 1 at a time
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(whole_labels[i].ok() && chunked_labels[i].ok());
+    EXPECT_EQ(chunked_labels[i]->labels.row_offsets, whole_labels[i]->labels.row_offsets);
+    EXPECT_EQ(chunked_labels[i]->labels.labels, whole_labels[i]->labels.labels);
+    EXPECT_EQ(chunked_labels[i]->labels.probs, whole_labels[i]->labels.probs);
+    EXPECT_EQ(chunked_labels[i]->probs, whole_labels[i]->probs);
+  }
+}
+
+TEST_F(ExecutorTest, AnErrorInAChunkFailsTheGroupAndStopsIt) {
+  Executor chunked(&backend_, &clock_, &listener_,
+                   {.bulk_chunk = microseconds(1000), .initial_ns_per_element = 1e6 / 4});
+  backend_.healthy_calls = 2;
+  const Data a(6, 4);
+  const LossJob ja = LossOf(a, 6, 4, false);
+  const LossJob* jobs[] = {&ja};
+  const auto results = chunked.Run(jobs, /*chunked=*/true);
+  EXPECT_EQ(results[0].status(), absl::UnavailableError("the fake device is gone"));
+  EXPECT_EQ(backend_.calls.size(), 2u);
+}
+
+TEST(WorkersTest, InteractiveWorkArrivingDuringABulkBatchRunsAfterTheCurrentChunk) {
+  // One worker computes a 6-row bulk loss in chunks of a row; a predict arrives while the first
+  // chunk computes, and is computed right after it, before the rest of the bulk batch.
+  FakeClock clock;
+  BatcherOptions o;
+  o.adaptive_delay = false;
+  o.max_queue_delay = microseconds(0);
+  JobBatcher batcher(o, &clock);
+  auto fake = std::make_unique<FakeBackend>(&clock);
+  FakeBackend* backend = fake.get();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::move(fake));
+  HealthListener listener;
+  Workers workers(&batcher, std::move(backends), &clock, &listener,
+                  {.bulk_chunk = microseconds(1000), .initial_ns_per_element = 1e6 / 3});
+  const Data d(6, 3);
+  LossInput loss;
+  loss.scores = {d.scores.data(), DType::kFloat32, 6, 3};
+  loss.labels = MatrixView{d.labels.data(), DType::kFloat32, 6, 3};
+  LabelerInput label;
+  label.scores = {d.scores.data(), DType::kFloat32, 1, 3};
+  absl::Mutex mu;
+  std::vector<char> answered;
+  auto answer = [&](char what) {
+    absl::MutexLock lock(&mu);
+    answered.push_back(what);
+  };
+  ASSERT_TRUE(batcher
+                  .Enqueue(Task<LossJob>{.job = LossJob{.input = *ValidateLossInput(loss)},
+                                         .done = [&](const auto&) { answer('L'); }})
+                  .ok());
+  bool arrived = false;
+  backend->on_call = [&] {
+    if (std::exchange(arrived, true)) return;  // once, from the worker, in the first chunk
+    ASSERT_TRUE(
+        batcher
+            .Enqueue(Task<PredictJob>{.job = PredictJob{.input = *ValidateLabelerInput(label)},
+                                      .done = [&](const auto&) { answer('P'); }})
+            .ok());
+  };
+  workers.Start();
+  {
+    absl::MutexLock lock(&mu, absl::Condition(
+                                  +[](std::vector<char>* a) { return a->size() == 2; }, &answered));
+  }
+  batcher.Shutdown();
+  workers.Join();
+  EXPECT_EQ(backend->kinds, "LPLLLLL");
+  EXPECT_EQ(answered, (std::vector<char>{'P', 'L'}));
 }
 
 }  // namespace

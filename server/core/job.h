@@ -23,6 +23,17 @@ constexpr const char* JobKindName(JobKind kind) {
   return kind == JobKind::kLoss ? "loss" : "predict";
 }
 
+// A request's class. Interactive work (an online prediction API: small requests, a latency
+// budget of milliseconds) is taken before bulk work (a trainer's large loss calls: throughput)
+// whenever both wait, and bulk work is computed in chunks between which interactive work runs
+// (docs/ARCHITECTURE.md, "Request classes"). Each job type has a default; a request may ask
+// for the other.
+enum class Priority { kInteractive, kBulk };
+inline constexpr int kPriorities = 2;
+constexpr const char* PriorityName(Priority p) {
+  return p == Priority::kInteractive ? "interactive" : "bulk";
+}
+
 // Where a job's time went on the server.
 struct Timing {
   double queue_seconds = 0;    // from enqueue to the start of its batch
@@ -45,6 +56,7 @@ struct LossResult {
 struct LossJob {
   using Result = LossResult;
   static constexpr JobKind kKind = JobKind::kLoss;
+  static constexpr Priority kDefaultPriority = Priority::kBulk;
 
   ValidatedLossInput input;  // views into the request, which outlives the job
   bool want_grad = false;
@@ -65,6 +77,7 @@ struct PredictResult {
 struct PredictJob {
   using Result = PredictResult;
   static constexpr JobKind kKind = JobKind::kPredict;
+  static constexpr Priority kDefaultPriority = Priority::kInteractive;
 
   ValidatedLabelerInput input;  // views into the request, which outlives the job
   bool want_probs = false;

@@ -2,6 +2,7 @@
 #include "server/grpc/call_support.h"
 
 #include <chrono>
+#include <functional>
 #include <limits>
 #include <string>
 
@@ -13,7 +14,8 @@
 namespace zlpr::server {
 
 CallControl ControlOf(grpc::CallbackServerContext* ctx, const Clock& clock) {
-  CallControl control{.cancelled = [ctx] { return ctx->IsCancelled(); }};
+  CallControl control{.cancelled = [ctx] { return ctx->IsCancelled(); },
+                      .caller = std::hash<std::string>{}(ctx->peer())};
   const auto deadline = ctx->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     const auto left = deadline - std::chrono::system_clock::now();

@@ -442,7 +442,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     handling_ = true;
     auto gone = std::make_shared<std::atomic<bool>>(false);
     app_->Handle(std::move(req), path_, &*admission_,
-                 CallControl{.cancelled = [gone] { return gone->load(); }},
+                 // The connection is the caller: bulk work is shared out fairly among callers.
+                 CallControl{.cancelled = [gone] { return gone->load(); },
+                             .caller = reinterpret_cast<uintptr_t>(this)},
                  // Holds the session: it lives until its request is answered (the client may
                  // have half-closed the connection and still read the answer).
                  [self = this->shared_from_this(), gate = front_->gate](Response res) {

@@ -2,6 +2,8 @@
 #include "server/metrics/metrics.h"
 
 #include <iterator>
+#include <map>
+#include <string>
 
 #include "absl/status/status.h"
 
@@ -37,7 +39,9 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                           .Register(registry);
   auto& queue = BuildHistogram()
                     .Name("zlpr_queue_duration_seconds")
-                    .Help("Time a request waited in the batcher's queue, by operation")
+                    .Help(
+                        "Time a request waited in the batcher's queue, by operation and class "
+                        "(interactive, bulk)")
                     .Register(registry);
   auto& compute = BuildHistogram()
                       .Name("zlpr_compute_duration_seconds")
@@ -51,21 +55,40 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
       BuildCounter().Name("zlpr_rows_total").Help("Rows computed, by operation").Register(registry);
   auto& depth = BuildGauge()
                     .Name("zlpr_queue_depth")
-                    .Help("Requests waiting in the batcher's queue, by operation")
+                    .Help("Requests waiting in the batcher's queue, by operation and class")
                     .Register(registry);
   auto& capacity =
       BuildGauge()
           .Name("zlpr_queue_capacity")
-          .Help("Requests a queue holds before refusing (--max_queue_size), by operation")
+          .Help(
+              "Requests a queue holds before refusing (--max_queue_size), by operation and "
+              "class")
+          .Register(registry);
+  auto& class_duration =
+      BuildHistogram()
+          .Name("zlpr_class_request_duration_seconds")
+          .Help(
+              "Time from a queued request's arrival to its response, by class (interactive, "
+              "bulk): what the scheduling of classes is for")
           .Register(registry);
   for (int o = 0; o < kOps; ++o) {
-    const char* op = JobKindName(static_cast<JobKind>(o));
-    capacity_[o] = &capacity.Add({{"op", op}});
-    queue_[o] = &queue.Add({{"op", op}}, SecondsBuckets());
+    const auto kind = static_cast<JobKind>(o);
+    const char* op = JobKindName(kind);
     compute_[o] = &compute.Add({{"op", op}, {"backend", backend}}, SecondsBuckets());
     batch_rows_[o] = &batch_rows.Add({{"op", op}}, RowBuckets());
     rows_[o] = &rows.Add({{"op", op}});
-    depth_[o] = &depth.Add({{"op", op}});
+    for (int c = 0; c < kPriorities; ++c) {
+      const auto priority = static_cast<Priority>(c);
+      const std::map<std::string, std::string> labels = {{"op", op},
+                                                         {"class", PriorityName(priority)}};
+      capacity_[Queue(kind, priority)] = &capacity.Add(labels);
+      queue_[Queue(kind, priority)] = &queue.Add(labels, SecondsBuckets());
+      depth_[Queue(kind, priority)] = &depth.Add(labels);
+    }
+  }
+  for (int c = 0; c < kPriorities; ++c) {
+    class_duration_[c] =
+        &class_duration.Add({{"class", PriorityName(static_cast<Priority>(c))}}, SecondsBuckets());
   }
   inflight_ = &BuildGauge()
                    .Name("zlpr_inflight_requests")
@@ -147,11 +170,13 @@ void Metrics::OnMethodRegistered(MethodId id, std::string_view method, std::stri
   h.duration = &duration_family_->Add({{"method", m}, {"protocol", p}}, SecondsBuckets());
 }
 
-void Metrics::OnRequestDone(MethodId id, absl::StatusCode code, double seconds) {
+void Metrics::OnRequestDone(MethodId id, absl::StatusCode code, double seconds,
+                            std::optional<Priority> priority) {
   const int c = static_cast<int>(code);
   MethodHandles& h = methods_[id];
   h.requests[c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown)]->Increment();
   h.duration->Observe(seconds);
+  if (priority.has_value()) class_duration_[static_cast<int>(*priority)]->Observe(seconds);
 }
 
 void Metrics::OnRejected(Reject reason) { rejected_[static_cast<int>(reason)]->Increment(); }
@@ -171,9 +196,9 @@ void Metrics::OnBudget(int64_t held, int64_t limit) {
   inflight_bytes_limit_->Set(static_cast<double>(limit));
 }
 
-void Metrics::OnQueueDepth(JobKind kind, int64_t depth, int64_t capacity) {
-  depth_[static_cast<int>(kind)]->Set(static_cast<double>(depth));
-  capacity_[static_cast<int>(kind)]->Set(static_cast<double>(capacity));
+void Metrics::OnQueueDepth(JobKind kind, Priority priority, int64_t depth, int64_t capacity) {
+  depth_[Queue(kind, priority)]->Set(static_cast<double>(depth));
+  capacity_[Queue(kind, priority)]->Set(static_cast<double>(capacity));
 }
 
 void Metrics::OnLateResult() { late_results_->Increment(); }
@@ -196,8 +221,8 @@ void Metrics::OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) 
   if (ok) rows_[static_cast<int>(kind)]->Increment(static_cast<double>(rows));
 }
 
-void Metrics::OnQueued(JobKind kind, double seconds) {
-  queue_[static_cast<int>(kind)]->Observe(seconds);
+void Metrics::OnQueued(JobKind kind, Priority priority, double seconds) {
+  queue_[Queue(kind, priority)]->Observe(seconds);
 }
 
 void Metrics::OnBatchDone(size_t worker, const Backend& backend) {

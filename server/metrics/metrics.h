@@ -11,6 +11,7 @@
 
 #include <array>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,18 +35,19 @@ class Metrics final : public CoreListener {
           const std::vector<int>& cuda_devices);
 
   void OnMethodRegistered(MethodId id, std::string_view method, std::string_view protocol) override;
-  void OnRequestDone(MethodId id, absl::StatusCode code, double seconds) override;
+  void OnRequestDone(MethodId id, absl::StatusCode code, double seconds,
+                     std::optional<Priority> priority) override;
   void OnRejected(Reject reason) override;
   void OnInflight(int delta) override;
   void OnRequestBytes(int64_t bytes) override;
   void OnResponseBytes(int64_t bytes) override;
   void OnBudget(int64_t held, int64_t limit) override;
-  void OnQueueDepth(JobKind kind, int64_t depth, int64_t capacity) override;
+  void OnQueueDepth(JobKind kind, Priority priority, int64_t depth, int64_t capacity) override;
   void OnLateResult() override;
   void OnConnections(std::string_view protocol, int delta) override;
 
   void OnKernelCall(JobKind kind, int64_t rows, double seconds, bool ok) override;
-  void OnQueued(JobKind kind, double seconds) override;
+  void OnQueued(JobKind kind, Priority priority, double seconds) override;
   void OnBatchDone(size_t worker, const Backend& backend) override;
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override;
 
@@ -59,9 +61,15 @@ class Metrics final : public CoreListener {
   prometheus::Family<prometheus::Counter>* requests_family_ = nullptr;
   prometheus::Family<prometheus::Histogram>* duration_family_ = nullptr;
   std::vector<MethodHandles> methods_;  // by MethodId, filled before the server starts
-  std::array<prometheus::Histogram*, kOps> queue_{}, compute_{}, batch_rows_{};
+  // Indexed by op * kPriorities + class.
+  static int Queue(JobKind kind, Priority priority) {
+    return static_cast<int>(kind) * kPriorities + static_cast<int>(priority);
+  }
+  std::array<prometheus::Histogram*, kOps * kPriorities> queue_{};
+  std::array<prometheus::Gauge*, kOps * kPriorities> depth_{}, capacity_{};
+  std::array<prometheus::Histogram*, kPriorities> class_duration_{};
+  std::array<prometheus::Histogram*, kOps> compute_{}, batch_rows_{};
   std::array<prometheus::Counter*, kOps> rows_{};
-  std::array<prometheus::Gauge*, kOps> depth_{}, capacity_{};
   std::array<prometheus::Counter*, static_cast<int>(Reject::kCount)> rejected_{};
   prometheus::Gauge* inflight_ = nullptr;
   prometheus::Gauge* inflight_bytes_ = nullptr;

@@ -39,6 +39,11 @@ const std::vector<TensorSpec>& OutputSpecs(std::string_view model) {
   return model == kLossModel ? loss : predict;
 }
 
+int DefaultPriorityLevel(std::string_view model) {
+  const Priority p = model == kLossModel ? LossJob::kDefaultPriority : PredictJob::kDefaultPriority;
+  return p == Priority::kInteractive ? 1 : 2;
+}
+
 absl::Status CheckModel(std::string_view name, std::string_view version) {
   if (name != kPredictModel && name != kLossModel) {
     return absl::NotFoundError(
@@ -174,6 +179,7 @@ struct Params {
   uint32_t top_k = 0;
   uint32_t min_labels = 0;
   int64_t timeout_us = 0;  // 0: none
+  std::optional<Priority> priority;
 };
 
 absl::StatusOr<Params> ParseParams(const Request& req) {
@@ -190,11 +196,23 @@ absl::StatusOr<Params> ParseParams(const Request& req) {
       out.timeout_us = static_cast<int64_t>(std::min(us, 365 * 86400 * 1e6));
       continue;
     }
+    if (name == "priority") {
+      // Triton's levels: 0 the model's default, then 1 (the highest) to kPriorityLevels.
+      ZLPR_ASSIGN_OR_RETURN(const double level, Number(name, value));
+      if (level != 0 && level != 1 && level != 2) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "parameter 'priority' = %g must be 0 (the model's default), 1 (interactive) or 2 "
+            "(bulk)",
+            level));
+      }
+      if (level != 0) out.priority = level == 1 ? Priority::kInteractive : Priority::kBulk;
+      continue;
+    }
     const bool count = name == "top_k" || name == "min_labels";
     if (name != "threshold" && !count) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "unknown parameter '%s': zlpr_predict takes threshold, top_k and min_labels (and both "
-          "models timeout)",
+          "models timeout and priority)",
           name));
     }
     if (req.model == kLossModel) {
@@ -260,6 +278,7 @@ absl::StatusOr<Plan> Convert(const Request& request) {
   ZLPR_RETURN_IF_ERROR(Requested(request, &plan));
   ZLPR_ASSIGN_OR_RETURN(const Params params, ParseParams(request));
   plan.timeout_us = params.timeout_us;
+  plan.priority = params.priority;
   ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(*inputs.at("scores")));
   const uint8_t* mask = nullptr;
   if (auto it = inputs.find("mask"); it != inputs.end()) {

@@ -12,6 +12,8 @@
 //                 outputs loss FP32 [-1], grad FP32 [-1, -1]; response parameters loss_sum,
 //                         loss_mean
 // Parameter "timeout" (Triton's, microseconds) bounds a request's time like a deadline;
+// "priority" (Triton's levels: 0 the model's default, 1 interactive, 2 bulk; zlpr_predict is
+// interactive by default and zlpr_loss bulk) sets its class (job.h, Priority);
 // parameters named "triton_..." are Triton's own and ignored. Only the requested outputs are
 // returned (all when none is named); the gradient and the dense probabilities are computed only
 // when returned.
@@ -19,6 +21,7 @@
 #define ZLPR_SERVER_OIP_CONVERTER_H_
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -55,6 +58,7 @@ struct Plan {
   std::set<std::string> want;                             // the outputs to return
   int64_t classification = 0;  // zlpr_predict's probs as Triton's classification of k; 0: dense
   int64_t timeout_us = 0;      // Triton's "timeout"; 0: none
+  std::optional<Priority> priority;  // Triton's "priority"; nullopt: the model's default
   // An upper bound on the response's outputs before anything is computed (label lists aside).
   int64_t response_bytes = 0;
 };
@@ -66,6 +70,10 @@ absl::StatusOr<Plan> Convert(const Request& request);
 // The outputs (and parameters) of a computed job, as `plan` asked for them.
 void Fill(LossResult result, const Plan& plan, Response* response);
 void Fill(PredictResult result, const Plan& plan, Response* response);
+
+// Triton's priority levels: 1 interactive, 2 bulk (0 in a request: the model's default).
+inline constexpr int kPriorityLevels = 2;
+int DefaultPriorityLevel(std::string_view model);
 
 // An upper bound on `response`'s size on either wire (its outputs' bytes and their framing).
 int64_t WireBytes(const Response& response);

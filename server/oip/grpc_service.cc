@@ -236,7 +236,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
 grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
-  auto r = ModelConfigOf(request->name(), request->version(), options_.max_batch_rows);
+  auto r = ModelConfigOf(request->name(), request->version(), core_->options().batcher);
   const absl::Status status = r.status();
   if (r.ok()) *response->mutable_config() = *std::move(r);
   return Answer(ctx, status);

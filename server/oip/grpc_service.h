@@ -37,8 +37,7 @@ using InferenceServiceBase = inference::GRPCInferenceService::WithRawCallbackMet
 
 struct GrpcOptions {
   std::string version;
-  int64_t max_batch_rows = 256;  // what ModelConfig reports
-  int stream_window = 64;        // ModelStreamInfer requests read and not yet answered
+  int stream_window = 64;  // ModelStreamInfer requests read and not yet answered
 };
 
 class InferenceService final : public InferenceServiceBase {

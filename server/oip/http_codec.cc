@@ -622,6 +622,10 @@ json ConfigJson(const inference::ModelConfig& c) {
   }
   out["input"] = std::move(inputs);
   out["output"] = std::move(outputs);
+  const auto& b = c.dynamic_batching();
+  out["dynamic_batching"] = {{"max_queue_delay_microseconds", b.max_queue_delay_microseconds()},
+                             {"priority_levels", b.priority_levels()},
+                             {"default_priority_level", b.default_priority_level()}};
   return out;
 }
 

@@ -155,7 +155,7 @@ http::Response HttpRoutes::Get(const http::Request& req, const http::Path& path)
     return JsonResponse(core_->ready() ? 200 : 503, "");
   }
   if (action == "config") {
-    auto r = ModelConfigOf(model, version, options_.max_batch_rows);
+    auto r = ModelConfigOf(model, version, core_->options().batcher);
     return r.ok() ? JsonResponse(200, ModelConfigText(*r)) : error(r.status());
   }
   if (action == "stats") {

@@ -33,8 +33,7 @@ namespace zlpr::server::oip {
 
 struct HttpRoutesOptions {
   std::string version;
-  int64_t max_batch_rows = 256;  // what the model configuration reports
-  int codec_threads = 1;         // the pool that parses and formats large JSON texts
+  int codec_threads = 1;  // the pool that parses and formats large JSON texts
   // When set, GET /metrics answers its text (Prometheus' exposition format), behind the HTTP
   // port's TLS and token.
   std::function<std::string()> metrics_text;

@@ -20,6 +20,7 @@ void Inference::Run(Admission* admission, CallControl control, const Request& re
     core_->Rejected(Reject::kInvalid);
     return done(plan.status());
   }
+  control.priority = plan->priority;
   if (plan->timeout_us > 0) {
     // Triton's per-request timeout: the earlier of it and the call's own deadline.
     control.deadline = std::min(control.deadline,

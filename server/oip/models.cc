@@ -87,15 +87,20 @@ absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::stri
 
 absl::StatusOr<inference::ModelConfig> ModelConfigOf(const std::string& name,
                                                      const std::string& version,
-                                                     int64_t max_batch_rows) {
+                                                     const BatcherOptions& batcher) {
   ZLPR_RETURN_IF_ERROR(CheckModel(name, version));
   inference::ModelConfig c;
   c.set_name(name);
   c.set_platform(kPlatform);
   c.set_backend(kPlatform);
   // Rows are the batch dimension: dims below leave it out, as Triton's configurations do.
-  c.set_max_batch_size(
-      static_cast<int32_t>(std::min<int64_t>(max_batch_rows, std::numeric_limits<int32_t>::max())));
+  c.set_max_batch_size(static_cast<int32_t>(
+      std::min<int64_t>(batcher.max_batch_rows, std::numeric_limits<int32_t>::max())));
+  auto* batching = c.mutable_dynamic_batching();
+  batching->set_max_queue_delay_microseconds(
+      static_cast<uint64_t>(batcher.max_queue_delay.count()));
+  batching->set_priority_levels(kPriorityLevels);
+  batching->set_default_priority_level(static_cast<uint64_t>(DefaultPriorityLevel(name)));
   for (const TensorSpec& s : InputSpecs(name)) {
     auto* in = c.add_input();
     in->set_name(s.name);

@@ -16,10 +16,12 @@ inference::ServerMetadataResponse ServerMetadataOf(const std::string& version);
 // NOT_FOUND for an unknown model or version.
 absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,
                                                                  const std::string& version);
-// `max_batch_rows` is reported as max_batch_size; dims leave out the batch dimension.
+// The batcher's max_batch_rows is reported as max_batch_size (dims leave out the batch
+// dimension), its delay and the request classes as dynamic_batching (priority levels 1
+// interactive and 2 bulk, the default the model's job type's).
 absl::StatusOr<inference::ModelConfig> ModelConfigOf(const std::string& name,
                                                      const std::string& version,
-                                                     int64_t max_batch_rows);
+                                                     const BatcherOptions& batcher);
 // Both models' statistics when `name` is empty.
 absl::StatusOr<inference::ModelStatisticsResponse> StatisticsOf(const InferenceCore& core,
                                                                 const std::string& name,

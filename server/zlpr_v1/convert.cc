@@ -70,6 +70,21 @@ void SetTiming(const Timing& t, v1::Timing* out) {
 
 }  // namespace
 
+absl::StatusOr<std::optional<Priority>> PriorityOf(int priority) {
+  switch (priority) {
+    case v1::PRIORITY_DEFAULT:
+      return std::nullopt;
+    case v1::PRIORITY_INTERACTIVE:
+      return Priority::kInteractive;
+    case v1::PRIORITY_BULK:
+      return Priority::kBulk;
+    default:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "priority = %d is not a Priority (0 the operation's default, 1 interactive, 2 bulk)",
+          priority));
+  }
+}
+
 absl::StatusOr<LossJob> LossJobFromRequest(const v1::LossRequest& request) {
   LossInput in;
   if (!request.has_scores()) return absl::InvalidArgumentError("scores: missing");

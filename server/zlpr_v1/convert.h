@@ -6,6 +6,8 @@
 #ifndef ZLPR_SERVER_ZLPR_V1_CONVERT_H_
 #define ZLPR_SERVER_ZLPR_V1_CONVERT_H_
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 #include "server/core/job.h"
 #include "zlpr/v1/zlpr.pb.h"
@@ -14,6 +16,9 @@ namespace zlpr::server {
 
 // INVALID_ARGUMENT naming the field, row and column when the request is malformed or invalid.
 absl::StatusOr<LossJob> LossJobFromRequest(const v1::LossRequest& request);
+// A request's `priority`: nullopt for PRIORITY_DEFAULT (the job type's), INVALID_ARGUMENT for a
+// number that is not a Priority.
+absl::StatusOr<std::optional<Priority>> PriorityOf(int priority);
 absl::StatusOr<PredictJob> PredictJobFromRequest(const v1::PredictRequest& request);
 
 // An upper bound on the serialized size of the response to a job, apart from the label lists a

@@ -32,11 +32,13 @@ class V1Protocol {
   void Submit(Admission* admission, CallControl control, const Request& request, Response* response,
               Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
     response->set_request_id(request.request_id());
-    absl::StatusOr<Job> job = convert_(request);
+    absl::StatusOr<std::optional<Priority>> priority = PriorityOf(request.priority());
+    absl::StatusOr<Job> job = priority.ok() ? convert_(request) : priority.status();
     if (!job.ok()) {
       core_->Rejected(Reject::kInvalid);
       return done(job.status());
     }
+    control.priority = *priority;
     const int64_t dense = DenseResponseBytes(*job, request.request_id().size());
     core_->Enqueue(admission, std::move(control), *std::move(job), dense,
                    [this, response, extra,

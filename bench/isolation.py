@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Online predictions beside a trainers' flood, on one server (docs/RELIABILITY.md, "Request
+classes"): Predict 1 x 1000 sent open-loop at --rate requests/s (Poisson arrivals), alone and
+beside a flood of --flood closed-loop callers of a 256 x 16384 loss+gradient (zlpr.v1); the
+Predicts over zlpr.v1 (zlpr-bench) and over the Open Inference Protocol's HTTP binding (JSON, this
+script's own open-loop client, latency from each request's scheduled time). Prints the Predicts'
+p50 / p99 / p99.9 and the flood's calls/s, alone and together. With --pin (the default) the
+server runs on CPU 0 and every load generator on CPU 1.
+
+  python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...]
+"""
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+PREDICT_BODY = json.dumps({"inputs": [{
+    "name": "scores", "datatype": "FP32", "shape": [1, 1000],
+    "data": [round(random.Random(0).gauss(0, 1), 4) for _ in range(1000)]}]})
+
+
+def quantiles(lat):
+    lat = sorted(lat)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3
+    return q(0.5), q(0.99), q(0.999)
+
+
+def http_open_loop(port, rate, seconds, pin):
+    """Predicts over HTTP at `rate` per second (Poisson), each on a kept-alive connection of a
+    pool; latency counted from the scheduled send time, so a stall is not hidden."""
+    if pin:
+        os.sched_setaffinity(0, {1})
+    local = threading.local()
+    lat, errors = [], [0]
+
+    def call(scheduled):
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/v2/models/zlpr_predict/infer", PREDICT_BODY,
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                errors[0] += 1
+                return
+        except OSError:
+            local.conn = None
+            errors[0] += 1
+            return
+        lat.append(time.perf_counter() - scheduled)
+
+    rng = random.Random(1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        t = time.perf_counter() + 0.5
+        end = t + seconds
+        warm_end = t + 1.0
+        while t < end:
+            t += rng.expovariate(rate)
+            delay = t - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if t >= warm_end:
+                pool.submit(call, t)
+    return lat, errors[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--server", default=None, help="zlpr-server binary (default: BUILD's)")
+    ap.add_argument("--server-flag", action="append", default=[])
+    ap.add_argument("--rate", type=float, default=300)
+    ap.add_argument("--flood", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--no-pin", dest="pin", action="store_false")
+    ap.add_argument("--skip-http", action="store_true")
+    args = ap.parse_args()
+    on_server, on_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
+    server_bin = args.server or os.path.join(args.build, "server/zlpr-server")
+    bench = os.path.join(args.build, "bench/zlpr-bench")
+    server = subprocess.Popen(on_server + [server_bin, "--grpc_address=127.0.0.1:0",
+                                           "--metrics_address=", "--backend=cpu",
+                                           "--http_address=127.0.0.1:0", *args.server_flag],
+                              stdout=subprocess.PIPE, text=True)
+    target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", server.stdout.readline()).group(1)
+    http_port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
+    tmp = tempfile.mkdtemp()
+
+    def zlpr_bench(name, *flags):
+        out = os.path.join(tmp, name + ".json")
+        proc = subprocess.Popen(on_client + [
+            bench, f"--target={target}", f"--duration_s={args.seconds}", "--warmup_s=1",
+            "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
+        return lambda: (proc.wait(), json.load(open(out))["runs"][0])[1]
+
+    def predicts():
+        return zlpr_bench("predict", "--rpc=predict", "--rows=1", "--cols=1000",
+                          f"--rate={args.rate}")
+
+    def flood():
+        return zlpr_bench("flood", "--rpc=loss_grad", "--rows=256", "--cols=16384",
+                          f"--concurrency={args.flood}")
+
+    def errors(run):
+        return sum(run.get("errors", {}).values())
+
+    rows = []
+
+    def predict_row(label, run):
+        rows.append(f"| {label} | {run['p50_s'] * 1e3:.2f} | {run['p99_s'] * 1e3:.2f} | "
+                    f"{run['p999_s'] * 1e3:.2f} | {errors(run)} |")
+
+    try:
+        predict_row("zlpr.v1 Predict alone", predicts()())
+        flood_alone = flood()()
+        wait_flood, wait_predicts = flood(), predicts()
+        predict_row("zlpr.v1 Predict beside the flood", wait_predicts())
+        flood_beside = wait_flood()
+        if not args.skip_http:
+            lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
+            p50, p99, p999 = quantiles(lat)
+            rows.append(f"| OIP HTTP Predict alone | {p50:.2f} | {p99:.2f} | {p999:.2f} | {err} |")
+            wait_flood = flood()
+            lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
+            p50, p99, p999 = quantiles(lat)
+            rows.append(f"| OIP HTTP Predict beside the flood | {p50:.2f} | {p99:.2f} | "
+                        f"{p999:.2f} | {err} |")
+            flood_beside_http = wait_flood()
+        print(f"\nPredict 1 x 1000 at {args.rate:.0f}/s open loop; flood: {args.flood} callers "
+              f"of loss+gradient 256 x 16384; server flags: {' '.join(args.server_flag) or '-'}")
+        print("| Predict | p50 ms | p99 ms | p99.9 ms | errors |")
+        print("|---|---:|---:|---:|---:|")
+        print("\n".join(rows))
+        print("\n| flood | calls/s | errors |")
+        print("|---|---:|---:|")
+        print(f"| alone | {flood_alone['rps']:.1f} | {errors(flood_alone)} |")
+        print(f"| beside zlpr.v1 Predicts | {flood_beside['rps']:.1f} "
+              f"({flood_beside['rps'] / flood_alone['rps']:.2f}x) | {errors(flood_beside)} |")
+        if not args.skip_http:
+            print(f"| beside OIP HTTP Predicts | {flood_beside_http['rps']:.1f} "
+                  f"({flood_beside_http['rps'] / flood_alone['rps']:.2f}x) | "
+                  f"{errors(flood_beside_http)} |")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
