@@ -84,6 +84,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--flood-nice", type=int, default=0,
+                    help="the flood's load generator at this nice value, so that it does not "
+                         "take the CPU from the Predicts' client it shares a core with")
     args = ap.parse_args()
     on_server, on_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
     server_bin = args.server or os.path.join(args.build, "server/zlpr-server")
@@ -96,9 +99,9 @@ def main():
     http_port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
     tmp = tempfile.mkdtemp()
 
-    def zlpr_bench(name, *flags):
+    def zlpr_bench(name, *flags, nice=0):
         out = os.path.join(tmp, name + ".json")
-        proc = subprocess.Popen(on_client + [
+        proc = subprocess.Popen(on_client + ["nice", "-n", str(nice)] + [
             bench, f"--target={target}", f"--duration_s={args.seconds}", "--warmup_s=1",
             "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
         return lambda: (proc.wait(), json.load(open(out))["runs"][0])[1]
@@ -109,7 +112,7 @@ def main():
 
     def flood():
         return zlpr_bench("flood", "--rpc=loss_grad", "--rows=256", "--cols=16384",
-                          f"--concurrency={args.flood}")
+                          f"--concurrency={args.flood}", nice=args.flood_nice)
 
     def errors(run):
         return sum(run.get("errors", {}).values())

@@ -86,6 +86,10 @@ ABSL_FLAG(int64_t, bulk_chunk_us, 1000,
           "Kernel time of one chunk of a bulk batch, in microseconds: interactive requests run "
           "between chunks, so they wait for one chunk at most, never a whole bulk batch. 0: bulk "
           "batches are computed whole");
+ABSL_FLAG(std::string, bulk_threads, "idle",
+          "OS priority of the threads that parse requests of 1 MiB or more and serialize bulk "
+          "responses: idle (SCHED_IDLE: only when nothing else wants the CPU), nice (nice 19) or "
+          "normal (the server's own; no isolation)");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes (clients must allow the same)");
 ABSL_FLAG(int64_t, max_inflight_bytes, 0,
@@ -248,6 +252,15 @@ int main(int argc, char** argv) {
   options.batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.batcher.adaptive_delay = absl::GetFlag(FLAGS_adaptive_queue_delay);
   options.bulk_chunk = std::chrono::microseconds(absl::GetFlag(FLAGS_bulk_chunk_us));
+  absl::StatusOr<zlpr::server::BackgroundPolicy> bulk_threads =
+      zlpr::server::ParseBackgroundPolicy(absl::GetFlag(FLAGS_bulk_threads));
+  if (!bulk_threads.ok()) {
+    std::fprintf(stderr, "zlpr-server: --bulk_threads=%s: %s\n",
+                 absl::GetFlag(FLAGS_bulk_threads).c_str(),
+                 std::string(bulk_threads.status().message()).c_str());
+    return 2;
+  }
+  options.bulk_threads = *bulk_threads;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
   options.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);

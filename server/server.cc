@@ -314,6 +314,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   s->metrics_ = std::make_unique<Metrics>(*s->registry_, Version(), s->backend_name_, cuda_devices);
   CoreOptions core_options{.batcher = options.batcher,
                            .chunks = {.bulk_chunk = options.bulk_chunk},
+                           .background_policy = options.bulk_threads,
                            .max_message_bytes = options.max_message_bytes,
                            .max_inflight_bytes = options.max_inflight_bytes != 0
                                                      ? options.max_inflight_bytes

@@ -74,6 +74,8 @@ struct ServerOptions {
   BatcherOptions batcher;
   // Kernel time of one chunk of a bulk batch (interactive work runs between chunks); 0: whole.
   std::chrono::microseconds bulk_chunk{1000};
+  // The OS priority of the threads that parse large requests and serialize bulk responses.
+  BackgroundPolicy bulk_threads = BackgroundPolicy::kIdle;
   int64_t max_message_bytes = 64 << 20;
   // Bytes all requests in flight may hold together (MemoryBudget); 0: DefaultMemoryShare().
   int64_t max_inflight_bytes = 0;

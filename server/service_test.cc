@@ -358,7 +358,68 @@ TEST_F(ServiceTest, GetServerInfoDescribesBackendBatcherAndLimits) {
   EXPECT_THAT(info.devices(0), HasSubstr("cpu ("));
   EXPECT_EQ(info.batcher().max_batch_rows(), 77);
   EXPECT_EQ(info.batcher().max_queue_delay_us(), 200);
+  EXPECT_EQ(info.batcher().bulk_chunk_us(), 1000);
+  EXPECT_EQ(info.batcher().bulk_threads(), "idle");
   EXPECT_EQ(info.limits().max_message_bytes(), 64 << 20);
+}
+
+TEST_F(ServiceTest, ARequestsPriorityChoosesItsClassAndAnUnknownOneIsRefused) {
+  StartServer();
+  const testing::Problem p = testing::MakeProblem({.rows = 2, .cols = 9, .seed = 3});
+  auto count = [&](const char* cls) {
+    return MetricValue(
+        Metrics(), absl::StrCat("zlpr_class_request_duration_seconds_count{class=\"", cls, "\"}"));
+  };
+  for (v1::Priority priority :
+       {v1::PRIORITY_DEFAULT, v1::PRIORITY_INTERACTIVE, v1::PRIORITY_BULK}) {
+    v1::LossRequest req = LossRequestOf(p, false, false);
+    req.set_priority(priority);
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    ASSERT_TRUE(stub_->ComputeLoss(&ctx, req, &resp).ok());
+  }
+  EXPECT_EQ(count("bulk"), 2);  // the loss's default, and asked
+  EXPECT_EQ(count("interactive"), 1);
+  v1::LossRequest bad = LossRequestOf(p, false, false);
+  bad.set_priority(static_cast<v1::Priority>(7));
+  grpc::ClientContext ctx;
+  v1::LossResponse resp;
+  const grpc::Status st = stub_->ComputeLoss(&ctx, bad, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(),
+            "priority = 7 is not a Priority (0 the operation's default, 1 interactive, 2 bulk)");
+}
+
+TEST_F(ServiceTest, LargeMessagesParsedAndAnsweredOnTheBackgroundThreadsGiveTheSameResults) {
+  // Over 1 MiB: parsed on the background threads, and (bulk) serialized there; unary and
+  // streamed, beside a small one that takes the inline path.
+  StartServer();
+  const testing::Problem big = testing::MakeProblem(
+      {.rows = 300, .cols = 1000, .labels = testing::Labels::kSoft, .seed = 5});
+  const testing::Problem small = testing::MakeProblem({.rows = 2, .cols = 9, .seed = 6});
+  std::vector<float> loss(300), grad(300 * 1000);
+  ASSERT_TRUE(cpu_->Loss(big.Input(false), {loss.data(), grad.data()}).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::LossResponse resp;
+    ASSERT_TRUE(stub_->ComputeLoss(&ctx, LossRequestOf(big, false, true), &resp).ok());
+    EXPECT_EQ(std::vector<float>(resp.loss().begin(), resp.loss().end()), loss);
+    EXPECT_EQ(Floats(resp.grad()), grad);
+  }
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamLoss(&ctx);
+  for (const testing::Problem* q : {&big, &small, &big}) {
+    ASSERT_TRUE(stream->Write(LossRequestOf(*q, false, true)));
+  }
+  stream->WritesDone();
+  v1::LossResponse resp;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_EQ(resp.request_id(), i == 1 ? "req-6" : "req-5");  // in order
+    EXPECT_FALSE(resp.has_error()) << resp.error().message();
+    if (i != 1) EXPECT_EQ(Floats(resp.grad()), grad);
+  }
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 // --- Every validation error, with its exact code and message ------------------------------

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "kernels/thread_pool.h"
 
 namespace zlpr::server {
 
@@ -124,7 +125,10 @@ InferenceCore::InferenceCore(const CoreOptions& options,
               [this](int64_t held) { listener_->OnBudget(held, options_.max_inflight_bytes); }),
       reporter_(std::make_unique<Reporter>(this)),
       batcher_(Reporting(options.batcher, listener_), clock),
-      workers_(&batcher_, std::move(backends), clock, reporter_.get(), options.chunks) {
+      workers_(&batcher_, std::move(backends), clock, reporter_.get(), options.chunks),
+      background_(
+          options.background_threads > 0 ? options.background_threads : internal::UsableCpus(),
+          options.background_policy) {
   listener_->OnBudget(0, options.max_inflight_bytes);
   for (JobKind kind : {JobKind::kLoss, JobKind::kPredict}) {
     for (Priority priority : {Priority::kInteractive, Priority::kBulk}) {
@@ -162,6 +166,7 @@ bool InferenceCore::WaitForAcceptedCalls(absl::Time deadline) {
 void InferenceCore::Stop() {
   batcher_.Shutdown();
   workers_.Join();
+  background_.Stop();  // the answers the workers handed it
 }
 
 CallScope InferenceCore::BeginCall() {

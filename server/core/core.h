@@ -39,6 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kernels/zlpr.h"
+#include "server/core/background.h"
 #include "server/core/batcher.h"
 #include "server/core/executor.h"
 #include "server/core/job.h"
@@ -123,6 +124,12 @@ struct CoreOptions {
   BatcherOptions batcher;
   // How bulk batches are cut into chunks between which interactive work runs.
   ChunkOptions chunks;
+  // A request message of at least this many bytes is bulk work whatever its class: a front end
+  // parses it on the background threads (background.h), as it serializes bulk responses.
+  int64_t bulk_message_bytes = 1 << 20;
+  // The background threads (0: one per usable CPU) and the priority the OS runs them at.
+  int background_threads = 0;
+  BackgroundPolicy background_policy = BackgroundPolicy::kIdle;
   // The largest message a front end accepts or sends: a job whose response cannot fit is
   // refused before it is computed (OUT_OF_RANGE).
   int64_t max_message_bytes = 64 << 20;
@@ -288,6 +295,10 @@ class InferenceCore {
   // A call was cancelled (its client went away): its queued job is dropped now, not computed.
   void CallCancelled() { batcher_.Wake(); }
 
+  // Whether a front end should parse a message of `bytes` on the background threads.
+  bool IsBulkMessage(int64_t bytes) const { return bytes >= options_.bulk_message_bytes; }
+  BackgroundPool& background() { return background_; }
+
   const CoreOptions& options() const { return options_; }
   Clock& clock() { return *clock_; }
   MemoryBudget& budget() { return budget_; }
@@ -318,6 +329,7 @@ class InferenceCore {
   std::unique_ptr<Reporter> reporter_;  // the executors' listener: statistics, then listener_
   JobBatcher batcher_;
   Workers workers_;
+  BackgroundPool background_;
   Watchdog watchdog_;
   DrainRegistry streams_;
   int methods_ = 0;

@@ -1,6 +1,8 @@
 // Executor: group, concatenate, compute, slice. Workers: a thread per backend.
 #include "server/core/executor.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -277,6 +279,7 @@ Workers::~Workers() { Join(); }
 void Workers::Start() {
   for (size_t w = 0; w < backends_.size(); ++w) {
     threads_.emplace_back([this, w] {
+      pthread_setname_np(pthread_self(), "zlpr-worker");  // as top -H and /proc show it
       Backend& backend = *backends_[w];
       // Two executors on one backend (driven by this one thread): their buffers are apart, so
       // interactive work can run between the chunks of a bulk batch whose inputs the bulk

@@ -69,14 +69,12 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       raw->Clear();
       return Answer(st);
     }
-    request_ = std::make_unique<Request>();
-    response_ = std::make_unique<Response>();
-    if (!ParseMessage(raw, request_.get())) {
-      core.Rejected(Reject::kInvalid);
-      return Answer(NotParsed(bytes, *request_));
+    // A large message is bulk work whatever it asks for: parsed on the background threads, so
+    // that parsing it never holds up the interactive path's CPU.
+    if (core.IsBulkMessage(bytes)) {
+      return core.background().Post([this, raw, bytes] { ParseAndSubmit(raw, bytes); });
     }
-    protocol_->Submit(&admission_, ControlOf(ctx_, core.clock()), *request_, response_.get(),
-                      &extra_, [this](absl::Status st) { Answer(st); });
+    ParseAndSubmit(raw, bytes);
   }
 
   // A cancelled call's queued job is dropped at once.
@@ -96,6 +94,27 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
+  void ParseAndSubmit(grpc::ByteBuffer* raw, int64_t bytes) {
+    InferenceCore& core = protocol_->core();
+    request_ = std::make_unique<Request>();
+    response_ = std::make_unique<Response>();
+    if (!ParseMessage(raw, request_.get())) {
+      core.Rejected(Reject::kInvalid);
+      return Answer(NotParsed(bytes, *request_));
+    }
+    protocol_->Submit(
+        &admission_, ControlOf(ctx_, core.clock()), *request_, response_.get(), &extra_,
+        [this](absl::Status st) {
+          // A bulk request's response is serialized on the background threads,
+          // not on the worker, which interactive work is waiting for.
+          if (admission_.priority() == Priority::kBulk) {
+            protocol_->core().background().Post([this, st = std::move(st)] { Answer(st); });
+          } else {
+            Answer(st);
+          }
+        });
+  }
+
   // The response serialized (the messages freed), the outcome recorded, then the status; the
   // call holds only its serialized response until gRPC has written it.
   void Answer(const absl::Status& st) {
@@ -186,28 +205,16 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     auto message = std::make_shared<Message>();
     message->admission = core.Admit(protocol_->method(), call_);
     const auto bytes = static_cast<int64_t>(raw->Length());
-    auto done = [this, seq, message](const absl::Status& st) {
-      message->request.reset();
-      if (!st.ok()) protocol_->AnswerError(st, message->response.get());
-      Completed(seq, message, st.code());
-    };
     if (absl::Status st = message->admission.Charge(bytes); !st.ok()) {
       raw.reset();
-      return done(st);  // answered in order, with its error
+      return Answered(seq, message, st);  // answered in order, with its error
     }
-    if (!ParseMessage(raw.get(), message->request.get())) {
-      core.Rejected(Reject::kInvalid);
-      const absl::Status why = NotParsed(bytes, *message->request);
-      message->admission.Finish(why.code());
-      return Failed(seq, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                      absl::StrFormat("stream message %d: %s; the stream ends "
-                                                      "here, and the messages sent after it "
-                                                      "were not answered",
-                                                      seq, why.message())));
+    if (core.IsBulkMessage(bytes)) {  // as a unary call's
+      return core.background().Post([this, seq, message, raw = std::move(raw), bytes]() mutable {
+        ParseAndSubmit(seq, std::move(message), std::move(raw), bytes);
+      });
     }
-    raw.reset();
-    protocol_->Submit(&message->admission, ControlOf(ctx_, core.clock()), *message->request,
-                      message->response.get(), &message->extra, std::move(done));
+    ParseAndSubmit(seq, std::move(message), std::move(raw), bytes);
   }
 
   void OnWriteDone(bool ok) override {
@@ -265,6 +272,41 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     typename Protocol::Extra extra;
     grpc::ByteBuffer serialized;  // the response, once serialized
   };
+
+  void ParseAndSubmit(uint64_t seq, std::shared_ptr<Message> message,
+                      std::unique_ptr<grpc::ByteBuffer> raw, int64_t bytes) {
+    InferenceCore& core = protocol_->core();
+    if (!ParseMessage(raw.get(), message->request.get())) {
+      core.Rejected(Reject::kInvalid);
+      const absl::Status why = NotParsed(bytes, *message->request);
+      message->admission.Finish(why.code());
+      return Failed(seq, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                      absl::StrFormat("stream message %d: %s; the stream ends "
+                                                      "here, and the messages sent after it "
+                                                      "were not answered",
+                                                      seq, why.message())));
+    }
+    raw.reset();
+    Message* m = message.get();
+    protocol_->Submit(
+        &m->admission, ControlOf(ctx_, core.clock()), *m->request, m->response.get(), &m->extra,
+        [this, seq, message = std::move(message)](absl::Status st) {
+          // A bulk message's response is serialized on the background threads.
+          if (message->admission.priority() == Priority::kBulk) {
+            protocol_->core().background().Post(
+                [this, seq, message, st = std::move(st)] { Answered(seq, message, st); });
+          } else {
+            Answered(seq, message, st);
+          }
+        });
+  }
+
+  // Message `seq` has its answer (a response, or `st`): serialized and queued in order.
+  void Answered(uint64_t seq, const std::shared_ptr<Message>& message, const absl::Status& st) {
+    message->request.reset();
+    if (!st.ok()) protocol_->AnswerError(st, message->response.get());
+    Completed(seq, message, st.code());
+  }
 
   void StartNextReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     reading_ = std::make_unique<grpc::ByteBuffer>();

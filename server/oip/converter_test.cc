@@ -48,6 +48,28 @@ TEST_F(ConverterTest, APredictRequestBecomesAJobWithItsOptions) {
   EXPECT_EQ(plan->want, std::set<std::string>({"labels"}));
 }
 
+TEST_F(ConverterTest, TritonsPriorityLevelsChooseTheClass) {
+  Request r = Predict(1, 3);
+  EXPECT_FALSE(Convert(r)->priority.has_value());  // the model's default
+  r.parameters["priority"] = uint64_t{0};
+  EXPECT_FALSE(Convert(r)->priority.has_value());
+  r.parameters["priority"] = uint64_t{1};
+  EXPECT_EQ(Convert(r)->priority, Priority::kInteractive);
+  r.parameters["priority"] = int64_t{2};
+  EXPECT_EQ(Convert(r)->priority, Priority::kBulk);
+  for (Parameter bad : {Parameter(uint64_t{3}), Parameter(int64_t{-1}), Parameter(1.5),
+                        Parameter(uint64_t{18446744073709551615u})}) {
+    r.parameters["priority"] = bad;
+    EXPECT_EQ(Convert(r).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  r.parameters["priority"] = uint64_t{3};
+  EXPECT_EQ(
+      Convert(r).status().message(),
+      "parameter 'priority' = 3 must be 0 (the model's default), 1 (interactive) or 2 (bulk)");
+  EXPECT_EQ(DefaultPriorityLevel(kPredictModel), 1);
+  EXPECT_EQ(DefaultPriorityLevel(kLossModel), 2);
+}
+
 TEST_F(ConverterTest, RefusalsNameWhatIsWrong) {
   struct Case {
     std::function<void(Request&)> change;

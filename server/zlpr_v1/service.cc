@@ -150,6 +150,8 @@ grpc::ServerUnaryReactor* ZlprV1Service::GetServerInfo(grpc::CallbackServerConte
   info->mutable_batcher()->set_max_queue_delay_us(o.batcher.max_queue_delay.count());
   info->mutable_batcher()->set_max_queue_size(o.batcher.max_queue_size);
   info->mutable_batcher()->set_adaptive_delay(o.batcher.adaptive_delay);
+  info->mutable_batcher()->set_bulk_chunk_us(o.chunks.bulk_chunk.count());
+  info->mutable_batcher()->set_bulk_threads(BackgroundPolicyName(o.background_policy));
   info->mutable_limits()->set_max_message_bytes(o.max_message_bytes);
   info->mutable_limits()->set_max_cols(std::numeric_limits<int32_t>::max());
   info->mutable_limits()->set_max_inflight_bytes(o.max_inflight_bytes);

@@ -38,6 +38,10 @@ def test_liveness_readiness_metadata_and_config(client):
     assert config.name == "zlpr_predict" and config.max_batch_size == 128
     assert [(i.name, list(i.dims)) for i in config.input] == [
         ("scores", [-1]), ("label_thresholds", [-1]), ("mask", [-1])]
+    assert (config.dynamic_batching.priority_levels,
+            config.dynamic_batching.default_priority_level) == (2, 1)
+    loss_batching = client.get_model_config("zlpr_loss").config.dynamic_batching
+    assert (loss_batching.priority_levels, loss_batching.default_priority_level) == (2, 2)
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("resnet50")
     assert "unknown model 'resnet50'" in e.value.message()
@@ -203,3 +207,16 @@ def test_hostile_label_thresholds_shape_is_refused(server):
         stub.ModelInfer(req, timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input 'label_thresholds': must be FP32 [4]" in e.value.details()
+
+
+def test_triton_priority_levels_choose_the_class(client):
+    scores = np.random.default_rng(3).standard_normal((2, 50)).astype(np.float32)
+    inp = grpcclient.InferInput("scores", list(scores.shape), "FP32")
+    inp.set_data_from_numpy(scores)
+    labels = [client.infer("zlpr_predict", [inp], priority=p).as_numpy("label_count")
+              for p in (0, 1, 2)]
+    assert all((l == labels[0]).all() for l in labels)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("zlpr_predict", [inp], priority=3)
+    assert "parameter 'priority' = 3 must be 0 (the model's default), 1 (interactive) or 2" in \
+        e.value.message()

@@ -63,6 +63,9 @@ def test_liveness_readiness_metadata_and_config(client):
     assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
         ("scores", "TYPE_FP32", [-1]), ("label_thresholds", "TYPE_FP32", [-1]),
         ("mask", "TYPE_UINT8", [-1])]
+    assert config["dynamic_batching"]["priority_levels"] == 2
+    assert config["dynamic_batching"]["default_priority_level"] == 1
+    assert client.get_model_config("zlpr_loss")["dynamic_batching"]["default_priority_level"] == 2
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("resnet50")
     assert "unknown model 'resnet50'" in e.value.message()
@@ -445,3 +448,16 @@ def test_many_idle_keep_alive_connections_starve_nobody(server, client):
         conn.request("GET", "/v2/health/ready")
         assert conn.getresponse().status == 200
         conn.close()
+
+
+def test_triton_priority_levels_choose_the_class(client):
+    scores = np.random.default_rng(3).standard_normal((2, 50)).astype(np.float32)
+    inp = httpclient.InferInput("scores", list(scores.shape), "FP32")
+    inp.set_data_from_numpy(scores)
+    labels = [client.infer("zlpr_predict", [inp], priority=p).as_numpy("label_count")
+              for p in (0, 1, 2)]
+    assert all((l == labels[0]).all() for l in labels)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("zlpr_predict", [inp], priority=3)
+    assert "parameter 'priority' = 3 must be 0 (the model's default), 1 (interactive) or 2" in \
+        e.value.message()

@@ -1,0 +1,107 @@
+// BackgroundPool: a FIFO of tasks served by threads at a lowered OS priority.
+#include "server/core/background.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace zlpr::server {
+namespace {
+
+// Lowers the calling thread's priority; false (errno set) when the OS refused.
+bool LowerThisThread(BackgroundPolicy policy) {
+  switch (policy) {
+    case BackgroundPolicy::kIdle: {
+      sched_param param{};
+      param.sched_priority = 0;
+      return sched_setscheduler(0, SCHED_IDLE, &param) == 0;  // 0: the calling thread
+    }
+    case BackgroundPolicy::kNice:
+      return setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19) == 0;
+    case BackgroundPolicy::kNormal:
+      return true;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<BackgroundPolicy> ParseBackgroundPolicy(std::string_view name) {
+  if (name == "idle") return BackgroundPolicy::kIdle;
+  if (name == "nice") return BackgroundPolicy::kNice;
+  if (name == "normal") return BackgroundPolicy::kNormal;
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", std::string(name), "' is not a policy: idle, nice or normal"));
+}
+
+const char* BackgroundPolicyName(BackgroundPolicy policy) {
+  switch (policy) {
+    case BackgroundPolicy::kIdle:
+      return "idle";
+    case BackgroundPolicy::kNice:
+      return "nice";
+    case BackgroundPolicy::kNormal:
+      return "normal";
+  }
+  return "?";
+}
+
+BackgroundPool::BackgroundPool(int threads, BackgroundPolicy policy) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this, policy] { Loop(policy); });
+}
+
+BackgroundPool::~BackgroundPool() { Stop(); }
+
+void BackgroundPool::Post(absl::AnyInvocable<void()> task) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      tasks_.push_back(std::move(task));
+      return;
+    }
+  }
+  task();
+}
+
+void BackgroundPool::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
+}
+
+void BackgroundPool::Loop(BackgroundPolicy policy) {
+  pthread_setname_np(pthread_self(), "zlpr-bulk");  // as top -H and /proc show it
+  static std::atomic<bool> warned{false};
+  if (!LowerThisThread(policy) && !warned.exchange(true)) {
+    std::fprintf(stderr,
+                 "zlpr-server: could not lower the bulk threads' priority (--bulk_threads=%s: "
+                 "%s); they run at the server's priority\n",
+                 BackgroundPolicyName(policy), std::strerror(errno));
+  }
+  for (;;) {
+    absl::AnyInvocable<void()> task;
+    {
+      absl::MutexLock lock(&mu_, absl::Condition(this, &BackgroundPool::Ready));
+      if (tasks_.empty()) return;  // stopping, and nothing left
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace zlpr::server

@@ -1,0 +1,58 @@
+// Threads the OS runs at a lower priority than the rest of the server, for the bulk work a front
+// end does itself: parsing a large request and serializing a bulk request's response. On a
+// loaded machine the interactive path (its gRPC threads, the worker) then preempts that work
+// instead of sharing the CPU with it. The policy is one of:
+//
+//   idle    SCHED_IDLE: runs only when nothing else of any priority wants the CPU;
+//   nice    nice 19 (SCHED_OTHER): about 1.5 % of a CPU's share against a nice-0 thread;
+//   normal  the server's own priority (no isolation; for comparison).
+//
+// Both lower a thread's priority, which needs no capability; where even that is refused (a
+// seccomp profile), the pool says so on stderr once and runs at the default priority.
+//
+//   BackgroundPool pool(2, BackgroundPolicy::kIdle);
+//   pool.Post([] { ... });  // runs on one of its threads, or inline once the pool stopped
+#ifndef ZLPR_SERVER_CORE_BACKGROUND_H_
+#define ZLPR_SERVER_CORE_BACKGROUND_H_
+
+#include <deque>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace zlpr::server {
+
+enum class BackgroundPolicy { kIdle, kNice, kNormal };
+absl::StatusOr<BackgroundPolicy> ParseBackgroundPolicy(std::string_view name);
+const char* BackgroundPolicyName(BackgroundPolicy policy);
+
+class BackgroundPool {
+ public:
+  BackgroundPool(int threads, BackgroundPolicy policy);
+  ~BackgroundPool();  // runs what is queued, then joins
+  BackgroundPool(const BackgroundPool&) = delete;
+  BackgroundPool& operator=(const BackgroundPool&) = delete;
+
+  // Runs `task` on a pool thread; inline once Stop() was called.
+  void Post(absl::AnyInvocable<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs what is queued and joins the threads; later Posts run inline.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  void Loop(BackgroundPolicy policy);
+  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !tasks_.empty() || stopping_; }
+
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace zlpr::server
+
+#endif  // ZLPR_SERVER_CORE_BACKGROUND_H_

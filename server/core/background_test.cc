@@ -1,0 +1,67 @@
+// The background pool: tasks run on threads the OS runs at the lowered priority, and inline
+// once the pool stopped.
+#include "server/core/background.h"
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace zlpr::server {
+namespace {
+
+struct Seen {
+  int policy = -1;
+  int nice = 0;
+};
+
+Seen RunOn(BackgroundPool& pool) {
+  Seen seen;
+  absl::Notification done;
+  pool.Post([&] {
+    seen.policy = sched_getscheduler(0);
+    seen.nice = getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return seen;
+}
+
+TEST(BackgroundPoolTest, ThreadsRunAtThePolicysPriority) {
+  BackgroundPool idle(1, BackgroundPolicy::kIdle);
+  EXPECT_EQ(RunOn(idle).policy, SCHED_IDLE);
+  BackgroundPool nice(1, BackgroundPolicy::kNice);
+  const Seen n = RunOn(nice);
+  EXPECT_EQ(n.policy, SCHED_OTHER);
+  EXPECT_EQ(n.nice, 19);
+  BackgroundPool normal(1, BackgroundPolicy::kNormal);
+  const Seen o = RunOn(normal);
+  EXPECT_EQ(o.policy, SCHED_OTHER);
+  EXPECT_EQ(o.nice, getpriority(PRIO_PROCESS, 0));
+}
+
+TEST(BackgroundPoolTest, StopRunsWhatIsQueuedAndLaterTasksRunInline) {
+  std::atomic<int> ran{0};
+  BackgroundPool pool(2, BackgroundPolicy::kNormal);
+  for (int i = 0; i < 100; ++i) pool.Post([&] { ran.fetch_add(1); });
+  pool.Stop();
+  EXPECT_EQ(ran.load(), 100);
+  pool.Post([&] { ran.fetch_add(1); });
+  EXPECT_EQ(ran.load(), 101);  // inline
+}
+
+TEST(BackgroundPoolTest, PoliciesParseByName) {
+  EXPECT_EQ(*ParseBackgroundPolicy("idle"), BackgroundPolicy::kIdle);
+  EXPECT_EQ(*ParseBackgroundPolicy("nice"), BackgroundPolicy::kNice);
+  EXPECT_EQ(*ParseBackgroundPolicy("normal"), BackgroundPolicy::kNormal);
+  EXPECT_EQ(ParseBackgroundPolicy("fast").status().message(),
+            "'fast' is not a policy: idle, nice or normal");
+}
+
+}  // namespace
+}  // namespace zlpr::server
