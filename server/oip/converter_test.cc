@@ -57,8 +57,8 @@ TEST_F(ConverterTest, TritonsPriorityLevelsChooseTheClass) {
   EXPECT_EQ(Convert(r)->priority, Priority::kInteractive);
   r.parameters["priority"] = int64_t{2};
   EXPECT_EQ(Convert(r)->priority, Priority::kBulk);
-  for (Parameter bad : {Parameter(uint64_t{3}), Parameter(int64_t{-1}), Parameter(1.5),
-                        Parameter(uint64_t{18446744073709551615u})}) {
+  for (const Parameter& bad : {Parameter(uint64_t{3}), Parameter(int64_t{-1}), Parameter(1.5),
+                               Parameter(uint64_t{18446744073709551615u})}) {
     r.parameters["priority"] = bad;
     EXPECT_EQ(Convert(r).status().code(), absl::StatusCode::kInvalidArgument);
   }
