@@ -417,7 +417,9 @@ TEST_F(ServiceTest, LargeMessagesParsedAndAnsweredOnTheBackgroundThreadsGiveTheS
     ASSERT_TRUE(stream->Read(&resp));
     EXPECT_EQ(resp.request_id(), i == 1 ? "req-6" : "req-5");  // in order
     EXPECT_FALSE(resp.has_error()) << resp.error().message();
-    if (i != 1) EXPECT_EQ(Floats(resp.grad()), grad);
+    if (i != 1) {
+      EXPECT_EQ(Floats(resp.grad()), grad);
+    }
   }
   EXPECT_TRUE(stream->Finish().ok());
 }

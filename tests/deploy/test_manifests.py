@@ -84,7 +84,8 @@ def test_grafana_dashboard_panels_query_zlpr_metrics():
     with open(os.path.join(ROOT, "deploy", "grafana", "dashboards", "zlpr.json")) as f:
         dash = json.load(f)
     titles = [p["title"] for p in dash["panels"]]
-    for needed in ("Throughput", "Errors", "Latency", "Queue depth", "Queue time", "batch", "Compute", "Device memory"):
+    for needed in ("Throughput", "Errors", "Latency", "Queue depth", "Queue time", "batch", "Compute",
+                   "Device memory", "Latency by class"):
         assert any(needed.lower() in t.lower() for t in titles), needed
     for p in dash["panels"]:
         for t in p["targets"]:
