@@ -4,7 +4,9 @@ classes"): Predict 1 x 1000 sent open-loop at --rate requests/s (Poisson arrival
 beside a flood of --flood closed-loop callers of a 256 x 16384 loss+gradient (zlpr.v1); the
 Predicts over zlpr.v1 (zlpr-bench) and over the Open Inference Protocol's HTTP binding (JSON, this
 script's own open-loop client, latency from each request's scheduled time). Prints the Predicts'
-p50 / p99 / p99.9 and the flood's calls/s, alone and together. With --pin (the default) the
+p50 / p99 / p99.9 as their client saw them, the server's own (arrival to answer, from its
+zlpr_request_duration_seconds histogram: the bucket bounds that hold them), and the flood's
+calls/s, alone and together. With --pin (the default) the
 server runs on CPU 0 and every load generator on CPU 1.
 
   python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...]
@@ -21,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 PREDICT_BODY = json.dumps({"inputs": [{
     "name": "scores", "datatype": "FP32", "shape": [1, 1000],
@@ -92,11 +95,32 @@ def main():
     server_bin = args.server or os.path.join(args.build, "server/zlpr-server")
     bench = os.path.join(args.build, "bench/zlpr-bench")
     server = subprocess.Popen(on_server + [server_bin, "--grpc_address=127.0.0.1:0",
-                                           "--metrics_address=", "--backend=cpu",
+                                           "--metrics_address=127.0.0.1:0", "--backend=cpu",
                                            "--http_address=127.0.0.1:0", *args.server_flag],
                               stdout=subprocess.PIPE, text=True)
-    target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", server.stdout.readline()).group(1)
+    line = server.stdout.readline()
+    target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
+    metrics = "http://127.0.0.1:%s/metrics" % re.search(r"metrics on port (\d+)", line).group(1)
     http_port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
+
+    def predict_buckets():
+        """The server's own Predict latency histogram (arrival to answer), cumulative."""
+        text = urllib.request.urlopen(metrics).read().decode()
+        out = {}
+        for m in re.finditer(r'^zlpr_request_duration_seconds_bucket\{method="(?:Predict|ModelInfer)",'
+                             r'protocol="[^"]*",le="([^"]+)"\} (\S+)$', text, re.M):
+            out[float(m.group(1))] = out.get(float(m.group(1)), 0) + float(m.group(2))
+        return out
+
+    def server_side(before, after):
+        """Upper bounds of the histogram buckets holding the p50 and p99 of the requests
+        answered between two readings."""
+        total = after[float("inf")] - before.get(float("inf"), 0)
+        def bound(q):
+            for le in sorted(after):
+                if after[le] - before.get(le, 0) >= q * total:
+                    return le * 1e3
+        return f"≤ {bound(0.5):g}", f"≤ {bound(0.99):g}"
     tmp = tempfile.mkdtemp()
 
     def zlpr_bench(name, *flags, nice=0):
@@ -119,30 +143,39 @@ def main():
 
     rows = []
 
-    def predict_row(label, run):
+    def predict_row(label, run, server):
         rows.append(f"| {label} | {run['p50_s'] * 1e3:.2f} | {run['p99_s'] * 1e3:.2f} | "
-                    f"{run['p999_s'] * 1e3:.2f} | {errors(run)} |")
+                    f"{run['p999_s'] * 1e3:.2f} | {server[0]} | {server[1]} | {errors(run)} |")
 
     try:
-        predict_row("zlpr.v1 Predict alone", predicts()())
+        b0 = predict_buckets()
+        alone = predicts()()
+        predict_row("zlpr.v1 Predict alone", alone, server_side(b0, predict_buckets()))
         flood_alone = flood()()
+        b0 = predict_buckets()
         wait_flood, wait_predicts = flood(), predicts()
-        predict_row("zlpr.v1 Predict beside the flood", wait_predicts())
+        beside = wait_predicts()
+        predict_row("zlpr.v1 Predict beside the flood", beside, server_side(b0, predict_buckets()))
         flood_beside = wait_flood()
         if not args.skip_http:
+            b0 = predict_buckets()
             lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
             p50, p99, p999 = quantiles(lat)
-            rows.append(f"| OIP HTTP Predict alone | {p50:.2f} | {p99:.2f} | {p999:.2f} | {err} |")
+            s50, s99 = server_side(b0, predict_buckets())
+            rows.append(f"| OIP HTTP Predict alone | {p50:.2f} | {p99:.2f} | {p999:.2f} | {s50} | "
+                        f"{s99} | {err} |")
             wait_flood = flood()
+            b0 = predict_buckets()
             lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
             p50, p99, p999 = quantiles(lat)
+            s50, s99 = server_side(b0, predict_buckets())
             rows.append(f"| OIP HTTP Predict beside the flood | {p50:.2f} | {p99:.2f} | "
-                        f"{p999:.2f} | {err} |")
+                        f"{p999:.2f} | {s50} | {s99} | {err} |")
             flood_beside_http = wait_flood()
         print(f"\nPredict 1 x 1000 at {args.rate:.0f}/s open loop; flood: {args.flood} callers "
               f"of loss+gradient 256 x 16384; server flags: {' '.join(args.server_flag) or '-'}")
-        print("| Predict | p50 ms | p99 ms | p99.9 ms | errors |")
-        print("|---|---:|---:|---:|---:|")
+        print("| Predict | p50 ms | p99 ms | p99.9 ms | server p50 ms | server p99 ms | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         print("\n".join(rows))
         print("\n| flood | calls/s | errors |")
         print("|---|---:|---:|")

@@ -45,12 +45,15 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
                     .Register(registry);
   auto& compute = BuildHistogram()
                       .Name("zlpr_compute_duration_seconds")
-                      .Help("Kernel time of one executed batch, by operation and backend")
+                      .Help(
+                          "Kernel time of one kernel call (a batch, or a chunk of a bulk batch), "
+                          "by operation and backend")
                       .Register(registry);
-  auto& batch_rows = BuildHistogram()
-                         .Name("zlpr_batch_rows")
-                         .Help("Rows in one executed batch, by operation")
-                         .Register(registry);
+  auto& batch_rows =
+      BuildHistogram()
+          .Name("zlpr_batch_rows")
+          .Help("Rows in one kernel call (a batch, or a chunk of a bulk batch), by operation")
+          .Register(registry);
   auto& rows =
       BuildCounter().Name("zlpr_rows_total").Help("Rows computed, by operation").Register(registry);
   auto& depth = BuildGauge()
