@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Online predictions beside a trainers' flood, on one server (docs/RELIABILITY.md, "Request
+"""Online predictions beside a trainers' flood, on one server (docs/ARCHITECTURE.md, "Request
 classes"): Predict 1 x 1000 sent open-loop at --rate requests/s (Poisson arrivals), alone and
 beside a flood of --flood closed-loop callers of a 256 x 16384 loss+gradient (zlpr.v1); the
 Predicts over zlpr.v1 (zlpr-bench) and over the Open Inference Protocol's HTTP binding (JSON, this
