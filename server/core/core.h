@@ -127,7 +127,10 @@ struct CoreOptions {
   // A request message of at least this many bytes is bulk work whatever its class: a front end
   // parses it on the background threads (background.h), as it serializes bulk responses.
   int64_t bulk_message_bytes = 1 << 20;
-  // The background threads (0: one per usable CPU) and the priority the OS runs them at.
+  // The background threads (0: one per 4 usable CPUs, at least one) and the priority the OS
+  // runs them at. Few of them: each thread that allocates large messages gets a malloc arena
+  // of its own, which keeps what is freed into it, and the peak memory under overload grows
+  // with their number.
   int background_threads = 0;
   BackgroundPolicy background_policy = BackgroundPolicy::kIdle;
   // The largest message a front end accepts or sends: a job whose response cannot fit is

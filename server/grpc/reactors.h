@@ -105,6 +105,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     protocol_->Submit(
         &admission_, ControlOf(ctx_, core.clock()), *request_, response_.get(), &extra_,
         [this](absl::Status st) {
+          // The request goes now: its share of the budget was returned once the response was
+          // built, whichever thread serializes that.
+          request_.reset();
           // A bulk request's response is serialized on the background threads,
           // not on the worker, which interactive work is waiting for.
           if (admission_.priority() == Priority::kBulk) {
@@ -291,6 +294,7 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     protocol_->Submit(
         &m->admission, ControlOf(ctx_, core.clock()), *m->request, m->response.get(), &m->extra,
         [this, seq, message = std::move(message)](absl::Status st) {
+          message->request.reset();  // as a unary call's
           // A bulk message's response is serialized on the background threads.
           if (message->admission.priority() == Priority::kBulk) {
             protocol_->core().background().Post(
