@@ -311,3 +311,25 @@ def test_ctrl_c_cancels_a_blocked_native_call(request):
             timer.join()
     finally:
         silent.close()
+
+
+def test_a_priority_asks_for_a_class_and_gives_the_same_answer(client, target):
+    s, t = problem(5, 40, seed=9)
+    whole = client.compute_loss(s, t, want_grad=True)
+    labels = client.predict(s, top_k=3).labels
+    for priority in (None, "interactive", "bulk"):
+        r = client.compute_loss(s, t, want_grad=True, priority=priority)
+        np.testing.assert_array_equal(r.loss, whole.loss)
+        np.testing.assert_array_equal(r.grad, whole.grad)
+        p = client.predict(s, top_k=3, priority=priority)
+        assert [l.tolist() for l in p.labels] == [l.tolist() for l in labels]
+    with pytest.raises(ValueError, match="priority='urgent': use None, 'interactive' or 'bulk'"):
+        client.predict(s, priority="urgent")
+
+    async def main():
+        async with zlpr.aio.Client(target) as c:
+            r = await c.compute_loss(s, t, priority="interactive")
+            p = await c.predict(s, top_k=3, priority="bulk")
+            np.testing.assert_array_equal(r.loss, whole.loss)
+            assert [l.tolist() for l in p.labels] == [l.tolist() for l in labels]
+    asyncio.run(main())

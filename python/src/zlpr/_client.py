@@ -126,10 +126,23 @@ def _identity(b):
     return b
 
 
-def loss_request(scores, labels, mask, want_grad, grad_dtype, request_id):
+_PRIORITIES = {None: pb.PRIORITY_DEFAULT, "interactive": pb.PRIORITY_INTERACTIVE,
+               "bulk": pb.PRIORITY_BULK}
+
+
+def wire_priority(priority) -> int:
+    """A request's class on the wire: None (the operation's default: Predict interactive, the
+    loss bulk), "interactive" or "bulk"."""
+    if priority not in _PRIORITIES:
+        raise ValueError(f"priority={priority!r}: use None, 'interactive' or 'bulk'")
+    return _PRIORITIES[priority]
+
+
+def loss_request(scores, labels, mask, want_grad, grad_dtype, request_id, priority=None):
     """(the small LossRequest fields, [(field, Matrix)]) for a whole call."""
     s = _wire.Matrix.of(scores, "scores")
-    msg = pb.LossRequest(request_id=request_id, want_grad=want_grad)
+    msg = pb.LossRequest(request_id=request_id, want_grad=want_grad,
+                         priority=wire_priority(priority))
     if grad_dtype is not None:
         msg.grad_dtype = _wire.wire_dtype(grad_dtype)
     tensors = [(2, s)]
@@ -228,10 +241,10 @@ def merge_predict(parts: List[PredictResult], request_id: str) -> PredictResult:
 
 
 def predict_request(scores, threshold, label_thresholds, top_k, min_labels, want_probs, mask,
-                    request_id):
+                    request_id, priority=None):
     s = _wire.Matrix.of(scores, "scores")
     msg = pb.PredictRequest(request_id=request_id, top_k=int(top_k), min_labels=int(min_labels),
-                            want_probs=want_probs)
+                            want_probs=want_probs, priority=wire_priority(priority))
     if threshold is not None:
         msg.threshold = float(threshold)
     tensors = [(2, s)]
@@ -418,13 +431,16 @@ class Client:
 
     def compute_loss(self, scores, labels, mask=None, want_grad: bool = False,
                      grad_dtype=None, request_id: str = "",
-                     deadline_s: Optional[float] = None, bf16_bits: bool = False) -> LossResult:
+                     deadline_s: Optional[float] = None, bf16_bits: bool = False, *,
+                     priority: Optional[str] = None) -> LossResult:
         """The ZLPR loss of each row of `scores` [rows, cols] (float32 or float16) against
         `labels` (a dense [rows, cols] array in [0, 1], or SparseLabels), with an optional uint8
         `mask` (0 excludes an entry); the gradient ∂L/∂s too when `want_grad` (in `grad_dtype`:
         "float32", "float16" or "bfloat16"; a bfloat16 gradient arrives widened to float32, or
-        as its uint16 bits with `bf16_bits`)."""
-        msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
+        as its uint16 bits with `bf16_bits`). `priority`: "interactive" or "bulk" (the loss's
+        default) asks the server to take the request before or after other work."""
+        msg, tensors = loss_request(scores, labels, mask, want_grad, grad_dtype, request_id,
+                                    priority)
         ranges = loss_ranges(msg, tensors, want_grad, grad_dtype, self.message_limit())
 
         def call(data):
@@ -434,12 +450,14 @@ class Client:
 
     def predict(self, scores, threshold: Optional[float] = None, label_thresholds=None,
                 top_k: int = 0, min_labels: int = 0, want_probs: bool = False, mask=None,
-                request_id: str = "", deadline_s: Optional[float] = None) -> PredictResult:
+                request_id: str = "", deadline_s: Optional[float] = None, *,
+                priority: Optional[str] = None) -> PredictResult:
         """Each row's labels: those with σ(2s) > threshold (0.5 when None; or one threshold per
         column), at most `top_k` (0: no cap), topped up to `min_labels`; best first, with their
-        probabilities. `want_probs` also returns the dense probabilities."""
+        probabilities. `want_probs` also returns the dense probabilities. `priority`:
+        "interactive" (Predict's default) or "bulk"."""
         msg, tensors = predict_request(scores, threshold, label_thresholds, top_k, min_labels,
-                                       want_probs, mask, request_id)
+                                       want_probs, mask, request_id, priority)
         ranges = predict_ranges(tensors, want_probs, self.message_limit())
         if self._native is not None and not want_probs:  # the response decoded in C++
             def call(data):
@@ -531,9 +549,9 @@ class LossStream(_Stream):
     _METHOD = "StreamLoss"
 
     def send(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
-             request_id: str = "") -> None:
+             request_id: str = "", *, priority: Optional[str] = None) -> None:
         self._send(_wire.join(*loss_request(scores, labels, mask, want_grad, grad_dtype,
-                                            request_id)))
+                                            request_id, priority)))
 
     def receive(self) -> Optional[LossResult]:
         """The next result in order; None once the stream has ended after close()."""
@@ -547,9 +565,11 @@ class PredictStream(_Stream):
     _METHOD = "StreamPredict"
 
     def send(self, scores, threshold=None, label_thresholds=None, top_k=0, min_labels=0,
-             want_probs=False, mask=None, request_id: str = "") -> None:
+             want_probs=False, mask=None, request_id: str = "", *,
+             priority: Optional[str] = None) -> None:
         self._send(_wire.join(*predict_request(scores, threshold, label_thresholds, top_k,
-                                               min_labels, want_probs, mask, request_id)))
+                                               min_labels, want_probs, mask, request_id,
+                                               priority)))
 
     def receive(self) -> Optional[PredictResult]:
         return self._receive(parse_predict)

@@ -63,8 +63,10 @@ class Client:
         return list(await asyncio.gather(*(one(b, e) for b, e in ranges)))
 
     async def compute_loss(self, scores, labels, mask=None, want_grad=False, grad_dtype=None,
-                           request_id="", deadline_s: Optional[float] = None) -> c.LossResult:
-        msg, tensors = c.loss_request(scores, labels, mask, want_grad, grad_dtype, request_id)
+                           request_id="", deadline_s: Optional[float] = None, *,
+                           priority: Optional[str] = None) -> c.LossResult:
+        msg, tensors = c.loss_request(scores, labels, mask, want_grad, grad_dtype, request_id,
+                                      priority)
         ranges = c.loss_ranges(msg, tensors, want_grad, grad_dtype, await self.message_limit())
         return c.merge_loss(await self._run_chunks("ComputeLoss", msg, tensors, ranges,
                                                    c.chunk_loss, c.parse_loss, deadline_s),
@@ -72,9 +74,10 @@ class Client:
 
     async def predict(self, scores, threshold=None, label_thresholds=None, top_k=0, min_labels=0,
                       want_probs=False, mask=None, request_id="",
-                      deadline_s: Optional[float] = None) -> c.PredictResult:
+                      deadline_s: Optional[float] = None, *,
+                      priority: Optional[str] = None) -> c.PredictResult:
         msg, tensors = c.predict_request(scores, threshold, label_thresholds, top_k, min_labels,
-                                         want_probs, mask, request_id)
+                                         want_probs, mask, request_id, priority)
         ranges = c.predict_ranges(tensors, want_probs, await self.message_limit())
         return c.merge_predict(await self._run_chunks("Predict", msg, tensors, ranges,
                                                       c.chunk_predict, c.parse_predict,
