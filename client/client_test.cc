@@ -85,6 +85,17 @@ TEST_F(ClientTest, ComputeLossBlockingReturnsTheKernelsResults) {
   }
 }
 
+TEST_F(ClientTest, EveryPriorityGivesTheSameAnswer) {
+  for (Priority priority : {Priority::kDefault, Priority::kInteractive, Priority::kBulk}) {
+    LossCall call = Call(false);
+    call.priority = priority;
+    auto r = client_->ComputeLoss(call);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->loss, want_loss_);
+    EXPECT_EQ(r->grad, want_grad_);
+  }
+}
+
 TEST_F(ClientTest, AsyncAndFutureCallsComplete) {
   std::promise<absl::StatusOr<LossResult>> got;
   client_->ComputeLossAsync(Call(false),

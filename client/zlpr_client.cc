@@ -18,6 +18,10 @@ absl::Status FromGrpc(const grpc::Status& st) {
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
 }
 
+static_assert(static_cast<int>(Priority::kDefault) == v1::PRIORITY_DEFAULT &&
+              static_cast<int>(Priority::kInteractive) == v1::PRIORITY_INTERACTIVE &&
+              static_cast<int>(Priority::kBulk) == v1::PRIORITY_BULK);
+
 v1::LossRequest ToRequest(const LossCall& c) {
   v1::LossRequest r;
   r.set_request_id(c.request_id);
@@ -33,6 +37,7 @@ v1::LossRequest ToRequest(const LossCall& c) {
   if (!c.mask.empty()) v1::EncodeMask(c.mask, c.rows, c.cols, r.mutable_mask());
   r.set_want_grad(c.want_grad);
   r.set_grad_dtype(v1::ToWire(c.grad_dtype));
+  r.set_priority(static_cast<v1::Priority>(c.priority));  // the same numbers on the wire
   return r;
 }
 
@@ -48,6 +53,7 @@ v1::PredictRequest ToRequest(const PredictCall& c) {
   r.set_min_labels(c.min_labels);
   r.set_want_probs(c.want_probs);
   if (!c.mask.empty()) v1::EncodeMask(c.mask, c.rows, c.cols, r.mutable_mask());
+  r.set_priority(static_cast<v1::Priority>(c.priority));
   return r;
 }
 

@@ -71,6 +71,11 @@ struct ClientOptions {
   std::string auth_token;
 };
 
+// A request's class on the server: interactive work (online predictions) is taken before bulk
+// work (trainers' loss calls), which yields to it. kDefault: the operation's own, Predict
+// interactive and the loss bulk.
+enum class Priority { kDefault = 0, kInteractive = 1, kBulk = 2 };
+
 // A loss request. Spans point at the caller's memory, which must stay alive during the call
 // (for async calls: until the request is sent, i.e. until the call returns).
 struct LossCall {
@@ -85,6 +90,7 @@ struct LossCall {
   std::span<const uint8_t> mask;        // optional rows * cols, 1 keeps, 0 excludes
   bool want_grad = false;
   DType grad_dtype = DType::kFloat32;
+  Priority priority = Priority::kDefault;
   std::optional<std::chrono::milliseconds> deadline;  // unset: ClientOptions::default_deadline
 };
 
@@ -110,6 +116,7 @@ struct PredictCall {
   uint32_t min_labels = 0;
   bool want_probs = false;
   std::span<const uint8_t> mask;
+  Priority priority = Priority::kDefault;
   std::optional<std::chrono::milliseconds> deadline;
 };
 
