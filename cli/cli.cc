@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, label_thresholds, "", "predict: FILE of one threshold per
 ABSL_FLAG(uint32_t, top_k, 0, "predict: keep at most this many labels per row (0: no cap)");
 ABSL_FLAG(uint32_t, min_labels, 0, "predict: top each row up to this many labels");
 ABSL_FLAG(bool, want_probs, false, "predict: also return the dense probabilities");
+ABSL_FLAG(std::string, priority, "",
+          "loss, predict: interactive or bulk (empty: the operation's own, predict interactive "
+          "and loss bulk); the server takes interactive work first");
 
 namespace zlpr::cli {
 namespace {
@@ -212,6 +215,15 @@ absl::Status Info(Client& client, std::ostream& out) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Priority> PriorityFlag() {
+  const std::string p = absl::GetFlag(FLAGS_priority);
+  if (p.empty()) return Priority::kDefault;
+  if (p == "interactive") return Priority::kInteractive;
+  if (p == "bulk") return Priority::kBulk;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--priority=", p, ": expected interactive or bulk (or nothing)"));
+}
+
 absl::StatusOr<DType> GradDType() {
   const std::string gd = absl::GetFlag(FLAGS_grad_dtype);
   for (DType d : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
@@ -248,6 +260,7 @@ absl::Status Loss(Client& client, std::ostream& out) {
   call.mask = mask.data;
   call.want_grad = absl::GetFlag(FLAGS_want_grad);
   ZLPR_ASSIGN_OR_RETURN(call.grad_dtype, GradDType());
+  ZLPR_ASSIGN_OR_RETURN(call.priority, PriorityFlag());
   absl::StatusOr<LossResult> r = client.ComputeLoss(call);
   if (!r.ok()) return ServerError(r.status());
   Json j;
@@ -276,6 +289,7 @@ absl::Status Predict(Client& client, std::ostream& out) {
   call.top_k = absl::GetFlag(FLAGS_top_k);
   call.min_labels = absl::GetFlag(FLAGS_min_labels);
   call.want_probs = absl::GetFlag(FLAGS_want_probs);
+  ZLPR_ASSIGN_OR_RETURN(call.priority, PriorityFlag());
   ByteMatrix mask;
   ZLPR_RETURN_IF_ERROR(ReadMask(scores, &mask));
   call.mask = mask.data;

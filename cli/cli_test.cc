@@ -132,6 +132,18 @@ TEST_F(CliTest, MinusInfinityInJsonScoresExcludesAnEntry) {
               std::log(1 + std::exp(-3.0)) + std::log(1 + std::exp(-1.0)), 1e-6);
 }
 
+TEST_F(CliTest, APriorityIsAskedForByName) {
+  WriteText(Path("s.json"), "[[3.0, -1.0]]");
+  WriteText(Path("t.json"), "[[1, 0]]");
+  for (const char* p : {"--priority=interactive", "--priority=bulk"}) {
+    EXPECT_EQ(Run({"loss", "--scores=" + Path("s.json"), "--labels=" + Path("t.json"), p}), 0)
+        << err_.str();
+    EXPECT_EQ(Run({"predict", "--scores=" + Path("s.json"), p}), 0) << err_.str();
+  }
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("s.json"), "--priority=urgent"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("--priority=urgent: expected interactive or bulk"));
+}
+
 TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
   EXPECT_EQ(Run({"loss", "--scores=" + Path("missing.npy"), "--labels=x"}), 2);
   EXPECT_THAT(err_.str(), HasSubstr("missing.npy: cannot open"));
@@ -184,7 +196,7 @@ TEST_F(CliTest, HelpListsEveryFlag) {
   EXPECT_EQ(Run({"--help"}), 0);
   for (const char* flag : {"--target", "--deadline_ms", "--scores", "--labels", "--sparse_labels",
                            "--mask", "--want_grad", "--grad_dtype", "--threshold", "--top_k",
-                           "--min_labels", "--want_probs", "--token_file", "--tls"}) {
+                           "--min_labels", "--want_probs", "--token_file", "--tls", "--priority"}) {
     EXPECT_THAT(out_.str(), HasSubstr(std::string("\n  ") + flag + "  ")) << flag;
   }
 }
