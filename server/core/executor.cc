@@ -222,14 +222,14 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
         // A chunk's label sets are appended to the group's, their offsets moved past it.
         ZLPR_RETURN_IF_ERROR(backend_->Label(SliceRows(in, begin, end), &chunk_sets_,
                                              probs == nullptr ? nullptr : probs + begin * cols));
-        if (begin == 0) label_sets_.row_offsets.assign(1, 0);
+        if (begin == 0) {
+          label_sets_.row_offsets.assign(1, 0);
+          label_sets_.labels.clear();
+          label_sets_.probs.clear();
+        }
         const int64_t base = label_sets_.row_offsets.back();
         for (size_t k = 1; k < chunk_sets_.row_offsets.size(); ++k) {
           label_sets_.row_offsets.push_back(base + chunk_sets_.row_offsets[k]);
-        }
-        if (begin == 0) {
-          label_sets_.labels.clear();
-          label_sets_.probs.clear();
         }
         label_sets_.labels.insert(label_sets_.labels.end(), chunk_sets_.labels.begin(),
                                   chunk_sets_.labels.end());

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from error_cases import common_error_cases
+from error_cases import check_priority_levels, common_error_cases
 from zlpr_reference import reference
 
 
@@ -210,13 +210,4 @@ def test_hostile_label_thresholds_shape_is_refused(server):
 
 
 def test_triton_priority_levels_choose_the_class(client):
-    scores = np.random.default_rng(3).standard_normal((2, 50)).astype(np.float32)
-    inp = grpcclient.InferInput("scores", list(scores.shape), "FP32")
-    inp.set_data_from_numpy(scores)
-    labels = [client.infer("zlpr_predict", [inp], priority=p).as_numpy("label_count")
-              for p in (0, 1, 2)]
-    assert all((l == labels[0]).all() for l in labels)
-    with pytest.raises(InferenceServerException) as e:
-        client.infer("zlpr_predict", [inp], priority=3)
-    assert "parameter 'priority' = 3 must be 0 (the model's default), 1 (interactive) or 2" in \
-        e.value.message()
+    check_priority_levels(client, tensor)
