@@ -25,9 +25,10 @@ import threading
 import time
 import urllib.request
 
+_ROW = random.Random(0)
 PREDICT_BODY = json.dumps({"inputs": [{
     "name": "scores", "datatype": "FP32", "shape": [1, 1000],
-    "data": [round(random.Random(0).gauss(0, 1), 4) for _ in range(1000)]}]})
+    "data": [round(_ROW.gauss(0, 1), 4) for _ in range(1000)]}]})
 
 
 def quantiles(lat):
@@ -143,6 +144,14 @@ def main():
 
     rows = []
 
+    def http_row(label):
+        """Predicts over HTTP for --seconds: a row of the client's and the server's figures."""
+        b0 = predict_buckets()
+        lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
+        p50, p99, p999 = quantiles(lat)
+        s50, s99 = server_side(b0, predict_buckets())
+        rows.append(f"| {label} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {s50} | {s99} | {err} |")
+
     def predict_row(label, run, server):
         rows.append(f"| {label} | {run['p50_s'] * 1e3:.2f} | {run['p99_s'] * 1e3:.2f} | "
                     f"{run['p999_s'] * 1e3:.2f} | {server[0]} | {server[1]} | {errors(run)} |")
@@ -158,19 +167,9 @@ def main():
         predict_row("zlpr.v1 Predict beside the flood", beside, server_side(b0, predict_buckets()))
         flood_beside = wait_flood()
         if not args.skip_http:
-            b0 = predict_buckets()
-            lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
-            p50, p99, p999 = quantiles(lat)
-            s50, s99 = server_side(b0, predict_buckets())
-            rows.append(f"| OIP HTTP Predict alone | {p50:.2f} | {p99:.2f} | {p999:.2f} | {s50} | "
-                        f"{s99} | {err} |")
+            http_row("OIP HTTP Predict alone")
             wait_flood = flood()
-            b0 = predict_buckets()
-            lat, err = http_open_loop(http_port, args.rate, args.seconds, args.pin)
-            p50, p99, p999 = quantiles(lat)
-            s50, s99 = server_side(b0, predict_buckets())
-            rows.append(f"| OIP HTTP Predict beside the flood | {p50:.2f} | {p99:.2f} | "
-                        f"{p999:.2f} | {s50} | {s99} | {err} |")
+            http_row("OIP HTTP Predict beside the flood")
             flood_beside_http = wait_flood()
         print(f"\nPredict 1 x 1000 at {args.rate:.0f}/s open loop; flood: {args.flood} callers "
               f"of loss+gradient 256 x 16384; server flags: {' '.join(args.server_flag) or '-'}")
