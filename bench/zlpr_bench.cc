@@ -429,7 +429,11 @@ int main(int argc, char** argv) {
   // --help lists this file's flags (absl's default matches the file name to the binary's, and
   // zlpr_bench.cc is not zlpr-bench).
   usage.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "bench/zlpr_bench.cc");
+    return absl::EndsWith(path, "bench/zlpr_bench.cc") || path == "zlpr-bench";
+  };
+  // The headers of --help name the program, not the path this binary was built from.
+  usage.normalize_filename = [](absl::string_view path) -> std::string {
+    return absl::EndsWith(path, "bench/zlpr_bench.cc") ? "zlpr-bench" : std::string(path);
   };
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);

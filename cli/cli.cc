@@ -2,7 +2,9 @@
 #include "cli/cli.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
@@ -27,6 +29,9 @@ ABSL_FLAG(std::string, tls_server_name, "", "Name to check in the server's certi
 ABSL_FLAG(std::string, token_file, "",
           "File with a bearer token, sent as \"authorization: Bearer <token>\"");
 ABSL_FLAG(std::string, service, "", "health: the service to check (\"\" = the whole server)");
+ABSL_FLAG(double, wait_s, 0,
+          "health: wait up to this many seconds for the server to answer SERVING (a server "
+          "just started, in scripts); 0: ask once");
 ABSL_FLAG(std::string, scores, "", "loss, predict: FILE of scores [rows, cols] (.npy or JSON)");
 ABSL_FLAG(std::string, labels, "", "loss: FILE of dense labels [rows, cols] in [0, 1]");
 ABSL_FLAG(std::string, sparse_labels, "",
@@ -52,18 +57,23 @@ using Json = nlohmann::ordered_json;
 constexpr char kUsage[] = R"(usage: zlpr-cli COMMAND [--flag=value ...]
 
 commands:
-  health    grpc.health.v1 Check of --service; exit 1 unless SERVING
+  health    grpc.health.v1 Check of --service; exit 1 unless SERVING (--wait_s=S: within S s)
   info      server version, backend, devices, batcher settings, limits
   loss      --scores=FILE (--labels=FILE | --sparse_labels=FILE) [--mask=FILE] [--want_grad]
   predict   --scores=FILE [--threshold=P] [--label_thresholds=FILE] [--top_k=K] [--min_labels=N]
             [--want_probs] [--mask=FILE]
 
-FILE: .npy (float32 or float16, C order; masks uint8 or bool) or JSON (an array of rows; the
-strings "-inf", "inf" and "nan" stand for those values). Output: JSON on stdout; errors on
-stderr. Exit status: 0 ok, 1 the server's error (or NOT_SERVING), 2 usage or input file.)";
+FILE: .npy (C order, 1-D or 2-D) or JSON (an array of rows; the strings "-inf", "inf" and "nan"
+stand for those values). A .npy of any float, integer or bool dtype is read (what np.save writes
+by default: float64 scores, int64 or bool labels); scores, labels and thresholds become float32
+as the Python client converts them, and a mask keeps the entries that are not 0. Sparse labels:
+JSON {"row_splits": [0, 2, 3], "indices": [4, 9, 1], "values": [...] or null (every label 1)}.
+Output: JSON on stdout; errors on stderr. Exit status: 0 ok, 1 the server's error (or
+NOT_SERVING), 2 usage or input file. `zlpr-cli --help` (or -h, or help) lists the flags.)";
 
 // Marks a status as the server's answer (exit 1) rather than a local problem (exit 2).
 constexpr char kServerPayload[] = "zlpr-cli/server-error";
+constexpr char kNotServingPayload[] = "zlpr-cli/not-serving";
 
 absl::Status ServerError(absl::Status st) {
   st.SetPayload(kServerPayload, absl::Cord("1"));
@@ -192,11 +202,25 @@ absl::Status ReadMask(const FloatMatrix& scores, ByteMatrix* mask) {
 
 absl::Status Health(Client& client, std::ostream& out) {
   const std::string service = absl::GetFlag(FLAGS_service);
+  const double wait_s = absl::GetFlag(FLAGS_wait_s);
+  if (!(wait_s >= 0 && wait_s <= 86400)) {
+    return absl::InvalidArgumentError("--wait_s: 0 to 86400 seconds");
+  }
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000));
   absl::StatusOr<bool> healthy = client.Healthy(service);
+  while ((!healthy.ok() || !*healthy) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    healthy = client.Healthy(service);
+  }
   if (!healthy.ok()) return ServerError(healthy.status());
   out << Json{{"service", service}, {"status", *healthy ? "SERVING" : "NOT_SERVING"}}.dump()
       << "\n";
-  if (!*healthy) return ServerError(absl::UnavailableError("not serving"));
+  if (!*healthy) {
+    absl::Status st = ServerError(absl::UnavailableError("not serving"));
+    st.SetPayload(kNotServingPayload, absl::Cord("1"));  // it answered: no hint about reaching it
+    return st;
+  }
   return absl::OkStatus();
 }
 
@@ -321,7 +345,10 @@ absl::Status Run(const std::string& command, std::ostream& out) {
 }  // namespace
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  if (std::find(args.begin(), args.end(), "--help") != args.end()) {
+  const auto asks_help = [](const std::string& a) {
+    return a == "--help" || a == "-h" || a == "help";
+  };
+  if (std::any_of(args.begin(), args.end(), asks_help)) {
     out << kUsage << "\n" << FlagsHelp();
     return 0;
   }
@@ -339,6 +366,12 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   if (server) {
     err << "zlpr-cli: server error: " << absl::StatusCodeToString(st.code()) << ": " << st.message()
         << "\n";
+    if (st.code() == absl::StatusCode::kUnavailable && !st.GetPayload(kNotServingPayload)) {
+      // Usually nothing listens there: say where the CLI looked and how to change it.
+      err << "zlpr-cli: no server answered at --target=" << absl::GetFlag(FLAGS_target)
+          << " (is zlpr-server running there? start one with `make run`, or point --target at "
+             "it)\n";
+    }
     return 1;
   }
   err << "zlpr-cli: " << st.message() << "\n";

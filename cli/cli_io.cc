@@ -1,6 +1,7 @@
 // .npy and JSON readers for zlpr-cli.
 #include "cli/cli_io.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -92,6 +93,66 @@ absl::StatusOr<Npy> ParseNpy(const std::string& path, const std::string& bytes) 
   return npy;
 }
 
+// The element type of a .npy file, from its descr ('<f8', '|u1', '>i4', '|b1', ...).
+struct NpyType {
+  char kind = 0;  // 'f' float, 'i' signed, 'u' unsigned, 'b' bool
+  size_t size = 0;
+  bool swap = false;  // big-endian data on this little-endian host
+};
+
+absl::StatusOr<NpyType> ParseDescr(const std::string& path, const std::string& descr) {
+  NpyType t;
+  if (descr.size() >= 3 &&
+      (descr[0] == '<' || descr[0] == '>' || descr[0] == '|' || descr[0] == '=')) {
+    t.kind = descr[1];
+    t.swap = descr[0] == '>';
+    if (!absl::SimpleAtoi(descr.substr(2), &t.size)) t.size = 0;
+  }
+  const bool known = (t.kind == 'f' && (t.size == 2 || t.size == 4 || t.size == 8)) ||
+                     ((t.kind == 'i' || t.kind == 'u') &&
+                      (t.size == 1 || t.size == 2 || t.size == 4 || t.size == 8)) ||
+                     (t.kind == 'b' && t.size == 1);
+  if (!known) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": dtype '", descr,
+                     "' is not supported: save floats (float16/32/64), integers or bools"));
+  }
+  return t;
+}
+
+// Element i of `payload` as a double (what numpy's astype does, then narrowed by the caller).
+double NpyElement(const NpyType& t, const char* payload, size_t i) {
+  unsigned char b[8];
+  std::memcpy(b, payload + i * t.size, t.size);
+  if (t.swap) std::reverse(b, b + t.size);
+  auto get = [&](auto v) {
+    std::memcpy(&v, b, sizeof v);
+    return static_cast<double>(v);
+  };
+  switch (t.kind) {
+    case 'f':
+      if (t.size == 8) return get(double{});
+      if (t.size == 4) return get(float{});
+      {
+        float f;
+        WidenToFloat(b, 1, DType::kFloat16, &f);
+        return f;
+      }
+    case 'i':
+      if (t.size == 1) return get(int8_t{});
+      if (t.size == 2) return get(int16_t{});
+      if (t.size == 4) return get(int32_t{});
+      return get(int64_t{});
+    case 'u':
+      if (t.size == 1) return get(uint8_t{});
+      if (t.size == 2) return get(uint16_t{});
+      if (t.size == 4) return get(uint32_t{});
+      return get(uint64_t{});
+    default:  // 'b'
+      return b[0] != 0 ? 1.0 : 0.0;
+  }
+}
+
 absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, int64_t* rows,
                   int64_t* cols) {
   if (shape.size() == 1) {
@@ -104,7 +165,7 @@ absl::Status Dims(const std::string& path, const std::vector<int64_t>& shape, in
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: expected a 1-D or 2-D array, got %d dimensions", path, shape.size()));
   }
-  if (*cols > 0 && *rows > std::numeric_limits<int64_t>::max() / 4 / *cols) {
+  if (*cols > 0 && *rows > std::numeric_limits<int64_t>::max() / 8 / *cols) {  // 8: float64
     return absl::InvalidArgumentError(absl::StrCat(path, ": array too large"));
   }
   return absl::OkStatus();
@@ -212,22 +273,19 @@ absl::StatusOr<FloatMatrix> ParseFloatMatrix(const std::string& path, const std:
   FloatMatrix m;
   ZLPR_RETURN_IF_ERROR(Dims(path, npy.shape, &m.rows, &m.cols));
   const size_t n = static_cast<size_t>(m.rows * m.cols);
-  DType dtype;
-  if (npy.descr == "<f4") {
-    dtype = DType::kFloat32;
-  } else if (npy.descr == "<f2") {
-    dtype = DType::kFloat16;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": dtype '", npy.descr,
-                     "' is not supported: save as float32 ('<f4') or float16 ('<f2')"));
-  }
-  if (npy.payload.size() != n * DTypeSize(dtype)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d %s values", path,
-                                                      npy.payload.size(), n, DTypeName(dtype)));
+  ZLPR_ASSIGN_OR_RETURN(const NpyType type, ParseDescr(path, npy.descr));
+  if (npy.payload.size() != n * type.size) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d values of '%s'",
+                                                      path, npy.payload.size(), n, npy.descr));
   }
   m.data.resize(n);
-  WidenToFloat(npy.payload.data(), static_cast<int64_t>(n), dtype, m.data.data());
+  if (!type.swap && type.kind == 'f' && type.size <= 4) {  // what the server takes: widened only
+    WidenToFloat(npy.payload.data(), static_cast<int64_t>(n),
+                 type.size == 4 ? DType::kFloat32 : DType::kFloat16, m.data.data());
+  } else {  // any other number type, converted to float32 as numpy's astype would
+    for (size_t i = 0; i < n; ++i)
+      m.data[i] = static_cast<float>(NpyElement(type, npy.payload.data(), i));
+  }
   return m;
 }
 
@@ -241,16 +299,19 @@ absl::StatusOr<ByteMatrix> ParseByteMatrix(const std::string& path, const std::s
     return m;
   }
   ZLPR_ASSIGN_OR_RETURN(const Npy npy, ParseNpy(path, bytes));
-  if (npy.descr != "|u1" && npy.descr != "<u1" && npy.descr != "|b1") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": dtype '", npy.descr, "' is not supported for a mask: save as uint8 or bool"));
-  }
+  ZLPR_ASSIGN_OR_RETURN(const NpyType type, ParseDescr(path, npy.descr));
   ZLPR_RETURN_IF_ERROR(Dims(path, npy.shape, &m.rows, &m.cols));
-  if (npy.payload.size() != static_cast<size_t>(m.rows * m.cols)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d values", path,
-                                                      npy.payload.size(), m.rows * m.cols));
+  const auto n = static_cast<size_t>(m.rows * m.cols);
+  if (npy.payload.size() != n * type.size) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %d data bytes for %d values of '%s'",
+                                                      path, npy.payload.size(), n, npy.descr));
   }
-  m.data.assign(npy.payload.begin(), npy.payload.end());
+  if (type.size == 1 && type.kind != 'i') {
+    m.data.assign(npy.payload.begin(), npy.payload.end());
+  } else {  // any number type: non-zero keeps an entry, as in a JSON mask
+    m.data.resize(n);
+    for (size_t i = 0; i < n; ++i) m.data[i] = NpyElement(type, npy.payload.data(), i) != 0;
+  }
   return m;
 }
 
@@ -266,7 +327,8 @@ absl::StatusOr<SparseLabels> ParseSparseLabels(const std::string& path, const st
   auto numbers = [&](const char* key, bool required, auto& dst) -> absl::Status {
     using T = typename std::decay_t<decltype(dst)>::value_type;
     const auto it = json->find(key);
-    if (it == json->end()) {
+    // null is "not given", as values=None is in the Python client.
+    if (it == json->end() || (!required && it->is_null())) {
       return required ? absl::InvalidArgumentError(absl::StrCat(path, ": missing \"", key, "\""))
                       : absl::OkStatus();
     }

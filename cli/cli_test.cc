@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/flags/reflection.h"
 #include "absl/strings/str_cat.h"
@@ -120,6 +121,70 @@ TEST_F(CliTest, PredictWithFloat16NpyAndTopK) {
   EXPECT_EQ(JsonFloat(-3.0f).dump(), "-3.0");
 }
 
+// np.save writes float64 scores and int64 or bool labels unless told otherwise: they are
+// converted as the Python client converts them (to float32; masks: non-zero keeps an entry), so
+// every file gives the float32 file's answer.
+TEST_F(CliTest, WhatNumpyWritesByDefaultIsConverted) {
+  const float s32[6] = {2.0f, -1.0f, 0.5f, -3.0f, 1.5f, 0.0f};
+  const double s64[6] = {2.0, -1.0, 0.5, -3.0, 1.5, 0.0};
+  const float t32[6] = {1, 0, 1, 0, 0, 1};
+  const int64_t t64[6] = {1, 0, 1, 0, 0, 1};
+  const bool tbool[6] = {true, false, true, false, false, true};
+  const uint8_t m8[6] = {1, 1, 0, 1, 1, 1};
+  const int32_t m32[6] = {7, -1, 0, 1, 1, 1};
+  const double s64be_src[6] = {2.0, -1.0, 0.5, -3.0, 1.5, 0.0};
+  unsigned char s64be[48];
+  for (int i = 0; i < 6; ++i) {
+    unsigned char b[8];
+    std::memcpy(b, &s64be_src[i], 8);
+    for (int k = 0; k < 8; ++k) s64be[i * 8 + k] = b[7 - k];
+  }
+  WriteNpy(Path("s32.npy"), "<f4", "(2, 3)", s32, sizeof(s32));
+  WriteNpy(Path("s64.npy"), "<f8", "(2, 3)", s64, sizeof(s64));
+  WriteNpy(Path("s64be.npy"), ">f8", "(2, 3)", s64be, sizeof(s64be));
+  WriteNpy(Path("t32.npy"), "<f4", "(2, 3)", t32, sizeof(t32));
+  WriteNpy(Path("t64.npy"), "<i8", "(2, 3)", t64, sizeof(t64));
+  WriteNpy(Path("tbool.npy"), "|b1", "(2, 3)", tbool, sizeof(tbool));
+  WriteNpy(Path("m8.npy"), "|u1", "(2, 3)", m8, sizeof(m8));
+  WriteNpy(Path("m32.npy"), "<i4", "(2, 3)", m32, sizeof(m32));
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s32.npy"), "--labels=" + Path("t32.npy"),
+                 "--mask=" + Path("m8.npy"), "--want_grad"}),
+            0)
+      << err_.str();
+  // The answer without its timing.
+  auto answer = [this] {
+    auto j = ParseJson(out_.str());
+    EXPECT_TRUE(j.ok()) << out_.str();
+    j->erase("queue_seconds");
+    j->erase("compute_seconds");
+    return j->dump();
+  };
+  const std::string want = answer();
+  for (const char* scores : {"s64.npy", "s64be.npy"}) {
+    for (const char* labels : {"t64.npy", "tbool.npy"}) {
+      ASSERT_EQ(Run({"loss", "--scores=" + Path(scores), "--labels=" + Path(labels),
+                     "--mask=" + Path("m32.npy"), "--want_grad"}),
+                0)
+          << scores << " " << labels << ": " << err_.str();
+      EXPECT_EQ(answer(), want) << scores << " " << labels;
+    }
+  }
+  ASSERT_EQ(Run({"predict", "--scores=" + Path("s32.npy"), "--top_k=2"}), 0) << err_.str();
+  const std::string want_predict = out_.str();
+  ASSERT_EQ(Run({"predict", "--scores=" + Path("s64.npy"), "--top_k=2"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), want_predict);
+  // Sparse labels in JSON: "values": null is "every label 1", as values=None in Python.
+  WriteText(Path("sp.json"), R"({"row_splits": [0, 2, 3], "indices": [0, 2, 2]})");
+  WriteText(Path("spnull.json"),
+            R"({"row_splits": [0, 2, 3], "indices": [0, 2, 2], "values": null})");
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s32.npy"), "--sparse_labels=" + Path("sp.json")}), 0);
+  const std::string sparse = answer();
+  ASSERT_EQ(Run({"loss", "--scores=" + Path("s32.npy"), "--sparse_labels=" + Path("spnull.json")}),
+            0)
+      << err_.str();
+  EXPECT_EQ(answer(), sparse);
+}
+
 TEST_F(CliTest, MinusInfinityInJsonScoresExcludesAnEntry) {
   WriteText(Path("s.json"), R"([[3.0, "-inf", -1.0]])");
   WriteText(Path("t.json"), "[[1, 1, 0]]");
@@ -158,9 +223,12 @@ TEST_F(CliTest, ClearErrorsForFilesShapesAndServerErrors) {
   EXPECT_EQ(Run({"loss", "--scores=" + Path("nan.npy"), "--labels=" + Path("t2.json")}), 1);
   EXPECT_EQ(err_.str(), "zlpr-cli: server error: INVALID_ARGUMENT: scores[0, 1] is NaN\n");
 
-  WriteNpy(Path("i8.npy"), "<i8", "(1,)", scores, 8);
-  EXPECT_EQ(Run({"predict", "--scores=" + Path("i8.npy")}), 2);
-  EXPECT_THAT(err_.str(), HasSubstr("dtype '<i8' is not supported"));
+  WriteNpy(Path("c16.npy"), "<c16", "(1,)", scores, 16);
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("c16.npy")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("dtype '<c16' is not supported"));
+  WriteNpy(Path("short.npy"), "<f8", "(2,)", scores, 8);
+  EXPECT_EQ(Run({"predict", "--scores=" + Path("short.npy")}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("short.npy: 8 data bytes for 2 values of '<f8'"));
 
   WriteText(Path("ragged.json"), "[[1, 2], [3]]");
   EXPECT_EQ(Run({"predict", "--scores=" + Path("ragged.json")}), 2);
@@ -194,11 +262,56 @@ TEST_F(CliTest, UnknownFlagsAndBadValuesAreUsageErrors) {
 
 TEST_F(CliTest, HelpListsEveryFlag) {
   EXPECT_EQ(Run({"--help"}), 0);
-  for (const char* flag : {"--target", "--deadline_ms", "--scores", "--labels", "--sparse_labels",
-                           "--mask", "--want_grad", "--grad_dtype", "--threshold", "--top_k",
-                           "--min_labels", "--want_probs", "--token_file", "--tls", "--priority"}) {
+  for (const char* flag :
+       {"--target", "--deadline_ms", "--scores", "--labels", "--sparse_labels", "--mask",
+        "--want_grad", "--grad_dtype", "--threshold", "--top_k", "--min_labels", "--want_probs",
+        "--token_file", "--tls", "--priority", "--wait_s"}) {
     EXPECT_THAT(out_.str(), HasSubstr(std::string("\n  ") + flag + "  ")) << flag;
   }
+  const std::string help = out_.str();
+  for (const char* ask : {"-h", "help"}) {
+    EXPECT_EQ(Run({ask}), 0) << ask;
+    EXPECT_EQ(out_.str(), help) << ask;
+    EXPECT_EQ(err_.str(), "") << ask;
+  }
+}
+
+TEST_F(CliTest, NoServerThereSaysWhereItLookedAndWhatToDo) {
+  out_.str("");
+  err_.str("");
+  const absl::FlagSaver defaults_after_this_run;
+  EXPECT_EQ(RunCli({"--target=127.0.0.1:1", "--deadline_ms=3000", "health"}, out_, err_), 1);
+  EXPECT_THAT(err_.str(), HasSubstr("server error: UNAVAILABLE"));
+  EXPECT_THAT(err_.str(), HasSubstr("no server answered at --target=127.0.0.1:1 (is zlpr-server "
+                                    "running there? start one with `make run`"));
+}
+
+// health --wait_s: a script that has just started a server waits for it to serve.
+TEST_F(CliTest, HealthWaitsForAServerThatIsStillStarting) {
+  const int port = server_->grpc_port();
+  server_.reset();  // nothing listens there now
+  std::unique_ptr<server::Server> later;
+  std::thread starter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    server::ServerOptions o;
+    o.grpc_address = absl::StrCat("127.0.0.1:", port);
+    o.metrics_address = "";
+    o.backend = "cpu";
+    o.threads = 1;
+    auto s = server::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    later = *std::move(s);
+  });
+  out_.str("");
+  err_.str("");
+  {
+    const absl::FlagSaver defaults_after_this_run;
+    EXPECT_EQ(
+        RunCli({absl::StrCat("--target=127.0.0.1:", port), "--wait_s=60", "health"}, out_, err_), 0)
+        << err_.str();
+  }
+  starter.join();
+  EXPECT_EQ(out_.str(), "{\"service\":\"\",\"status\":\"SERVING\"}\n");
 }
 
 TEST_F(CliTest, JsonKeepsEscapesBothWaysAndUnknownServicesAreServerErrors) {

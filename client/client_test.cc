@@ -253,6 +253,65 @@ TEST(ClientSplitTest, CallsOverTheMessageLimitAreSplitByRowsAndBitIdentical) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("is NaN"));
 }
 
+// A default client learns the server's --max_message_bytes (one GetServerInfo, kept) and splits
+// over it: a 64 x 10000 loss+gradient (2.5 MB of scores, as much of labels) against a server that
+// takes 1 MiB is answered as one call to a server with the default limit answers it.
+TEST(ClientSplitTest, TheServersMessageLimitIsLearnedOnceAndCallsAreSplitUnderIt) {
+  server::ServerOptions so;
+  so.grpc_address = "127.0.0.1:0";
+  so.metrics_address = "127.0.0.1:0";
+  so.backend = "cpu";
+  so.threads = 1;
+  so.max_message_bytes = 1 << 20;
+  auto small_server = server::Server::Start(so);
+  ASSERT_TRUE(small_server.ok()) << small_server.status();
+  auto big_server = StartServer();
+  auto small = Connect(absl::StrCat("127.0.0.1:", (*small_server)->grpc_port()));
+  auto whole = Connect(absl::StrCat("127.0.0.1:", big_server->grpc_port()));
+  const testing::Problem p = testing::MakeProblem(
+      {.rows = 64, .cols = 10000, .labels = testing::Labels::kSoft, .seed = 5});
+  LossCall call;
+  call.rows = 64;
+  call.cols = 10000;
+  call.scores = p.scores;
+  call.dense_labels = p.dense;
+  call.want_grad = true;
+  auto a = whole->ComputeLoss(call);
+  ASSERT_TRUE(a.ok()) << a.status();
+  for (int i = 0; i < 2; ++i) {
+    auto b = small->ComputeLoss(call);
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(a->loss, b->loss);
+    EXPECT_EQ(a->grad, b->grad);
+    EXPECT_EQ(a->loss_sum, b->loss_sum);
+  }
+  PredictCall pc;
+  pc.rows = 64;
+  pc.cols = 10000;
+  pc.scores = p.scores;
+  pc.want_probs = true;
+  auto pa = whole->Predict(pc);
+  auto pb = small->Predict(pc);
+  ASSERT_TRUE(pa.ok() && pb.ok()) << pa.status() << pb.status();
+  EXPECT_EQ(pa->labels, pb->labels);
+  EXPECT_EQ(pa->dense_probs, pb->dense_probs);
+  auto limit = small->MessageLimit();
+  ASSERT_TRUE(limit.ok());
+  EXPECT_EQ(*limit, 1 << 20);
+  const std::string metrics = server::HttpGet((*small_server)->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics,
+                        "zlpr_requests_total{code=\"OK\",method=\"GetServerInfo\","
+                        "protocol=\"zlpr_v1\"}"),
+            1);
+  // One request of the same call over the limit is refused, as before: the split is what helps.
+  ClientOptions fixed;
+  fixed.target = absl::StrCat("127.0.0.1:", (*small_server)->grpc_port());
+  fixed.max_message_bytes = 64 << 20;
+  auto unsplit = Client::Create(fixed);
+  ASSERT_TRUE(unsplit.ok());
+  EXPECT_EQ((*unsplit)->ComputeLoss(call).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
 TEST(ClientBalancingTest, SeveralAddressesAreBalancedRoundRobin) {
   auto a = StartServer();
   auto b = StartServer();

@@ -323,8 +323,24 @@ class GrpcClient final : public Client {
         stub_(v1::ZlprService::NewStub(channel_)),
         health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
+  absl::StatusOr<int64_t> MessageLimit() override {
+    if (options_.max_message_bytes > 0) return options_.max_message_bytes;
+    absl::MutexLock lock(&limit_mu_);
+    if (learned_limit_ == 0) {
+      absl::StatusOr<ServerInfo> info = GetServerInfo();
+      if (!info.ok()) return info.status();
+      if (info->max_message_bytes <= 0) {
+        return absl::DataLossError("the server's GetServerInfo has no max_message_bytes");
+      }
+      learned_limit_ = info->max_message_bytes;
+    }
+    return learned_limit_;
+  }
+
   absl::StatusOr<LossResult> ComputeLoss(const LossCall& call) override {
-    const auto ranges = Ranges(call, options_.max_message_bytes);
+    absl::StatusOr<int64_t> limit = MessageLimit();
+    if (!limit.ok()) return limit.status();
+    const auto ranges = Ranges(call, *limit);
     if (ranges.size() == 1) return ComputeLossWhole(call);
     // Over the message limit: one request per range, concurrently, reassembled in order.
     std::vector<std::vector<int64_t>> splits(ranges.size());
@@ -337,7 +353,9 @@ class GrpcClient final : public Client {
   }
 
   absl::StatusOr<PredictResult> Predict(const PredictCall& call) override {
-    const auto ranges = Ranges(call, options_.max_message_bytes);
+    absl::StatusOr<int64_t> limit = MessageLimit();
+    if (!limit.ok()) return limit.status();
+    const auto ranges = Ranges(call, *limit);
     if (ranges.size() == 1) return PredictWhole(call);
     std::vector<std::future<absl::StatusOr<PredictResult>>> futures;
     for (const auto& [begin, end] : ranges)
@@ -486,6 +504,8 @@ class GrpcClient final : public Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ZlprService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  absl::Mutex limit_mu_;
+  int64_t learned_limit_ ABSL_GUARDED_BY(limit_mu_) = 0;
 };
 
 }  // namespace
@@ -513,7 +533,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
     args.SetLoadBalancingPolicyName(options.load_balancing);
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   }
-  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  if (options.max_message_bytes < 0) {
+    return absl::InvalidArgumentError("max_message_bytes: 0 (the server's) or a byte count");
+  }
+  // Learned from the server: it sends nothing larger than its limit and the client splits its
+  // requests under it, so the channel itself needs none.
+  const int max_bytes =
+      options.max_message_bytes == 0
+          ? -1
+          : static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
   args.SetMaxReceiveMessageSize(max_bytes);
   args.SetMaxSendMessageSize(max_bytes);
   std::shared_ptr<grpc::ChannelCredentials> creds;

@@ -6,8 +6,10 @@ multi-label task with soft targets (mixup and label smoothing), under Distribute
   examples/train_ddp.py --loss remote --target 127.0.0.1:50051 --out remote.json
   examples/train_ddp.py --loss local --out local.json      # the package's PyTorch reference
 
-Writes (rank 0) the per-step losses, the final weights, the held-out accuracy and the step
-times to --out as JSON. tests/test_train_ddp.py runs both and compares them.
+Needs the zlpr package with PyTorch (pip install './python[torch]') and, for --loss remote, a
+server at --target (make run). Prints a summary line when done and writes (rank 0) the per-step
+losses, the final weights, the held-out accuracy and the step times to --out as JSON.
+python/tests/test_train_ddp.py runs both and checks that their losses agree.
 """
 import argparse
 import json
@@ -93,6 +95,10 @@ def worker(rank, world, args, port):
             json.dump({"loss": args.loss, "losses": losses, "weights": weights,
                        "accuracy": accuracy, "step_s": step_s, "loss_forward_s": loss_s,
                        "stats": stats, "world": world, "batch": args.batch}, f)
+        step_ms = sorted(step_s)[len(step_s) // 2] * 1e3
+        print(f"{args.loss} loss, {world} processes, {args.steps} steps: loss {losses[0]:.4f} -> "
+              f"{losses[-1]:.4f}, held-out accuracy {accuracy:.3f}, median step {step_ms:.1f} ms; "
+              f"written to {args.out}", flush=True)
     dist.destroy_process_group()
 
 

@@ -1,6 +1,8 @@
 // zlpr-server: flags in, Server out; SIGTERM or SIGINT shut it down gracefully (exit 0), SIGHUP
 // reads --auth_token_file again.
 #include <malloc.h>
+#include <unistd.h>
+
 #include <csignal>
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -19,8 +22,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "server/server.h"
 
@@ -124,25 +129,111 @@ ABSL_FLAG(bool, echo, false,
 
 namespace {
 
-// Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
-// for containers; a flag on the command line wins. Returns argv with those flags first.
-std::vector<char*> WithEnvironmentFlags(int argc, char** argv, std::vector<std::string>& storage) {
-  // Every flag defined in this file (taken from the flag registry, so none is forgotten).
+// Every flag defined in this file (taken from the flag registry, so none is forgotten).
+std::vector<std::string> ServerFlagNames() {
   std::vector<std::string> names;
   for (const auto& [name, flag] : absl::GetAllFlags()) {
-    if (absl::EndsWith(flag->Filename(), "server/main.cc")) names.emplace_back(name);
+    // (Filename() is normalized by the usage config set in main, to "zlpr-server".)
+    if (absl::EndsWith(flag->Filename(), "server/main.cc") || flag->Filename() == "zlpr-server") {
+      names.emplace_back(name);
+    }
   }
   std::sort(names.begin(), names.end());
-  for (const std::string& flag : names) {
-    std::string env = "ZLPR_";
-    for (char c : flag) env += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (const char* value = std::getenv(env.c_str()))
-      storage.push_back(absl::StrCat("--", flag, "=", value));
+  return names;
+}
+
+std::string EnvName(const std::string& flag) {
+  std::string env = "ZLPR_";
+  for (char c : flag) env += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return env;
+}
+
+// Variables Kubernetes sets for every Service of the namespace (a Service "zlpr-server" gives
+// ZLPR_SERVER_SERVICE_HOST, ZLPR_SERVER_PORT_50051_TCP_ADDR, ...): not misspelled flags.
+bool IsServiceLink(const std::string& name) {
+  static const std::regex kLink(
+      R"(.*_(SERVICE_HOST|SERVICE_PORT(_.*)?|PORT|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?))");
+  return std::regex_match(name, kLink);
+}
+
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1 : 0)});
+      diagonal = up;
+    }
   }
-  std::vector<char*> args = {argv[0]};
-  for (std::string& s : storage) args.push_back(s.data());
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  return args;
+  return row[b.size()];
+}
+
+// Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
+// for containers; a flag on the command line wins (it is parsed after these are set). A value
+// that does not parse is an error naming the variable; a ZLPR_ variable that is no flag's is
+// named in a warning (with the closest flag's variable), since it was most likely misspelled.
+// The flags whose value came from the environment: (flag, variable).
+std::vector<std::pair<std::string, std::string>>& EnvironmentFlags() {
+  static std::vector<std::pair<std::string, std::string>> flags;
+  return flags;
+}
+
+bool SetFlagsFromEnvironment() {
+  const std::vector<std::string> names = ServerFlagNames();
+  std::vector<std::string> known;
+  for (const std::string& flag : names) {
+    const std::string env = EnvName(flag);
+    known.push_back(env);
+    const char* value = std::getenv(env.c_str());
+    if (value == nullptr) continue;
+    std::string error;
+    if (!absl::FindCommandLineFlag(flag)->ParseFrom(value, &error)) {
+      std::fprintf(stderr, "zlpr-server: %s=%s (the environment's --%s): %s\n", env.c_str(), value,
+                   flag.c_str(), error.c_str());
+      return false;
+    }
+    EnvironmentFlags().emplace_back(flag, env);
+  }
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    if (known.empty() || !absl::StartsWith(name, "ZLPR_") || IsServiceLink(name) ||
+        std::find(known.begin(), known.end(), name) != known.end()) {
+      continue;
+    }
+    const std::string* closest = &known.front();
+    for (const std::string& k : known) {
+      if (EditDistance(name, k) < EditDistance(name, *closest)) closest = &k;
+    }
+    std::fprintf(stderr,
+                 "zlpr-server: warning: %s is set but is no flag's variable (ZLPR_<FLAG> sets "
+                 "--flag)%s\n",
+                 name.c_str(),
+                 EditDistance(name, *closest) <= 2
+                     ? absl::StrCat("; did you mean ", *closest, "?").c_str()
+                     : "; it is ignored");
+  }
+  return true;
+}
+
+// An error about a flag's value, with where the value came from when that was the environment
+// and not the command line (which wins): "--max_batch_rows=0: ..." is then also said to be
+// ZLPR_MAX_BATCH_ROWS's.
+void PrintError(const std::string& message, int argc, char** argv) {
+  std::string note;
+  for (const auto& [flag, env] : EnvironmentFlags()) {
+    if (!absl::StrContains(message, "--" + flag + "=")) continue;
+    bool on_command_line = false;
+    for (int i = 1; i < argc; ++i) {
+      const absl::string_view arg = absl::StripPrefix(absl::StripPrefix(argv[i], "-"), "-");
+      on_command_line |= arg == flag || absl::StartsWith(arg, flag + "=");
+    }
+    if (!on_command_line) note = absl::StrCat(" (the value of ", env, " in the environment)");
+  }
+  std::fprintf(stderr, "zlpr-server: %s%s\n", message.c_str(), note.c_str());
 }
 
 // Seconds as milliseconds, for the bounds check (ValidateServerOptions), which names the flag;
@@ -185,16 +276,18 @@ int main(int argc, char** argv) {
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default matches the file name to the binary's).
   usage.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "server/main.cc");
+    return absl::EndsWith(path, "server/main.cc") || path == "zlpr-server";
+  };
+  // The headers of --help name the program, not the path this binary was built from.
+  usage.normalize_filename = [](absl::string_view path) -> std::string {
+    return absl::EndsWith(path, "server/main.cc") ? "zlpr-server" : std::string(path);
   };
   usage.version_string = [] {
     return std::string("zlpr-server ") + zlpr::server::Version() + "\n";
   };
   absl::SetFlagsUsageConfig(usage);
-  std::vector<std::string> env_flags;
-  std::vector<char*> args = WithEnvironmentFlags(argc, argv, env_flags);
-  const std::vector<char*> positional =
-      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (!SetFlagsFromEnvironment()) return 2;
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
     std::fprintf(stderr, "zlpr-server: unexpected argument '%s': flags are --name=value\n",
                  positional[1]);
@@ -202,13 +295,13 @@ int main(int argc, char** argv) {
   }
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!std::isfinite(grace_s) || grace_s < 0 || grace_s > 3600) {
-    std::fprintf(stderr, "zlpr-server: --shutdown_grace_s=%g: must be 0 to 3600\n", grace_s);
+    PrintError(absl::StrFormat("--shutdown_grace_s=%g: must be 0 to 3600", grace_s), argc, argv);
     return 2;
   }
   const double token_grace_s = absl::GetFlag(FLAGS_auth_token_grace_s);
   if (!std::isfinite(token_grace_s) || token_grace_s < 0 || token_grace_s > 86400) {
-    std::fprintf(stderr, "zlpr-server: --auth_token_grace_s=%g: must be 0 to 86400\n",
-                 token_grace_s);
+    PrintError(absl::StrFormat("--auth_token_grace_s=%g: must be 0 to 86400", token_grace_s), argc,
+               argv);
     return 2;
   }
 
@@ -240,7 +333,7 @@ int main(int argc, char** argv) {
   options.backend = absl::GetFlag(FLAGS_backend);
   auto devices = ParseDevices(absl::GetFlag(FLAGS_devices));
   if (!devices.ok()) {
-    std::fprintf(stderr, "zlpr-server: %s\n", devices.status().ToString().c_str());
+    PrintError(devices.status().ToString(), argc, argv);
     return 2;
   }
   options.devices = *devices;
@@ -255,9 +348,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<zlpr::server::BackgroundPolicy> bulk_threads =
       zlpr::server::ParseBackgroundPolicy(absl::GetFlag(FLAGS_bulk_threads));
   if (!bulk_threads.ok()) {
-    std::fprintf(stderr, "zlpr-server: --bulk_threads=%s: %s\n",
-                 absl::GetFlag(FLAGS_bulk_threads).c_str(),
-                 std::string(bulk_threads.status().message()).c_str());
+    PrintError(absl::StrCat("--bulk_threads=", absl::GetFlag(FLAGS_bulk_threads), ": ",
+                            bulk_threads.status().message()),
+               argc, argv);
     return 2;
   }
   options.bulk_threads = *bulk_threads;
@@ -274,15 +367,18 @@ int main(int argc, char** argv) {
 
   auto server = zlpr::server::Server::Start(options);
   if (!server.ok()) {
-    std::fprintf(stderr, "zlpr-server: %s\n", server.status().ToString().c_str());
+    PrintError(server.status().ToString(), argc, argv);
     // A flag out of range is a usage error (2); a port in use or a missing device is not (1).
     return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
-  std::printf(
-      "zlpr-server %s listening: gRPC on port %d (%s), metrics on port %d (%s); backend %s: %s\n",
-      zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
-      (*server)->metrics_port(), options.metrics_address.c_str(), (*server)->backend_name().c_str(),
-      absl::StrJoin((*server)->devices(), "; ").c_str());
+  const std::string metrics = options.metrics_address.empty()
+                                  ? std::string("metrics off (--metrics_address is empty)")
+                                  : absl::StrCat("metrics on port ", (*server)->metrics_port(),
+                                                 " (", options.metrics_address, ")");
+  std::printf("zlpr-server %s listening: gRPC on port %d (%s), %s; backend %s: %s\n",
+              zlpr::server::Version(), (*server)->grpc_port(), options.grpc_address.c_str(),
+              metrics.c_str(), (*server)->backend_name().c_str(),
+              absl::StrJoin((*server)->devices(), "; ").c_str());
   if ((*server)->http_port() != 0) {
     std::printf("zlpr-server: HTTP (Open Inference Protocol) on port %d (%s)\n",
                 (*server)->http_port(), options.http_address.c_str());

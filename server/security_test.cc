@@ -292,6 +292,61 @@ TEST_F(SecurityTest, MetricsPortServesMetricsOnly) {
   EXPECT_THAT(other, ::testing::Not(::testing::HasSubstr("zlpr_")));
 }
 
+// Files that do not go together are named before anything listens (gRPC alone would only fail
+// to open the port, and the message would blame the address).
+TEST_F(SecurityTest, AKeyThatIsNotTheCertificatesIsNamed) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.backend = "cpu";
+  o.tls_cert_file = certs_->path("server.pem");
+  o.tls_key_file = certs_->path("client.key");
+  auto s = Server::Start(o);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.status().message(),
+            absl::StrCat("--tls_key=", certs_->path("client.key"),
+                         ": this key does not belong to the certificate of --tls_cert=",
+                         certs_->path("server.pem")));
+  o.tls_key_file = certs_->path("server.pem");  // a certificate where the key should be
+  EXPECT_THAT(std::string(Server::Start(o).status().message()),
+              ::testing::HasSubstr(": no PEM private key in it"));
+  o.tls_cert_file = certs_->path("server.key");  // and the other way round
+  o.tls_key_file = certs_->path("server.key");
+  EXPECT_EQ(Server::Start(o).status().message(),
+            absl::StrCat("--tls_cert=", certs_->path("server.key"), ": no PEM certificate in it"));
+  o.tls_cert_file = certs_->path("server.pem");
+  o.tls_client_ca_file = certs_->path("ca.key");
+  EXPECT_EQ(Server::Start(o).status().message(),
+            absl::StrCat("--tls_client_ca=", certs_->path("ca.key"), ": no PEM certificate in it"));
+}
+
+// A port in use is named as such, for the metrics port too (CivetWeb says only "null context").
+TEST(ListenTest, APortInUseIsSaidToBeInUse) {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.metrics_address = "127.0.0.1:0";
+  o.backend = "cpu";
+  o.threads = 1;
+  auto first = Server::Start(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ServerOptions again = o;
+  again.metrics_address = absl::StrCat("127.0.0.1:", (*first)->metrics_port());
+  auto s = Server::Start(again);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.status().message(),
+            absl::StrCat("--metrics_address=", again.metrics_address,
+                         ": could not listen there (port ", (*first)->metrics_port(),
+                         " is in use (another zlpr-server? choose another port, or 0 for a free "
+                         "one))"));
+  again = o;
+  again.grpc_address = absl::StrCat("127.0.0.1:", (*first)->grpc_port());
+  s = Server::Start(again);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(s.status().message()),
+              ::testing::HasSubstr(absl::StrCat("could not listen there (port ",
+                                                (*first)->grpc_port(), " is in use")));
+}
+
 TEST(SecurityOptionsTest, HalfATlsConfigurationIsRefused) {
   ServerOptions o;
   o.grpc_address = "127.0.0.1:0";

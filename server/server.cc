@@ -1,8 +1,14 @@
 // Server: assembly, start-up and graceful shutdown.
 #include "server/server.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <utility>
@@ -23,6 +29,9 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "kernels/thread_pool.h"
+#include "openssl/err.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "prometheus/text_serializer.h"
 #include "server/grpc/credentials.h"
 #include "server/zlpr_v1/echo_service.h"
@@ -267,6 +276,89 @@ int HttpThreads(const ServerOptions& o) {
   return o.http_threads != 0 ? o.http_threads : std::max(1, zlpr::internal::UsableCpus() / 4);
 }
 
+// Why nothing can listen on `address` (HOST:PORT), found by trying it: "port 9464 is in use",
+// or the system's reason. Empty when a listener could be opened there after all.
+std::string ListenProblem(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return "use HOST:PORT";
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (const int rc = getaddrinfo(host.empty() || host == "*" ? nullptr : host.c_str(), port.c_str(),
+                                 &hints, &found);
+      rc != 0) {
+    return absl::StrCat("cannot resolve it: ", gai_strerror(rc));
+  }
+  std::string problem;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      problem = errno == EADDRINUSE ? absl::StrCat("port ", port,
+                                                   " is in use (another zlpr-server? choose "
+                                                   "another port, or 0 for a free one)")
+                                    : std::string(std::strerror(errno));
+    }
+    close(fd);
+    if (!problem.empty()) break;
+  }
+  freeaddrinfo(found);
+  return problem;
+}
+
+// The first certificate or key of a PEM text, parsed by OpenSSL; null when there is none.
+X509* FirstCertificate(const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  return cert;
+}
+
+// The TLS files make sense together, checked before anything listens: otherwise gRPC only
+// fails to open the port, and the message would blame the address.
+absl::Status CheckTls(const TlsPem& tls, const ServerOptions& o) {
+  X509* cert = FirstCertificate(tls.cert_chain);
+  if (cert == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls_cert=", o.tls_cert_file, ": no PEM certificate in it"));
+  }
+  BIO* bio = BIO_new_mem_buf(tls.private_key.data(), static_cast<int>(tls.private_key.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  absl::Status st;
+  if (key == nullptr) {
+    st = absl::InvalidArgumentError(absl::StrCat(
+        "--tls_key=", o.tls_key_file, ": no PEM private key in it (or it is encrypted)"));
+  } else if (X509_check_private_key(cert, key) != 1) {
+    st = absl::InvalidArgumentError(absl::StrCat("--tls_key=", o.tls_key_file,
+                                                 ": this key does not belong to the certificate "
+                                                 "of --tls_cert=",
+                                                 o.tls_cert_file));
+  }
+  EVP_PKEY_free(key);
+  X509_free(cert);
+  if (st.ok() && !tls.client_ca.empty()) {
+    X509* ca = FirstCertificate(tls.client_ca);
+    if (ca == nullptr) {
+      st = absl::InvalidArgumentError(
+          absl::StrCat("--tls_client_ca=", o.tls_client_ca_file, ": no PEM certificate in it"));
+    }
+    X509_free(ca);
+  }
+  ERR_clear_error();
+  return st;
+}
+
 absl::StatusOr<TlsPem> ReadTls(const ServerOptions& o) {
   TlsPem tls;
   if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
@@ -283,6 +375,7 @@ absl::StatusOr<TlsPem> ReadTls(const ServerOptions& o) {
   if (!o.tls_client_ca_file.empty()) {
     ZLPR_ASSIGN_OR_RETURN(tls.client_ca, ReadFlagFile("--tls_client_ca", o.tls_client_ca_file));
   }
+  ZLPR_RETURN_IF_ERROR(CheckTls(tls, o));
   return tls;
 }
 
@@ -345,8 +438,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                                    std::to_string(kMetricsThreads), "request_timeout_ms",
                                    std::to_string(kMetricsTimeoutMs)});
     } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("--metrics_address=", options.metrics_address, ": ", e.what()));
+      // CivetWeb's own message ("null context when constructing CivetServer") says nothing of
+      // the cause: find it by trying the address.
+      std::string why = ListenProblem(options.metrics_address);
+      return absl::UnavailableError(absl::StrCat("--metrics_address=", options.metrics_address,
+                                                 ": could not listen there (",
+                                                 why.empty() ? e.what() : why, ")"));
     }
     s->exposer_->RegisterCollectable(s->registry_);
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
@@ -424,8 +521,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   s->serving_.store(s->grpc_server_.get(), std::memory_order_release);
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
     s->core_->Stop();
-    return absl::UnavailableError(
-        absl::StrCat("--grpc_address=", options.grpc_address, ": could not listen there"));
+    const std::string why = ListenProblem(options.grpc_address);
+    return absl::UnavailableError(absl::StrCat("--grpc_address=", options.grpc_address,
+                                               ": could not listen there",
+                                               why.empty() ? "" : absl::StrCat(" (", why, ")")));
   }
   if (s->http_routes_ != nullptr) {
     http::Options http{.address = options.http_address,

@@ -54,11 +54,13 @@ struct ClientOptions {
   // Attempts per call on UNAVAILABLE or a server-side CANCELLED (1 = no retry), with
   // exponential backoff.
   int max_attempts = 5;
-  // Largest message either way; match the server's --max_message_bytes (GetServerInfo says
-  // it). A blocking ComputeLoss or Predict whose request or response would be larger is split
-  // by rows into requests under it, sent concurrently and reassembled in order: the result is
-  // the one a single call gives (the server computes each row independently of its batch).
-  int64_t max_message_bytes = 64 << 20;
+  // Largest message either way. 0 (the default): the server's --max_message_bytes, asked once
+  // with GetServerInfo before the first ComputeLoss or Predict and kept. A blocking ComputeLoss
+  // or Predict whose request or response would be larger is split by rows into requests under
+  // it, sent concurrently and reassembled in order: the result is the one a single call gives
+  // (the server computes each row independently of its batch). Async calls and streams are
+  // sent as they are.
+  int64_t max_message_bytes = 0;
   // Load-balancing policy across the target's addresses.
   std::string load_balancing = "round_robin";
   // TLS: on when `tls` is true. PEM contents (not paths); empty roots use the system's.
@@ -181,6 +183,9 @@ class Client {
   virtual std::unique_ptr<PredictStream> OpenPredictStream(int window = 32) = 0;
 
   virtual absl::StatusOr<ServerInfo> GetServerInfo() = 0;
+  // The message limit calls are split under: ClientOptions::max_message_bytes, or the server's
+  // (asked once; an error when it cannot be asked, and asked again next time).
+  virtual absl::StatusOr<int64_t> MessageLimit() = 0;
   // grpc.health.v1 Check of `service` ("" for the whole server): true when SERVING.
   virtual absl::StatusOr<bool> Healthy(const std::string& service = "") = 0;
 

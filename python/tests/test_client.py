@@ -21,6 +21,15 @@ def problem(rows, cols, seed=0, density=0.1, soft=False):
     return s, t
 
 
+def test_zlpr_aio_is_there_after_a_plain_import_zlpr():
+    """docs/PYTHON.md's asyncio lines start from `import zlpr` alone."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import zlpr; print(zlpr.aio.Client.__name__)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "Client", r.stderr
+
+
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (17, 1000), (64, 4099)])
 @pytest.mark.parametrize("soft", [False, True])
 def test_loss_and_gradient_match_the_float64_reference(client, rows, cols, soft):
@@ -229,6 +238,15 @@ openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
                          tls_client_cert=read("client.pem"), tls_client_key=read("client.key"),
                          max_attempts=1, transport=transport) as c:
             assert c.predict(s).labels[0].tolist() == [0, 1]
+        # Paths work too (as zlpr-cli's flags take them), str or pathlib.
+        with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=f"{d}/ca.pem",
+                         tls_client_cert=tmp_path / "client.pem",
+                         tls_client_key=f"{d}/client.key", max_attempts=1,
+                         transport=transport) as c:
+            assert c.predict(s).labels[0].tolist() == [0, 1]
+        with pytest.raises(ValueError, match="tls_root_certs='/no/such.pem': neither PEM bytes "
+                                             "nor a readable PEM file"):
+            zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs="/no/such.pem")
         with zlpr.Client(f"localhost:{port}", tls=True, tls_root_certs=read("ca.pem"),
                          max_attempts=1, deadline_s=5, max_message_bytes=1 << 20,
                          transport=transport) as no_cert:

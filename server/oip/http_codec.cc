@@ -258,7 +258,7 @@ absl::StatusOr<Parameter> ToParameter(const std::string& where, const json& v) {
 }
 
 // JSON numbers (as float32) to the bytes of `datatype`: FP32 as they are, UINT8 and BOOL when
-// each is a whole number in range. Other datatypes go as binary data.
+// each is a whole number in range. FP16 and BF16 go as binary data.
 absl::StatusOr<std::string> JsonTensorBytes(const std::string& name, DataType datatype,
                                             std::string floats) {
   if (datatype == DataType::kFp32) return floats;
@@ -279,9 +279,17 @@ absl::StatusOr<std::string> JsonTensorBytes(const std::string& name, DataType da
     }
     return out;
   }
+  if (datatype == DataType::kFp16 || datatype == DataType::kBf16) {
+    return Invalid(absl::StrFormat(
+        "input '%s': %s tensors go as binary data (parameters.binary_data_size, with the "
+        "Inference-Header-Content-Length header); JSON data is read for FP32, UINT8 and BOOL",
+        name, DataTypeName(datatype)));
+  }
+  // Not a datatype any input takes: say what is, rather than point at the binary extension,
+  // which would refuse it too.
   return Invalid(absl::StrFormat(
-      "input '%s': %s tensors go as binary data (parameters.binary_data_size, with the "
-      "Inference-Header-Content-Length header); JSON data is read for FP32, UINT8 and BOOL",
+      "input '%s': datatype %s is not accepted: scores and labels are FP32 (JSON or binary "
+      "data), FP16 or BF16 (binary data); masks UINT8 or BOOL",
       name, DataTypeName(datatype)));
 }
 

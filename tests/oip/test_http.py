@@ -153,7 +153,11 @@ def test_classification_extension_on_probs(client):
 def test_errors_name_the_tensor_and_keep_their_codes(client):
     cases = common_error_cases(tensor) + [
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.int32), "INT32", False)], {},
-         "input 'scores': INT32 tensors go as binary data"),
+         "input 'scores': datatype INT32 is not accepted: scores and labels are FP32"),
+        # What numpy makes by default: refused for what it is, not sent to the binary extension
+        # (which would refuse it too).
+        ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float64), "FP64", False)], {},
+         "input 'scores': datatype FP64 is not accepted"),
         ("zlpr_predict", [tensor("scores", np.zeros((2, 3), np.float32), "FP32"),
                           tensor("mask", np.full((2, 3), 2.5, np.float32), "FP32", False)], {},
          "input 'mask': datatype FP32 is not allowed"),

@@ -12,6 +12,8 @@ and a pure-PyTorch reference of the loss.
 from zlpr._client import (Client, LossResult, LossStream, PredictResult, PredictStream,
                           ServerInfo, SparseLabels, ZlprError, native_available)
 
-__all__ = ["Client", "LossResult", "LossStream", "PredictResult", "PredictStream", "ServerInfo",
+from zlpr import aio  # noqa: E402  (zlpr.aio.Client after a plain `import zlpr`)
+
+__all__ = ["aio", "Client", "LossResult", "LossStream", "PredictResult", "PredictStream", "ServerInfo",
            "SparseLabels", "ZlprError", "native_available"]
 __version__ = "0.1.0"

@@ -88,6 +88,22 @@ def service_config(max_attempts: int, load_balancing: str) -> str:
     return json.dumps(config)
 
 
+def pem(value, name: str) -> Optional[bytes]:
+    """A TLS option as gRPC takes it, PEM bytes: bytes and PEM text as they are, anything else
+    (a str or os.PathLike that is not PEM text) as the path of a PEM file, read here, as
+    zlpr-cli's --tls_ca and friends are."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    try:
+        with open(value, "rb") as f:
+            return f.read()
+    except (OSError, TypeError) as e:
+        raise ValueError(f"{name}={value!r}: neither PEM bytes nor a readable PEM file ({e})") \
+            from None
+
+
 @dataclass
 class ChannelSettings:
     """What Client and aio.Client share: the same meaning as zlpr::ClientOptions in C++."""
@@ -97,12 +113,16 @@ class ChannelSettings:
     max_message_bytes: Optional[int] = None   # None: learned from the server (GetServerInfo)
     load_balancing: str = "round_robin"
     tls: bool = False
-    tls_root_certs: Optional[bytes] = None    # PEM; None: the system's roots
+    tls_root_certs: Optional[bytes] = None    # PEM bytes or a PEM file's path; None: system's
     tls_client_cert: Optional[bytes] = None   # mutual TLS
     tls_client_key: Optional[bytes] = None
     tls_server_name: Optional[str] = None
     token: Optional[str] = None               # sent as "authorization: Bearer <token>"
     options: list = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("tls_root_certs", "tls_client_cert", "tls_client_key"):
+            setattr(self, name, pem(getattr(self, name), name))
 
     def channel_args(self):
         limit = self.max_message_bytes or (64 << 20)
