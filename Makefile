@@ -16,7 +16,7 @@ LAUNCHER = -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache) -DCMAKE_CUDA_COMP
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps build test test-style test-unit test-asan test-tsan test-fuzz fuzz fuzz-build test-python \
-  test-python-torch test-oip test-container run \
+  test-python-torch test-oip test-docs test-container run \
   bench-cpu format clean
 
 all: build
@@ -32,9 +32,9 @@ build: deps
 # Every test: the style checks, unit, service, client and deployment tests (ctest), the kernel tests under
 # ASan+UBSan, the server and client tests under ThreadSanitizer, each fuzz harness for 30 s,
 # the Python package (built as a wheel, installed in a fresh venv, tested against the server),
-# Triton's clients against the Open Inference Protocol (gRPC and HTTP), then the CPU and CUDA
+# Triton's clients against the Open Inference Protocol (gRPC and HTTP), the docs executed, then the CPU and CUDA
 # container images built and run for real (podman, as root; the CUDA image without a GPU).
-test: test-style test-unit test-asan test-tsan test-fuzz test-python test-oip test-container
+test: test-style test-unit test-asan test-tsan test-fuzz test-python test-oip test-docs test-container
 
 # The C++ is formatted (.clang-format) and clang-tidy finds nothing (.clang-tidy).
 test-style: build
@@ -125,6 +125,16 @@ test-oip: build
 	  "tritonclient[grpc]==2.51.0" nvidia-cuda-runtime-cu12
 	cd tests/oip && $(PERF_ANALYZER_ENV) ../../$(OIPVENV)/bin/python -m pytest -q \
 	  -p no:cacheprovider . --server=$(abspath $(BUILD))/server/zlpr-server
+
+# The documentation, executed (tests/docs/run_docs.py): every shell and Python block of the
+# README, python/README.md, docs/ and the examples' docstrings, in order, against the server
+# the README starts on the default ports (which must be free); blocks that cannot run here say
+# why in the doc. First the runner's own tests (a snippet broken on purpose must fail it).
+# tritonclient's blocks use test-oip's venv.
+test-docs: build
+	python3 -m pytest -q -p no:cacheprovider tests/docs --build=$(abspath $(BUILD))
+	python3 tests/docs/run_docs.py --build $(BUILD) \
+	  --python tritonclient=$(abspath $(OIPVENV))/bin/python
 
 test-container: build
 	tests/deploy/container_test.sh $(BUILD)

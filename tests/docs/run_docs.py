@@ -131,8 +131,9 @@ def docstring_blocks(root: str, rel: str) -> List[Block]:
 
 def collect(root: str) -> List[Block]:
     files = ["README.md", "python/README.md"]
-    files += sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(root, "docs"))
-                    if f.endswith(".md"))
+    docs = os.path.join(root, "docs")
+    if os.path.isdir(docs):
+        files += sorted(os.path.join("docs", f) for f in os.listdir(docs) if f.endswith(".md"))
     blocks = []
     for rel in files:
         if os.path.exists(os.path.join(root, rel)):
@@ -179,7 +180,9 @@ class Runner:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("ZLPR_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         venv = os.path.join(self.work, ".venv")
-        env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
+        env["PATH"] = os.pathsep.join([os.path.join(venv, "bin"),
+                                       os.path.join(self.work, ".docs-test", "bin"),
+                                       env.get("PATH", "")])
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         if os.path.isdir(venv):
             env["VIRTUAL_ENV"] = venv
@@ -306,6 +309,8 @@ def main() -> int:
                     help="the interpreter of blocks marked python=NAME")
     ap.add_argument("--work", help="the scratch directory (default: a new temporary one, "
                     "removed after a successful run)")
+    ap.add_argument("--system-python", default="/usr/bin/python3",
+                    help="the python3 a reader's shell finds (before a virtualenv is active)")
     ap.add_argument("--list", action="store_true", help="list the blocks and exit")
     args = ap.parse_args()
     try:
@@ -324,7 +329,10 @@ def main() -> int:
               f"({', '.join(map(str, PORTS))}); stop what listens there", file=sys.stderr)
         return 1
     work = args.work or tempfile.mkdtemp(prefix="zlpr-docs-")
-    os.makedirs(os.path.join(work, ".docs-test"), exist_ok=True)
+    os.makedirs(os.path.join(work, ".docs-test", "bin"), exist_ok=True)
+    # The reader's python3 is the system's (Debian 12's /usr/bin/python3, whose python3-numpy
+    # and python3-torch the README's virtualenv sees), whatever this machine puts first on PATH.
+    os.symlink(args.system_python, os.path.join(work, ".docs-test", "bin", "python3"))
     link_repository(args.root, args.build, work)
     runner = Runner(work, dict(p.split("=", 1) for p in args.python))
     ran = skipped = 0
