@@ -2,6 +2,8 @@
 liveness, readiness, metadata, configuration, inference on both models against a float64
 reference (raw and typed inputs, FP16, requested outputs, parameters), errors with their codes
 and the tensor they name, and the counters shared with zlpr.v1."""
+import os
+import re
 import urllib.request
 
 import numpy as np
@@ -11,6 +13,8 @@ from tritonclient.utils import InferenceServerException
 
 from error_cases import check_priority_levels, common_error_cases
 from zlpr_reference import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +34,10 @@ def test_liveness_readiness_metadata_and_config(client):
     assert not client.is_model_ready("resnet50")
     meta = client.get_server_metadata()
     assert meta.name == "zlpr-server" and "model_configuration" in meta.extensions
+    # docs/OIP.md lists exactly the extensions served.
+    doc = open(os.path.join(ROOT, "docs", "OIP.md"), encoding="utf-8").read()
+    listed = re.search(r"ServerMetadata \(extensions ([^)]*)\)", doc).group(1)
+    assert sorted(re.findall(r"`([a-z_]+)`", listed)) == sorted(meta.extensions), listed
     model = client.get_model_metadata("zlpr_loss")
     assert [i.name for i in model.inputs] == ["scores", "labels", "mask"]
     assert [(o.name, o.datatype, list(o.shape)) for o in model.outputs] == [

@@ -368,8 +368,9 @@ class Client:
         self._closed = False
         self._metadata = self.settings.metadata()
         if self.transport == "native":
-            self._native = _native.Channel(target, self.settings.channel_args(), tls,
-                                           tls_root_certs, tls_client_key, tls_client_cert)
+            st = self.settings  # (the TLS options as PEM bytes, read from files if paths)
+            self._native = _native.Channel(target, st.channel_args(), tls, st.tls_root_certs,
+                                           st.tls_client_key, st.tls_client_cert)
         self._limit = max_message_bytes
         self._limit_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_parallel_chunks))
