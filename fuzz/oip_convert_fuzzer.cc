@@ -17,6 +17,7 @@
 #include "kernels/zlpr.h"
 #include "server/oip/converter.h"
 #include "server/oip/grpc_service.h"
+#include "server/oip/shared_tensors.h"
 
 namespace {
 
@@ -93,6 +94,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   Check(request.inputs.size() == static_cast<size_t>(message.inputs_size()), "one view per input");
+  // Shared memory is off here: a tensor that names a region is refused before anything else.
+  if (auto shared = oip::TakeSharedTensors(nullptr, nullptr, &request); !shared.ok()) {
+    Check(shared.status().code() == absl::StatusCode::kInvalidArgument,
+          "shared memory off: only INVALID_ARGUMENT", shared.status());
+    return 0;
+  }
   absl::StatusOr<oip::Plan> plan = oip::Convert(request);
   if (!plan.ok()) {
     const absl::StatusCode code = plan.status().code();

@@ -113,6 +113,15 @@ ABSL_FLAG(int64_t, cuda_memory_limit_bytes, 0,
 ABSL_FLAG(int, threads, 0,
           "Threads of the CPU backend; 0: one per CPU this process may use (its affinity and "
           "its cgroup's CPU limit)");
+ABSL_FLAG(bool, allow_client_shm, false,
+          "Serve the Open Inference Protocol's system shared-memory extension: callers on the "
+          "same host register POSIX shared-memory regions and pass tensors through them instead "
+          "of the message (for a trainer beside its loss server). They need the bearer token "
+          "when one is set; run the server as the callers' user");
+ABSL_FLAG(int, client_shm_max_regions, 64, "Shared-memory regions registered at once");
+ABSL_FLAG(int64_t, client_shm_max_bytes, int64_t{16} << 30,
+          "Bytes of the shared-memory regions registered at once (mapped address space; the "
+          "memory budget charges only the server's own copies)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -358,6 +367,9 @@ int main(int argc, char** argv) {
   options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
   options.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);
   options.echo = absl::GetFlag(FLAGS_echo);
+  options.allow_client_shm = absl::GetFlag(FLAGS_allow_client_shm);
+  options.client_shm_max_regions = absl::GetFlag(FLAGS_client_shm_max_regions);
+  options.client_shm_max_bytes = absl::GetFlag(FLAGS_client_shm_max_bytes);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

@@ -184,6 +184,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
       CheckRange<int64_t>("bulk_chunk_us", o.bulk_chunk.count(), 0, kMaxBulkChunk.count()));
   ZLPR_RETURN_IF_ERROR(CheckRange<int64_t>("max_message_bytes", o.max_message_bytes,
                                            kMinMessageBytes, kMaxMessageBytes));
+  ZLPR_RETURN_IF_ERROR(CheckRange("client_shm_max_regions", o.client_shm_max_regions, 1, 4096));
+  ZLPR_RETURN_IF_ERROR(
+      CheckRange<int64_t>("client_shm_max_bytes", o.client_shm_max_bytes, 4096, int64_t{1} << 46));
   if (o.shutdown_grace.count() < 0 || o.shutdown_grace > kMaxShutdownGrace) {
     return absl::InvalidArgumentError(
         absl::StrCat("--shutdown_grace_s=", o.shutdown_grace.count() / 1000.0, ": must be 0 to ",
@@ -490,8 +493,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         std::make_unique<ZlprV1Service>(s->core_.get(), ZlprV1Options{.version = Version()});
     builder.RegisterService(s->zlpr_v1_.get());
     // The Open Inference Protocol on the same port, over the same core.
-    s->inference_ = std::make_unique<oip::InferenceService>(s->core_.get(),
-                                                            oip::GrpcOptions{.version = Version()});
+    if (options.allow_client_shm) {
+      s->shared_memory_ = std::make_unique<SharedMemoryRegistry>(
+          SharedMemoryLimits{.max_regions = options.client_shm_max_regions,
+                             .max_bytes = options.client_shm_max_bytes});
+    }
+    s->inference_ = std::make_unique<oip::InferenceService>(
+        s->core_.get(), oip::GrpcOptions{.version = Version(),
+                                         .shared_memory = s->shared_memory_.get(),
+                                         .cuda_backend = s->backend_name_ == "cuda"});
     builder.RegisterService(s->inference_.get());
   }
   const int max_bytes = static_cast<int>(options.max_message_bytes);  // validated <= INT32_MAX
@@ -508,7 +518,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     }
   });
   if (!options.http_address.empty() && !options.echo) {
-    oip::HttpRoutesOptions routes{.version = Version(), .codec_threads = HttpThreads(options)};
+    oip::HttpRoutesOptions routes{.version = Version(),
+                                  .codec_threads = HttpThreads(options),
+                                  .shared_memory = s->shared_memory_.get(),
+                                  .cuda_backend = s->backend_name_ == "cuda"};
     if (options.http_metrics) {
       routes.metrics_text = [registry = s->registry_] {
         return prometheus::TextSerializer().Serialize(registry->Collect());

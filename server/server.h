@@ -28,6 +28,7 @@
 #include "prometheus/registry.h"
 #include "server/core/core.h"
 #include "server/core/memory_budget.h"
+#include "server/core/shared_memory.h"
 #include "server/core/token_store.h"
 #include "server/http/front_end.h"
 #include "server/metrics/metrics.h"
@@ -85,6 +86,12 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_grace{10000};
   // Benchmark baseline: serve EchoService (no validation, batching or compute) instead.
   bool echo = false;
+  // The Open Inference Protocol's system shared-memory extension (callers on the same host
+  // register regions of POSIX shared memory and pass tensors through them): off unless set,
+  // with limits on the regions registered at once and their bytes together.
+  bool allow_client_shm = false;
+  int client_shm_max_regions = 64;
+  int64_t client_shm_max_bytes = int64_t{16} << 30;
   // TLS on the gRPC port when both are set (PEM files); with tls_client_ca also mutual TLS:
   // clients must present a certificate signed by that CA.
   std::string tls_cert_file;
@@ -163,6 +170,7 @@ class Server {
   std::unique_ptr<InferenceCore> core_;
   std::unique_ptr<ZlprV1Service> zlpr_v1_;
   std::unique_ptr<v1::ZlprService::CallbackService> echo_;
+  std::unique_ptr<SharedMemoryRegistry> shared_memory_;  // outlives the services that use it
   std::unique_ptr<oip::InferenceService> inference_;
   std::unique_ptr<grpc::Server> grpc_server_;
   // grpc_server_ for the workers, which turn its health NOT_SERVING when no backend can

@@ -8,6 +8,7 @@
 #include "server/oip/converter.h"
 #include "server/oip/inference.h"
 #include "server/oip/models.h"
+#include "server/oip/shared_tensors.h"
 
 namespace zlpr::server::oip {
 namespace {
@@ -59,12 +60,19 @@ absl::Status ViewOf(const ModelInferRequest& m, Request* r) {
   r->version = m.model_version();
   r->id = m.id();
   r->parameters = ParametersOf(m.parameters());
-  const bool raw = m.raw_input_contents_size() > 0;
-  if (raw && m.raw_input_contents_size() != m.inputs_size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "raw_input_contents has %d entries for %d inputs: send one per input, in order",
-        m.raw_input_contents_size(), m.inputs_size()));
+  // Raw contents come for the inputs that are not in shared memory, in order.
+  int in_messages = 0;
+  for (const auto& in : m.inputs()) {
+    in_messages += in.parameters().count(kShmRegion) == 0 ? 1 : 0;
   }
+  const bool raw = m.raw_input_contents_size() > 0;
+  if (raw && m.raw_input_contents_size() != in_messages) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "raw_input_contents has %d entries for %d inputs (not counting those in shared memory): "
+        "send one per input, in order",
+        m.raw_input_contents_size(), in_messages));
+  }
+  int next_raw = 0;
   for (int i = 0; i < m.inputs_size(); ++i) {
     const auto& in = m.inputs(i);
     Tensor& t = r->inputs.emplace_back();
@@ -77,8 +85,11 @@ absl::Status ViewOf(const ModelInferRequest& m, Request* r) {
     t.datatype = *type;
     t.shape.assign(in.shape().begin(), in.shape().end());
     t.parameters = ParametersOf(in.parameters());
+    if (InSharedMemory(t.parameters)) {
+      continue;  // its bytes come from the region (oip::Inference)
+    }
     if (raw) {
-      t.data = m.raw_input_contents(i);
+      t.data = m.raw_input_contents(next_raw++);
     } else if (t.datatype == DataType::kFp32) {
       const auto& v = in.contents().fp32_contents();
       t.data = {reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)};
@@ -118,6 +129,10 @@ void ToMessage(Response response, ModelInferResponse* m) {
     out->set_name(std::move(o.name));
     out->set_datatype(DataTypeName(o.datatype));
     for (int64_t d : o.shape) out->add_shape(d);
+    for (const auto& [key, value] : o.parameters) {
+      SetParameter(value, &(*out->mutable_parameters())[key]);
+    }
+    // (Empty for an output in shared memory: the entries stay one per output, in order.)
     *m->add_raw_output_contents() = std::move(o.data);
   }
 }
@@ -135,8 +150,8 @@ class InferProtocol {
     oip::Response out;
   };
 
-  InferProtocol(InferenceCore* core, MethodId method)
-      : core_(core), method_(method), inference_(core) {}
+  InferProtocol(InferenceCore* core, MethodId method, const SharedMemoryRegistry* shared_memory)
+      : core_(core), method_(method), inference_(core, shared_memory) {}
 
   InferenceCore& core() { return *core_; }
   MethodId method() const { return method_; }
@@ -147,7 +162,7 @@ class InferProtocol {
       core_->Rejected(Reject::kInvalid);
       return done(st);
     }
-    inference_.Run(admission, std::move(control), extra->view, &extra->out,
+    inference_.Run(admission, std::move(control), &extra->view, &extra->out,
                    [extra, response, done = std::move(done)](absl::Status st) mutable {
                      ToMessage(std::move(extra->out), Infer(response));
                      done(std::move(st));
@@ -183,15 +198,17 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const absl::S
 
 class InferenceService::Protocols {
  public:
-  explicit Protocols(InferenceCore* core)
-      : infer(core, core->RegisterMethod("ModelInfer", "oip_grpc")),
-        stream(core, core->RegisterMethod("ModelStreamInfer", "oip_grpc")) {}
+  Protocols(InferenceCore* core, const SharedMemoryRegistry* shared_memory)
+      : infer(core, core->RegisterMethod("ModelInfer", "oip_grpc"), shared_memory),
+        stream(core, core->RegisterMethod("ModelStreamInfer", "oip_grpc"), shared_memory) {}
   InferProtocol<ModelInferResponse> infer;
   InferProtocol<inference::ModelStreamInferResponse> stream;
 };
 
 InferenceService::InferenceService(InferenceCore* core, const GrpcOptions& options)
-    : core_(core), options_(options), protocols_(std::make_unique<Protocols>(core)) {}
+    : core_(core),
+      options_(options),
+      protocols_(std::make_unique<Protocols>(core, options.shared_memory)) {}
 
 InferenceService::~InferenceService() = default;
 
@@ -220,7 +237,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
     grpc::CallbackServerContext* ctx, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
-  *response = ServerMetadataOf(options_.version);
+  *response = ServerMetadataOf(options_.version, options_.shared_memory != nullptr);
   return Answer(ctx, absl::OkStatus());
 }
 
@@ -266,6 +283,54 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::M
       &protocols_->stream, ctx, options_.stream_window);
   stream->Start();
   return stream;
+}
+
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryStatus(
+    grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryStatusRequest* request,
+    inference::SystemSharedMemoryStatusResponse* response) {
+  if (options_.shared_memory == nullptr) return Answer(ctx, SharedMemoryOff());
+  auto regions = options_.shared_memory->Status(request->name());
+  if (regions.ok()) *response = SystemSharedMemoryStatusOf(*regions);
+  return Answer(ctx, regions.status());
+}
+
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryRegister(
+    grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryRegisterRequest* request,
+    inference::SystemSharedMemoryRegisterResponse*) {
+  if (options_.shared_memory == nullptr) return Answer(ctx, SharedMemoryOff());
+  return Answer(ctx, options_.shared_memory->Register(request->name(), request->key(),
+                                                      request->offset(), request->byte_size()));
+}
+
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryUnregister(
+    grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryUnregisterRequest* request,
+    inference::SystemSharedMemoryUnregisterResponse*) {
+  if (options_.shared_memory == nullptr) return Answer(ctx, SharedMemoryOff());
+  options_.shared_memory->Unregister(request->name());
+  return Answer(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryStatus(
+    grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryStatusRequest* request,
+    inference::CudaSharedMemoryStatusResponse*) {
+  // No region can be registered (CudaSharedMemoryRegister), so there is none to report.
+  if (!request->name().empty()) {
+    return Answer(ctx, absl::NotFoundError(absl::StrFormat(
+                           "CUDA shared memory region '%s' is not registered", request->name())));
+  }
+  return Answer(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryRegister(
+    grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryRegisterRequest*,
+    inference::CudaSharedMemoryRegisterResponse*) {
+  return Answer(ctx, CudaSharedMemoryRefusal(options_.cuda_backend));
+}
+
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryUnregister(
+    grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryUnregisterRequest*,
+    inference::CudaSharedMemoryUnregisterResponse*) {
+  return Answer(ctx, absl::OkStatus());  // nothing is registered; unregistering is idempotent
 }
 
 }  // namespace zlpr::server::oip

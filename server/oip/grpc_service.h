@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/core/core.h"
+#include "server/core/shared_memory.h"
 #include "server/oip/request.h"
 
 namespace zlpr::server::oip {
@@ -24,6 +25,7 @@ absl::Status ViewOf(const inference::ModelInferRequest& message, Request* reques
 // Moves `response` into `message` (outputs as raw_output_contents).
 void ToMessage(Response response, inference::ModelInferResponse* message);
 
+// Every method is a callback method (a single sync one would make gRPC start a sync thread pool).
 using InferenceServiceBase = inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
     inference::GRPCInferenceService::WithRawCallbackMethod_ModelStreamInfer<
         inference::GRPCInferenceService::WithCallbackMethod_ServerLive<
@@ -33,11 +35,26 @@ using InferenceServiceBase = inference::GRPCInferenceService::WithRawCallbackMet
                         inference::GRPCInferenceService::WithCallbackMethod_ModelMetadata<
                             inference::GRPCInferenceService::WithCallbackMethod_ModelConfig<
                                 inference::GRPCInferenceService::WithCallbackMethod_ModelStatistics<
-                                    inference::GRPCInferenceService::Service>>>>>>>>>;
+                                    inference::GRPCInferenceService::WithCallbackMethod_SystemSharedMemoryStatus<
+                                        inference::GRPCInferenceService::WithCallbackMethod_SystemSharedMemoryRegister<
+                                            inference::GRPCInferenceService::
+                                                WithCallbackMethod_SystemSharedMemoryUnregister<
+                                                    inference::GRPCInferenceService::
+                                                        WithCallbackMethod_CudaSharedMemoryStatus<
+                                                            inference::GRPCInferenceService::
+                                                                WithCallbackMethod_CudaSharedMemoryRegister<
+                                                                    inference::GRPCInferenceService::
+                                                                        WithCallbackMethod_CudaSharedMemoryUnregister<
+                                                                            inference::GRPCInferenceService::
+                                                                                Service>>>>>>>>>>>>>>>;
 
 struct GrpcOptions {
   std::string version;
   int stream_window = 64;  // ModelStreamInfer requests read and not yet answered
+  // Regions clients registered (--allow_client_shm); null: the extension's calls and tensors
+  // that name a region are refused.
+  SharedMemoryRegistry* shared_memory = nullptr;
+  bool cuda_backend = false;  // for CudaSharedMemoryRegister's refusal
 };
 
 class InferenceService final : public InferenceServiceBase {
@@ -72,6 +89,25 @@ class InferenceService final : public InferenceServiceBase {
                                        grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ModelStreamInfer(
       grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryStatus(
+      grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryStatusRequest* request,
+      inference::SystemSharedMemoryStatusResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryRegister(
+      grpc::CallbackServerContext* ctx, const inference::SystemSharedMemoryRegisterRequest* request,
+      inference::SystemSharedMemoryRegisterResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryUnregister(
+      grpc::CallbackServerContext* ctx,
+      const inference::SystemSharedMemoryUnregisterRequest* request,
+      inference::SystemSharedMemoryUnregisterResponse* response) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryStatus(
+      grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryStatusRequest* request,
+      inference::CudaSharedMemoryStatusResponse* response) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryRegister(
+      grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryRegisterRequest* request,
+      inference::CudaSharedMemoryRegisterResponse* response) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryUnregister(
+      grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryUnregisterRequest* request,
+      inference::CudaSharedMemoryUnregisterResponse* response) override;
 
  private:
   class Protocols;

@@ -18,6 +18,7 @@
 #include "absl/types/span.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "server/oip/shared_tensors.h"
 
 namespace zlpr::server::oip {
 namespace {
@@ -388,6 +389,9 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
       }
     }
     const bool has_data = i < reader.data.size() && reader.data[i].has_value();
+    if (!has_data && !binary_size && InSharedMemory(t.parameters)) {
+      continue;  // its bytes come from the region (oip::Inference)
+    }
     if (has_data == binary_size.has_value()) {
       return Invalid(tensor + (has_data ? ": give 'data' or parameters.binary_data_size, not both"
                                         : ": give its 'data' or parameters.binary_data_size"));
@@ -543,14 +547,19 @@ std::string FormatInferResponse(const Response& response, const OutputFormat& fo
     const Output& o = response.outputs[i];
     json meta = {
         {"name", o.name}, {"datatype", DataTypeName(o.datatype)}, {"shape", ShapeJson(o.shape)}};
-    const bool as_binary = format.IsBinary(o.name);
+    const bool as_binary = format.IsBinary(o.name) && !o.in_shared_memory;
+    if (o.in_shared_memory) {  // its parameters say where its bytes are; no data here
+      json params = json::object();
+      for (const auto& [key, value] : o.parameters) params[key] = ParameterJson(value);
+      meta["parameters"] = std::move(params);
+    }
     if (as_binary) {
       meta["parameters"] = {{"binary_data_size", o.data.size()}};
       binary.append(o.data);
     }
     if (i > 0) text.push_back(',');
     std::string piece = JsonText(meta);
-    if (!as_binary) {
+    if (!as_binary && !o.in_shared_memory) {
       piece.pop_back();
       piece.append(",\"data\":");
       AppendData(o.datatype, o.data, &piece);
@@ -562,6 +571,45 @@ std::string FormatInferResponse(const Response& response, const OutputFormat& fo
   *json_length = text.size();
   text.append(binary);
   return text;
+}
+
+std::string SystemSharedMemoryStatusText(const inference::SystemSharedMemoryStatusResponse& r) {
+  json regions = json::array();
+  std::vector<std::string> names;
+  for (const auto& [name, region] : r.regions()) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const auto& region = r.regions().at(name);
+    regions.push_back({{"name", region.name()},
+                       {"key", region.key()},
+                       {"offset", region.offset()},
+                       {"byte_size", region.byte_size()}});
+  }
+  return JsonText(regions);
+}
+
+absl::StatusOr<SharedMemoryRegistration> ParseSharedMemoryRegistration(std::string_view body) {
+  const json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Invalid(
+        R"(the body must be a JSON object {"key": ..., "offset": ..., "byte_size": ...})");
+  }
+  SharedMemoryRegistration out;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "key") {
+      if (!value.is_string())
+        return Invalid("'key' must be a string (a shared-memory object's name)");
+      out.key = value.get<std::string>();
+    } else if (key == "offset" || key == "byte_size") {
+      if (!value.is_number_unsigned()) {
+        return Invalid(absl::StrFormat("'%s' must be a whole number of bytes, 0 or more", key));
+      }
+      (key == "offset" ? out.offset : out.byte_size) = value.get<uint64_t>();
+    } else if (key != "device_id" && key != "raw_handle") {
+      return Invalid(absl::StrFormat("unknown key '%s': give key, offset and byte_size", key));
+    }
+  }
+  return out;
 }
 
 int HttpStatus(absl::StatusCode code) {
@@ -578,6 +626,8 @@ int HttpStatus(absl::StatusCode code) {
       return 403;
     case absl::StatusCode::kNotFound:
       return 404;
+    case absl::StatusCode::kAlreadyExists:
+      return 409;
     case absl::StatusCode::kResourceExhausted:
       return 429;
     case absl::StatusCode::kCancelled:

@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "inference/grpc_service.pb.h"
 #include "server/oip/request.h"
 
@@ -47,6 +48,17 @@ absl::Status ParseInferRequest(std::string_view body, std::optional<size_t> head
 // Non-finite floats are written as NaN, Infinity and -Infinity (as Python's json reads them).
 std::string FormatInferResponse(const Response& response, const OutputFormat& format,
                                 size_t* json_length);
+
+// The shared-memory extension: the registered regions as Triton's JSON array, and the body of a
+// registration ({"key": ..., "offset": ..., "byte_size": ...}; INVALID_ARGUMENT naming the key
+// that is wrong).
+std::string SystemSharedMemoryStatusText(const inference::SystemSharedMemoryStatusResponse& r);
+struct SharedMemoryRegistration {
+  std::string key;
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+};
+absl::StatusOr<SharedMemoryRegistration> ParseSharedMemoryRegistration(std::string_view body);
 
 // The HTTP status of a status code (400 for INVALID_ARGUMENT, 429 RESOURCE_EXHAUSTED, ...).
 int HttpStatus(absl::StatusCode code);

@@ -85,7 +85,8 @@ HttpRoutes::HttpRoutes(InferenceCore* core, HttpRoutesOptions options)
     : core_(core),
       options_(std::move(options)),
       infer_method_(core->RegisterMethod("ModelInfer", "oip_http")),
-      inference_(core),
+      shm_method_(core->RegisterMethod("SharedMemoryRegister", "oip_http")),
+      inference_(core, options_.shared_memory),
       codec_pool_(std::make_unique<CodecPool>(options_.codec_threads)) {}
 
 HttpRoutes::~HttpRoutes() = default;
@@ -103,7 +104,68 @@ http::Application::Route HttpRoutes::Classify(const http::Request& header, const
     if (header.method() != bhttp::verb::post) return {.answer = MethodNotAllowed("POST")};
     return {.method = infer_method_};
   }
+  if (path.size() >= 2 && path[0] == "v2" &&
+      (path[1] == "systemsharedmemory" || path[1] == "cudasharedmemory")) {
+    return SharedMemory(header, path);
+  }
   return {.answer = Get(header, path)};
+}
+
+http::Application::Route HttpRoutes::SharedMemory(const http::Request& header,
+                                                  const http::Path& path) {
+  const bool cuda = path[1] == "cudasharedmemory";
+  const auto error = [this](const absl::Status& st) -> Route {
+    return {.answer = Error(HttpStatus(st.code()), std::string(st.message()))};
+  };
+  // [v2, kind, action] or [v2, kind, region, NAME, action]
+  std::string name;
+  if (path.size() == 5 && path[2] == "region") {
+    name = path[3];
+  } else if (path.size() != 3) {
+    return error(absl::NotFoundError(absl::StrFormat(
+        "no such endpoint: %s (see /v2/%s/status, region/NAME/register, unregister)",
+        std::string(header.target()), path[1])));
+  }
+  const std::string& action = path.back();
+  const bool get = header.method() == bhttp::verb::get || header.method() == bhttp::verb::head;
+  const bool post = header.method() == bhttp::verb::post;
+  if (action == "status") {
+    if (!get) return {.answer = MethodNotAllowed("GET")};
+    if (cuda) {
+      if (!name.empty()) {
+        return error(absl::NotFoundError(
+            absl::StrFormat("CUDA shared memory region '%s' is not registered", name)));
+      }
+      return {.answer = JsonResponse(200, "[]")};
+    }
+    if (options_.shared_memory == nullptr) return error(SharedMemoryOff());
+    auto regions = options_.shared_memory->Status(name);
+    if (!regions.ok()) return error(regions.status());
+    return {.answer = JsonResponse(
+                200, SystemSharedMemoryStatusText(SystemSharedMemoryStatusOf(*regions)))};
+  }
+  if (action == "unregister") {
+    if (!post) return {.answer = MethodNotAllowed("POST")};
+    if (cuda) return {.answer = JsonResponse(200, "")};
+    if (options_.shared_memory == nullptr) return error(SharedMemoryOff());
+    options_.shared_memory->Unregister(name);
+    return {.answer = JsonResponse(200, "")};
+  }
+  if (action == "register" && !name.empty()) {
+    if (!post) return {.answer = MethodNotAllowed("POST")};
+    if (cuda) return error(CudaSharedMemoryRefusal(options_.cuda_backend));
+    if (options_.shared_memory == nullptr) return error(SharedMemoryOff());
+    return {.method = shm_method_};
+  }
+  return error(absl::NotFoundError(
+      absl::StrFormat("no such endpoint: %s (see /v2/%s/status, region/NAME/register, unregister)",
+                      std::string(header.target()), path[1])));
+}
+
+absl::Status HttpRoutes::Register(const http::Request& request, const http::Path& path) {
+  absl::StatusOr<SharedMemoryRegistration> r = ParseSharedMemoryRegistration(request.body());
+  if (!r.ok()) return r.status();
+  return options_.shared_memory->Register(path[3], r->key, r->offset, r->byte_size);
 }
 
 // Health, metadata, readiness, configuration, statistics, metrics.
@@ -131,8 +193,10 @@ http::Response HttpRoutes::Get(const http::Request& req, const http::Path& path)
     return JsonResponse(ok ? 200 : 503, "");
   }
   if (!get) return MethodNotAllowed("GET");
-  if (path.size() == 1)
-    return JsonResponse(200, ServerMetadataText(ServerMetadataOf(options_.version)));
+  if (path.size() == 1) {
+    return JsonResponse(200, ServerMetadataText(ServerMetadataOf(
+                                 options_.version, options_.shared_memory != nullptr)));
+  }
   if (path[1] != "models" || path.size() < 3) return not_found();
   if (path.size() == 3 && path[2] == "stats") {
     return JsonResponse(200, StatisticsText(*StatisticsOf(*core_, "", "")));
@@ -167,6 +231,12 @@ http::Response HttpRoutes::Get(const http::Request& req, const http::Path& path)
 
 void HttpRoutes::Handle(http::Request request, const http::Path& path, Admission* admission,
                         CallControl control, std::function<void(http::Response)> respond) {
+  if (!IsInfer(path)) {  // a shared-memory registration (Classify sent nothing else here)
+    const absl::Status st = Register(request, path);
+    admission->Finish(st.code());
+    return respond(st.ok() ? JsonResponse(200, "")
+                           : Error(HttpStatus(st.code()), std::string(st.message())));
+  }
   auto state = std::make_shared<InferState>();
   state->admission = admission;
   state->control = std::move(control);
@@ -220,7 +290,7 @@ void HttpRoutes::OffTheIoThreadIf(bool large, std::shared_ptr<InferState> state,
 }
 
 void HttpRoutes::Infer(const std::shared_ptr<InferState>& state) {
-  inference_.Run(state->admission, state->control, state->parsed, &state->response,
+  inference_.Run(state->admission, state->control, &state->parsed, &state->response,
                  [this, state](const absl::Status& st) {
                    // The body and what it became are no longer needed.
                    state->request = http::Request();

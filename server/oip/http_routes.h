@@ -37,6 +37,9 @@ struct HttpRoutesOptions {
   // When set, GET /metrics answers its text (Prometheus' exposition format), behind the HTTP
   // port's TLS and token.
   std::function<std::string()> metrics_text;
+  // The shared-memory extension's regions (--allow_client_shm); null: off.
+  SharedMemoryRegistry* shared_memory = nullptr;
+  bool cuda_backend = false;  // for a CUDA registration's refusal
 };
 
 class HttpRoutes final : public http::Application {
@@ -56,6 +59,10 @@ class HttpRoutes final : public http::Application {
 
  private:
   http::Response Get(const http::Request& header, const http::Path& path);
+  // /v2/systemsharedmemory/... and /v2/cudasharedmemory/...: status and unregister from the
+  // header alone; a registration's body is read first (Register).
+  Route SharedMemory(const http::Request& header, const http::Path& path);
+  absl::Status Register(const http::Request& request, const http::Path& path);
   // Runs `work` here, or on the codec pool when `large`; an exception answers 500.
   void OffTheIoThreadIf(bool large, std::shared_ptr<InferState> state, std::function<void()> work);
   void Infer(const std::shared_ptr<InferState>& state);
@@ -64,6 +71,7 @@ class HttpRoutes final : public http::Application {
   InferenceCore* const core_;
   const HttpRoutesOptions options_;
   const MethodId infer_method_;
+  const MethodId shm_method_;
   Inference inference_;
   class CodecPool;
   std::unique_ptr<CodecPool> codec_pool_;

@@ -7,15 +7,24 @@
 #include <variant>
 
 #include "server/oip/converter.h"
+#include "server/oip/shared_tensors.h"
 
 namespace zlpr::server::oip {
 
-void Inference::Run(Admission* admission, CallControl control, const Request& request,
-                    Response* response, absl::AnyInvocable<void(absl::Status)> done) {
-  response->model = request.model;
+void Inference::Run(Admission* admission, CallControl control, Request* request, Response* response,
+                    absl::AnyInvocable<void(absl::Status)> done) {
+  response->model = request->model;
   response->version = "1";
-  response->id = request.id;
-  absl::StatusOr<Plan> plan = Convert(request);
+  response->id = request->id;
+  absl::StatusOr<std::vector<SharedOutput>> shared =
+      TakeSharedTensors(shared_memory_, admission, request);
+  if (!shared.ok()) {
+    core_->Rejected(shared.status().code() == absl::StatusCode::kResourceExhausted
+                        ? Reject::kMemory
+                        : Reject::kInvalid);
+    return done(shared.status());
+  }
+  absl::StatusOr<Plan> plan = Convert(*request);
   if (!plan.ok()) {
     core_->Rejected(Reject::kInvalid);
     return done(plan.status());
@@ -26,7 +35,9 @@ void Inference::Run(Admission* admission, CallControl control, const Request& re
     control.deadline = std::min(control.deadline,
                                 admission->start() + std::chrono::microseconds(plan->timeout_us));
   }
-  auto answer = [this, admission, response, done = std::move(done)](absl::Status st) mutable {
+  auto answer = [this, admission, response, shared = *std::move(shared),
+                 done = std::move(done)](absl::Status st) mutable {
+    if (st.ok() && !shared.empty()) st = WriteSharedOutputs(shared, response);
     if (st.ok()) {
       const int64_t bytes = WireBytes(*response);
       st = core_->CheckResponseSize(bytes);

@@ -52,7 +52,7 @@ void SetDuration(const JobStatistics::Duration& d, inference::StatisticDuration*
 
 }  // namespace
 
-inference::ServerMetadataResponse ServerMetadataOf(const std::string& version) {
+inference::ServerMetadataResponse ServerMetadataOf(const std::string& version, bool shared_memory) {
   inference::ServerMetadataResponse response;
   response.set_name("zlpr-server");
   response.set_version(version);
@@ -60,7 +60,38 @@ inference::ServerMetadataResponse ServerMetadataOf(const std::string& version) {
   response.add_extensions("statistics");
   response.add_extensions("classification");
   response.add_extensions("binary_tensor_data");
+  if (shared_memory) response.add_extensions("system_shared_memory");
   return response;
+}
+
+inference::SystemSharedMemoryStatusResponse SystemSharedMemoryStatusOf(
+    const std::vector<SharedMemoryStatus>& regions) {
+  inference::SystemSharedMemoryStatusResponse response;
+  for (const SharedMemoryStatus& r : regions) {
+    auto& status = (*response.mutable_regions())[r.name];
+    status.set_name(r.name);
+    status.set_key(r.key);
+    status.set_offset(r.offset);
+    status.set_byte_size(r.byte_size);
+  }
+  return response;
+}
+
+absl::Status SharedMemoryOff() {
+  return absl::FailedPreconditionError(
+      "shared memory is off on this server: start it with --allow_client_shm (callers on the "
+      "same host only)");
+}
+
+absl::Status CudaSharedMemoryRefusal(bool cuda_backend) {
+  if (!cuda_backend) {
+    return absl::FailedPreconditionError(
+        "CUDA shared memory: this server computes on the CPU (no CUDA device); register system "
+        "shared memory instead (--allow_client_shm)");
+  }
+  return absl::UnimplementedError(
+      "CUDA shared memory is not served yet: register system shared memory instead "
+      "(--allow_client_shm)");
 }
 
 absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,

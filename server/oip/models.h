@@ -5,14 +5,26 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "inference/grpc_service.pb.h"
 #include "server/core/core.h"
+#include "server/core/shared_memory.h"
 
 namespace zlpr::server::oip {
 
-inference::ServerMetadataResponse ServerMetadataOf(const std::string& version);
+// Lists system_shared_memory among the extensions when `shared_memory` is on.
+inference::ServerMetadataResponse ServerMetadataOf(const std::string& version,
+                                                   bool shared_memory = false);
+
+// The shared-memory extensions' answers, for both bindings: the registered regions; the
+// refusal of the calls when shared memory is off (--allow_client_shm); and of a CUDA region,
+// which this server does not map (the reason depends on whether it computes on a GPU).
+inference::SystemSharedMemoryStatusResponse SystemSharedMemoryStatusOf(
+    const std::vector<SharedMemoryStatus>& regions);
+absl::Status SharedMemoryOff();
+absl::Status CudaSharedMemoryRefusal(bool cuda_backend);
 // NOT_FOUND for an unknown model or version.
 absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,
                                                                  const std::string& version);

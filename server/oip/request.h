@@ -75,6 +75,8 @@ struct Output {
   DataType datatype = DataType::kFp32;
   std::vector<int64_t> shape;
   std::string data;
+  Parameters parameters;
+  bool in_shared_memory = false;  // its bytes went into a region its parameters name
 };
 
 struct Response {

@@ -36,7 +36,7 @@ def test_liveness_readiness_metadata_and_config(client):
     assert meta.name == "zlpr-server" and "model_configuration" in meta.extensions
     # docs/OIP.md lists exactly the extensions served.
     doc = open(os.path.join(ROOT, "docs", "OIP.md"), encoding="utf-8").read()
-    listed = re.search(r"ServerMetadata \(extensions ([^)]*)\)", doc).group(1)
+    listed = re.search(r"ServerMetadata \(extensions ([^);]*)", doc).group(1)
     assert sorted(re.findall(r"`([a-z_]+)`", listed)) == sorted(meta.extensions), listed
     model = client.get_model_metadata("zlpr_loss")
     assert [i.name for i in model.inputs] == ["scores", "labels", "mask"]
