@@ -88,6 +88,10 @@ BENCHMARK_CAPTURE(BM_Loss, hard_grad, Labels::kHard, true)->Apply(Shapes);
 BENCHMARK_CAPTURE(BM_Loss, soft, Labels::kSoft, false)->Apply(Shapes);
 BENCHMARK_CAPTURE(BM_Loss, soft_grad, Labels::kSoft, true)->Apply(Shapes);
 BENCHMARK_CAPTURE(BM_Loss, sparse_hard_grad, Labels::kSparseHard, true)->Apply(Shapes);
+// A trainer's step (bench/shm_loss.py sets a call through shared memory beside it).
+BENCHMARK_CAPTURE(BM_Loss, trainer_soft_grad, Labels::kSoft, true)
+    ->Args({256, 16384})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Probabilities)->Apply(Shapes);
 BENCHMARK(BM_LabelTop5)->Apply(Shapes);
 

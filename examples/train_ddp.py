@@ -54,7 +54,8 @@ def worker(rank, world, args, port):
                                     torch.nn.Linear(HIDDEN, LABELS)))
     if args.loss == "remote":
         from zlpr.torch import ZlprLoss
-        loss_fn = ZlprLoss(args.target, reduction="mean", transport=args.transport)
+        loss_fn = ZlprLoss(args.target, reduction="mean", transport=args.transport,
+                           shared_memory=args.shared_memory)
     else:
         from zlpr.torch import ZlprLossReference
         loss_fn = ZlprLossReference(reduction="mean")
@@ -108,6 +109,9 @@ def main():
     ap.add_argument("--target", default="127.0.0.1:50051")
     ap.add_argument("--transport", choices=["auto", "native", "grpcio"], default="auto",
                     help="zlpr.Client's transport for the remote loss")
+    ap.add_argument("--shared_memory", action="store_true",
+                    help="the remote loss through system shared memory (the server on this "
+                         "host, started with --allow_client_shm)")
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -68,6 +69,8 @@ struct Request {
   // Bytes the inputs' views point into when they are not the binding's own buffer (a deque:
   // adding one moves none of the others).
   std::deque<std::string> owned;
+  // The same for bytes copied in whole (from shared memory): not zero-filled first.
+  std::deque<std::unique_ptr<char[]>> buffers;
 };
 
 struct Output {

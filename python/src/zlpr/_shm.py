@@ -1,0 +1,277 @@
+"""The loss through system shared memory, for a client on the server's host
+(zlpr.Client(..., shared_memory=True)).
+
+The scores, labels and mask are written into a region of POSIX shared memory that the client
+registered with the server once (the Open Inference Protocol's system shared-memory extension),
+the gradient comes back in a second region, and only a small ModelInfer message of the
+`zlpr_loss` model crosses the socket. Regions are made on first use, sized for the call, and
+kept for the next ones (one pair per call in flight; a larger call replaces a pair); close()
+unregisters and removes them.
+
+The few protobuf messages involved are written and read here by hand: the package carries no
+generated code for the `inference` package, whose names would collide in protobuf's descriptor
+pool with those of tritonclient when both are imported.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import struct
+import threading
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from zlpr import _wire
+
+_OIP = "/inference.GRPCInferenceService/"
+_SHM_DIR = "/dev/shm"
+_ALIGN = 64  # each tensor starts at a multiple of this in its region
+
+
+# -- protobuf, by hand ----------------------------------------------------------------------------
+
+def _tag(field: int, wire: int) -> bytes:
+    return _wire._varint(field << 3 | wire)
+
+
+def _len(field: int, payload: bytes) -> bytes:
+    return _tag(field, 2) + _wire._varint(len(payload)) + payload
+
+
+def _str(field: int, s: str) -> bytes:
+    return _len(field, s.encode())
+
+
+def _uint(field: int, n: int) -> bytes:
+    return _tag(field, 0) + _wire._varint(n)
+
+
+def _parameters(field: int, params: dict) -> bytes:
+    """A map<string, InferParameter> field: strings as string_param, ints as int64_param."""
+    out = []
+    for key, value in params.items():
+        v = _str(3, value) if isinstance(value, str) else _uint(2, int(value))
+        out.append(_len(field, _str(1, key) + _len(2, v)))
+    return b"".join(out)
+
+
+def _fields(buf: memoryview):
+    """(field number, wire type, value) of a message: ints for varints, memoryviews otherwise."""
+    i = 0
+    while i < len(buf):
+        key, i = _wire._read_varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _wire._read_varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        elif wire == 2:
+            n, i = _wire._read_varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"unexpected wire type {wire} in a response")
+        yield field, wire, value
+
+
+def _parameter_value(entry: memoryview):
+    key, value = "", None
+    for f, _, v in _fields(entry):
+        if f == 1:
+            key = bytes(v).decode()
+        elif f == 2:
+            for pf, pw, pv in _fields(v):
+                if pf == 4 and pw == 1:
+                    value = struct.unpack("<d", pv)[0]
+                elif pf in (2, 5) and pw == 0:
+                    value = pv
+                elif pf == 3:
+                    value = bytes(pv).decode()
+    return key, value
+
+
+def _tensor(name: str, datatype: str, shape, region: str, offset: int, nbytes: int) -> bytes:
+    """An InferInputTensor whose bytes are in `region`."""
+    shape_bytes = b"".join(_wire._varint(int(d)) for d in shape)
+    return (_str(1, name) + _str(2, datatype) + _len(3, shape_bytes) +
+            _parameters(4, {"shared_memory_region": region, "shared_memory_byte_size": nbytes,
+                            "shared_memory_offset": offset}))
+
+
+def parse_infer_response(data: bytes) -> Tuple[dict, dict]:
+    """(outputs by name: (datatype, shape, raw bytes as a memoryview), response parameters)."""
+    buf = memoryview(data)
+    outputs: List[Tuple[str, str, list]] = []
+    raw: List[memoryview] = []
+    params = {}
+    for field, _, value in _fields(buf):
+        if field == 5:
+            name, datatype, shape = "", "", []
+            for f, w, v in _fields(value):
+                if f == 1:
+                    name = bytes(v).decode()
+                elif f == 2:
+                    datatype = bytes(v).decode()
+                elif f == 3 and w == 2:
+                    i = 0
+                    while i < len(v):
+                        d, i = _wire._read_varint(v, i)
+                        shape.append(d)
+                elif f == 3:
+                    shape.append(v)
+            outputs.append((name, datatype, shape))
+        elif field == 6:
+            raw.append(value)
+        elif field == 4:
+            k, v = _parameter_value(value)
+            params[k] = v
+    return ({name: (dt, shape, raw[i] if i < len(raw) else memoryview(b""))
+             for i, (name, dt, shape) in enumerate(outputs)}, params)
+
+
+# -- regions --------------------------------------------------------------------------------------
+
+class Region:
+    """A POSIX shared-memory object of `size` bytes, mapped here and registered with the server
+    under the object's own name."""
+
+    def __init__(self, call, size: int):
+        self.name = f"zlpr_{os.getpid()}_{secrets.token_hex(6)}"
+        self.size = size
+        path = os.path.join(_SHM_DIR, self.name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        try:
+            call("SystemSharedMemoryRegister",
+                 _str(1, self.name) + _str(2, "/" + self.name) + _uint(4, size))
+        except BaseException:
+            self.map.close()
+            os.unlink(path)
+            raise
+
+    def view(self, offset: int, shape, dtype) -> np.ndarray:
+        return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
+
+    def close(self, call) -> None:
+        try:
+            call("SystemSharedMemoryUnregister", _str(1, self.name))
+        finally:
+            self.map.close()
+            try:
+                os.unlink(os.path.join(_SHM_DIR, self.name))
+            except FileNotFoundError:
+                pass
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+_DATATYPE = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16"}
+
+
+class SharedMemoryLoss:
+    """compute_loss through two regions per call in flight (inputs, gradient)."""
+
+    def __init__(self, unary):
+        # unary(method, request bytes, deadline_s) -> response bytes, on the client's channel
+        self._unary = unary
+        self._lock = threading.Lock()
+        self._free: List[Tuple[Region, Region]] = []  # pairs not in use
+        self._closed = False
+
+    def _call(self, method: str, data: bytes, deadline_s: Optional[float] = None) -> bytes:
+        return self._unary(_OIP + method, data, deadline_s)
+
+    def _take(self, in_bytes: int, out_bytes: int) -> Tuple[Region, Region]:
+        with self._lock:
+            if self._closed:
+                raise ValueError("the client is closed")
+            for i, (a, b) in enumerate(self._free):
+                if a.size >= in_bytes and b.size >= out_bytes:
+                    return self._free.pop(i)
+            old = self._free.pop() if self._free else None
+        if old is not None:  # too small: replaced by a pair for this size
+            for r in old:
+                r.close(self._call)
+        # Made outside the lock (registration is a call); sized for this call, at least 1 MiB.
+        inputs = Region(self._call, max(in_bytes, 1 << 20))
+        try:
+            return inputs, Region(self._call, max(out_bytes, 1 << 20))
+        except BaseException:
+            inputs.close(self._call)
+            raise
+
+    def _give_back(self, pair) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(pair)
+                return
+        for r in pair:
+            r.close(self._call)
+
+    def loss(self, scores, labels, mask, want_grad: bool, request_id: str,
+             deadline_s: Optional[float], priority: Optional[int]):
+        """(loss float32 [rows], loss_sum, loss_mean, grad float32 [rows, cols] or None)."""
+        s = np.asarray(scores)
+        if s.ndim != 2:
+            raise ValueError(f"scores: expected a [rows, cols] matrix, got shape {s.shape}")
+        sdt = s.dtype if s.dtype in _DATATYPE else np.dtype(np.float32)
+        t = np.asarray(labels)
+        if t.shape != s.shape:
+            raise ValueError(f"dense_labels: shape {t.shape} does not match scores {s.shape}")
+        tdt = t.dtype if t.dtype in _DATATYPE else np.dtype(np.float32)
+        rows, cols = s.shape
+        s_bytes, t_bytes = rows * cols * sdt.itemsize, rows * cols * tdt.itemsize
+        t_at = _aligned(s_bytes)
+        m_at = _aligned(t_at + t_bytes)
+        in_bytes = m_at + (rows * cols if mask is not None else 0)
+        g_bytes = rows * cols * 4
+        pair = self._take(max(in_bytes, 1), max(g_bytes, 1))
+        try:
+            inputs, outputs = pair
+            np.copyto(inputs.view(0, s.shape, sdt), s, casting="unsafe")
+            np.copyto(inputs.view(t_at, t.shape, tdt), t, casting="unsafe")
+            request = [_str(1, "zlpr_loss"), _str(3, request_id)]
+            if priority:
+                request.append(_parameters(4, {"priority": priority}))
+            request.append(_len(5, _tensor("scores", _DATATYPE[sdt], s.shape, inputs.name, 0,
+                                           s_bytes)))
+            request.append(_len(5, _tensor("labels", _DATATYPE[tdt], t.shape, inputs.name, t_at,
+                                           t_bytes)))
+            if mask is not None:
+                np.copyto(inputs.view(m_at, s.shape, np.uint8), np.asarray(mask, dtype=np.uint8))
+                request.append(_len(5, _tensor("mask", "UINT8", s.shape, inputs.name, m_at,
+                                               rows * cols)))
+            request.append(_len(6, _str(1, "loss")))
+            if want_grad:
+                request.append(_len(6, _str(1, "grad") + _parameters(
+                    2, {"shared_memory_region": outputs.name, "shared_memory_byte_size": g_bytes})))
+            data = self._call("ModelInfer", b"".join(request), deadline_s)
+            outs, params = parse_infer_response(data)
+            loss = np.frombuffer(outs["loss"][2], dtype="<f4").copy()
+            grad = outputs.view(0, (rows, cols), np.float32).copy() if want_grad else None
+            return loss, float(params.get("loss_sum", 0.0)), float(params.get("loss_mean", 0.0)), \
+                grad
+        finally:
+            self._give_back(pair)
+
+    def close(self) -> None:
+        """Unregisters and removes the regions not in use; those in use go when their call
+        returns."""
+        with self._lock:
+            self._closed = True
+            pairs, self._free = self._free, []
+        for pair in pairs:
+            for r in pair:
+                try:
+                    r.close(self._call)
+                except Exception:  # the server may be gone: the local object is removed anyway
+                    pass
