@@ -96,3 +96,21 @@ def test_compose_runs_server_prometheus_and_grafana():
     compose = documents(os.path.join(ROOT, "deploy", "compose.yaml"))[0]
     assert set(compose["services"]) == {"zlpr-server", "prometheus", "grafana"}
     assert compose["services"]["zlpr-server"]["build"]["dockerfile"] == "Dockerfile"
+
+
+def test_the_node_local_sidecar_shares_dev_shm_and_a_user_with_the_trainer():
+    """deploy/node-local: the loss server beside a trainer, shared memory through one memory-backed
+    /dev/shm, both containers as the same user, the server on loopback with shared memory on."""
+    path = os.path.join(ROOT, "deploy", "node-local", "trainer-with-loss-sidecar.yaml")
+    (job,) = documents(path)
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (server,) = pod["initContainers"]
+    (trainer,) = pod["containers"]
+    assert server["restartPolicy"] == "Always"  # a sidecar
+    assert "--allow_client_shm" in server["args"] and "--grpc_address=127.0.0.1:50051" in server["args"]
+    volume = next(v for v in pod["volumes"] if v["emptyDir"].get("medium") == "Memory")
+    for c in (server, trainer):
+        assert {"name": volume["name"], "mountPath": "/dev/shm"} in c["volumeMounts"]
+        assert "runAsUser" not in c.get("securityContext", {})  # the pod's one user for both
+    assert pod["securityContext"]["runAsUser"] == 10001

@@ -17,7 +17,8 @@ Blocks:
   `examples/` are shell commands, run in order.
 
 The docs name the server's default ports (gRPC 50051, metrics 9464, HTTP 8000), and the README
-starts a server there in the background: those ports must be free. Everything a block starts is
+starts a server there in the background (docs/OIP.md a second one, with shared memory, on
+50061): those ports must be free. Everything a block starts is
 stopped at the end (each block runs in a process group of its own). The first failing block
 stops the run: its file and line, its command and its output are printed, exit status 1.
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PORTS = (50051, 9464, 8000)
+PORTS = (50051, 9464, 8000, 50061)  # 50061: docs/OIP.md's server with shared memory
 SHELL = {"sh", "bash", "shell"}
 PYTHON = {"python", "py"}
 DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->\s*$")
