@@ -372,3 +372,59 @@ def test_registration_needs_the_token(request, tmp_path, kind):
         assert client.get_system_shared_memory_status(headers=headers) is not None
     finally:
         stop(proc)
+
+
+def raw_http(server, method, path, body=b""):
+    import http.client
+    host, port = server["http"].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=body)
+    r = conn.getresponse()
+    out = r.status, r.read()
+    conn.close()
+    return out
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"", "must be a JSON object"),
+    (b"not json", "must be a JSON object"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'{"key": 5, "byte_size": 10}', "'key' must be a string"),
+    (b'{"key": "/k", "byte_size": -1}', "'byte_size' must be a whole number of bytes"),
+    (b'{"key": "/k", "byte_size": 1.5}', "'byte_size' must be a whole number of bytes"),
+    (b'{"key": "/k", "byte_size": "10"}', "'byte_size' must be a whole number of bytes"),
+    (b'{"key": "/k", "byte_size": 10, "offset": 18446744073709551615}', "the size must be"),
+    (b'{"key": "/k", "byte_size": 99999999999999999999999}', "must be"),
+    (b'{"key": "/k\\u0000x", "byte_size": 10}', "POSIX shared-memory object"),
+    (b'{"key": "/k", "byte_size": 10, "colour": 1}', "unknown key 'colour'"),
+])
+def test_hostile_registrations_over_http_are_refused_and_the_server_goes_on(shm_server, body,
+                                                                           message):
+    status, text = raw_http(shm_server, "POST", "/v2/systemsharedmemory/region/r/register", body)
+    assert status == 400, (status, text)
+    assert message in text.decode(), text
+    assert raw_http(shm_server, "GET", "/v2/health/live")[0] == 200
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"shared_memory_region": 5, "shared_memory_byte_size": 16}, "must be a region's name"),
+    ({"shared_memory_region": "", "shared_memory_byte_size": 16}, "must be a region's name"),
+    ({"shared_memory_region": "nope"}, "'shared_memory_byte_size' is needed"),
+    ({"shared_memory_region": "nope", "shared_memory_byte_size": -16}, "whole number of bytes"),
+    ({"shared_memory_region": "nope", "shared_memory_byte_size": "16"}, "whole number of bytes"),
+    ({"shared_memory_region": "nope", "shared_memory_byte_size": 16,
+      "shared_memory_offset": -1}, "whole number of bytes"),
+    ({"shared_memory_region": "nope", "shared_memory_byte_size": 16}, "is not registered"),
+])
+def test_hostile_tensor_parameters_are_refused_naming_the_tensor(shm_server, params, message):
+    import json
+    body = json.dumps({"inputs": [{"name": "scores", "datatype": "FP32", "shape": [1, 4],
+                                   "parameters": params}]}).encode()
+    status, text = raw_http(shm_server, "POST", "/v2/models/zlpr_predict/infer", body)
+    assert status == 400, (status, text)
+    assert "input 'scores'" in text.decode() and message in text.decode(), text
+    # The same input with its data as well as a region: one or the other.
+    both = json.dumps({"inputs": [{"name": "scores", "datatype": "FP32", "shape": [1, 4],
+                                   "data": [1, 2, 3, 4], "parameters": params}]}).encode()
+    status, text = raw_http(shm_server, "POST", "/v2/models/zlpr_predict/infer", both)
+    assert status == 400, (status, text)
