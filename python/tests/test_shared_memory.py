@@ -12,7 +12,15 @@ from conftest import reference, start_server, stop_server
 
 
 def objects():
+    """This process's shared-memory objects that have a name (none should)."""
     return sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"zlpr_{os.getpid()}_"))
+
+
+def regions_of(client):
+    """The regions the server has registered (those of every client of the test server)."""
+    from zlpr._shm import registered_regions
+    return registered_regions(client._unary(
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus", b"", 10))
 
 
 @pytest.fixture(scope="module")
@@ -58,38 +66,41 @@ def test_the_loss_through_shared_memory_is_the_loss_through_grpc(shm_target, tra
         assert g16.dtype == np.float16
 
 
-def test_regions_are_made_once_reused_and_removed_at_close(shm_target):
+def test_regions_are_made_once_reused_and_unregistered_at_close(shm_target):
     s, t, _ = problem(32, 1000, 5)
     client = zlpr.Client(shm_target, shared_memory=True)
     client.compute_loss(s, t, want_grad=True)
-    made = objects()
-    assert len(made) == 2  # inputs and gradient
+    assert regions_of(client) == 2  # inputs and gradient
+    assert objects() == []  # their names are gone already: nothing can leak
     for _ in range(5):
         client.compute_loss(s, t, want_grad=True)
-    assert objects() == made
+    assert regions_of(client) == 2
     # A larger call replaces the pair; concurrent calls get a pair each.
     big = problem(256, 8192, 6)
     client.compute_loss(big[0], big[1], want_grad=True)
-    assert len(objects()) == 2 and objects() != made
+    assert regions_of(client) == 2
     errors = []
 
-    def step(seed):
+    def steps(seed):
         try:
-            x, y, _ = problem(16, 500, seed)
-            r = client.compute_loss(x, y, want_grad=True)
-            np.testing.assert_allclose(r.loss, reference(x, y)[0], rtol=2e-6, atol=1e-6)
+            for k in range(5):
+                x, y, _ = problem(16, 500, 10 * seed + k)
+                r = client.compute_loss(x, y, want_grad=True)
+                np.testing.assert_allclose(r.loss, reference(x, y)[0], rtol=2e-6, atol=1e-6)
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
-    threads = [threading.Thread(target=step, args=(i,)) for i in range(4) for _ in range(5)]
+    threads = [threading.Thread(target=steps, args=(i,)) for i in range(4)]  # 4 calls at once
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     assert not errors, errors
-    assert 2 <= len(objects()) <= 8
+    assert 2 <= regions_of(client) <= 8  # at most a pair per call in flight
+    probe = zlpr.Client(shm_target)
     client.close()
-    assert objects() == []
+    assert regions_of(probe) == 0 and objects() == []
+    probe.close()
 
 
 def test_errors_keep_their_codes_and_the_region_stays_usable(shm_target):

@@ -6,7 +6,8 @@ registered with the server once (the Open Inference Protocol's system shared-mem
 the gradient comes back in a second region, and only a small ModelInfer message of the
 `zlpr_loss` model crosses the socket. Regions are made on first use, sized for the call, and
 kept for the next ones (one pair per call in flight; a larger call replaces a pair); close()
-unregisters and removes them.
+unregisters them. Each object's name is removed as soon as the server has mapped it, so no
+object outlives the client and the server, however either ends.
 
 The few protobuf messages involved are written and read here by hand: the package carries no
 generated code for the `inference` package, whose names would collide in protobuf's descriptor
@@ -101,6 +102,11 @@ def _tensor(name: str, datatype: str, shape, region: str, offset: int, nbytes: i
                             "shared_memory_offset": offset}))
 
 
+def registered_regions(data: bytes) -> int:
+    """How many regions a SystemSharedMemoryStatusResponse lists."""
+    return sum(1 for field, _, _ in _fields(memoryview(data)) if field == 1)
+
+
 def parse_infer_response(data: bytes) -> Tuple[dict, dict]:
     """(outputs by name: (datatype, shape, raw bytes as a memoryview), response parameters)."""
     buf = memoryview(data)
@@ -144,17 +150,26 @@ class Region:
         path = os.path.join(_SHM_DIR, self.name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Allocated now, not on first touch: a full /dev/shm is an OSError here rather than a
+            # SIGBUS in the middle of a later copy.
+            os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
         try:
             call("SystemSharedMemoryRegister",
                  _str(1, self.name) + _str(2, "/" + self.name) + _uint(4, size))
         except BaseException:
             self.map.close()
-            os.unlink(path)
             raise
+        finally:
+            # Both sides have it mapped now: the name is not needed any more, and without it
+            # nothing is left in /dev/shm however this process ends (the pages go when the last
+            # mapping does).
+            os.unlink(path)
 
     def view(self, offset: int, shape, dtype) -> np.ndarray:
         return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
@@ -164,10 +179,6 @@ class Region:
             call("SystemSharedMemoryUnregister", _str(1, self.name))
         finally:
             self.map.close()
-            try:
-                os.unlink(os.path.join(_SHM_DIR, self.name))
-            except FileNotFoundError:
-                pass
 
 
 def _aligned(n: int) -> int:
