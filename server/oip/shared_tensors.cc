@@ -11,7 +11,7 @@
 namespace zlpr::server::oip {
 namespace {
 
-// A whole number of bytes (the protocol sends int64; uint64 and a string of digits are taken).
+// A whole number of bytes (the protocol sends int64; uint64 is taken too).
 absl::StatusOr<uint64_t> Bytes(const std::string& tensor, const char* key, const Parameter& p) {
   if (const auto* i = std::get_if<int64_t>(&p); i != nullptr && *i >= 0) {
     return static_cast<uint64_t>(*i);

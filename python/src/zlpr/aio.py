@@ -22,6 +22,9 @@ class Client:
 
     def __init__(self, target: str, **kwargs):
         kwargs.pop("max_parallel_chunks", None)
+        if kwargs.pop("shared_memory", False):
+            raise ValueError("shared_memory: zlpr.aio.Client sends its tensors over gRPC; "
+                             "zlpr.Client(shared_memory=True) has the shared-memory path")
         self.settings = c.ChannelSettings(target=target, **kwargs)
         args = self.settings.channel_args()
         self._channel = (grpc.aio.secure_channel(target, self.settings.credentials(), options=args)
