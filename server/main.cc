@@ -180,16 +180,16 @@ size_t EditDistance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-// Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
-// for containers; a flag on the command line wins (it is parsed after these are set). A value
-// that does not parse is an error naming the variable; a ZLPR_ variable that is no flag's is
-// named in a warning (with the closest flag's variable), since it was most likely misspelled.
 // The flags whose value came from the environment: (flag, variable).
 std::vector<std::pair<std::string, std::string>>& EnvironmentFlags() {
   static std::vector<std::pair<std::string, std::string>> flags;
   return flags;
 }
 
+// Every flag can also come from the environment as ZLPR_<FLAG> (e.g. ZLPR_MAX_BATCH_ROWS=64),
+// for containers; a flag on the command line wins (it is parsed after these are set). A value
+// that does not parse is an error naming the variable; a ZLPR_ variable that is no flag's is
+// named in a warning (with the closest flag's variable), since it was most likely misspelled.
 bool SetFlagsFromEnvironment() {
   const std::vector<std::string> names = ServerFlagNames();
   std::vector<std::string> known;
