@@ -38,6 +38,16 @@ void WriteNpy(const std::string& path, const std::string& descr, const std::stri
 
 void WriteText(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
+// The tests' server: on the CPU, no metrics port, at `address`.
+server::ServerOptions ServerAt(const std::string& address) {
+  server::ServerOptions o;
+  o.grpc_address = address;
+  o.metrics_address = "";
+  o.backend = "cpu";
+  o.threads = 1;
+  return o;
+}
+
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -45,12 +55,7 @@ class CliTest : public ::testing::Test {
            ("zlpr_cli_test_" + std::to_string(::getpid()) + "_" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
-    server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
-    o.metrics_address = "";
-    o.backend = "cpu";
-    o.threads = 1;
-    auto s = server::Server::Start(o);
+    auto s = server::Server::Start(ServerAt("127.0.0.1:0"));
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
     target_ = absl::StrCat("--target=127.0.0.1:", server_->grpc_port());
@@ -293,12 +298,7 @@ TEST_F(CliTest, HealthWaitsForAServerThatIsStillStarting) {
   std::unique_ptr<server::Server> later;
   std::thread starter([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(700));
-    server::ServerOptions o;
-    o.grpc_address = absl::StrCat("127.0.0.1:", port);
-    o.metrics_address = "";
-    o.backend = "cpu";
-    o.threads = 1;
-    auto s = server::Server::Start(o);
+    auto s = server::Server::Start(ServerAt(absl::StrCat("127.0.0.1:", port)));
     ASSERT_TRUE(s.ok()) << s.status();
     later = *std::move(s);
   });

@@ -18,13 +18,14 @@ namespace {
 using server::MetricValue;
 using ::testing::HasSubstr;
 
-std::unique_ptr<server::Server> StartServer() {
+std::unique_ptr<server::Server> StartServer(int64_t max_message_bytes = 64 << 20) {
   server::ServerOptions o;
   o.grpc_address = "127.0.0.1:0";
   o.metrics_address = "127.0.0.1:0";
   o.backend = "cpu";
   o.threads = 1;
   o.batcher.max_queue_delay = std::chrono::microseconds(200);
+  o.max_message_bytes = max_message_bytes;
   auto s = server::Server::Start(o);
   EXPECT_TRUE(s.ok()) << s.status();
   return *std::move(s);
@@ -257,16 +258,9 @@ TEST(ClientSplitTest, CallsOverTheMessageLimitAreSplitByRowsAndBitIdentical) {
 // over it: a 64 x 10000 loss+gradient (2.5 MB of scores, as much of labels) against a server that
 // takes 1 MiB is answered as one call to a server with the default limit answers it.
 TEST(ClientSplitTest, TheServersMessageLimitIsLearnedOnceAndCallsAreSplitUnderIt) {
-  server::ServerOptions so;
-  so.grpc_address = "127.0.0.1:0";
-  so.metrics_address = "127.0.0.1:0";
-  so.backend = "cpu";
-  so.threads = 1;
-  so.max_message_bytes = 1 << 20;
-  auto small_server = server::Server::Start(so);
-  ASSERT_TRUE(small_server.ok()) << small_server.status();
+  auto small_server = StartServer(1 << 20);
   auto big_server = StartServer();
-  auto small = Connect(absl::StrCat("127.0.0.1:", (*small_server)->grpc_port()));
+  auto small = Connect(absl::StrCat("127.0.0.1:", small_server->grpc_port()));
   auto whole = Connect(absl::StrCat("127.0.0.1:", big_server->grpc_port()));
   const testing::Problem p = testing::MakeProblem(
       {.rows = 64, .cols = 10000, .labels = testing::Labels::kSoft, .seed = 5});
@@ -298,14 +292,14 @@ TEST(ClientSplitTest, TheServersMessageLimitIsLearnedOnceAndCallsAreSplitUnderIt
   auto limit = small->MessageLimit();
   ASSERT_TRUE(limit.ok());
   EXPECT_EQ(*limit, 1 << 20);
-  const std::string metrics = server::HttpGet((*small_server)->metrics_port(), "/metrics");
+  const std::string metrics = server::HttpGet(small_server->metrics_port(), "/metrics");
   EXPECT_EQ(MetricValue(metrics,
                         "zlpr_requests_total{code=\"OK\",method=\"GetServerInfo\","
                         "protocol=\"zlpr_v1\"}"),
             1);
   // One request of the same call over the limit is refused, as before: the split is what helps.
   ClientOptions fixed;
-  fixed.target = absl::StrCat("127.0.0.1:", (*small_server)->grpc_port());
+  fixed.target = absl::StrCat("127.0.0.1:", small_server->grpc_port());
   fixed.max_message_bytes = 64 << 20;
   auto unsplit = Client::Create(fixed);
   ASSERT_TRUE(unsplit.ok());

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/address.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "google/protobuf/stubs/logging.h"
@@ -282,13 +283,10 @@ int HttpThreads(const ServerOptions& o) {
 // Why nothing can listen on `address` (HOST:PORT), found by trying it: "port 9464 is in use",
 // or the system's reason. Empty when a listener could be opened there after all.
 std::string ListenProblem(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos) return "use HOST:PORT";
-  std::string host = address.substr(0, colon);
-  const std::string port = address.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  if (absl::StartsWith(address, "unix:")) return "";  // not a port to try
+  const auto host_port = SplitHostPort(address);
+  if (!host_port) return "use HOST:PORT";
+  const auto& [host, port] = *host_port;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

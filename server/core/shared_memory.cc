@@ -136,6 +136,21 @@ SharedMemoryRegistry::SharedMemoryRegistry(const SharedMemoryLimits& limits) : l
 
 SharedMemoryRegistry::~SharedMemoryRegistry() = default;
 
+absl::Status SharedMemoryRegistry::CanAdd(const std::string& name, uint64_t byte_size) const {
+  if (regions_.count(name) != 0) {
+    return absl::AlreadyExistsError(absl::StrCat("shared memory region '", name,
+                                                 "' is registered already: unregister it first"));
+  }
+  if (static_cast<int>(regions_.size()) >= limits_.max_regions ||
+      bytes_ + static_cast<int64_t>(byte_size) > limits_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "shared memory: %d regions of %d bytes are registered; the server takes at most %d "
+        "regions and %d bytes (--client_shm_max_regions, --client_shm_max_bytes)",
+        regions_.size(), bytes_, limits_.max_regions, limits_.max_bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SharedMemoryRegistry::Register(const std::string& name, const std::string& key,
                                             uint64_t offset, uint64_t byte_size) {
   if (!GoodName(name)) {
@@ -155,17 +170,7 @@ absl::Status SharedMemoryRegistry::Register(const std::string& name, const std::
   }
   {
     absl::MutexLock lock(&mu_);
-    if (regions_.count(name) != 0) {
-      return absl::AlreadyExistsError(absl::StrCat("shared memory region '", name,
-                                                   "' is registered already: unregister it first"));
-    }
-    if (static_cast<int>(regions_.size()) >= limits_.max_regions ||
-        bytes_ + static_cast<int64_t>(byte_size) > limits_.max_bytes) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "shared memory: %d regions of %d bytes are registered; the server takes at most %d "
-          "regions and %d bytes (--client_shm_max_regions, --client_shm_max_bytes)",
-          regions_.size(), bytes_, limits_.max_regions, limits_.max_bytes));
-    }
+    if (absl::Status st = CanAdd(name, byte_size); !st.ok()) return st;
   }
   std::shared_ptr<SharedMemoryRegion> region(new SharedMemoryRegion());
   region->name_ = name;
@@ -207,15 +212,8 @@ absl::Status SharedMemoryRegistry::Register(const std::string& name, const std::
   region->map_ = map;
   region->base_ = static_cast<char*>(map) + (offset - start);
   absl::MutexLock lock(&mu_);
-  // Checked again: another registration may have come in meanwhile.
-  if (regions_.count(name) != 0) {
-    return absl::AlreadyExistsError(absl::StrCat("shared memory region '", name,
-                                                 "' is registered already: unregister it first"));
-  }
-  if (static_cast<int>(regions_.size()) >= limits_.max_regions ||
-      bytes_ + static_cast<int64_t>(byte_size) > limits_.max_bytes) {
-    return absl::ResourceExhaustedError("shared memory: the limits were reached meanwhile");
-  }
+  // Checked again: another registration may have come in while this one was mapped.
+  if (absl::Status st = CanAdd(name, byte_size); !st.ok()) return st;
   bytes_ += static_cast<int64_t>(byte_size);
   regions_.emplace(name, std::move(region));
   return absl::OkStatus();

@@ -93,6 +93,11 @@ class SharedMemoryRegistry {
   const SharedMemoryLimits& limits() const { return limits_; }
 
  private:
+  // ALREADY_EXISTS for a name in use, RESOURCE_EXHAUSTED when `byte_size` more would pass the
+  // limits.
+  absl::Status CanAdd(const std::string& name, uint64_t byte_size) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const SharedMemoryLimits limits_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const SharedMemoryRegion>> regions_ ABSL_GUARDED_BY(mu_);

@@ -27,6 +27,7 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "boost/beast/ssl.hpp"
+#include "common/address.h"
 
 namespace zlpr::server::http {
 
@@ -652,16 +653,12 @@ absl::StatusOr<std::unique_ptr<FrontEnd>> FrontEnd::Start(const Options& options
     }
   }
   // HOST:PORT or [V6]:PORT; the host may be a name.
-  const size_t colon = options.address.rfind(':');
-  if (colon == std::string::npos) {
+  const auto host_port = SplitHostPort(options.address);
+  if (!host_port) {
     return absl::InvalidArgumentError(
         absl::StrCat("--http_address=", options.address, ": use HOST:PORT"));
   }
-  std::string host = options.address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  const std::string port = options.address.substr(colon + 1);
+  const auto& [host, port] = *host_port;
   try {
     tcp::resolver resolver(impl->ioc);
     const auto endpoints = resolver.resolve(host, port, tcp::resolver::passive);

@@ -313,12 +313,7 @@ grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryUnregister(
 grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryStatus(
     grpc::CallbackServerContext* ctx, const inference::CudaSharedMemoryStatusRequest* request,
     inference::CudaSharedMemoryStatusResponse*) {
-  // No region can be registered (CudaSharedMemoryRegister), so there is none to report.
-  if (!request->name().empty()) {
-    return Answer(ctx, absl::NotFoundError(absl::StrFormat(
-                           "CUDA shared memory region '%s' is not registered", request->name())));
-  }
-  return Answer(ctx, absl::OkStatus());
+  return Answer(ctx, CudaSharedMemoryStatusOf(request->name()));
 }
 
 grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryRegister(

@@ -132,11 +132,8 @@ http::Application::Route HttpRoutes::SharedMemory(const http::Request& header,
   if (action == "status") {
     if (!get) return {.answer = MethodNotAllowed("GET")};
     if (cuda) {
-      if (!name.empty()) {
-        return error(absl::NotFoundError(
-            absl::StrFormat("CUDA shared memory region '%s' is not registered", name)));
-      }
-      return {.answer = JsonResponse(200, "[]")};
+      const absl::Status st = CudaSharedMemoryStatusOf(name);
+      return st.ok() ? Route{.answer = JsonResponse(200, "[]")} : error(st);
     }
     if (options_.shared_memory == nullptr) return error(SharedMemoryOff());
     auto regions = options_.shared_memory->Status(name);

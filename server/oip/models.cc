@@ -5,6 +5,7 @@
 #include <limits>
 #include <string_view>
 
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "server/oip/converter.h"
 
@@ -81,6 +82,12 @@ absl::Status SharedMemoryOff() {
   return absl::FailedPreconditionError(
       "shared memory is off on this server: start it with --allow_client_shm (callers on the "
       "same host only)");
+}
+
+absl::Status CudaSharedMemoryStatusOf(const std::string& name) {
+  if (name.empty()) return absl::OkStatus();
+  return absl::NotFoundError(
+      absl::StrFormat("CUDA shared memory region '%s' is not registered", name));
 }
 
 absl::Status CudaSharedMemoryRefusal(bool cuda_backend) {

@@ -25,6 +25,8 @@ inference::SystemSharedMemoryStatusResponse SystemSharedMemoryStatusOf(
     const std::vector<SharedMemoryStatus>& regions);
 absl::Status SharedMemoryOff();
 absl::Status CudaSharedMemoryRefusal(bool cuda_backend);
+// A CUDA region's status: none is ever registered, so every name is NOT_FOUND (and "" lists none).
+absl::Status CudaSharedMemoryStatusOf(const std::string& name);
 // NOT_FOUND for an unknown model or version.
 absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(const std::string& name,
                                                                  const std::string& version);
