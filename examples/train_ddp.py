@@ -12,6 +12,7 @@ losses, the final weights, the held-out accuracy and the step times to --out as 
 python/tests/test_train_ddp.py runs both and checks that their losses agree.
 """
 import argparse
+import gc
 import json
 import os
 import time
@@ -48,6 +49,17 @@ def soft_targets(x, y, g, smoothing=0.1, alpha=0.4):
 def worker(rank, world, args, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    train(rank, world, args)
+    # The model (DDP holds the process group, in reference cycles) and the step's tensors are
+    # collected here, so destroying the group joins gloo's threads while Python runs: a gloo
+    # thread that drops the last reference to a tensor during the interpreter's exit aborts the
+    # process ("terminate called without an active exception").
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(rank, world, args):
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts them)
     torch.set_num_threads(1)
     model = DDP(torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(),
@@ -100,7 +112,6 @@ def worker(rank, world, args, port):
         print(f"{args.loss} loss, {world} processes, {args.steps} steps: loss {losses[0]:.4f} -> "
               f"{losses[-1]:.4f}, held-out accuracy {accuracy:.3f}, median step {step_ms:.1f} ms; "
               f"written to {args.out}", flush=True)
-    dist.destroy_process_group()
 
 
 def main():
