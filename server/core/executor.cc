@@ -161,13 +161,15 @@ std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
   const LossJob& first = *group.front();
   const int64_t rows = in.rows(), cols = in.cols();
   loss_.resize(static_cast<size_t>(rows));
-  // A lone fp32 gradient is written straight into its result, which the front end moves into
-  // its response: no copy of rows x cols.
+  // A lone fp32 gradient is written straight into its destination (the job's grad_out) or its
+  // result, which the front end moves into its response: no copy of rows x cols.
   const bool grad_in_place =
       first.want_grad && group.size() == 1 && first.grad_dtype == DType::kFloat32;
   std::string whole_grad;
   float* grad = nullptr;
-  if (grad_in_place) {
+  if (grad_in_place && first.grad_out != nullptr) {
+    grad = first.grad_out;
+  } else if (grad_in_place) {
     whole_grad.resize(static_cast<size_t>(rows * cols) * sizeof(float));
     grad = reinterpret_cast<float*>(whole_grad.data());
   } else if (first.want_grad) {
@@ -190,7 +192,13 @@ std::vector<absl::StatusOr<LossResult>> Executor::RunLossGroup(
     r.loss_mean = r.loss_sum / static_cast<double>(n);
     r.cols = cols;
     r.grad_dtype = job->grad_dtype;
-    if (grad_in_place) {
+    if (job->want_grad && job->grad_out != nullptr) {
+      if (!grad_in_place) {
+        std::memcpy(job->grad_out, grad_.data() + row0 * cols,
+                    static_cast<size_t>(n * cols) * sizeof(float));
+      }
+      r.grad_written = true;
+    } else if (grad_in_place) {
       r.grad = std::exchange(whole_grad, {});  // a lone job: the kernel wrote its bytes
     } else if (job->want_grad) {
       r.grad = Narrowed(grad_.data() + row0 * cols, n * cols, job->grad_dtype);
@@ -209,7 +217,9 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
   const bool probs_in_place = want_probs && group.size() == 1;
   std::string whole_probs;
   float* probs = nullptr;
-  if (probs_in_place) {
+  if (probs_in_place && group.front()->probs_out != nullptr) {
+    probs = group.front()->probs_out;
+  } else if (probs_in_place) {
     whole_probs.resize(static_cast<size_t>(rows * cols) * sizeof(float));
     probs = reinterpret_cast<float*>(whole_probs.data());
   } else if (want_probs) {
@@ -252,7 +262,13 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
     r.labels.labels.assign(all.labels.begin() + first, all.labels.begin() + last);
     r.labels.probs.assign(all.probs.begin() + first, all.probs.begin() + last);
     r.cols = cols;
-    if (probs_in_place) {
+    if (want_probs && job->probs_out != nullptr) {
+      if (!probs_in_place) {
+        std::memcpy(job->probs_out, probs_.data() + row0 * cols,
+                    static_cast<size_t>(n * cols) * sizeof(float));
+      }
+      r.probs_written = true;
+    } else if (probs_in_place) {
       r.probs = std::exchange(whole_probs, {});  // a lone job: the kernel wrote its bytes
     } else if (want_probs) {
       r.probs.assign(reinterpret_cast<const char*>(probs_.data() + row0 * cols),

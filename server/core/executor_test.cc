@@ -409,6 +409,51 @@ TEST_F(ExecutorTest, ChunkedBulkJobsComputeToTheResultsOfTheWholeWithWorkBetween
   }
 }
 
+// A destination the caller gives (a shared-memory output) receives the bits the result would
+// have carried: a lone job's kernel writes it in place, a job in a group gets its slice, a
+// chunked job its chunks; the result then carries no bytes.
+TEST_F(ExecutorTest, GradientsAndProbabilitiesGoToTheJobsDestinationWhenItGivesOne) {
+  const Data a(3, 4), b(2, 4, 100);
+  const LossJob plain_a = LossOf(a, 3, 4, true), plain_b = LossOf(b, 2, 4, true);
+  const LossJob* plain[] = {&plain_a, &plain_b};
+  const auto want = executor_.Run(plain);
+  std::vector<float> out_a(12, -1), out_b(8, -1), lone(12, -1), chunks(12, -1);
+  LossJob ja = LossOf(a, 3, 4, true), jb = LossOf(b, 2, 4, true);
+  ja.grad_out = out_a.data();
+  jb.grad_out = out_b.data();
+  const LossJob* group[] = {&ja, &jb};
+  const auto got = executor_.Run(group);
+  LossJob alone = LossOf(a, 3, 4, true);
+  alone.grad_out = lone.data();
+  const LossJob* one[] = {&alone};
+  const auto got_alone = executor_.Run(one);
+  Executor chunked(&backend_, &clock_, &listener_,
+                   {.bulk_chunk = microseconds(1000), .initial_ns_per_element = 1e6 / 4});
+  alone.grad_out = chunks.data();
+  const auto got_chunked = chunked.Run(one, /*chunked=*/true);
+  ASSERT_TRUE(got[0].ok() && got[1].ok() && got_alone[0].ok() && got_chunked[0].ok());
+  EXPECT_EQ(out_a, Floats(want[0]->grad));
+  EXPECT_EQ(out_b, Floats(want[1]->grad));
+  EXPECT_EQ(lone, Floats(want[0]->grad));
+  EXPECT_EQ(chunks, Floats(want[0]->grad));
+  for (const auto* r : {&got[0], &got[1], &got_alone[0], &got_chunked[0]}) {
+    EXPECT_TRUE((*r)->grad_written);
+    EXPECT_TRUE((*r)->grad.empty());
+  }
+  EXPECT_EQ(got[1]->loss, want[1]->loss);
+
+  std::vector<float> probs(12, -1);
+  PredictJob jp = PredictOf(a, 3, 4, true);
+  jp.probs_out = probs.data();
+  const PredictJob* predicts[] = {&jp};
+  const auto labels = executor_.Run(predicts);
+  ASSERT_TRUE(labels[0].ok());
+  EXPECT_EQ(probs, std::vector<float>(12, 0.25f));
+  EXPECT_TRUE(labels[0]->probs_written);
+  EXPECT_TRUE(labels[0]->probs.empty());
+  EXPECT_EQ(labels[0]->labels.labels, (std::vector<int32_t>{3, 3, 3}));
+}
+
 TEST_F(ExecutorTest, AnErrorInAChunkFailsTheGroupAndStopsIt) {
   Executor chunked(&backend_, &clock_, &listener_,
                    {.bulk_chunk = microseconds(1000), .initial_ns_per_element = 1e6 / 4});

@@ -48,6 +48,7 @@ struct LossResult {
   // rows x cols elements of grad_dtype when the job asked for the gradient, else empty. Held
   // as bytes so that a front end can move it into its wire message without a copy.
   std::string grad;
+  bool grad_written = false;  // the gradient went to the job's grad_out instead, grad is empty
   int64_t cols = 0;
   DType grad_dtype = DType::kFloat32;
   Timing timing;
@@ -61,6 +62,10 @@ struct LossJob {
   ValidatedLossInput input;  // views into the request, which outlives the job
   bool want_grad = false;
   DType grad_dtype = DType::kFloat32;
+  // Where the fp32 gradient goes instead of LossResult::grad (rows x cols, float-aligned): the
+  // caller's memory, e.g. a shared-memory output, which the kernel then writes in place. Must
+  // outlive the job.
+  float* grad_out = nullptr;
 
   int64_t rows() const { return input.rows(); }
 };
@@ -70,6 +75,7 @@ struct PredictResult {
   // rows x cols fp32 probabilities σ(2s) when the job asked for them, else empty (bytes, as
   // LossResult::grad).
   std::string probs;
+  bool probs_written = false;  // the probabilities went to the job's probs_out, probs is empty
   int64_t cols = 0;
   Timing timing;
 };
@@ -81,6 +87,7 @@ struct PredictJob {
 
   ValidatedLabelerInput input;  // views into the request, which outlives the job
   bool want_probs = false;
+  float* probs_out = nullptr;  // as LossJob::grad_out, for the probabilities
 
   int64_t rows() const { return input.rows(); }
 };

@@ -1,4 +1,4 @@
-// SharedMemoryRegistry: shm_open, mmap, and copies that survive a truncated object.
+// SharedMemoryRegistry: shm_open, mmap, and mappings that survive a truncated object.
 #include "server/core/shared_memory.h"
 
 #include <fcntl.h>
@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
-#include <csetjmp>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
@@ -21,16 +20,38 @@
 namespace zlpr::server {
 namespace {
 
-// The jump of the copy this thread is making, or null: a SIGBUS while it is set ends that copy
-// (siglongjmp), any other SIGBUS goes where it would have gone without this handler.
-// (volatile: the compiler must not drop the store before the copy as dead, nor move it.)
-thread_local sigjmp_buf* volatile armed_copy = nullptr;
+// Every region's mapping, for the SIGBUS handler, which may take no lock: a slot is claimed
+// (under slots_mu) by storing `end`, then `begin`; released by clearing `begin`.
+struct MappingSlot {
+  std::atomic<uintptr_t> begin{0}, end{0};
+  std::atomic<bool> lost{false};  // a page of it lost its backing and was replaced by zeros
+};
+constexpr int kMappingSlots = 4096;  // --client_shm_max_regions' ceiling, for every registry
+MappingSlot mapping_slots[kMappingSlots];
+std::mutex slots_mu;
+uintptr_t page_bytes = 4096;
 struct sigaction previous_bus_action;
 
+// A SIGBUS inside a region's mapping is the owner shrinking or removing the object under a
+// request that reads or writes it (a kernel, a copy, on any thread). The mapping from the
+// faulting page to its end is replaced by private zero pages, so the access that faulted and
+// every later one succeed, and the mapping is marked lost: the request that used it fails when
+// it verifies the region (SharedMemoryRegion::Verify) and so does every later one, since the
+// mapping no longer follows the object. Anything else goes where it would have gone without
+// this handler. (mmap is a plain system call here; no lock, no allocation.)
 void OnBusError(int sig, siginfo_t* info, void* context) {
-  if (sigjmp_buf* jump = armed_copy; jump != nullptr) {
-    armed_copy = nullptr;
-    siglongjmp(*jump, 1);
+  const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (MappingSlot& slot : mapping_slots) {
+    const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
+    const uintptr_t end = slot.end.load(std::memory_order_relaxed);
+    if (begin == 0 || address < begin || address >= end) continue;
+    const uintptr_t page = address & ~(page_bytes - 1);
+    if (mmap(reinterpret_cast<void*>(page), end - page, PROT_READ | PROT_WRITE,
+             MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
+      slot.lost.store(true, std::memory_order_release);
+      return;  // the faulting access runs again, on zeros
+    }
+    break;
   }
   if ((previous_bus_action.sa_flags & SA_SIGINFO) != 0 &&
       previous_bus_action.sa_sigaction != nullptr) {
@@ -48,12 +69,32 @@ void OnBusError(int sig, siginfo_t* info, void* context) {
 void InstallBusHandler() {
   static std::once_flag once;
   std::call_once(once, [] {
+    page_bytes = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     struct sigaction action {};
     action.sa_sigaction = OnBusError;
     sigemptyset(&action.sa_mask);
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigaction(SIGBUS, &action, &previous_bus_action);
   });
+}
+
+// A slot for [begin, end), or -1 when every slot is taken.
+int ClaimSlot(void* begin, size_t bytes) {
+  std::lock_guard<std::mutex> lock(slots_mu);
+  for (int i = 0; i < kMappingSlots; ++i) {
+    MappingSlot& slot = mapping_slots[i];
+    if (slot.begin.load(std::memory_order_relaxed) != 0) continue;
+    slot.lost.store(false, std::memory_order_relaxed);
+    slot.end.store(reinterpret_cast<uintptr_t>(begin) + bytes, std::memory_order_relaxed);
+    slot.begin.store(reinterpret_cast<uintptr_t>(begin), std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+void ReleaseSlot(int i) {
+  std::lock_guard<std::mutex> lock(slots_mu);
+  mapping_slots[i].begin.store(0, std::memory_order_release);
 }
 
 // Names: what a URL path segment and a log line carry without escaping.
@@ -76,32 +117,30 @@ bool GoodKey(const std::string& key) {
 
 }  // namespace
 
-bool CopyUnlessBusError(void* destination, const void* source, size_t size) {
-  InstallBusHandler();
-  sigjmp_buf jump;
-  // Saves the signal mask, so that the jump out of the handler restores it.
-  if (sigsetjmp(jump, 1) != 0) return false;
-  armed_copy = &jump;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  std::memcpy(destination, source, size);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  armed_copy = nullptr;
-  return true;
-}
-
 SharedMemoryRegion::~SharedMemoryRegion() {
+  if (slot_ >= 0) ReleaseSlot(slot_);  // no request uses the mapping any more
   if (map_ != nullptr) munmap(map_, map_bytes_);
   if (fd_ >= 0) close(fd_);
 }
 
-absl::Status SharedMemoryRegion::Check(uint64_t offset, uint64_t size, const char* what) const {
+bool SharedMemoryRegion::lost() const {
+  return slot_ >= 0 && mapping_slots[slot_].lost.load(std::memory_order_acquire);
+}
+
+absl::Status SharedMemoryRegion::Verify(uint64_t offset, uint64_t size) const {
   if (offset > byte_size_ || size > byte_size_ - offset) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("shared memory region '%s': %s %d bytes at offset %d, but it has %d bytes",
-                        name_, what, size, offset, byte_size_));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "shared memory region '%s': %d bytes at offset %d, but it has %d bytes", name_, size,
+        offset, byte_size_));
   }
-  // The common way to lose the pages: the owner truncated or replaced the object. Said here;
-  // a truncation during the copy is caught by the copy.
+  if (lost()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "shared memory region '%s': its object '%s' shrank while the server had it mapped (its "
+        "owner truncated or removed it); unregister the region and register it again",
+        name_, key_));
+  }
+  // The common way to lose the pages, said before they are touched: the owner truncated or
+  // replaced the object.
   struct stat st {};
   if (fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) < offset_ + offset + size) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -112,22 +151,23 @@ absl::Status SharedMemoryRegion::Check(uint64_t offset, uint64_t size, const cha
   return absl::OkStatus();
 }
 
+absl::StatusOr<char*> SharedMemoryRegion::Span(uint64_t offset, uint64_t size) const {
+  if (absl::Status st = Verify(offset, size); !st.ok()) return st;
+  return base_ + offset;
+}
+
 absl::Status SharedMemoryRegion::Read(uint64_t offset, uint64_t size, void* destination) const {
-  if (absl::Status st = Check(offset, size, "reading"); !st.ok()) return st;
-  if (!CopyUnlessBusError(destination, base_ + offset, size)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "shared memory region '%s': its object '%s' shrank while it was read", name_, key_));
-  }
-  return absl::OkStatus();
+  absl::StatusOr<char*> bytes = Span(offset, size);
+  if (!bytes.ok()) return bytes.status();
+  std::memcpy(destination, *bytes, size);
+  return Verify(offset, size);
 }
 
 absl::Status SharedMemoryRegion::Write(uint64_t offset, const void* source, uint64_t size) const {
-  if (absl::Status st = Check(offset, size, "writing"); !st.ok()) return st;
-  if (!CopyUnlessBusError(base_ + offset, source, size)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "shared memory region '%s': its object '%s' shrank while it was written", name_, key_));
-  }
-  return absl::OkStatus();
+  absl::StatusOr<char*> bytes = Span(offset, size);
+  if (!bytes.ok()) return bytes.status();
+  std::memcpy(*bytes, source, size);
+  return Verify(offset, size);
 }
 
 SharedMemoryRegistry::SharedMemoryRegistry(const SharedMemoryLimits& limits) : limits_(limits) {
@@ -211,9 +251,15 @@ absl::Status SharedMemoryRegistry::Register(const std::string& name, const std::
   }
   region->map_ = map;
   region->base_ = static_cast<char*>(map) + (offset - start);
+  region->slot_ = ClaimSlot(map, region->map_bytes_);
+  if (region->slot_ < 0) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "shared memory region '%s': this process has %d regions mapped already", name,
+        kMappingSlots));
+  }
   absl::MutexLock lock(&mu_);
   // Checked again: another registration may have come in while this one was mapped.
-  if (absl::Status st = CanAdd(name, byte_size); !st.ok()) return st;
+  if (absl::Status added = CanAdd(name, byte_size); !added.ok()) return added;
   bytes_ += static_cast<int64_t>(byte_size);
   regions_.emplace(name, std::move(region));
   return absl::OkStatus();

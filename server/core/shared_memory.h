@@ -4,16 +4,18 @@
 // tensors arrive and its outputs leave without being serialized.
 //
 // The caller owns the object and may shrink or remove it at any time, also while a request reads
-// it: touching a page that is no longer backed raises SIGBUS, which would end the process. So
-// the server never lets a kernel read a region: each input is copied out of it, and each output
-// into it, by Read and Write, which check the object's size first and catch a SIGBUS during the
-// copy itself (a thread-local jump armed only for that copy); the request then fails with
-// INVALID_ARGUMENT and nothing else is affected. A SIGBUS anywhere else keeps its usual effect.
+// or writes it in place: touching a page that is no longer backed raises SIGBUS, which would end
+// the process. The server's SIGBUS handler replaces such pages of a region's mapping with zeros
+// (reads see zeros, writes go nowhere) and marks the region lost, on whichever thread touched
+// them (a kernel's, a copy's); the request verifies its regions after using them and fails with
+// INVALID_ARGUMENT, and so does every later request on that region, which must be registered
+// again. A SIGBUS anywhere else keeps its usual effect.
 //
 //   SharedMemoryRegistry regions({.max_regions = 64, .max_bytes = 16 << 30});
 //   regions.Register("in", "/trainer0", 0, 64 << 20);
 //   auto region = regions.Find("in");               // a lease: mapped until released
-//   (*region)->Read(0, bytes, destination);
+//   char* p = *(*region)->Span(0, bytes);           // read or written in place ...
+//   (*region)->Verify(0, bytes);                    // ... and checked once done
 #ifndef ZLPR_SERVER_CORE_SHARED_MEMORY_H_
 #define ZLPR_SERVER_CORE_SHARED_MEMORY_H_
 
@@ -48,16 +50,22 @@ class SharedMemoryRegion {
   uint64_t offset() const { return offset_; }
   uint64_t byte_size() const { return byte_size_; }
 
-  // `size` bytes at `offset` in the region into `destination` (or from `source`).
-  // INVALID_ARGUMENT when [offset, offset + size) is not inside the region, or when the object
-  // behind it no longer reaches that far (its owner truncated or removed it).
+  // The region's bytes [offset, offset + size), for a request to read or write in place.
+  // INVALID_ARGUMENT as Verify.
+  absl::StatusOr<char*> Span(uint64_t offset, uint64_t size) const;
+  // OK unless [offset, offset + size) is not inside the region, a page of the region lost its
+  // backing since it was mapped (what was read there may have been zeros, what was written is
+  // gone), or the object no longer reaches that far: INVALID_ARGUMENT then. A request calls it
+  // after using a region's bytes, since the owner may shrink the object at any moment.
+  absl::Status Verify(uint64_t offset, uint64_t size) const;
+  // Span, a copy, Verify.
   absl::Status Read(uint64_t offset, uint64_t size, void* destination) const;
   absl::Status Write(uint64_t offset, const void* source, uint64_t size) const;
 
  private:
   friend class SharedMemoryRegistry;
   SharedMemoryRegion() = default;
-  absl::Status Check(uint64_t offset, uint64_t size, const char* what) const;
+  bool lost() const;
 
   std::string name_, key_;
   uint64_t offset_ = 0, byte_size_ = 0;
@@ -65,6 +73,7 @@ class SharedMemoryRegion {
   void* map_ = nullptr;  // page-aligned mapping that contains the region
   size_t map_bytes_ = 0;
   char* base_ = nullptr;  // the region's first byte in it
+  int slot_ = -1;         // the SIGBUS handler's record of the mapping
 };
 
 struct SharedMemoryStatus {
@@ -103,10 +112,6 @@ class SharedMemoryRegistry {
   std::map<std::string, std::shared_ptr<const SharedMemoryRegion>> regions_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
-
-// A copy of `size` bytes that fails (false) instead of ending the process when a page of
-// `source` or `destination` is no longer backed (SIGBUS). For the tests, too.
-bool CopyUnlessBusError(void* destination, const void* source, size_t size);
 
 }  // namespace zlpr::server
 

@@ -1,5 +1,5 @@
 // SharedMemoryRegistry against real POSIX shared-memory objects: registration and its refusals,
-// copies in and out, and an object its owner truncates (before and during a copy).
+// copies in and out, and an object its owner truncates (before a request and while it uses it).
 #include "server/core/shared_memory.h"
 
 #include <fcntl.h>
@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -144,23 +145,63 @@ TEST(SharedMemoryTest, AnObjectItsOwnerTruncatedGivesAnErrorNotACrash) {
   EXPECT_TRUE(region->Read(0, 4096, buffer.data()).ok());  // what is left still reads
 }
 
-// The race the size check cannot see: the pages go between the check and the copy. The copy
-// itself meets the SIGBUS and fails; the process goes on (and a second time too).
-TEST(SharedMemoryTest, ACopyFromPagesThatWentFailsInsteadOfEndingTheProcess) {
-  Object object(4 * 4096);
-  const int fd = shm_open(object.key().c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  void* map = mmap(nullptr, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ASSERT_NE(map, MAP_FAILED);
+// The race the size check cannot see: the pages go after the check, while a request reads and
+// writes the region in place (as a kernel does, on any thread). The accesses see zeros instead
+// of ending the process; the region is lost from then on, even once the object grows back, since
+// its mapping no longer follows the object; a region beside it is untouched.
+TEST(SharedMemoryTest, PagesThatGoWhileARequestUsesThemReadAsZerosAndTheRegionIsLost) {
+  Object object(4 * 4096), other(4096);
+  object.Fill(0, "head");
+  object.Fill(3 * 4096, "tail");
+  other.Fill(0, "kept");
+  SharedMemoryRegistry registry({});
+  ASSERT_TRUE(registry.Register("r", object.key(), 0, 4 * 4096).ok());
+  ASSERT_TRUE(registry.Register("o", other.key(), 0, 4096).ok());
+  auto region = *registry.Find("r");
+  absl::StatusOr<char*> bytes = region->Span(0, 4 * 4096);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  char* p = *bytes;
+  ASSERT_TRUE(region->Verify(0, 4 * 4096).ok());
   object.Truncate(4096);
-  std::vector<char> buffer(4 * 4096);
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_FALSE(CopyUnlessBusError(buffer.data(), map, buffer.size()));
-    EXPECT_FALSE(CopyUnlessBusError(static_cast<char*>(map) + 8192, buffer.data(), 4096));
-  }
-  EXPECT_TRUE(CopyUnlessBusError(buffer.data(), map, 4096));
-  munmap(map, 4 * 4096);
-  close(fd);
+  std::thread([p] {
+    volatile char* v = p;
+    EXPECT_EQ(v[3 * 4096], 0);  // was 't'
+    v[2 * 4096] = 'x';          // goes nowhere
+    EXPECT_EQ(v[2 * 4096], 'x');
+  }).join();
+  EXPECT_EQ(std::string(p, 4), "head");  // the page still backed is still the object's
+  absl::Status st = region->Verify(0, 4096);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("shrank while the server had it mapped"));
+  object.Truncate(4 * 4096);
+  EXPECT_EQ(region->Verify(0, 4096).code(), absl::StatusCode::kInvalidArgument);
+  std::string got(4, '\0');
+  EXPECT_EQ(region->Read(0, 4, got.data()).code(), absl::StatusCode::kInvalidArgument);
+  auto beside = *registry.Find("o");
+  ASSERT_TRUE(beside->Read(0, 4, got.data()).ok());
+  EXPECT_EQ(got, "kept");
+  // Registered again, the region follows the object once more.
+  registry.Unregister("r");
+  region.reset();
+  ASSERT_TRUE(registry.Register("r", object.key(), 0, 4 * 4096).ok());
+  EXPECT_TRUE((*registry.Find("r"))->Read(0, 4, got.data()).ok());
+  EXPECT_EQ(got, "head");
+}
+
+// A SIGBUS outside every region keeps its usual effect: the process ends.
+TEST(SharedMemoryDeathTest, ABusErrorOutsideTheRegionsStillEndsTheProcess) {
+  Object object(2 * 4096);
+  SharedMemoryRegistry registry({});  // installs the handler
+  ASSERT_TRUE(registry.Register("r", object.key(), 0, 4096).ok());
+  EXPECT_DEATH(
+      {
+        const int fd = shm_open(object.key().c_str(), O_RDWR, 0);
+        auto* map = static_cast<volatile char*>(
+            mmap(nullptr, 2 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+        object.Truncate(0);
+        map[4096] = 1;
+      },
+      "");
 }
 
 }  // namespace

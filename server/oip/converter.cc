@@ -349,6 +349,7 @@ void Fill(LossResult r, const Plan& plan, Response* resp) {
   if (plan.want.count("loss")) AddOutput(resp, "loss", DataType::kFp32, {rows}, Bytes(r.loss));
   if (plan.want.count("grad")) {
     AddOutput(resp, "grad", DataType::kFp32, {rows, r.cols}, std::move(r.grad));
+    resp->outputs.back().in_shared_memory = r.grad_written;
   }
   resp->parameters["loss_sum"] = r.loss_sum;
   resp->parameters["loss_mean"] = r.loss_mean;
@@ -368,6 +369,7 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
               Classes(reinterpret_cast<const float*>(r.probs.data()), rows, r.cols, k));
   } else if (want.count("probs")) {
     AddOutput(resp, "probs", DataType::kFp32, {rows, r.cols}, std::move(r.probs));
+    resp->outputs.back().in_shared_memory = r.probs_written;
   }
   if (want.count("labels") || want.count("label_probs")) {
     std::vector<int32_t> labels(rows * width, -1);

@@ -16,8 +16,7 @@ void Inference::Run(Admission* admission, CallControl control, Request* request,
   response->model = request->model;
   response->version = "1";
   response->id = request->id;
-  absl::StatusOr<std::vector<SharedOutput>> shared =
-      TakeSharedTensors(shared_memory_, admission, request);
+  absl::StatusOr<SharedTensors> shared = TakeSharedTensors(shared_memory_, admission, request);
   if (!shared.ok()) {
     core_->Rejected(shared.status().code() == absl::StatusCode::kResourceExhausted
                         ? Reject::kMemory
@@ -25,6 +24,9 @@ void Inference::Run(Admission* admission, CallControl control, Request* request,
     return done(shared.status());
   }
   absl::StatusOr<Plan> plan = Convert(*request);
+  if (plan.ok()) {
+    if (absl::Status st = PlaceSharedOutputs(*shared, &*plan); !st.ok()) plan = std::move(st);
+  }
   if (!plan.ok()) {
     core_->Rejected(Reject::kInvalid);
     return done(plan.status());
@@ -37,7 +39,7 @@ void Inference::Run(Admission* admission, CallControl control, Request* request,
   }
   auto answer = [this, admission, response, shared = *std::move(shared),
                  done = std::move(done)](absl::Status st) mutable {
-    if (st.ok() && !shared.empty()) st = WriteSharedOutputs(shared, response);
+    if (st.ok()) st = FinishSharedTensors(shared, response);
     if (st.ok()) {
       const int64_t bytes = WireBytes(*response);
       st = core_->CheckResponseSize(bytes);

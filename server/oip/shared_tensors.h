@@ -3,10 +3,13 @@
 //   shared_memory_region     the region's name (as registered)
 //   shared_memory_byte_size  the tensor's bytes in it
 //   shared_memory_offset     where in the region they start (0 when absent)
-// (the parameters of Triton's system shared-memory extension). An input's bytes are copied out
-// of the region before the request is converted (the copy is charged to the request's memory
-// budget), an output's into it once computed; the response then carries that output's shape
-// and these parameters instead of its bytes.
+// (the parameters of Triton's system shared-memory extension). Floating-point inputs are read in
+// place: the kernels read the region. Other inputs (masks) are copied out first, since the
+// server checks their values once and the caller may change the region at any moment. The fp32
+// gradient and probabilities are written in place by the kernels, other outputs copied in once
+// computed; the response then carries those outputs' shapes and these parameters instead of
+// their bytes. Every region a request used is verified once it is done (the owner may have
+// shrunk it meanwhile: the request then fails).
 #ifndef ZLPR_SERVER_OIP_SHARED_TENSORS_H_
 #define ZLPR_SERVER_OIP_SHARED_TENSORS_H_
 
@@ -19,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "server/core/core.h"
 #include "server/core/shared_memory.h"
+#include "server/oip/converter.h"
 #include "server/oip/request.h"
 
 namespace zlpr::server::oip {
@@ -30,26 +34,43 @@ inline constexpr char kShmOffset[] = "shared_memory_offset";
 // Whether `parameters` name a region (the bindings then expect no bytes of that tensor).
 bool InSharedMemory(const Parameters& parameters);
 
-// Where an output goes.
-struct SharedOutput {
-  std::string name;
+// A tensor's bytes in a region.
+struct SharedPlace {
   std::shared_ptr<const SharedMemoryRegion> region;
   uint64_t offset = 0;
   uint64_t byte_size = 0;
 };
 
-// Copies each input that names a region into `request->owned` (its view then points there) and
-// takes the shared-memory parameters off the inputs and requested outputs, returning where the
-// outputs go. `registry` null: shared memory is off, and a tensor that names a region is
+struct SharedOutput {
+  std::string name;
+  SharedPlace place;
+};
+
+// What a request has in shared memory: kept (the regions stay mapped) until it is answered.
+struct SharedTensors {
+  std::vector<SharedPlace> inputs;
+  std::vector<SharedOutput> outputs;
+};
+
+// Points each input that names a region at its bytes there (floating-point inputs) or at a copy
+// of them in `request->buffers`, and takes the shared-memory parameters off the inputs and
+// requested outputs. `registry` null: shared memory is off, and a tensor that names a region is
 // INVALID_ARGUMENT. INVALID_ARGUMENT names the tensor and the region (not registered, out of
 // its range, parameters of the wrong type, bytes given as well, the object truncated);
-// RESOURCE_EXHAUSTED when the memory budget cannot take the copies.
-absl::StatusOr<std::vector<SharedOutput>> TakeSharedTensors(const SharedMemoryRegistry* registry,
-                                                            Admission* admission, Request* request);
+// RESOURCE_EXHAUSTED when the memory budget cannot take what the server allocates for them.
+absl::StatusOr<SharedTensors> TakeSharedTensors(const SharedMemoryRegistry* registry,
+                                                Admission* admission, Request* request);
 
-// Writes the outputs of `response` that `outputs` name into their regions, leaving each with its
-// shape, no bytes, and the parameters that say where it is.
-absl::Status WriteSharedOutputs(const std::vector<SharedOutput>& outputs, Response* response);
+// Points the job's fp32 gradient or probabilities at their region when the request asked for
+// them there (the kernels then write them in place). INVALID_ARGUMENT before anything is
+// computed when the region's range is too small for them.
+absl::Status PlaceSharedOutputs(const SharedTensors& shared, Plan* plan);
+
+// Once the job is done: writes the outputs of `response` that `shared` names and the kernels did
+// not write in place into their regions, leaves each with its shape, no bytes, and the
+// parameters that say where it is, and verifies every region the request used
+// (INVALID_ARGUMENT when one lost pages meanwhile).
+absl::Status FinishSharedTensors(const SharedTensors& shared, Response* response);
 
 }  // namespace zlpr::server::oip
 
