@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""A trainer's remote loss on the server's host, three ways, one server, one run: 256 x 16384
+"""A trainer's remote loss on the server's host, four ways, one server, one run: 256 x 16384
 fp32 loss+gradient (soft labels) through gRPC bytes (zlpr.Client), through system shared memory
-(zlpr.Client(shared_memory=True)), and through tritonclient's own shared-memory utilities;
-beside the CPU kernel's own time for that shape (zlpr_kernels_bench, the server's thread count).
+(zlpr.Client(shared_memory=True): the client copies the arrays into its regions and the gradient
+out), with the arrays already in shared memory (client.shared_tensors: no copy on either side),
+and through tritonclient's own shared-memory utilities (their copies in and out); beside the CPU
+kernel's own time for that shape (zlpr_kernels_bench, the server's thread count).
 
 For each: a call's median time at concurrency 1, and calls/s at concurrency 2 (two threads on
 one client; tritonclient: a client and regions per thread).
 
   python3 bench/shm_loss.py --build build --python-triton build-oipvenv/bin/python
+  [--server OTHER/zlpr-server]   # another server binary against the same clients
 """
 import argparse
 import json
@@ -127,10 +130,11 @@ def main():
     ap.add_argument("--python-triton", help="a python with tritonclient (its shared memory row)")
     ap.add_argument("--duration_s", type=float, default=10)
     ap.add_argument("--transport", default="auto", help="zlpr.Client's transport")
+    ap.add_argument("--server", help="the server binary (default: the build's)")
     args = ap.parse_args()
     import zlpr
 
-    server = subprocess.Popen([os.path.join(args.build, "server", "zlpr-server"),
+    server = subprocess.Popen([args.server or os.path.join(args.build, "server", "zlpr-server"),
                                "--grpc_address=127.0.0.1:0", "--metrics_address=",
                                "--backend=cpu", "--allow_client_shm"],
                               stdout=subprocess.PIPE, text=True)
@@ -150,8 +154,25 @@ def main():
             rows[mode] = measure(call, args.duration_s, call)
             results[mode] = call(0)
             client.close()
-        same = (np.array_equal(results["grpc"].loss, results["shm"].loss) and
-                np.array_equal(results["grpc"].grad, results["shm"].grad))
+        # The arrays where the trainer would compute them: in shared memory (one set per
+        # caller), so that a call copies nothing.
+        client = zlpr.Client(target, shared_memory=True, transport=args.transport)
+        sets = [client.shared_tensors(ROWS, COLS) for _ in range(2)]
+        for ts in sets:
+            ts.scores[:] = s
+            ts.labels[:] = t
+
+        def in_place(i):
+            return client.compute_loss(sets[i].scores, sets[i].labels, want_grad=True)
+        rows["shm_tensors_in_place"] = measure(in_place, args.duration_s, in_place)
+        r = in_place(0)
+        results["shm_tensors_in_place"] = zlpr.LossResult(loss=r.loss, loss_sum=r.loss_sum,
+                                                          loss_mean=r.loss_mean,
+                                                          grad=r.grad.copy())
+        client.close()
+        same = all(np.array_equal(results["grpc"].loss, results[m].loss) and
+                   np.array_equal(results["grpc"].grad, results[m].grad)
+                   for m in ("shm", "shm_tensors_in_place"))
         if args.python_triton:
             out = subprocess.run([args.python_triton, "-c", TRITON, target, str(ROWS), str(COLS),
                                   str(args.duration_s), "0"], capture_output=True, text=True)

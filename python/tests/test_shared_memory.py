@@ -103,6 +103,55 @@ def test_regions_are_made_once_reused_and_unregistered_at_close(shm_target):
     probe.close()
 
 
+def test_shared_tensors_are_read_and_written_in_place_with_the_grpc_answer(shm_target):
+    """Arrays made by client.shared_tensors: the call sends no tensor (the request names their
+    places), its gradient is the set's own `grad` rows, and every answer is gRPC's, bit for bit:
+    whole, a block of rows, with a mask, in float16, and arrays elsewhere beside them (the
+    copying path)."""
+    with zlpr.Client(shm_target) as plain, zlpr.Client(shm_target, shared_memory=True) as shm:
+        s, t, m = problem(300, 2053, 11)
+        ts = shm.shared_tensors(300, 2053, mask=True)
+        assert regions_of(shm) == 1 and objects() == []
+        ts.scores[:] = s
+        ts.labels[:] = t
+        ts.mask[:] = m
+        want = plain.compute_loss(s, t, want_grad=True)
+        r = shm.compute_loss(ts.scores, ts.labels, want_grad=True)
+        assert np.shares_memory(r.grad, ts.grad)
+        assert np.array_equal(r.loss, want.loss) and np.array_equal(r.grad, want.grad)
+        assert r.loss_sum == want.loss_sum
+        assert regions_of(shm) == 1  # no copying pair was made
+        block = shm.compute_loss(ts.scores[100:164], ts.labels[100:164], want_grad=True)
+        assert np.shares_memory(block.grad, ts.grad[100:164])
+        assert np.array_equal(block.grad, want.grad[100:164])
+        masked = shm.compute_loss(ts.scores, ts.labels, mask=ts.mask, want_grad=True)
+        assert np.array_equal(masked.grad,
+                              plain.compute_loss(s, t, mask=m, want_grad=True).grad)
+        no_grad = shm.compute_loss(ts.scores, ts.labels)
+        assert no_grad.grad is None and np.array_equal(no_grad.loss, want.loss)
+        # Labels outside the set: copied like any array, the same answer.
+        mixed = shm.compute_loss(ts.scores, t, want_grad=True)
+        assert not np.shares_memory(mixed.grad, ts.grad)
+        assert np.array_equal(mixed.grad, want.grad)
+        with shm.shared_tensors(4, 9, dtype=np.float16) as half:
+            x, y, _ = problem(4, 9, 12)
+            half.scores[:] = x
+            half.labels[:] = y
+            a = plain.compute_loss(x.astype(np.float16), y.astype(np.float16), want_grad=True)
+            b = shm.compute_loss(half.scores, half.labels, want_grad=True)
+            assert np.array_equal(a.grad, b.grad) and np.shares_memory(b.grad, half.grad)
+        assert regions_of(shm) == 3  # ts, and the copying pair of `mixed`; `half` is closed
+        with pytest.raises(ValueError, match="float32 or float16"):
+            shm.shared_tensors(2, 2, dtype=np.int32)
+        with pytest.raises(ValueError, match="1 or more"):
+            shm.shared_tensors(0, 5)
+    with zlpr.Client(shm_target) as plain:
+        assert regions_of(plain) == 0  # the client's close() unregistered the set too
+        with pytest.raises(ValueError, match="shared_memory=True"):
+            plain.shared_tensors(2, 2)
+    assert objects() == []
+
+
 def test_errors_keep_their_codes_and_the_region_stays_usable(shm_target):
     with zlpr.Client(shm_target, shared_memory=True) as client:
         s, t, _ = problem(4, 10, 7)

@@ -45,8 +45,9 @@ void OnBusError(int sig, siginfo_t* info, void* context) {
     const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
     const uintptr_t end = slot.end.load(std::memory_order_relaxed);
     if (begin == 0 || address < begin || address >= end) continue;
-    const uintptr_t page = address & ~(page_bytes - 1);
-    if (mmap(reinterpret_cast<void*>(page), end - page, PROT_READ | PROT_WRITE,
+    const uintptr_t into_page = address & (page_bytes - 1);
+    void* page = static_cast<char*>(info->si_addr) - into_page;
+    if (mmap(page, end - (address - into_page), PROT_READ | PROT_WRITE,
              MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
       slot.lost.store(true, std::memory_order_release);
       return;  // the faulting access runs again, on zeros
@@ -129,9 +130,9 @@ bool SharedMemoryRegion::lost() const {
 
 absl::Status SharedMemoryRegion::Verify(uint64_t offset, uint64_t size) const {
   if (offset > byte_size_ || size > byte_size_ - offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "shared memory region '%s': %d bytes at offset %d, but it has %d bytes", name_, size,
-        offset, byte_size_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("shared memory region '%s': %d bytes at offset %d, but it has %d bytes",
+                        name_, size, offset, byte_size_));
   }
   if (lost()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -253,9 +254,9 @@ absl::Status SharedMemoryRegistry::Register(const std::string& name, const std::
   region->base_ = static_cast<char*>(map) + (offset - start);
   region->slot_ = ClaimSlot(map, region->map_bytes_);
   if (region->slot_ < 0) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "shared memory region '%s': this process has %d regions mapped already", name,
-        kMappingSlots));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("shared memory region '%s': this process has %d regions mapped already",
+                        name, kMappingSlots));
   }
   absl::MutexLock lock(&mu_);
   // Checked again: another registration may have come in while this one was mapped.

@@ -24,7 +24,7 @@ absl::StatusOr<uint64_t> Bytes(const std::string& tensor, const char* key, const
 // The region a tensor's parameters name, with the range they give, checked against it; the
 // parameters are taken off.
 absl::StatusOr<SharedPlace> PlaceOf(const SharedMemoryRegistry* registry, const std::string& tensor,
-                              Parameters* parameters) {
+                                    Parameters* parameters) {
   if (registry == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: names a shared memory region, but shared memory is off on this server (start it "
@@ -72,9 +72,9 @@ bool ReadInPlace(DataType type) {
 absl::StatusOr<float*> FloatsInPlace(const SharedOutput& o, int64_t rows, int64_t cols) {
   const uint64_t need = static_cast<uint64_t>(rows * cols) * sizeof(float);
   if (need > o.place.byte_size) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "output '%s': %d bytes (shape %s), but shared_memory_byte_size gives it %d", o.name, need,
-        ShapeString({rows, cols}), o.place.byte_size));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("output '%s': %d bytes (shape %s), but shared_memory_byte_size gives it %d",
+                        o.name, need, ShapeString({rows, cols}), o.place.byte_size));
   }
   absl::StatusOr<char*> bytes = o.place.region->Span(o.place.offset, need);
   if (!bytes.ok()) {

@@ -346,7 +346,9 @@ class Client:
     --allow_client_shm, as the same user): compute_loss writes the scores, labels and mask into
     POSIX shared memory the client registered with the server once, and reads the gradient from
     a second region, instead of sending them through the socket; results are bit-identical.
-    Sparse labels and float16/bfloat16 gradients take the usual path.
+    Sparse labels and float16/bfloat16 gradients take the usual path. `shared_tensors(rows,
+    cols)` goes further: arrays that live in a registered region, read and written there by the
+    server's kernels, so that a call moves no tensor bytes at all.
     """
 
     def __init__(self, target: str, *, deadline_s: Optional[float] = 30.0, max_attempts: int = 5,
@@ -463,6 +465,17 @@ class Client:
         return [f.result() for f in futures]
 
     # -- the API -------------------------------------------------------------------------------
+
+    def shared_tensors(self, rows: int, cols: int, dtype=np.float32, mask: bool = False):
+        """A set of scores, labels and gradient arrays of [rows, cols] (and a uint8 mask when
+        `mask`) in shared memory registered with the server, for a client made with
+        shared_memory=True: compute_loss given its scores and labels (or a block of their rows)
+        sends no tensor bytes and returns the gradient in the set's `grad` array itself
+        (valid until the next call with the set). `dtype`: float32 or float16. Close it (or the
+        client) when done; one set per call in flight."""
+        if self._shm is None:
+            raise ValueError("shared_tensors: needs a client made with shared_memory=True")
+        return self._shm.tensors(int(rows), int(cols), dtype, mask)
 
     def compute_loss(self, scores, labels, mask=None, want_grad: bool = False,
                      grad_dtype=None, request_id: str = "",

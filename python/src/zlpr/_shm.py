@@ -174,11 +174,94 @@ class Region:
     def view(self, offset: int, shape, dtype) -> np.ndarray:
         return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
 
+    def address(self) -> int:
+        """Where the mapping starts in this process (to tell whether an array lives in it)."""
+        probe = np.frombuffer(self.map, dtype=np.uint8, count=1)
+        try:
+            return probe.__array_interface__["data"][0]
+        finally:
+            del probe  # (an exported buffer would keep the map from closing)
+
     def close(self, call) -> None:
         try:
             call("SystemSharedMemoryUnregister", _str(1, self.name))
         finally:
-            self.map.close()
+            try:
+                self.map.close()
+            except BufferError:  # arrays still view it: unmapped when the last one goes
+                pass
+
+
+class SharedTensors:
+    """The scores, labels and gradient (and mask) of one call's shape, as numpy arrays that live
+    in a region of shared memory registered with the server: a call given these arrays sends no
+    tensor bytes at all, neither through the socket nor through a copy. The server's kernels
+    read the scores and labels where they are and write the gradient into `grad`, which the
+    result returns (the same memory: read it, or copy it, before the next call with this set).
+
+        t = client.shared_tensors(rows, cols)
+        t.scores[:] = logits; t.labels[:] = targets     # or compute them there
+        r = client.compute_loss(t.scores, t.labels, want_grad=True)   # r.grad is t.grad
+
+    A block of rows (t.scores[a:b], t.labels[a:b]) works too; its gradient is t.grad[a:b]. Arrays
+    elsewhere, or scores that are not a block of this set's `scores`, take the copying path.
+    One set per call in flight.
+    close() unregisters it (the client's close() does too); the memory goes with the last array
+    that views it.
+    """
+
+    def __init__(self, region: "Region", rows: int, cols: int, dtype, mask: bool):
+        self.region = region
+        n = rows * cols
+        dtype = np.dtype(dtype)
+        self._offsets = {"scores": 0, "labels": _aligned(n * dtype.itemsize)}
+        self._offsets["grad"] = _aligned(self._offsets["labels"] + n * dtype.itemsize)
+        self.scores = region.view(self._offsets["scores"], (rows, cols), dtype)
+        self.labels = region.view(self._offsets["labels"], (rows, cols), dtype)
+        self.grad = region.view(self._offsets["grad"], (rows, cols), np.float32)
+        self.mask = None
+        if mask:
+            self._offsets["mask"] = _aligned(self._offsets["grad"] + n * 4)
+            self.mask = region.view(self._offsets["mask"], (rows, cols), np.uint8)
+        self.base = region.address()
+        self._owner = None  # the SharedMemoryLoss that made it
+
+    def close(self) -> None:
+        if self._owner is not None:
+            self._owner._forget(self)
+            self._owner = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def bytes_for(rows: int, cols: int, dtype, mask: bool) -> int:
+        n, size = rows * cols, np.dtype(dtype).itemsize
+        return _aligned(_aligned(n * size) + n * size) + _aligned(n * 4) + (n if mask else 0)
+
+    def place(self, a: np.ndarray) -> Optional[int]:
+        """`a`'s offset in the region when it lies there whole and contiguous, else None."""
+        if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+            return None
+        at = a.__array_interface__["data"][0] - self.base
+        return at if 0 <= at and at + a.nbytes <= self.region.size else None
+
+    def grad_for(self, s: np.ndarray, at: int):
+        """(offset, array) of the gradient for scores `s` at `at` (the same rows of `grad`), or
+        None when `s` is not a block of rows of `scores`."""
+        cols = self.scores.shape[1]
+        if s.ndim != 2 or s.shape[1] != cols or at < 0 or s.dtype != self.scores.dtype:
+            return None
+        start = at - self._offsets["scores"]
+        row_bytes = cols * s.dtype.itemsize
+        if start % row_bytes or start // row_bytes + s.shape[0] > self.scores.shape[0]:
+            return None
+        first = start // row_bytes
+        g = self.grad[first:first + s.shape[0]]
+        return self._offsets["grad"] + first * cols * 4, g
 
 
 def _aligned(n: int) -> int:
@@ -196,7 +279,38 @@ class SharedMemoryLoss:
         self._unary = unary
         self._lock = threading.Lock()
         self._free: List[Tuple[Region, Region]] = []  # pairs not in use
+        self._sets: List[SharedTensors] = []  # made by tensors(), closed with the client
         self._closed = False
+
+    def tensors(self, rows: int, cols: int, dtype, mask: bool) -> SharedTensors:
+        if rows < 1 or cols < 1:
+            raise ValueError(f"shared_tensors: rows and cols must be 1 or more, got {rows}, {cols}")
+        if np.dtype(dtype) not in _DATATYPE:
+            raise ValueError(f"shared_tensors: dtype {np.dtype(dtype)} is not float32 or float16")
+        with self._lock:
+            if self._closed:
+                raise ValueError("the client is closed")
+        region = Region(self._call, SharedTensors.bytes_for(rows, cols, dtype, mask))
+        t = SharedTensors(region, rows, cols, dtype, mask)
+        t._owner = self
+        with self._lock:
+            self._sets.append(t)
+        return t
+
+    def _forget(self, ts: SharedTensors) -> None:
+        with self._lock:
+            if ts not in self._sets:
+                return
+            self._sets.remove(ts)
+        ts.region.close(self._call)
+
+    def _in_place(self, s, t, mask):
+        """(set, offsets of scores, labels, mask) when every input lies in one of the sets."""
+        for ts in self._sets:
+            at = [ts.place(a) for a in (s, t)] + [ts.place(mask) if mask is not None else 0]
+            if all(x is not None for x in at):
+                return ts, at
+        return None, None
 
     def _call(self, method: str, data: bytes, deadline_s: Optional[float] = None) -> bytes:
         return self._unary(_OIP + method, data, deadline_s)
@@ -240,6 +354,12 @@ class SharedMemoryLoss:
             raise ValueError(f"dense_labels: shape {t.shape} does not match scores {s.shape}")
         tdt = t.dtype if t.dtype in _DATATYPE else np.dtype(np.float32)
         rows, cols = s.shape
+        if s.dtype in _DATATYPE and t.dtype in _DATATYPE and (
+                mask is None or np.asarray(mask).dtype == np.uint8):
+            ts, at = self._in_place(s, t, None if mask is None else np.asarray(mask))
+            if ts is not None and (not want_grad or ts.grad_for(s, at[0]) is not None):
+                return self._loss_in_place(ts, at, s, t, mask, want_grad, request_id, deadline_s,
+                                           priority)
         s_bytes, t_bytes = rows * cols * sdt.itemsize, rows * cols * tdt.itemsize
         t_at = _aligned(s_bytes)
         m_at = _aligned(t_at + t_bytes)
@@ -274,12 +394,43 @@ class SharedMemoryLoss:
         finally:
             self._give_back(pair)
 
+    def _loss_in_place(self, ts: SharedTensors, at, s, t, mask, want_grad, request_id,
+                       deadline_s, priority):
+        rows, cols = s.shape
+        name = ts.region.name
+        request = [_str(1, "zlpr_loss"), _str(3, request_id)]
+        if priority:
+            request.append(_parameters(4, {"priority": priority}))
+        request.append(_len(5, _tensor("scores", _DATATYPE[s.dtype], s.shape, name, at[0],
+                                       s.nbytes)))
+        request.append(_len(5, _tensor("labels", _DATATYPE[t.dtype], t.shape, name, at[1],
+                                       t.nbytes)))
+        if mask is not None:
+            request.append(_len(5, _tensor("mask", "UINT8", s.shape, name, at[2], rows * cols)))
+        request.append(_len(6, _str(1, "loss")))
+        grad = None
+        if want_grad:
+            g_at, grad = ts.grad_for(s, at[0])
+            request.append(_len(6, _str(1, "grad") + _parameters(
+                2, {"shared_memory_region": name, "shared_memory_byte_size": grad.nbytes,
+                    "shared_memory_offset": g_at})))
+        data = self._call("ModelInfer", b"".join(request), deadline_s)
+        outs, params = parse_infer_response(data)
+        loss = np.frombuffer(outs["loss"][2], dtype="<f4").copy()
+        return loss, float(params.get("loss_sum", 0.0)), float(params.get("loss_mean", 0.0)), grad
+
     def close(self) -> None:
         """Unregisters and removes the regions not in use; those in use go when their call
         returns."""
         with self._lock:
             self._closed = True
             pairs, self._free = self._free, []
+            sets, self._sets = self._sets, []
+        for ts in sets:
+            try:
+                ts.region.close(self._call)
+            except Exception:
+                pass
         for pair in pairs:
             for r in pair:
                 try:
