@@ -2,6 +2,7 @@
 #include "server/oip/converter.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -69,26 +70,50 @@ bool Known(const std::vector<TensorSpec>& specs, const std::string& name) {
                      [&](const TensorSpec& s) { return name == s.name; });
 }
 
-// Inputs by name, checked against the model's.
-absl::StatusOr<std::map<std::string, const Tensor*>> Inputs(const Request& req) {
+// The request's inputs by name, checked against the model's (a request's handful of inputs:
+// a fixed array in the spec's order, no allocation).
+class Given {
+ public:
+  explicit Given(const std::vector<TensorSpec>& specs) : specs_(specs) {}
+  // The tensor named `name`, or null when it was not given.
+  const Tensor* Find(std::string_view name) const {
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      if (name == specs_[i].name) return tensors_[i];
+    }
+    return nullptr;
+  }
+  const Tensor& Get(std::string_view name) const { return *Find(name); }  // a required one
+
+ private:
+  friend absl::StatusOr<Given> Inputs(const Request& req);
+  static constexpr size_t kMaxInputs = 4;  // a model's inputs at most (InputSpecs)
+  const std::vector<TensorSpec>& specs_;
+  std::array<const Tensor*, kMaxInputs> tensors_{};
+};
+
+absl::StatusOr<Given> Inputs(const Request& req) {
   const auto& specs = InputSpecs(req.model);
-  std::map<std::string, const Tensor*> out;
+  Given given(specs);
   for (const Tensor& t : req.inputs) {
-    if (!Known(specs, t.name)) {
+    const auto spec = std::find_if(specs.begin(), specs.end(),
+                                   [&](const TensorSpec& s) { return t.name == s.name; });
+    if (spec == specs.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "unknown input '%s' for model %s: its inputs are %s", t.name, req.model, Names(specs)));
     }
-    if (!out.emplace(t.name, &t).second) {
+    const Tensor*& slot = given.tensors_[static_cast<size_t>(spec - specs.begin())];
+    if (slot != nullptr) {
       return absl::InvalidArgumentError(absl::StrFormat("input '%s' given twice", t.name));
     }
+    slot = &t;
   }
   for (const TensorSpec& s : specs) {
-    if (!s.optional && out.count(s.name) == 0) {
+    if (!s.optional && given.Find(s.name) == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrFormat("model %s needs input '%s'", req.model, s.name));
     }
   }
-  return out;
+  return given;
 }
 
 // A [rows, cols] matrix input of FP32, FP16 or BF16.
@@ -279,15 +304,15 @@ absl::StatusOr<Plan> Convert(const Request& request) {
   ZLPR_ASSIGN_OR_RETURN(const Params params, ParseParams(request));
   plan.timeout_us = params.timeout_us;
   plan.priority = params.priority;
-  ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(*inputs.at("scores")));
+  ZLPR_ASSIGN_OR_RETURN(const MatrixView scores, FloatMatrix(inputs.Get("scores")));
   const uint8_t* mask = nullptr;
-  if (auto it = inputs.find("mask"); it != inputs.end()) {
-    ZLPR_ASSIGN_OR_RETURN(mask, Mask(*it->second, scores));
+  if (const Tensor* m = inputs.Find("mask"); m != nullptr) {
+    ZLPR_ASSIGN_OR_RETURN(mask, Mask(*m, scores));
   }
   const int64_t rows = scores.rows, cols = scores.cols;
   if (request.model == kLossModel) {
     LossInput in{.scores = scores, .mask = mask};
-    ZLPR_ASSIGN_OR_RETURN(in.labels, FloatMatrix(*inputs.at("labels")));
+    ZLPR_ASSIGN_OR_RETURN(in.labels, FloatMatrix(inputs.Get("labels")));
     ZLPR_ASSIGN_OR_RETURN(ValidatedLossInput valid, ValidateLossInput(in));
     const bool grad = plan.want.count("grad") > 0;
     plan.job = LossJob{.input = valid, .want_grad = grad};
@@ -298,8 +323,8 @@ absl::StatusOr<Plan> Convert(const Request& request) {
   in.options.threshold = params.threshold.value_or(0.5f);
   in.options.top_k = params.top_k;
   in.options.min_labels = params.min_labels;
-  if (auto it = inputs.find("label_thresholds"); it != inputs.end()) {
-    ZLPR_ASSIGN_OR_RETURN(in.options.label_thresholds, LabelThresholds(*it->second, cols));
+  if (const Tensor* t = inputs.Find("label_thresholds"); t != nullptr) {
+    ZLPR_ASSIGN_OR_RETURN(in.options.label_thresholds, LabelThresholds(*t, cols));
   }
   ZLPR_ASSIGN_OR_RETURN(ValidatedLabelerInput valid, ValidateLabelerInput(in));
   const bool probs = plan.want.count("probs") > 0;
@@ -346,6 +371,7 @@ std::string Classes(const float* probs, int64_t rows, int64_t cols, int64_t k) {
 
 void Fill(LossResult r, const Plan& plan, Response* resp) {
   const auto rows = static_cast<int64_t>(r.loss.size());
+  resp->outputs.reserve(plan.want.size());
   if (plan.want.count("loss")) AddOutput(resp, "loss", DataType::kFp32, {rows}, Bytes(r.loss));
   if (plan.want.count("grad")) {
     AddOutput(resp, "grad", DataType::kFp32, {rows, r.cols}, std::move(r.grad));
@@ -363,6 +389,7 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
     width = std::max(width, ls.row_offsets[i + 1] - ls.row_offsets[i]);
   }
   const std::set<std::string>& want = plan.want;
+  resp->outputs.reserve(want.size());
   if (want.count("probs") && plan.classification > 0) {
     const int64_t k = std::min(plan.classification, r.cols);
     AddOutput(resp, "probs", DataType::kBytes, {rows, k},
@@ -372,27 +399,30 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
     resp->outputs.back().in_shared_memory = r.probs_written;
   }
   if (want.count("labels") || want.count("label_probs")) {
-    std::vector<int32_t> labels(rows * width, -1);
-    std::vector<float> probs(rows * width, 0.0f);
+    // Padded to the widest row: -1 and 0 after a row's labels. Written as the output's bytes.
+    std::string labels(static_cast<size_t>(rows * width) * sizeof(int32_t), '\xff');
+    std::string probs(static_cast<size_t>(rows * width) * sizeof(float), '\0');
     for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t k = ls.row_offsets[i]; k < ls.row_offsets[i + 1]; ++k) {
-        labels[i * width + k - ls.row_offsets[i]] = ls.labels[k];
-        probs[i * width + k - ls.row_offsets[i]] = ls.probs[k];
-      }
+      const int64_t n = ls.row_offsets[i + 1] - ls.row_offsets[i];
+      std::memcpy(labels.data() + i * width * sizeof(int32_t), ls.labels.data() + ls.row_offsets[i],
+                  n * sizeof(int32_t));
+      std::memcpy(probs.data() + i * width * sizeof(float), ls.probs.data() + ls.row_offsets[i],
+                  n * sizeof(float));
     }
     if (want.count("labels")) {
-      AddOutput(resp, "labels", DataType::kInt32, {rows, width}, Bytes(labels));
+      AddOutput(resp, "labels", DataType::kInt32, {rows, width}, std::move(labels));
     }
     if (want.count("label_probs")) {
-      AddOutput(resp, "label_probs", DataType::kFp32, {rows, width}, Bytes(probs));
+      AddOutput(resp, "label_probs", DataType::kFp32, {rows, width}, std::move(probs));
     }
   }
   if (want.count("label_count")) {
-    std::vector<int32_t> count(rows);
+    std::string count(static_cast<size_t>(rows) * sizeof(int32_t), '\0');
     for (int64_t i = 0; i < rows; ++i) {
-      count[i] = static_cast<int32_t>(ls.row_offsets[i + 1] - ls.row_offsets[i]);
+      const auto n = static_cast<int32_t>(ls.row_offsets[i + 1] - ls.row_offsets[i]);
+      std::memcpy(count.data() + i * sizeof(int32_t), &n, sizeof(n));
     }
-    AddOutput(resp, "label_count", DataType::kInt32, {rows}, Bytes(count));
+    AddOutput(resp, "label_count", DataType::kInt32, {rows}, std::move(count));
   }
 }
 

@@ -7,7 +7,7 @@
 #define ZLPR_SERVER_OIP_REQUEST_H_
 
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -66,11 +66,11 @@ struct Request {
   Parameters parameters;
   std::vector<Tensor> inputs;
   std::vector<RequestedOutput> outputs;  // empty: all of the model's
-  // Bytes the inputs' views point into when they are not the binding's own buffer (a deque:
-  // adding one moves none of the others).
-  std::deque<std::string> owned;
+  // Bytes the inputs' views point into when they are not the binding's own buffer (a list:
+  // adding one moves none of the others, and an empty one allocates nothing).
+  std::list<std::string> owned;
   // The same for bytes copied in whole (from shared memory): not zero-filled first.
-  std::deque<std::unique_ptr<char[]>> buffers;
+  std::list<std::unique_ptr<char[]>> buffers;
 };
 
 struct Output {
