@@ -404,6 +404,7 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
     std::string probs(static_cast<size_t>(rows * width) * sizeof(float), '\0');
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t n = ls.row_offsets[i + 1] - ls.row_offsets[i];
+      if (n == 0) continue;  // (and no label at all: the lists' data() may be null)
       std::memcpy(labels.data() + i * width * sizeof(int32_t), ls.labels.data() + ls.row_offsets[i],
                   n * sizeof(int32_t));
       std::memcpy(probs.data() + i * width * sizeof(float), ls.probs.data() + ls.row_offsets[i],

@@ -3,6 +3,7 @@
 #include "server/oip/converter.h"
 
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -183,6 +184,47 @@ TEST_F(ConverterTest, LabelListsArePaddedAndClassificationIsTritons) {
   std::vector<int32_t> got(4);
   std::memcpy(got.data(), labels.data.data(), 16);
   EXPECT_EQ(got, std::vector<int32_t>({2, 0, -1, -1}));
+}
+
+// Rows without a label (and a batch with none at all: empty lists) come back as -1 padding, 0
+// probabilities and counts of 0 in the default outputs.
+TEST_F(ConverterTest, RowsWithoutLabelsArePaddingAndCountsOfZero) {
+  Request r = Predict(3, 2);
+  absl::StatusOr<Plan> plan = Convert(r);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const bool none : {false, true}) {
+    PredictResult result;
+    result.cols = 2;
+    result.labels.row_offsets =
+        none ? std::vector<int64_t>{0, 0, 0, 0} : std::vector<int64_t>{0, 0, 1, 1};
+    if (!none) {
+      result.labels.labels = {1};
+      result.labels.probs = {0.75f};
+    }
+    result.probs = std::string(24, '\0');
+    Response response;
+    Fill(std::move(result), *plan, &response);
+    std::map<std::string, const Output*> out;
+    for (const Output& o : response.outputs) out[o.name] = &o;
+    ASSERT_EQ(out.size(), 4u);
+    const int64_t width = none ? 0 : 1;
+    EXPECT_EQ(out["labels"]->shape, std::vector<int64_t>({3, width}));
+    std::vector<int32_t> labels(3 * width), count(3);
+    std::vector<float> probs(3 * width);
+    ASSERT_EQ(out["labels"]->data.size(), labels.size() * 4);
+    ASSERT_EQ(out["label_probs"]->data.size(), probs.size() * 4);
+    ASSERT_EQ(out["label_count"]->data.size(), 12u);
+    std::memcpy(labels.data(), out["labels"]->data.data(), labels.size() * 4);
+    std::memcpy(probs.data(), out["label_probs"]->data.data(), probs.size() * 4);
+    std::memcpy(count.data(), out["label_count"]->data.data(), 12);
+    if (none) {
+      EXPECT_EQ(count, std::vector<int32_t>({0, 0, 0}));
+    } else {
+      EXPECT_EQ(labels, std::vector<int32_t>({-1, 1, -1}));
+      EXPECT_EQ(probs, std::vector<float>({0.0f, 0.75f, 0.0f}));
+      EXPECT_EQ(count, std::vector<int32_t>({0, 1, 0}));
+    }
+  }
 }
 
 }  // namespace
