@@ -1,4 +1,5 @@
-// BackgroundPool: a FIFO of tasks served by threads at a lowered OS priority.
+// BackgroundPool: a FIFO of tasks served by threads at a lowered OS priority, and by a rescue
+// thread at the server's once a task has waited too long.
 #include "server/core/background.h"
 
 #include <pthread.h>
@@ -57,8 +58,10 @@ const char* BackgroundPolicyName(BackgroundPolicy policy) {
   return "?";
 }
 
-BackgroundPool::BackgroundPool(int threads, BackgroundPolicy policy) {
+BackgroundPool::BackgroundPool(int threads, BackgroundPolicy policy, absl::Duration max_wait)
+    : max_wait_(max_wait) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this, policy] { Loop(policy); });
+  rescuer_ = std::thread([this] { Rescue(); });
 }
 
 BackgroundPool::~BackgroundPool() { Stop(); }
@@ -67,7 +70,7 @@ void BackgroundPool::Post(absl::AnyInvocable<void()> task) {
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      tasks_.push_back(std::move(task));
+      tasks_.push_back({.task = std::move(task), .posted = absl::Now()});
       return;
     }
   }
@@ -81,6 +84,7 @@ void BackgroundPool::Stop() {
   }
   for (std::thread& t : threads_) t.join();
   threads_.clear();
+  if (rescuer_.joinable()) rescuer_.join();
 }
 
 void BackgroundPool::Loop(BackgroundPolicy policy) {
@@ -97,7 +101,34 @@ void BackgroundPool::Loop(BackgroundPolicy policy) {
     {
       absl::MutexLock lock(&mu_, absl::Condition(this, &BackgroundPool::Ready));
       if (tasks_.empty()) return;  // stopping, and nothing left
-      task = std::move(tasks_.front());
+      task = std::move(tasks_.front().task);
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+void BackgroundPool::Rescue() {
+  pthread_setname_np(pthread_self(), "zlpr-bulk-late");
+  for (;;) {
+    absl::AnyInvocable<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      for (;;) {
+        if (stopping_) {
+          if (tasks_.empty()) return;
+          break;  // helps drain what is queued
+        }
+        if (tasks_.empty()) {
+          mu_.Await(absl::Condition(this, &BackgroundPool::Ready));
+          continue;
+        }
+        const absl::Time due = tasks_.front().posted + max_wait_;
+        if (absl::Now() >= due) break;  // the pool has had no CPU for it: run it here
+        // Woken at its due time, or by Stop; the pool may take it meanwhile.
+        mu_.AwaitWithDeadline(absl::Condition(&stopping_), due);
+      }
+      task = std::move(tasks_.front().task);
       tasks_.pop_front();
     }
     task();

@@ -10,6 +10,13 @@
 // Both lower a thread's priority, which needs no capability; where even that is refused (a
 // seccomp profile), the pool says so on stderr once and runs at the default priority.
 //
+// Lowered, never starved: a CPU kept busy at the server's priority (gRPC's threads reading a
+// flood of large messages, most of them refused) would leave an idle-priority thread no CPU at
+// all, and the bulk requests already admitted would hold the memory budget while nobody parses
+// them, so that every later one is refused too. A rescue thread at the server's priority runs
+// any task that has waited `max_wait` (500 ms by default) in the queue: bulk work yields the CPU
+// but still moves.
+//
 //   BackgroundPool pool(2, BackgroundPolicy::kIdle);
 //   pool.Post([] { ... });  // runs on one of its threads, or inline once the pool stopped
 #ifndef ZLPR_SERVER_CORE_BACKGROUND_H_
@@ -24,6 +31,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace zlpr::server {
 
@@ -33,7 +41,8 @@ const char* BackgroundPolicyName(BackgroundPolicy policy);
 
 class BackgroundPool {
  public:
-  BackgroundPool(int threads, BackgroundPolicy policy);
+  BackgroundPool(int threads, BackgroundPolicy policy,
+                 absl::Duration max_wait = absl::Milliseconds(500));
   ~BackgroundPool();  // runs what is queued, then joins
   BackgroundPool(const BackgroundPool&) = delete;
   BackgroundPool& operator=(const BackgroundPool&) = delete;
@@ -44,13 +53,20 @@ class BackgroundPool {
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  struct Queued {
+    absl::AnyInvocable<void()> task;
+    absl::Time posted;
+  };
   void Loop(BackgroundPolicy policy);
+  void Rescue();
   bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !tasks_.empty() || stopping_; }
 
+  const absl::Duration max_wait_;
   absl::Mutex mu_;
-  std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  std::deque<Queued> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
+  std::vector<std::thread> threads_;  // the pool's, at the lowered priority
+  std::thread rescuer_;               // at the server's priority
 };
 
 }  // namespace zlpr::server

@@ -33,9 +33,10 @@ Seen RunOn(BackgroundPool& pool) {
 }
 
 TEST(BackgroundPoolTest, ThreadsRunAtThePolicysPriority) {
-  BackgroundPool idle(1, BackgroundPolicy::kIdle);
+  // (No rescue within the test: a loaded machine may keep an idle thread waiting.)
+  BackgroundPool idle(1, BackgroundPolicy::kIdle, absl::Hours(1));
   EXPECT_EQ(RunOn(idle).policy, SCHED_IDLE);
-  BackgroundPool nice(1, BackgroundPolicy::kNice);
+  BackgroundPool nice(1, BackgroundPolicy::kNice, absl::Hours(1));
   const Seen n = RunOn(nice);
   EXPECT_EQ(n.policy, SCHED_OTHER);
   EXPECT_EQ(n.nice, 19);
@@ -53,6 +54,21 @@ TEST(BackgroundPoolTest, StopRunsWhatIsQueuedAndLaterTasksRunInline) {
   EXPECT_EQ(ran.load(), 100);
   pool.Post([&] { ran.fetch_add(1); });
   EXPECT_EQ(ran.load(), 101);  // inline
+}
+
+// A task the lowered threads never get to (here: there are none) runs once it has waited
+// max_wait, on the rescue thread at the server's own priority.
+TEST(BackgroundPoolTest, ATaskThatWaitsTooLongRunsAtTheServersPriority) {
+  BackgroundPool pool(0, BackgroundPolicy::kIdle, absl::Milliseconds(1));
+  const Seen seen = RunOn(pool);
+  EXPECT_EQ(seen.policy, SCHED_OTHER);
+  EXPECT_EQ(seen.nice, getpriority(PRIO_PROCESS, 0));
+  // And Stop still runs what is queued.
+  std::atomic<int> ran{0};
+  BackgroundPool stopped(0, BackgroundPolicy::kIdle, absl::Hours(1));
+  for (int i = 0; i < 3; ++i) stopped.Post([&] { ++ran; });
+  stopped.Stop();
+  EXPECT_EQ(ran.load(), 3);
 }
 
 TEST(BackgroundPoolTest, PoliciesParseByName) {

@@ -23,9 +23,28 @@ void Inference::Run(Admission* admission, CallControl control, Request* request,
                         : Reject::kInvalid);
     return done(shared.status());
   }
+  // Bulk tensors in shared memory arrive in a small message, on the thread that reads messages:
+  // their conversion (the validators' pass over every element) goes to the background threads,
+  // as a large message's parse does, so that it never holds up interactive work.
+  int64_t shared_bytes = 0;
+  for (const SharedPlace& in : shared->inputs) shared_bytes += static_cast<int64_t>(in.byte_size);
+  if (core_->IsBulkMessage(shared_bytes)) {
+    core_->background().Post([this, admission, control = std::move(control), request, response,
+                              shared = *std::move(shared), done = std::move(done)]() mutable {
+      Continue(admission, std::move(control), request, response, std::move(shared),
+               std::move(done));
+    });
+    return;
+  }
+  Continue(admission, std::move(control), request, response, *std::move(shared), std::move(done));
+}
+
+void Inference::Continue(Admission* admission, CallControl control, Request* request,
+                         Response* response, SharedTensors shared,
+                         absl::AnyInvocable<void(absl::Status)> done) {
   absl::StatusOr<Plan> plan = Convert(*request);
   if (plan.ok()) {
-    if (absl::Status st = PlaceSharedOutputs(*shared, &*plan); !st.ok()) plan = std::move(st);
+    if (absl::Status st = PlaceSharedOutputs(shared, &*plan); !st.ok()) plan = std::move(st);
   }
   if (!plan.ok()) {
     core_->Rejected(Reject::kInvalid);
@@ -37,7 +56,7 @@ void Inference::Run(Admission* admission, CallControl control, Request* request,
     control.deadline = std::min(control.deadline,
                                 admission->start() + std::chrono::microseconds(plan->timeout_us));
   }
-  auto answer = [this, admission, response, shared = *std::move(shared),
+  auto answer = [this, admission, response, shared = std::move(shared),
                  done = std::move(done)](absl::Status st) mutable {
     if (st.ok()) st = FinishSharedTensors(shared, response);
     if (st.ok()) {

@@ -12,6 +12,7 @@
 #include "server/core/core.h"
 #include "server/core/shared_memory.h"
 #include "server/oip/request.h"
+#include "server/oip/shared_tensors.h"
 
 namespace zlpr::server::oip {
 
@@ -25,13 +26,18 @@ class Inference {
   // `done` runs once, from this thread (refused) or a worker, with the status, after
   // `response` is filled (its outputs only when OK); then `admission` holds only what the
   // response needs (twice its size: it and its serialized form). The request's "timeout"
-  // shortens `control`'s deadline. Inputs in shared memory are copied into `request` first and
-  // outputs asked for in shared memory written there. `request`, `response` and `admission`
+  // shortens `control`'s deadline. Inputs and outputs in shared memory are used in place
+  // (shared_tensors.h); a request whose shared inputs are bulk-sized is converted on the
+  // background threads. `request`, `response` and `admission`
   // must outlive it.
   void Run(Admission* admission, CallControl control, Request* request, Response* response,
            absl::AnyInvocable<void(absl::Status)> done);
 
  private:
+  // From conversion on, on the thread Run chose.
+  void Continue(Admission* admission, CallControl control, Request* request, Response* response,
+                SharedTensors shared, absl::AnyInvocable<void(absl::Status)> done);
+
   InferenceCore* const core_;
   const SharedMemoryRegistry* const shared_memory_;
 };
