@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -59,7 +60,7 @@ const char* BackgroundPolicyName(BackgroundPolicy policy) {
 }
 
 BackgroundPool::BackgroundPool(int threads, BackgroundPolicy policy, absl::Duration max_wait)
-    : max_wait_(max_wait) {
+    : max_wait_(max_wait), last_taken_(absl::Now()) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this, policy] { Loop(policy); });
   rescuer_ = std::thread([this] { Rescue(); });
 }
@@ -103,6 +104,7 @@ void BackgroundPool::Loop(BackgroundPolicy policy) {
       if (tasks_.empty()) return;  // stopping, and nothing left
       task = std::move(tasks_.front().task);
       tasks_.pop_front();
+      last_taken_ = absl::Now();
     }
     task();
   }
@@ -123,8 +125,10 @@ void BackgroundPool::Rescue() {
           mu_.Await(absl::Condition(this, &BackgroundPool::Ready));
           continue;
         }
-        const absl::Time due = tasks_.front().posted + max_wait_;
-        if (absl::Now() >= due) break;  // the pool has had no CPU for it: run it here
+        // Starved: a task waiting, and the lowered threads have taken none for max_wait (a long
+        // queue they work through is not starvation).
+        const absl::Time due = std::max(last_taken_, tasks_.front().posted) + max_wait_;
+        if (absl::Now() >= due) break;  // the pool has had no CPU: run it here
         // Woken at its due time, or by Stop; the pool may take it meanwhile.
         mu_.AwaitWithDeadline(absl::Condition(&stopping_), due);
       }

@@ -14,8 +14,9 @@
 // flood of large messages, most of them refused) would leave an idle-priority thread no CPU at
 // all, and the bulk requests already admitted would hold the memory budget while nobody parses
 // them, so that every later one is refused too. A rescue thread at the server's priority runs
-// any task that has waited `max_wait` (500 ms by default) in the queue: bulk work yields the CPU
-// but still moves.
+// the queue's tasks while the lowered threads take none for `max_wait` (500 ms by default) with
+// a task waiting: bulk work yields the CPU but still moves. (A long queue that the lowered
+// threads work through is left to them.)
 //
 //   BackgroundPool pool(2, BackgroundPolicy::kIdle);
 //   pool.Post([] { ... });  // runs on one of its threads, or inline once the pool stopped
@@ -65,8 +66,9 @@ class BackgroundPool {
   absl::Mutex mu_;
   std::deque<Queued> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;  // the pool's, at the lowered priority
-  std::thread rescuer_;               // at the server's priority
+  absl::Time last_taken_ ABSL_GUARDED_BY(mu_);  // when a lowered thread last took a task
+  std::vector<std::thread> threads_;            // the pool's, at the lowered priority
+  std::thread rescuer_;                         // at the server's priority
 };
 
 }  // namespace zlpr::server
