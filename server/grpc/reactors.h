@@ -33,7 +33,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "google/protobuf/arena.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/core/core.h"
 #include "server/grpc/call_support.h"
@@ -97,18 +96,18 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
  private:
   void ParseAndSubmit(grpc::ByteBuffer* raw, int64_t bytes) {
     InferenceCore& core = protocol_->core();
-    request_ = google::protobuf::Arena::CreateMessage<Request>(&request_arena_);
-    response_ = google::protobuf::Arena::CreateMessage<Response>(&response_arena_);
-    if (!ParseMessage(raw, request_)) {
+    request_ = std::make_unique<Request>();
+    response_ = std::make_unique<Response>();
+    if (!ParseMessage(raw, request_.get())) {
       core.Rejected(Reject::kInvalid);
       return Answer(NotParsed(bytes, *request_));
     }
     protocol_->Submit(
-        &admission_, ControlOf(ctx_, core.clock()), *request_, response_, &extra_,
+        &admission_, ControlOf(ctx_, core.clock()), *request_, response_.get(), &extra_,
         [this](absl::Status st) {
           // The request goes now: its share of the budget was returned once the response was
           // built, whichever thread serializes that.
-          FreeRequest();
+          request_.reset();
           // A bulk request's response is serialized on the background threads,
           // not on the worker, which interactive work is waiting for.
           if (admission_.priority() == Priority::kBulk) {
@@ -122,7 +121,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   // The response serialized (the messages freed), the outcome recorded, then the status; the
   // call holds only its serialized response until gRPC has written it.
   void Answer(const absl::Status& st) {
-    FreeRequest();
+    request_.reset();
     grpc::Status status = ToGrpc(st);
     int64_t bytes = 0;
     if (st.ok()) {
@@ -130,24 +129,11 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       status = SerializeMessage(*response_, raw_out_);
       bytes = static_cast<int64_t>(raw_out_->Length());
     }
-    response_ = nullptr;
-    response_arena_.Reset();
+    response_.reset();
     admission_.ShrinkTo(bytes);
     admission_.Finish(static_cast<absl::StatusCode>(status.error_code()), bytes);
     admission_.WatchWrite(bytes, [ctx = ctx_] { ctx->TryCancel(); });
     HandToGrpc([&] { Finish(status); });
-  }
-
-  void FreeRequest() {
-    request_ = nullptr;
-    request_arena_.Reset();
-  }
-
-  static google::protobuf::ArenaOptions InlineBlock(char* block, size_t bytes) {
-    google::protobuf::ArenaOptions options;
-    options.initial_block = block;
-    options.initial_block_size = bytes;
-    return options;
   }
 
   Protocol* const protocol_;
@@ -155,16 +141,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   grpc::ByteBuffer* const raw_out_;
   CallScope call_;  // declared first: ends last, after the admission returned its memory
   Admission admission_;
-  // The messages live on arenas, each freed (Reset) where it is no longer needed: a message's
-  // fields (an OIP request's strings, maps and nested messages) take space in a block instead of
-  // an allocation each, and an interactive call's messages fit the reactor's inline blocks.
-  // (A bytes field's contents are still the heap's: the arena holds the string, not its data.)
-  alignas(16) char request_block_[1024];
-  alignas(16) char response_block_[1024];
-  google::protobuf::Arena request_arena_{InlineBlock(request_block_, sizeof(request_block_))};
-  google::protobuf::Arena response_arena_{InlineBlock(response_block_, sizeof(response_block_))};
-  Request* request_ = nullptr;    // on request_arena_
-  Response* response_ = nullptr;  // on response_arena_
+  std::unique_ptr<Request> request_;
+  std::unique_ptr<Response> response_;
   typename Protocol::Extra extra_;
   // gRPC runs OnDone after OnCancel has returned, but orders the two inside its own libraries,
   // where a thread sanitizer cannot see it: both take this lock, so that the order is one it
