@@ -1,5 +1,5 @@
 // BackgroundPool: a FIFO of tasks served by threads at a lowered OS priority, and by a rescue
-// thread at the server's once a task has waited too long.
+// thread at the server's while those take none for too long.
 #include "server/core/background.h"
 
 #include <pthread.h>
