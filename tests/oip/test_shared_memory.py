@@ -117,6 +117,17 @@ def loss_in_shm(kind, client, in_name, out_name, s, t, grad_bytes=BYTES, offset=
     return client.infer("zlpr_loss", [scores, labels], outputs=[loss, grad])
 
 
+def loss_in_message(kind, client, s, t):
+    """The same loss with the tensors in the message (binary over HTTP)."""
+    lib = grpcclient if kind == "grpc" else httpclient
+    inputs = []
+    for name, a in (("scores", s), ("labels", t)):
+        x = lib.InferInput(name, list(a.shape), "FP32")
+        x.set_data_from_numpy(a) if kind == "grpc" else x.set_data_from_numpy(a, binary_data=True)
+        inputs.append(x)
+    return client.infer("zlpr_loss", inputs)
+
+
 def test_regions_are_registered_listed_and_unregistered(kind, shm_server, regions):
     client = regions.client
     meta = client.get_server_metadata()
@@ -153,13 +164,7 @@ def test_a_loss_through_shared_memory_is_the_loss_through_the_message(kind, shm_
     np.testing.assert_allclose(loss, want_loss, rtol=2e-6, atol=1e-6)
     np.testing.assert_allclose(grad, want_grad, rtol=2e-6, atol=1e-7)
     # The same call with the tensors in the message: the same bits.
-    lib = grpcclient if kind == "grpc" else httpclient
-    inputs = []
-    for name, a in (("scores", s), ("labels", t)):
-        x = lib.InferInput(name, list(a.shape), "FP32")
-        x.set_data_from_numpy(a) if kind == "grpc" else x.set_data_from_numpy(a, binary_data=True)
-        inputs.append(x)
-    plain = client.infer("zlpr_loss", inputs)
+    plain = loss_in_message(kind, client, s, t)
     assert np.array_equal(plain.as_numpy("loss"), loss)
     assert np.array_equal(plain.as_numpy("grad"), grad)
     # The response says where the gradient went instead of carrying it.
@@ -337,13 +342,7 @@ def test_truncations_during_requests_never_end_the_server(kind, shm_server, regi
     shm.set_shared_memory_region(in_handle, [s, t])
     loss = loss_in_shm(kind, client, in_name, out_name, s, t, grad_bytes=n).as_numpy("loss")
     grad = shm.get_contents_as_numpy(out_handle, np.float32, [rows, cols])
-    lib = grpcclient if kind == "grpc" else httpclient
-    inputs = []
-    for name, a in (("scores", s), ("labels", t)):
-        x = lib.InferInput(name, list(a.shape), "FP32")
-        x.set_data_from_numpy(a) if kind == "grpc" else x.set_data_from_numpy(a, binary_data=True)
-        inputs.append(x)
-    plain = client.infer("zlpr_loss", inputs)
+    plain = loss_in_message(kind, client, s, t)
     assert np.array_equal(plain.as_numpy("loss"), loss)
     assert np.array_equal(plain.as_numpy("grad"), grad)
 

@@ -357,9 +357,10 @@ class SharedMemoryLoss:
         if s.dtype in _DATATYPE and t.dtype in _DATATYPE and (
                 mask is None or np.asarray(mask).dtype == np.uint8):
             ts, at = self._in_place(s, t, None if mask is None else np.asarray(mask))
-            if ts is not None and (not want_grad or ts.grad_for(s, at[0]) is not None):
-                return self._loss_in_place(ts, at, s, t, mask, want_grad, request_id, deadline_s,
-                                           priority)
+            grad_place = ts.grad_for(s, at[0]) if ts is not None and want_grad else None
+            if ts is not None and (not want_grad or grad_place is not None):
+                return self._loss_in_place(ts, at, grad_place, s, t, mask, request_id,
+                                           deadline_s, priority)
         s_bytes, t_bytes = rows * cols * sdt.itemsize, rows * cols * tdt.itemsize
         t_at = _aligned(s_bytes)
         m_at = _aligned(t_at + t_bytes)
@@ -370,54 +371,57 @@ class SharedMemoryLoss:
             inputs, outputs = pair
             np.copyto(inputs.view(0, s.shape, sdt), s, casting="unsafe")
             np.copyto(inputs.view(t_at, t.shape, tdt), t, casting="unsafe")
-            request = [_str(1, "zlpr_loss"), _str(3, request_id)]
-            if priority:
-                request.append(_parameters(4, {"priority": priority}))
-            request.append(_len(5, _tensor("scores", _DATATYPE[sdt], s.shape, inputs.name, 0,
-                                           s_bytes)))
-            request.append(_len(5, _tensor("labels", _DATATYPE[tdt], t.shape, inputs.name, t_at,
-                                           t_bytes)))
+            tensors = [("scores", _DATATYPE[sdt], inputs.name, 0, s_bytes),
+                       ("labels", _DATATYPE[tdt], inputs.name, t_at, t_bytes)]
             if mask is not None:
                 np.copyto(inputs.view(m_at, s.shape, np.uint8), np.asarray(mask, dtype=np.uint8))
-                request.append(_len(5, _tensor("mask", "UINT8", s.shape, inputs.name, m_at,
-                                               rows * cols)))
-            request.append(_len(6, _str(1, "loss")))
-            if want_grad:
-                request.append(_len(6, _str(1, "grad") + _parameters(
-                    2, {"shared_memory_region": outputs.name, "shared_memory_byte_size": g_bytes})))
-            data = self._call("ModelInfer", b"".join(request), deadline_s)
-            outs, params = parse_infer_response(data)
-            loss = np.frombuffer(outs["loss"][2], dtype="<f4").copy()
+                tensors.append(("mask", "UINT8", inputs.name, m_at, rows * cols))
+            grad_at = (outputs.name, 0, g_bytes) if want_grad else None
+            loss, total, mean = self._infer(s.shape, tensors, grad_at, request_id, deadline_s,
+                                            priority)
             grad = outputs.view(0, (rows, cols), np.float32).copy() if want_grad else None
-            return loss, float(params.get("loss_sum", 0.0)), float(params.get("loss_mean", 0.0)), \
-                grad
+            return loss, total, mean, grad
         finally:
             self._give_back(pair)
 
-    def _loss_in_place(self, ts: SharedTensors, at, s, t, mask, want_grad, request_id,
+    def _loss_in_place(self, ts: SharedTensors, at, grad_place, s, t, mask, request_id,
                        deadline_s, priority):
-        rows, cols = s.shape
+        """The loss of arrays that lie in `ts` at offsets `at`; the gradient into `grad_place`
+        (ts.grad_for's (offset, array)) when not None."""
         name = ts.region.name
+        tensors = [("scores", _DATATYPE[s.dtype], name, at[0], s.nbytes),
+                   ("labels", _DATATYPE[t.dtype], name, at[1], t.nbytes)]
+        if mask is not None:
+            tensors.append(("mask", "UINT8", name, at[2], s.size))
+        grad, grad_at = None, None
+        if grad_place is not None:
+            g_at, grad = grad_place
+            grad_at = (name, g_at, grad.nbytes)
+        loss, total, mean = self._infer(s.shape, tensors, grad_at, request_id, deadline_s,
+                                        priority)
+        return loss, total, mean, grad
+
+    def _infer(self, shape, tensors, grad_at, request_id: str, deadline_s: Optional[float],
+               priority: Optional[int]):
+        """One zlpr_loss ModelInfer whose inputs are in regions: `tensors` are (name, datatype,
+        region, offset, bytes); `grad_at` is where the gradient goes, (region, offset, bytes), or
+        None. (loss float32 [rows], loss_sum, loss_mean)."""
         request = [_str(1, "zlpr_loss"), _str(3, request_id)]
         if priority:
             request.append(_parameters(4, {"priority": priority}))
-        request.append(_len(5, _tensor("scores", _DATATYPE[s.dtype], s.shape, name, at[0],
-                                       s.nbytes)))
-        request.append(_len(5, _tensor("labels", _DATATYPE[t.dtype], t.shape, name, at[1],
-                                       t.nbytes)))
-        if mask is not None:
-            request.append(_len(5, _tensor("mask", "UINT8", s.shape, name, at[2], rows * cols)))
+        for name, datatype, region, offset, nbytes in tensors:
+            request.append(_len(5, _tensor(name, datatype, shape, region, offset, nbytes)))
         request.append(_len(6, _str(1, "loss")))
-        grad = None
-        if want_grad:
-            g_at, grad = ts.grad_for(s, at[0])
-            request.append(_len(6, _str(1, "grad") + _parameters(
-                2, {"shared_memory_region": name, "shared_memory_byte_size": grad.nbytes,
-                    "shared_memory_offset": g_at})))
-        data = self._call("ModelInfer", b"".join(request), deadline_s)
-        outs, params = parse_infer_response(data)
+        if grad_at is not None:
+            region, offset, nbytes = grad_at
+            where = {"shared_memory_region": region, "shared_memory_byte_size": nbytes}
+            if offset:
+                where["shared_memory_offset"] = offset
+            request.append(_len(6, _str(1, "grad") + _parameters(2, where)))
+        outs, params = parse_infer_response(self._call("ModelInfer", b"".join(request),
+                                                       deadline_s))
         loss = np.frombuffer(outs["loss"][2], dtype="<f4").copy()
-        return loss, float(params.get("loss_sum", 0.0)), float(params.get("loss_mean", 0.0)), grad
+        return loss, float(params.get("loss_sum", 0.0)), float(params.get("loss_mean", 0.0))
 
     def close(self) -> None:
         """Unregisters and removes the regions not in use; those in use go when their call
