@@ -7,7 +7,7 @@ FUZZ_BUILD ?= build-fuzz
 PYVENV ?= build-pyvenv
 OIPVENV ?= build-oipvenv
 FUZZ_SECONDS ?= 600
-FUZZERS := convert cli_readers http_request oip_convert http_session
+FUZZERS := convert cli_readers http_request oip_convert oip_wire http_session
 CMAKE_FLAGS ?=
 # ccache when it is installed, looked up by each recipe's shell (after `deps` has installed it),
 # not when make reads this file: otherwise the first build of a fresh machine and the next one

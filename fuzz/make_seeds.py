@@ -5,7 +5,8 @@
 
 http_session: raw HTTP/1.1 sessions (every endpoint, pipelining, hostile framing and bytes).
 oip_convert: a byte (0 or 1: the model when the request names none) then a serialized
-ModelInferRequest of either model.
+ModelInferRequest of either model. oip_wire: the same requests after a byte that says how they
+arrive (0: one buffer; n: buffers of n bytes).
 convert: a type byte (0 LossRequest, 1 PredictRequest) then the serialized request, for dense
 fp32/fp16/bf16 labels, sparse hard and soft labels, masks, -inf scores, the gradient in each
 dtype, thresholds, per-label thresholds, top_k and min_labels. cli_readers: a selector byte
@@ -189,6 +190,10 @@ def main():
 
     seeds["http_session"] = http_session_seeds(s)
     seeds["oip_convert"] = oip_convert_seeds(s, t, mask)
+    seeds["oip_wire"] = {}
+    for name, data in seeds["oip_convert"].items():
+        seeds["oip_wire"][name] = b"\0" + data[1:]
+        seeds["oip_wire"][name + "_blocks5"] = b"\5" + data[1:]
 
     for harness, files in seeds.items():
         d = os.path.join(ROOT, "fuzz", "corpus", harness)

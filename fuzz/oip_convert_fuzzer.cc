@@ -1,10 +1,10 @@
-// libFuzzer harness: bytes -> an Open Inference Protocol ModelInferRequest (the gRPC binding's
-// message) -> the binding-free view (ViewOf) -> the converter (Convert) -> when it converts, the
-// CPU kernels on its job, the outputs filled (Fill) and moved into a ModelInferResponse
-// (ToMessage), whose every output must hold exactly the bytes its shape and datatype say. The
-// first byte picks the model (even: zlpr_predict, odd: zlpr_loss) when the message names none.
-// Anything but a clean INVALID_ARGUMENT (or NOT_FOUND for a model or version the message names)
-// aborts.
+// libFuzzer harness: bytes -> an Open Inference Protocol ModelInferRequest read by the gRPC
+// binding's wire codec (wire.h) into the binding-free Request -> the converter (Convert) -> when
+// it converts, the CPU kernels on its job, the outputs filled (Fill) and written as a
+// ModelInferResponse (ResponseWire), which must parse, and whose every output must hold exactly
+// the bytes its shape and datatype say. The first byte picks the model (even: zlpr_predict, odd:
+// zlpr_loss) when the message names none. Anything but a clean INVALID_ARGUMENT (or NOT_FOUND for
+// a model or version the message names) aborts.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -12,12 +12,13 @@
 #include <string>
 #include <variant>
 
+#include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/stubs/logging.h"
 #include "inference/grpc_service.pb.h"
 #include "kernels/zlpr.h"
 #include "server/oip/converter.h"
-#include "server/oip/grpc_service.h"
 #include "server/oip/shared_tensors.h"
+#include "server/oip/wire.h"
 
 namespace {
 
@@ -74,7 +75,7 @@ absl::StatusOr<zlpr::server::PredictResult> Run(const zlpr::server::PredictJob& 
 
 }  // namespace
 
-// Protobuf logs a line for every string field that is not UTF-8, which random bytes often are.
+// Protobuf logs a line for every string field that is not UTF-8 (the response's check parses).
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(
       [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
@@ -83,17 +84,24 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  inference::ModelInferRequest message;
-  if (!message.ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
-  const bool named = !message.model_name().empty() || !message.model_version().empty();
-  if (!named) message.set_model_name((data[0] & 1) != 0 ? oip::kLossModel : oip::kPredictModel);
+  google::protobuf::io::CodedInputStream in(data + 1, static_cast<int>(size - 1));
   oip::Request request;
-  if (absl::Status st = oip::ViewOf(message, &request); !st.ok()) {
-    Check(st.code() == absl::StatusCode::kInvalidArgument, "ViewOf: only INVALID_ARGUMENT", st);
-    Check(!st.message().empty(), "errors say what is wrong");
+  absl::Status invalid;
+  const absl::StatusOr<bool> read = oip::DecodeInferRequest(&in, static_cast<int64_t>(size - 1),
+                                                            /*in_place=*/true, &request, &invalid);
+  if (!read.ok()) {
+    Check(read.status().code() == absl::StatusCode::kInvalidArgument,
+          "a message that does not read: INVALID_ARGUMENT", read.status());
     return 0;
   }
-  Check(request.inputs.size() == static_cast<size_t>(message.inputs_size()), "one view per input");
+  const bool named = !request.model.empty() || !request.version.empty();
+  if (!named) request.model = (data[0] & 1) != 0 ? oip::kLossModel : oip::kPredictModel;
+  if (!invalid.ok()) {
+    Check(invalid.code() == absl::StatusCode::kInvalidArgument, "invalid: only INVALID_ARGUMENT",
+          invalid);
+    Check(!invalid.message().empty(), "errors say what is wrong");
+    return 0;
+  }
   // Shared memory is off here: a tensor that names a region is refused before anything else.
   if (auto shared = oip::TakeSharedTensors(nullptr, nullptr, &request); !shared.ok()) {
     Check(shared.status().code() == absl::StatusCode::kInvalidArgument,
@@ -126,8 +134,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       },
       plan->job);
   if (!ran) return 0;
+  const oip::ResponseWire wire = oip::ResponseWire::Infer(response, 1024);
+  std::string head(wire.head_bytes(), '\0');
+  std::string bytes;
+  size_t at = 0;
+  for (const oip::ResponseWire::Gap& gap : wire.Write(head.data())) {
+    bytes.append(head, at, gap.offset - at);
+    bytes += response.outputs[gap.output].data;
+    at = gap.offset;
+  }
+  bytes.append(head, at);
+  Check(bytes.size() == wire.total_bytes(), "the response is as long as counted");
   inference::ModelInferResponse out;
-  oip::ToMessage(std::move(response), &out);
+  Check(out.ParseFromString(bytes), "the response parses");
   Check(out.outputs_size() == out.raw_output_contents_size(), "one content per output");
   for (int i = 0; i < out.outputs_size(); ++i) {
     const auto& o = out.outputs(i);

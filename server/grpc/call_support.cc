@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "grpc/slice.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
@@ -30,14 +31,19 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-bool ParseMessage(grpc::ByteBuffer* raw, google::protobuf::MessageLite* message) {
+absl::Status ParseMessage(grpc::ByteBuffer* raw, google::protobuf::MessageLite* message) {
+  const size_t bytes = raw->Length();
   bool parsed = false;
   {
     grpc::ProtoBufferReader reader(raw);
     parsed = reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
   }
   raw->Clear();
-  return parsed;
+  if (parsed) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "the message (%d bytes) is not a valid %s: it does not parse (truncated or not protobuf, "
+      "or a string field that is not UTF-8)",
+      bytes, message->GetTypeName()));
 }
 
 grpc::Status SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* raw) {

@@ -49,9 +49,9 @@ CallControl ControlOf(grpc::CallbackServerContext* ctx, const Clock& clock);
 // grpc::Status from absl::Status (the codes are the same numbers).
 grpc::Status ToGrpc(const absl::Status& status);
 
-// Parses `raw` into `message` and frees `raw`'s bytes (also on failure); false when they are not
-// a valid message.
-bool ParseMessage(grpc::ByteBuffer* raw, google::protobuf::MessageLite* message);
+// Parses `raw` into `message` and frees `raw`'s bytes (also on failure); INVALID_ARGUMENT when
+// they are not a valid message.
+absl::Status ParseMessage(grpc::ByteBuffer* raw, google::protobuf::MessageLite* message);
 
 // Serializes `message` into `raw`, as a typed method would.
 grpc::Status SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* raw);

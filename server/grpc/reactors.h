@@ -4,14 +4,15 @@
 // Protocol, which converts it and queues its job on the core:
 //
 //   struct Protocol {
-//     using Request = ...;    // protobuf messages
-//     using Response = ...;
+//     using Request = ...;    // protobuf messages, or types of the protocol's own with
+//     using Response = ...;   // ParseMessage and SerializeMessage overloads beside them
+//                             // (call_support.h's signatures; found by argument-dependent lookup)
 //     struct Extra { ... };   // what a message carries besides them (timing, a view)
 //     InferenceCore& core();
 //     MethodId method() const;
 //     // Converts and queues `request`; `done` runs once (from this thread or a worker) after
 //     // `response` is filled. `request`, `response`, `extra` and `admission` outlive it.
-//     void Submit(Admission* admission, CallControl control, const Request& request,
+//     void Submit(Admission* admission, CallControl control, Request& request,
 //                 Response* response, Extra* extra, absl::AnyInvocable<void(absl::Status)> done);
 //     // A stream message's error, answered in its own response (the stream goes on).
 //     void AnswerError(const absl::Status& status, Response* response);
@@ -39,14 +40,6 @@
 
 namespace zlpr::server {
 
-// INVALID_ARGUMENT for a message of `bytes` that does not parse as `message`'s type.
-inline absl::Status NotParsed(int64_t bytes, const google::protobuf::MessageLite& message) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "the message (%d bytes) is not a valid %s: it does not parse (truncated or not protobuf, "
-      "or a string field that is not UTF-8)",
-      bytes, message.GetTypeName()));
-}
-
 template <typename Protocol>
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
@@ -72,9 +65,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     // A large message is bulk work whatever it asks for: parsed on the background threads, so
     // that parsing it never holds up the interactive path's CPU.
     if (core.IsBulkMessage(bytes)) {
-      return core.background().Post([this, raw, bytes] { ParseAndSubmit(raw, bytes); });
+      return core.background().Post([this, raw] { ParseAndSubmit(raw); });
     }
-    ParseAndSubmit(raw, bytes);
+    ParseAndSubmit(raw);
   }
 
   // A cancelled call's queued job is dropped at once.
@@ -94,13 +87,13 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
-  void ParseAndSubmit(grpc::ByteBuffer* raw, int64_t bytes) {
+  void ParseAndSubmit(grpc::ByteBuffer* raw) {
     InferenceCore& core = protocol_->core();
     request_ = std::make_unique<Request>();
     response_ = std::make_unique<Response>();
-    if (!ParseMessage(raw, request_.get())) {
+    if (absl::Status st = ParseMessage(raw, request_.get()); !st.ok()) {
       core.Rejected(Reject::kInvalid);
-      return Answer(NotParsed(bytes, *request_));
+      return Answer(st);
     }
     protocol_->Submit(
         &admission_, ControlOf(ctx_, core.clock()), *request_, response_.get(), &extra_,
@@ -213,11 +206,11 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       return Answered(seq, message, st);  // answered in order, with its error
     }
     if (core.IsBulkMessage(bytes)) {  // as a unary call's
-      return core.background().Post([this, seq, message, raw = std::move(raw), bytes]() mutable {
-        ParseAndSubmit(seq, std::move(message), std::move(raw), bytes);
+      return core.background().Post([this, seq, message, raw = std::move(raw)]() mutable {
+        ParseAndSubmit(seq, std::move(message), std::move(raw));
       });
     }
-    ParseAndSubmit(seq, std::move(message), std::move(raw), bytes);
+    ParseAndSubmit(seq, std::move(message), std::move(raw));
   }
 
   void OnWriteDone(bool ok) override {
@@ -277,11 +270,10 @@ class OrderedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   };
 
   void ParseAndSubmit(uint64_t seq, std::shared_ptr<Message> message,
-                      std::unique_ptr<grpc::ByteBuffer> raw, int64_t bytes) {
+                      std::unique_ptr<grpc::ByteBuffer> raw) {
     InferenceCore& core = protocol_->core();
-    if (!ParseMessage(raw.get(), message->request.get())) {
+    if (const absl::Status why = ParseMessage(raw.get(), message->request.get()); !why.ok()) {
       core.Rejected(Reject::kInvalid);
-      const absl::Status why = NotParsed(bytes, *message->request);
       message->admission.Finish(why.code());
       return Failed(seq, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                       absl::StrFormat("stream message %d: %s; the stream ends "

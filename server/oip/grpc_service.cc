@@ -1,154 +1,102 @@
 // InferenceService: the Open Inference Protocol's gRPC messages through the core.
 #include "server/oip/grpc_service.h"
 
+#include <limits>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "server/grpc/reactors.h"
 #include "server/oip/converter.h"
 #include "server/oip/inference.h"
 #include "server/oip/models.h"
 #include "server/oip/shared_tensors.h"
+#include "server/oip/wire.h"
 
 namespace zlpr::server::oip {
+// Large outputs go to the transport as they are; smaller ones are copied into the head, where a
+// slice of their own would cost more than the copy.
+constexpr size_t kLargeOutputBytes = 64 << 10;
+
+absl::Status ParseMessage(grpc::ByteBuffer* raw, InferMessage* message) {
+  const size_t bytes = raw->Length();
+  absl::StatusOr<bool> views =
+      absl::InvalidArgumentError(absl::StrFormat("the message (%d bytes) is too large", bytes));
+  if (bytes <= static_cast<size_t>(std::numeric_limits<int>::max())) {
+    // One slice (a small message, usually): the tensors can be views into it.
+    if (grpc::Slice slice; raw->TrySingleSlice(&slice).ok()) {
+      google::protobuf::io::CodedInputStream in(slice.begin(), static_cast<int>(slice.size()));
+      views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/true,
+                                 &message->view, &message->invalid);
+      if (views.ok() && *views) message->bytes = std::move(slice);
+    } else {
+      grpc::ProtoBufferReader reader(raw);
+      if (reader.status().ok()) {
+        google::protobuf::io::CodedInputStream in(&reader);
+        views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/false,
+                                   &message->view, &message->invalid);
+      }
+    }
+  }
+  raw->Clear();
+  return views.status();
+}
+
 namespace {
 
-using inference::ModelInferRequest;
-using inference::ModelInferResponse;
-
-Parameter ParameterOf(const inference::InferParameter& p) {
-  switch (p.parameter_choice_case()) {
-    case inference::InferParameter::kBoolParam:
-      return p.bool_param();
-    case inference::InferParameter::kInt64Param:
-      return p.int64_param();
-    case inference::InferParameter::kUint64Param:
-      return p.uint64_param();
-    case inference::InferParameter::kDoubleParam:
-      return p.double_param();
-    case inference::InferParameter::kStringParam:
-      return p.string_param();
-    default:
-      return std::string();  // no value: what needs one refuses it
+grpc::Status Serialize(const ResponseWire& wire, Response* response, grpc::ByteBuffer* raw) {
+  if (wire.total_bytes() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "the response is too large to serialize");
   }
-}
-
-void SetParameter(const Parameter& value, inference::InferParameter* p) {
-  std::visit(
-      [p](const auto& v) {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, bool>) p->set_bool_param(v);
-        if constexpr (std::is_same_v<T, int64_t>) p->set_int64_param(v);
-        if constexpr (std::is_same_v<T, uint64_t>) p->set_uint64_param(v);
-        if constexpr (std::is_same_v<T, double>) p->set_double_param(v);
-        if constexpr (std::is_same_v<T, std::string>) p->set_string_param(v);
-      },
-      value);
-}
-
-template <typename Map>
-Parameters ParametersOf(const Map& map) {
-  Parameters out;
-  for (const auto& [key, value] : map) out.emplace(key, ParameterOf(value));
-  return out;
+  grpc::Slice head(wire.head_bytes());
+  const std::vector<ResponseWire::Gap> gaps =
+      wire.Write(reinterpret_cast<char*>(const_cast<uint8_t*>(head.begin())));
+  if (gaps.empty()) {
+    grpc::ByteBuffer whole(&head, 1);
+    raw->Swap(&whole);
+    return grpc::Status::OK;
+  }
+  std::vector<grpc::Slice> slices;
+  slices.reserve(2 * gaps.size() + 1);
+  size_t at = 0;
+  for (const ResponseWire::Gap& gap : gaps) {
+    if (gap.offset > at) slices.push_back(head.sub(at, gap.offset));
+    at = gap.offset;
+    // The output's own bytes, freed by the transport once written.
+    auto* bytes = new std::string(std::move(response->outputs[gap.output].data));
+    slices.emplace_back(
+        bytes->data(), bytes->size(), [](void* p) { delete static_cast<std::string*>(p); }, bytes);
+  }
+  if (at < head.size()) slices.push_back(head.sub(at, head.size()));
+  grpc::ByteBuffer pieces(slices.data(), slices.size());
+  raw->Swap(&pieces);
+  return grpc::Status::OK;
 }
 
 }  // namespace
 
-absl::Status ViewOf(const ModelInferRequest& m, Request* r) {
-  r->model = m.model_name();
-  r->version = m.model_version();
-  r->id = m.id();
-  r->parameters = ParametersOf(m.parameters());
-  // Raw contents come for the inputs that are not in shared memory, in order.
-  int in_messages = 0;
-  for (const auto& in : m.inputs()) {
-    in_messages += in.parameters().count(kShmRegion) == 0 ? 1 : 0;
-  }
-  const bool raw = m.raw_input_contents_size() > 0;
-  if (raw && m.raw_input_contents_size() != in_messages) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "raw_input_contents has %d entries for %d inputs (not counting those in shared memory): "
-        "send one per input, in order",
-        m.raw_input_contents_size(), in_messages));
-  }
-  int next_raw = 0;
-  for (int i = 0; i < m.inputs_size(); ++i) {
-    const auto& in = m.inputs(i);
-    Tensor& t = r->inputs.emplace_back();
-    t.name = in.name();
-    const std::optional<DataType> type = ParseDataType(in.datatype());
-    if (!type) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("input '%s': unknown datatype '%s'", in.name(), in.datatype()));
-    }
-    t.datatype = *type;
-    t.shape.assign(in.shape().begin(), in.shape().end());
-    t.parameters = ParametersOf(in.parameters());
-    if (InSharedMemory(t.parameters)) {
-      continue;  // its bytes come from the region (oip::Inference)
-    }
-    if (raw) {
-      t.data = m.raw_input_contents(next_raw++);
-    } else if (t.datatype == DataType::kFp32) {
-      const auto& v = in.contents().fp32_contents();
-      t.data = {reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)};
-    } else if (t.datatype == DataType::kUint8) {
-      const auto& v = in.contents().uint_contents();
-      std::string& bytes = r->owned.emplace_back(v.size(), '\0');
-      for (int k = 0; k < v.size(); ++k) {
-        if (v[k] > 255) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "input '%s': element %d is %d, over 255 for UINT8", in.name(), k, v[k]));
-        }
-        bytes[k] = static_cast<char>(v[k]);
-      }
-      t.data = bytes;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("input '%s': %s contents must be sent raw (raw_input_contents)",
-                          in.name(), in.datatype()));
-    }
-  }
-  for (const auto& o : m.outputs()) {
-    r->outputs.push_back(
-        RequestedOutput{.name = o.name(), .parameters = ParametersOf(o.parameters())});
-  }
-  return absl::OkStatus();
+grpc::Status SerializeMessage(InferAnswer& answer, grpc::ByteBuffer* raw) {
+  return Serialize(ResponseWire::Infer(answer.response, kLargeOutputBytes), &answer.response, raw);
 }
 
-void ToMessage(Response response, ModelInferResponse* m) {
-  m->set_model_name(std::move(response.model));
-  m->set_model_version(std::move(response.version));
-  m->set_id(std::move(response.id));
-  for (const auto& [key, value] : response.parameters) {
-    SetParameter(value, &(*m->mutable_parameters())[key]);
-  }
-  for (Output& o : response.outputs) {
-    auto* out = m->add_outputs();
-    out->set_name(std::move(o.name));
-    out->set_datatype(DataTypeName(o.datatype));
-    for (int64_t d : o.shape) out->add_shape(d);
-    for (const auto& [key, value] : o.parameters) {
-      SetParameter(value, &(*out->mutable_parameters())[key]);
-    }
-    // (Empty for an output in shared memory: the entries stay one per output, in order.)
-    *m->add_raw_output_contents() = std::move(o.data);
-  }
+grpc::Status SerializeMessage(StreamInferAnswer& answer, grpc::ByteBuffer* raw) {
+  return Serialize(ResponseWire::Stream(answer.answered ? &answer.response : nullptr,
+                                        answer.error_message, kLargeOutputBytes),
+                   &answer.response, raw);
 }
 
 namespace {
 
 // ModelInfer's and ModelStreamInfer's messages (server/grpc/reactors.h runs them).
-template <typename ResponseT>
+template <typename Answer>
 class InferProtocol {
  public:
-  using Request = ModelInferRequest;
-  using Response = ResponseT;
-  struct Extra {
-    oip::Request view;
-    oip::Response out;
-  };
+  using Request = InferMessage;
+  using Response = Answer;
+  struct Extra {};
 
   InferProtocol(InferenceCore* core, MethodId method, const SharedMemoryRegistry* shared_memory)
       : core_(core), method_(method), inference_(core, shared_memory) {}
@@ -156,33 +104,34 @@ class InferProtocol {
   InferenceCore& core() { return *core_; }
   MethodId method() const { return method_; }
 
-  void Submit(Admission* admission, CallControl control, const Request& request, Response* response,
-              Extra* extra, absl::AnyInvocable<void(absl::Status)> done) {
-    if (absl::Status st = ViewOf(request, &extra->view); !st.ok()) {
-      core_->Rejected(Reject::kInvalid);
-      return done(st);
+  void Submit(Admission* admission, CallControl control, Request& request, Response* response,
+              Extra*, absl::AnyInvocable<void(absl::Status)> done) {
+    if constexpr (std::is_same_v<Answer, StreamInferAnswer>) {
+      // A stream's answer carries the request's id, also beside an error.
+      response->answered = true;
+      response->response.model = request.view.model;
+      response->response.id = request.view.id;
     }
-    inference_.Run(admission, std::move(control), &extra->view, &extra->out,
-                   [extra, response, done = std::move(done)](absl::Status st) mutable {
-                     ToMessage(std::move(extra->out), Infer(response));
+    if (!request.invalid.ok()) {
+      core_->Rejected(Reject::kInvalid);
+      return done(request.invalid);
+    }
+    inference_.Run(admission, std::move(control), &request.view, &response->response,
+                   [response, done = std::move(done)](absl::Status st) mutable {
+                     if (!st.ok()) response->response.outputs.clear();
                      done(std::move(st));
                    });
   }
 
   void AnswerError(const absl::Status& status, Response* response) {
-    if constexpr (std::is_same_v<Response, inference::ModelStreamInferResponse>) {
-      response->set_error_message(std::string(status.message()));
+    if constexpr (std::is_same_v<Answer, StreamInferAnswer>) {
+      response->error_message = std::string(status.message());
     }
   }
 
   void AddTrailers(const Extra&, grpc::CallbackServerContext*) {}
 
  private:
-  static ModelInferResponse* Infer(ModelInferResponse* r) { return r; }
-  static ModelInferResponse* Infer(inference::ModelStreamInferResponse* r) {
-    return r->mutable_infer_response();
-  }
-
   InferenceCore* const core_;
   const MethodId method_;
   Inference inference_;
@@ -201,8 +150,8 @@ class InferenceService::Protocols {
   Protocols(InferenceCore* core, const SharedMemoryRegistry* shared_memory)
       : infer(core, core->RegisterMethod("ModelInfer", "oip_grpc"), shared_memory),
         stream(core, core->RegisterMethod("ModelStreamInfer", "oip_grpc"), shared_memory) {}
-  InferProtocol<ModelInferResponse> infer;
-  InferProtocol<inference::ModelStreamInferResponse> stream;
+  InferProtocol<InferAnswer> infer;
+  InferProtocol<StreamInferAnswer> stream;
 };
 
 InferenceService::InferenceService(InferenceCore* core, const GrpcOptions& options)
@@ -271,15 +220,14 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerContext* ctx,
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
-  auto* call =
-      NewReactor<UnaryCall<InferProtocol<ModelInferResponse>>>(&protocols_->infer, ctx, response);
+  auto* call = NewReactor<UnaryCall<InferProtocol<InferAnswer>>>(&protocols_->infer, ctx, response);
   call->Start(request);
   return call;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::ModelStreamInfer(
     grpc::CallbackServerContext* ctx) {
-  auto* stream = NewReactor<OrderedStream<InferProtocol<inference::ModelStreamInferResponse>>>(
+  auto* stream = NewReactor<OrderedStream<InferProtocol<StreamInferAnswer>>>(
       &protocols_->stream, ctx, options_.stream_window);
   stream->Start();
   return stream;

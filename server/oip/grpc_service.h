@@ -1,7 +1,7 @@
 // The Open Inference Protocol's gRPC binding (KServe v2; Triton's GRPCInferenceService) on the
 // same port as zlpr.v1: ModelInfer and ModelStreamInfer take their messages raw, charged to
-// the memory budget before they are parsed (server/grpc/reactors.h), then become the binding-
-// free Request once (ViewOf) and run through oip::Inference; the rest answers from models.h.
+// the memory budget before they are read (server/grpc/reactors.h), read straight into the
+// binding-free Request (wire.h) and run through oip::Inference; the rest answers from models.h.
 // tritonclient and other v2 clients work unchanged.
 #ifndef ZLPR_SERVER_OIP_GRPC_SERVICE_H_
 #define ZLPR_SERVER_OIP_GRPC_SERVICE_H_
@@ -11,6 +11,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/core/core.h"
 #include "server/core/shared_memory.h"
@@ -18,12 +20,30 @@
 
 namespace zlpr::server::oip {
 
-// `message` as a Request: its tensors view its raw_input_contents (or typed FP32 contents), or
-// bytes narrowed into request->owned (UINT8 contents). INVALID_ARGUMENT naming the input when
-// its datatype is unknown or its contents cannot be read. `message` must outlive `request`.
-absl::Status ViewOf(const inference::ModelInferRequest& message, Request* request);
-// Moves `response` into `message` (outputs as raw_output_contents).
-void ToMessage(Response response, inference::ModelInferResponse* message);
+// ModelInfer's request as the binding reads it (wire.h): the Request, the message's bytes when
+// its tensors view them, and why it cannot be run when it reads but is not a valid request (a
+// stream answers that in place).
+struct InferMessage {
+  grpc::Slice bytes;
+  Request view;
+  absl::Status invalid;
+};
+// ModelInfer's and ModelStreamInfer's responses before their wire form.
+struct InferAnswer {
+  Response response;
+};
+struct StreamInferAnswer {
+  Response response;
+  bool answered = false;  // infer_response is sent (with the request's id) once it was read
+  std::string error_message;
+};
+
+// The raw reactors' codecs for these (server/grpc/reactors.h, found by argument-dependent
+// lookup): the message read straight into `message`, and the answer written straight into
+// `raw` (large outputs moved out of it, not copied). `raw`'s bytes are freed.
+absl::Status ParseMessage(grpc::ByteBuffer* raw, InferMessage* message);
+grpc::Status SerializeMessage(InferAnswer& answer, grpc::ByteBuffer* raw);
+grpc::Status SerializeMessage(StreamInferAnswer& answer, grpc::ByteBuffer* raw);
 
 // Every method is a callback method (a single sync one would make gRPC start a sync thread pool).
 using InferenceServiceBase = inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<

@@ -219,3 +219,43 @@ def test_hostile_label_thresholds_shape_is_refused(server):
 
 def test_triton_priority_levels_choose_the_class(client):
     check_priority_levels(client, tensor)
+
+
+def test_stream_errors_carry_the_request_id_and_a_malformed_message_ends_the_stream(server):
+    # The raw messages, as any v2 client sees them (tritonclient keeps only error_message).
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def request(i, datatype="FP32", scores=(1.0, -1.0, 2.0)):
+        r = service_pb2.ModelInferRequest(model_name="zlpr_predict", id=f"r{i}")
+        r.inputs.add(name="scores", datatype=datatype, shape=[1, 3])
+        r.raw_input_contents.append(np.array([scores], np.float32).tobytes())
+        r.parameters["top_k"].int64_param = 1
+        return r
+
+    with grpc.insecure_channel(server["grpc"]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        sent = [request(0), request(1, datatype="FLOAT"), request(2, scores=(np.nan, 0, 0)),
+                request(3)]
+        got = list(stub.ModelStreamInfer(iter(sent), timeout=30))
+        assert [g.infer_response.id for g in got] == ["r0", "r1", "r2", "r3"]
+        assert [bool(g.error_message) for g in got] == [False, True, True, False]
+        assert "input 'scores': unknown datatype 'FLOAT'" in got[1].error_message
+        assert "scores[0, 0] is NaN" in got[2].error_message
+        assert not got[1].infer_response.outputs and not got[2].infer_response.outputs
+        assert [o.name for o in got[3].infer_response.outputs] == [
+            "probs", "labels", "label_probs", "label_count"]
+
+        # Bytes that are not a ModelInferRequest (a truncated field): the messages before
+        # them are answered, then the stream ends with INVALID_ARGUMENT.
+        broken = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        answers = broken(iter([request(4).SerializeToString(), b"\x0a\x20zlpr"]), timeout=30)
+        first = service_pb2.ModelStreamInferResponse.FromString(next(answers))
+        assert first.infer_response.id == "r4" and not first.error_message
+        with pytest.raises(grpc.RpcError) as e:
+            next(answers)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "stream message 1" in e.value.details()
+        assert "is not a valid inference.ModelInferRequest: a field is longer" in e.value.details()
