@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Two zlpr-server binaries side by side in one run, through the same client (zlpr-bench from
 --bench): Predict 1 x 1000 at concurrency 1 and 64, loss+gradient 256 x 16384 at concurrency 2,
-and the same Predict through the Open Inference Protocol (--rpc=oip_predict) at concurrency 64;
+and the same through the Open Inference Protocol's ModelInfer (--rpc=oip_predict at concurrency 1
+and 64, --rpc=oip_loss_grad at 2);
 throughput, p50, p99 and the server's CPU time per request (its /proc CPU time over its
 zlpr_requests_total). The binaries take turns, --rounds rounds of each configuration; the table
 gives medians. With --pin the server runs on CPU 0 and zlpr-bench on CPU 1.
@@ -24,8 +25,10 @@ from perf_analyzer_common import cpu_seconds
 CONFIGS = [  # (label, rpc, rows, cols, concurrency)
     ("Predict 1 x 1000", "predict", 1, 1000, 1),
     ("Predict 1 x 1000", "predict", 1, 1000, 64),
+    ("OIP ModelInfer 1 x 1000 (oip_predict)", "oip_predict", 1, 1000, 1),
     ("OIP ModelInfer 1 x 1000 (oip_predict)", "oip_predict", 1, 1000, 64),
     ("loss+gradient 256 x 16384", "loss_grad", 256, 16384, 2),
+    ("OIP loss+gradient 256 x 16384 (oip_loss_grad)", "oip_loss_grad", 256, 16384, 2),
 ]
 
 

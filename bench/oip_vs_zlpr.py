@@ -14,6 +14,11 @@ median, and the ratios are of medians.
   ZLPR_PERF_ANALYZER=build-oipvenv-pa/bin/perf_analyzer \\
   LD_LIBRARY_PATH=$(echo build-oipvenv-pa/lib/python3*/site-packages/nvidia/cuda_runtime/lib) \\
   python3 bench/oip_vs_zlpr.py --build build
+
+With --same-client only the like-for-like pair runs (zlpr-bench's Predict against its
+ModelInfer; no perf_analyzer needed), for as many --reps as the machine's noise asks for:
+
+  python3 bench/oip_vs_zlpr.py --build build --pin --same-client --reps 7
 """
 import argparse
 import json
@@ -36,8 +41,10 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="the server on CPU 0 and the load generators on CPU 1 (taskset), so "
                          "that a client's own cost does not take the server's core")
+    ap.add_argument("--same-client", action="store_true",
+                    help="only zlpr.v1 and OIP gRPC from zlpr-bench, the like-for-like pair")
     args = ap.parse_args()
-    pa = os.environ["ZLPR_PERF_ANALYZER"]
+    pa = None if args.same_client else os.environ["ZLPR_PERF_ANALYZER"]
     on_server, on_client = ([], [])
     if args.pin:
         on_server, on_client = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
@@ -100,19 +107,27 @@ def main():
             for _ in range(args.reps):
                 runs["z"].append(cpu_per_request(lambda: bench(c, False)))
                 runs["o"].append(cpu_per_request(lambda: bench(c, False, "oip_predict")))
+                if args.same_client:
+                    continue
                 runs["zp"].append(cpu_per_request(lambda: bench(c, True)))
                 runs["g"].append(cpu_per_request(lambda: perf_analyzer(c, "grpc")))
                 runs["h"].append(cpu_per_request(lambda: perf_analyzer(c, "http")))
             z_cpu, z_rps, z_p50 = median(runs["z"])
             o_cpu, o_rps, o_p50 = median(runs["o"])
-            zp_cpu, zp_rps, zp_p50 = median(runs["zp"])
-            g_cpu, g_rps, g_p50, g_queue, g_compute = median(runs["g"])
-            h_cpu, h_rps, h_p50, h_queue, h_compute = median(runs["h"])
             print(f"| zlpr.v1 (zlpr-bench) | {c} | {z_rps:.0f} | {z_p50:.0f} µs | {z_cpu:.1f} µs "
                   f"| | |")
             print(f"| OIP gRPC, same client (zlpr-bench --rpc=oip_predict) | {c} | {o_rps:.0f} "
                   f"({o_rps / z_rps:.2f}x) | {o_p50:.0f} µs ({o_p50 / z_p50:.2f}x) | "
-                  f"{o_cpu:.1f} µs ({o_cpu / z_cpu:.2f}x) | | |")
+                  f"{o_cpu:.1f} µs ({o_cpu / z_cpu:.2f}x) | | |", flush=True)
+            if args.same_client:
+                for name in ("z", "o"):  # every round, for the spread
+                    print(f"|   rounds of {name} | {c} | " + ", ".join(
+                        f"{r[1]:.0f}" for r in runs[name]) + " | | " + ", ".join(
+                        f"{r[0]:.1f}" for r in runs[name]) + " | | |")
+                continue
+            zp_cpu, zp_rps, zp_p50 = median(runs["zp"])
+            g_cpu, g_rps, g_p50, g_queue, g_compute = median(runs["g"])
+            h_cpu, h_rps, h_p50, h_queue, h_compute = median(runs["h"])
             print(f"| zlpr.v1 with probs (zlpr-bench --want_probs) | {c} | {zp_rps:.0f} | "
                   f"{zp_p50:.0f} µs | {zp_cpu:.1f} µs | | |")
             print(f"| OIP gRPC (perf_analyzer -i grpc) | {c} | {g_rps:.0f} "

@@ -65,9 +65,11 @@ std::string Names(const std::vector<TensorSpec>& specs) {
   return absl::StrJoin(names, ", ");
 }
 
-bool Known(const std::vector<TensorSpec>& specs, const std::string& name) {
-  return std::any_of(specs.begin(), specs.end(),
-                     [&](const TensorSpec& s) { return name == s.name; });
+// The spec of `name`, or null.
+const TensorSpec* Known(const std::vector<TensorSpec>& specs, const std::string& name) {
+  const auto it = std::find_if(specs.begin(), specs.end(),
+                               [&](const TensorSpec& s) { return name == s.name; });
+  return it == specs.end() ? nullptr : &*it;
 }
 
 // The request's inputs by name, checked against the model's (a request's handful of inputs:
@@ -265,7 +267,8 @@ absl::StatusOr<Params> ParseParams(const Request& req) {
 absl::Status Requested(const Request& req, Plan* plan) {
   const auto& specs = OutputSpecs(req.model);
   for (const RequestedOutput& o : req.outputs) {
-    if (!Known(specs, o.name)) {
+    const TensorSpec* spec = Known(specs, o.name);
+    if (spec == nullptr) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "unknown output '%s' for model %s: its outputs are %s", o.name, req.model, Names(specs)));
     }
@@ -283,7 +286,7 @@ absl::Status Requested(const Request& req, Plan* plan) {
       }
       plan->classification = static_cast<int64_t>(std::min(k, 1e9));
     }
-    plan->want.insert(o.name);
+    plan->want.insert(spec->name);
   }
   if (plan->want.empty()) {
     for (const TensorSpec& s : specs) plan->want.insert(s.name);
@@ -335,7 +338,7 @@ absl::StatusOr<Plan> Convert(const Request& request) {
 
 namespace {
 
-void AddOutput(Response* resp, const char* name, DataType datatype, std::vector<int64_t> shape,
+void AddOutput(Response* resp, const char* name, DataType datatype, Shape shape,
                std::string bytes) {
   resp->outputs.push_back(Output{
       .name = name, .datatype = datatype, .shape = std::move(shape), .data = std::move(bytes)});
@@ -388,7 +391,7 @@ void Fill(PredictResult r, const Plan& plan, Response* resp) {
   for (int64_t i = 0; i < rows; ++i) {
     width = std::max(width, ls.row_offsets[i + 1] - ls.row_offsets[i]);
   }
-  const std::set<std::string>& want = plan.want;
+  const OutputSet& want = plan.want;
   resp->outputs.reserve(want.size());
   if (want.count("probs") && plan.classification > 0) {
     const int64_t k = std::min(plan.classification, r.cols);

@@ -20,14 +20,15 @@
 #ifndef ZLPR_SERVER_OIP_CONVERTER_H_
 #define ZLPR_SERVER_OIP_CONVERTER_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/core/job.h"
@@ -52,10 +53,27 @@ struct TensorSpec {
 const std::vector<TensorSpec>& InputSpecs(std::string_view model);
 const std::vector<TensorSpec>& OutputSpecs(std::string_view model);
 
+// The outputs a request asked for: names of a model's outputs (OutputSpecs), each once.
+class OutputSet {
+ public:
+  // Adds a TensorSpec's name (it must outlive the set: the specs' names are static).
+  void insert(std::string_view spec_name) {
+    if (count(spec_name) == 0) names_.push_back(spec_name);
+  }
+  size_t count(std::string_view name) const {
+    return std::find(names_.begin(), names_.end(), name) != names_.end() ? 1 : 0;
+  }
+  size_t size() const { return names_.size(); }
+  bool empty() const { return names_.empty(); }
+
+ private:
+  absl::InlinedVector<std::string_view, 4> names_;
+};
+
 // A request converted: the job to queue and how to answer it.
 struct Plan {
   std::variant<std::monostate, LossJob, PredictJob> job;  // set by Convert
-  std::set<std::string> want;                             // the outputs to return
+  OutputSet want;                                         // the outputs to return
   int64_t classification = 0;  // zlpr_predict's probs as Triton's classification of k; 0: dense
   int64_t timeout_us = 0;      // Triton's "timeout"; 0: none
   std::optional<Priority> priority;  // Triton's "priority"; nullopt: the model's default

@@ -45,7 +45,7 @@ const char* DataTypeName(DataType type) { return Info(type).name; }
 
 int ElementSize(DataType type) { return Info(type).size; }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
+std::string ShapeString(std::span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 

@@ -11,10 +11,13 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
+
+#include "absl/container/inlined_vector.h"
 
 namespace zlpr::server::oip {
 
@@ -42,6 +45,9 @@ const char* DataTypeName(DataType type);
 // Bytes per element; 0 for kBytes.
 int ElementSize(DataType type);
 
+// A tensor's dimensions (held inline: a tensor has two, rarely more).
+using Shape = absl::InlinedVector<int64_t, 4>;
+
 // A request, output or response parameter.
 using Parameter = std::variant<bool, int64_t, uint64_t, double, std::string>;
 using Parameters = std::map<std::string, Parameter>;
@@ -49,7 +55,7 @@ using Parameters = std::map<std::string, Parameter>;
 struct Tensor {
   std::string name;
   DataType datatype = DataType::kFp32;
-  std::vector<int64_t> shape;
+  Shape shape;
   std::string_view data;  // raw little-endian elements
   Parameters parameters;
 };
@@ -76,7 +82,7 @@ struct Request {
 struct Output {
   std::string name;
   DataType datatype = DataType::kFp32;
-  std::vector<int64_t> shape;
+  Shape shape;
   std::string data;
   Parameters parameters;
   bool in_shared_memory = false;  // its bytes went into a region its parameters name
@@ -91,7 +97,7 @@ struct Response {
 };
 
 // "[2, 3]".
-std::string ShapeString(const std::vector<int64_t>& shape);
+std::string ShapeString(std::span<const int64_t> shape);
 
 }  // namespace zlpr::server::oip
 

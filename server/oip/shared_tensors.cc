@@ -74,7 +74,7 @@ absl::StatusOr<float*> FloatsInPlace(const SharedOutput& o, int64_t rows, int64_
   if (need > o.place.byte_size) {
     return absl::InvalidArgumentError(
         absl::StrFormat("output '%s': %d bytes (shape %s), but shared_memory_byte_size gives it %d",
-                        o.name, need, ShapeString({rows, cols}), o.place.byte_size));
+                        o.name, need, ShapeString(Shape{rows, cols}), o.place.byte_size));
   }
   absl::StatusOr<char*> bytes = o.place.region->Span(o.place.offset, need);
   if (!bytes.ok()) {
