@@ -67,8 +67,8 @@ std::string Names(const std::vector<TensorSpec>& specs) {
 
 // The spec of `name`, or null.
 const TensorSpec* Known(const std::vector<TensorSpec>& specs, const std::string& name) {
-  const auto it = std::find_if(specs.begin(), specs.end(),
-                               [&](const TensorSpec& s) { return name == s.name; });
+  const auto it =
+      std::find_if(specs.begin(), specs.end(), [&](const TensorSpec& s) { return name == s.name; });
   return it == specs.end() ? nullptr : &*it;
 }
 

@@ -23,23 +23,23 @@ constexpr size_t kLargeOutputBytes = 64 << 10;
 
 absl::Status ParseMessage(grpc::ByteBuffer* raw, InferMessage* message) {
   const size_t bytes = raw->Length();
-  absl::StatusOr<bool> views =
-      absl::InvalidArgumentError(absl::StrFormat("the message (%d bytes) is too large", bytes));
-  if (bytes <= static_cast<size_t>(std::numeric_limits<int>::max())) {
+  absl::StatusOr<bool> views;
+  if (bytes > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    views = absl::InvalidArgumentError(
+        absl::StrFormat("the message (%d bytes) is too large to read", bytes));
+  } else if (grpc::Slice slice; raw->TrySingleSlice(&slice).ok()) {
     // One slice (a small message, usually): the tensors can be views into it.
-    if (grpc::Slice slice; raw->TrySingleSlice(&slice).ok()) {
-      google::protobuf::io::CodedInputStream in(slice.begin(), static_cast<int>(slice.size()));
-      views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/true,
-                                 &message->view, &message->invalid);
-      if (views.ok() && *views) message->bytes = std::move(slice);
-    } else {
-      grpc::ProtoBufferReader reader(raw);
-      if (reader.status().ok()) {
-        google::protobuf::io::CodedInputStream in(&reader);
-        views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/false,
-                                   &message->view, &message->invalid);
-      }
-    }
+    google::protobuf::io::CodedInputStream in(slice.begin(), static_cast<int>(slice.size()));
+    views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/true, &message->view,
+                               &message->invalid);
+    if (views.ok() && *views) message->bytes = std::move(slice);
+  } else if (grpc::ProtoBufferReader reader(raw); reader.status().ok()) {
+    google::protobuf::io::CodedInputStream in(&reader);
+    views = DecodeInferRequest(&in, static_cast<int64_t>(bytes), /*in_place=*/false, &message->view,
+                               &message->invalid);
+  } else {
+    views = absl::InvalidArgumentError(absl::StrFormat(
+        "the message (%d bytes) could not be read: %s", bytes, reader.status().error_message()));
   }
   raw->Clear();
   return views.status();

@@ -259,3 +259,12 @@ def test_stream_errors_carry_the_request_id_and_a_malformed_message_ends_the_str
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "stream message 1" in e.value.details()
         assert "is not a valid inference.ModelInferRequest: a field is longer" in e.value.details()
+
+        # An empty message is a valid, empty ModelInferRequest: refused for what it lacks.
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            infer(b"", timeout=30)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "unknown model ''" in e.value.details()
