@@ -29,9 +29,11 @@ from perf_analyzer_common import cpu_seconds, predict_input
 
 def start(command):
     binary, *flags = command.split()
+    # ZLPR_PERF_ANALYZER is this script's: the server would warn that no flag of its has it.
+    env = {k: v for k, v in os.environ.items() if k != "ZLPR_PERF_ANALYZER"}
     server = subprocess.Popen(["taskset", "-c", "0", binary, "--grpc_address=127.0.0.1:0",
                                "--metrics_address=127.0.0.1:0"] + flags,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=env)
     line = server.stdout.readline()
     return server, "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
 
