@@ -120,6 +120,17 @@ class Reader {
 
   bool Varint(uint64_t* v) { return in_->ReadVarint64(v) || Fail("truncated"); }
 
+  // Reads fields until the message (or the submessage being read) ends: `field(tag)` reads
+  // one, false on an error.
+  template <typename Field>
+  bool Fields(Field&& field) {
+    uint32_t tag;
+    while (NextTag(&tag)) {
+      if (!field(tag)) return false;
+    }
+    return error_.empty();
+  }
+
   // Reads a submessage: `body` reads its fields, as a Reader limited to it.
   template <typename Body>
   bool Message(Body&& body) {
@@ -196,40 +207,38 @@ class Reader {
 // InferParameter: the oneof's last value; a parameter without one is an empty string (what
 // needs a value refuses it).
 bool ReadParameter(Reader& r, Parameter* p) {
-  uint32_t tag;
-  while (r.NextTag(&tag)) {
+  return r.Fields([&](uint32_t tag) {
     uint64_t v;
     switch (tag) {
       case TagOf(1, kVarint):  // bool_param
         if (!r.Varint(&v)) return false;
         *p = v != 0;
-        break;
+        return true;
       case TagOf(2, kVarint):  // int64_param
         if (!r.Varint(&v)) return false;
         *p = static_cast<int64_t>(v);
-        break;
+        return true;
       case TagOf(3, kLengthDelimited): {  // string_param
         std::string s;
         if (!r.String(&s, "InferParameter.string_param")) return false;
         *p = std::move(s);
-        break;
+        return true;
       }
       case TagOf(4, kFixed64): {  // double_param
         if (!r.in().ReadLittleEndian64(&v)) return r.Fail("truncated");
         double d;
         std::memcpy(&d, &v, sizeof(d));
         *p = d;
-        break;
+        return true;
       }
       case TagOf(5, kVarint):  // uint64_param
         if (!r.Varint(&v)) return false;
         *p = v;
-        break;
+        return true;
       default:
-        if (!r.Skip(tag)) return false;
+        return r.Skip(tag);
     }
-  }
-  return r.error().empty();
+  });
 }
 
 // One entry of a map<string, InferParameter> (the last entry of a key wins).
@@ -237,24 +246,18 @@ bool ReadParameterEntry(Reader& r, Parameters* out) {
   return r.Message([&] {
     std::string key;
     Parameter value = std::string();
-    uint32_t tag;
-    while (r.NextTag(&tag)) {
-      bool ok;
+    const bool ok = r.Fields([&](uint32_t tag) {
       switch (tag) {
         case TagOf(1, kLengthDelimited):
-          ok = r.String(&key, "a parameter's key");
-          break;
+          return r.String(&key, "a parameter's key");
         case TagOf(2, kLengthDelimited):
-          ok = r.Message([&] { return ReadParameter(r, &value); });
-          break;
+          return r.Message([&] { return ReadParameter(r, &value); });
         default:
-          ok = r.Skip(tag);
+          return r.Skip(tag);
       }
-      if (!ok) return false;
-    }
-    if (!r.error().empty()) return false;
-    out->insert_or_assign(std::move(key), std::move(value));
-    return true;
+    });
+    if (ok) out->insert_or_assign(std::move(key), std::move(value));
+    return ok;
   });
 }
 
@@ -265,94 +268,84 @@ struct PendingInput {
   std::vector<uint32_t> uints;  // InferTensorContents.uint_contents
 };
 
+// A packed field of fixed-size elements: its length, a multiple of `element` bytes.
+bool PackedLength(Reader& r, int element, const char* field, int* n) {
+  if (!r.Length(n)) return false;
+  if (*n % element == 0) return true;
+  return r.Fail(
+      absl::StrFormat("packed %s of a length not a multiple of %d", field, element).c_str());
+}
+
 bool ReadContents(Reader& r, PendingInput* p) {
   return r.Message([&] {
-    uint32_t tag;
-    while (r.NextTag(&tag)) {
-      bool ok;
-      if (tag == TagOf(4, kVarint) || tag == TagOf(4, kLengthDelimited)) {  // uint_contents
-        ok = r.Varints(tag, [p](uint64_t v) { p->uints.push_back(static_cast<uint32_t>(v)); });
-      } else if (tag == TagOf(6, kFixed32)) {  // fp32_contents, unpacked
-        uint32_t v;
-        ok = r.in().ReadLittleEndian32(&v) || r.Fail("truncated");
-        if (ok) p->fp32.append(reinterpret_cast<const char*>(&v), sizeof(v));
-      } else if (tag == TagOf(6, kLengthDelimited)) {  // fp32_contents, packed
-        int n;
-        ok = r.Length(&n);
-        if (ok && n % 4 != 0) ok = r.Fail("packed fp32_contents of a length not a multiple of 4");
-        if (ok) {
+    return r.Fields([&](uint32_t tag) {
+      int n;
+      switch (tag) {
+        case TagOf(4, kVarint):  // uint_contents
+        case TagOf(4, kLengthDelimited):
+          return r.Varints(tag, [p](uint64_t v) { p->uints.push_back(static_cast<uint32_t>(v)); });
+        case TagOf(6, kFixed32): {  // fp32_contents, unpacked
+          uint32_t v;
+          if (!r.in().ReadLittleEndian32(&v)) return r.Fail("truncated");
+          p->fp32.append(reinterpret_cast<const char*>(&v), sizeof(v));
+          return true;
+        }
+        case TagOf(6, kLengthDelimited): {  // fp32_contents, packed
+          if (!PackedLength(r, 4, "fp32_contents", &n)) return false;
           const size_t at = p->fp32.size();
           p->fp32.resize(at + static_cast<size_t>(n));
-          ok = r.in().ReadRaw(p->fp32.data() + at, n) || r.Fail("truncated");
+          return r.in().ReadRaw(p->fp32.data() + at, n) || r.Fail("truncated");
         }
-      } else if (tag == TagOf(1, kLengthDelimited) || tag == TagOf(2, kLengthDelimited) ||
-                 tag == TagOf(3, kLengthDelimited) || tag == TagOf(5, kLengthDelimited)) {
-        // bool, int, int64 and uint64 contents, packed: refused once the datatype is known,
-        // but read as protobuf reads them (it refuses a truncated varint among them).
-        ok = r.Varints(tag, [](uint64_t) {});
-      } else if (tag == TagOf(7, kLengthDelimited)) {  // fp64_contents, packed
-        int n;
-        ok = r.Length(&n);
-        if (ok && n % 8 != 0) ok = r.Fail("packed fp64_contents of a length not a multiple of 8");
-        if (ok) ok = r.in().Skip(n) || r.Fail("truncated");
-      } else {
-        ok = r.Skip(tag);  // other contents are refused once the datatype is known
+        case TagOf(1, kLengthDelimited):
+        case TagOf(2, kLengthDelimited):
+        case TagOf(3, kLengthDelimited):
+        case TagOf(5, kLengthDelimited):
+          // bool, int, int64 and uint64 contents, packed: refused once the datatype is known,
+          // but read as protobuf reads them (it refuses a truncated varint among them).
+          return r.Varints(tag, [](uint64_t) {});
+        case TagOf(7, kLengthDelimited):  // fp64_contents, packed
+          return PackedLength(r, 8, "fp64_contents", &n) && (r.in().Skip(n) || r.Fail("truncated"));
+        default:
+          return r.Skip(tag);  // other contents are refused once the datatype is known
       }
-      if (!ok) return false;
-    }
-    return r.error().empty();
+    });
   });
 }
 
 bool ReadInput(Reader& r, Tensor* t, PendingInput* p) {
   return r.Message([&] {
-    uint32_t tag;
-    while (r.NextTag(&tag)) {
-      bool ok;
+    return r.Fields([&](uint32_t tag) {
       switch (tag) {
         case TagOf(1, kLengthDelimited):
-          ok = r.String(&t->name, "InferInputTensor.name");
-          break;
+          return r.String(&t->name, "InferInputTensor.name");
         case TagOf(2, kLengthDelimited):
-          ok = r.String(&p->datatype, "InferInputTensor.datatype");
-          break;
+          return r.String(&p->datatype, "InferInputTensor.datatype");
         case TagOf(3, kVarint):
         case TagOf(3, kLengthDelimited):
-          ok = r.Varints(tag, [t](uint64_t v) { t->shape.push_back(static_cast<int64_t>(v)); });
-          break;
+          return r.Varints(tag, [t](uint64_t v) { t->shape.push_back(static_cast<int64_t>(v)); });
         case TagOf(4, kLengthDelimited):
-          ok = ReadParameterEntry(r, &t->parameters);
-          break;
+          return ReadParameterEntry(r, &t->parameters);
         case TagOf(5, kLengthDelimited):
-          ok = ReadContents(r, p);
-          break;
+          return ReadContents(r, p);
         default:
-          ok = r.Skip(tag);
+          return r.Skip(tag);
       }
-      if (!ok) return false;
-    }
-    return r.error().empty();
+    });
   });
 }
 
 bool ReadOutput(Reader& r, RequestedOutput* o) {
   return r.Message([&] {
-    uint32_t tag;
-    while (r.NextTag(&tag)) {
-      bool ok;
+    return r.Fields([&](uint32_t tag) {
       switch (tag) {
         case TagOf(1, kLengthDelimited):
-          ok = r.String(&o->name, "InferRequestedOutputTensor.name");
-          break;
+          return r.String(&o->name, "InferRequestedOutputTensor.name");
         case TagOf(2, kLengthDelimited):
-          ok = ReadParameterEntry(r, &o->parameters);
-          break;
+          return ReadParameterEntry(r, &o->parameters);
         default:
-          ok = r.Skip(tag);
+          return r.Skip(tag);
       }
-      if (!ok) return false;
-    }
-    return r.error().empty();
+    });
   });
 }
 
@@ -423,54 +416,46 @@ absl::StatusOr<bool> DecodeInferRequest(CodedInputStream* in, int64_t total_byte
   absl::InlinedVector<PendingInput, 3> pending;
   absl::InlinedVector<RawContent, 3> raws;
   bool copied = false;  // a raw content that could not be a view
-  uint32_t tag;
-  while (r.NextTag(&tag)) {
-    bool ok;
+  // A raw content: a view into the message where it may be, else a copy.
+  auto read_raw = [&] {
+    int n;
+    if (!r.Length(&n)) return false;
+    if (n == 0) {
+      raws.push_back({{}, false});
+      return true;
+    }
+    const void* data;
+    int size;
+    if (in_place && in->GetDirectBufferPointer(&data, &size) && size >= n &&
+        reinterpret_cast<uintptr_t>(data) % alignof(float) == 0) {
+      raws.push_back({{static_cast<const char*>(data), static_cast<size_t>(n)}, true});
+      return in->Skip(n) || r.Fail("truncated");
+    }
+    copied = true;
+    auto& buffer = q.buffers.emplace_back(std::make_unique_for_overwrite<char[]>(n));
+    raws.push_back({{buffer.get(), static_cast<size_t>(n)}, false});
+    return in->ReadRaw(buffer.get(), n) || r.Fail("truncated");
+  };
+  r.Fields([&](uint32_t tag) {
     switch (tag) {
       case TagOf(1, kLengthDelimited):
-        ok = r.String(&q.model, "model_name");
-        break;
+        return r.String(&q.model, "model_name");
       case TagOf(2, kLengthDelimited):
-        ok = r.String(&q.version, "model_version");
-        break;
+        return r.String(&q.version, "model_version");
       case TagOf(3, kLengthDelimited):
-        ok = r.String(&q.id, "id");
-        break;
+        return r.String(&q.id, "id");
       case TagOf(4, kLengthDelimited):
-        ok = ReadParameterEntry(r, &q.parameters);
-        break;
+        return ReadParameterEntry(r, &q.parameters);
       case TagOf(5, kLengthDelimited):
-        ok = ReadInput(r, &q.inputs.emplace_back(), &pending.emplace_back());
-        break;
+        return ReadInput(r, &q.inputs.emplace_back(), &pending.emplace_back());
       case TagOf(6, kLengthDelimited):
-        ok = ReadOutput(r, &q.outputs.emplace_back());
-        break;
-      case TagOf(7, kLengthDelimited): {
-        int n;
-        ok = r.Length(&n);
-        if (!ok || n == 0) {
-          if (ok) raws.push_back({{}, false});
-          break;
-        }
-        const void* data;
-        int size;
-        if (in_place && in->GetDirectBufferPointer(&data, &size) && size >= n &&
-            reinterpret_cast<uintptr_t>(data) % alignof(float) == 0) {
-          raws.push_back({{static_cast<const char*>(data), static_cast<size_t>(n)}, true});
-          ok = in->Skip(n) || r.Fail("truncated");
-          break;
-        }
-        copied = true;
-        auto& buffer = q.buffers.emplace_back(std::make_unique_for_overwrite<char[]>(n));
-        ok = in->ReadRaw(buffer.get(), n) || r.Fail("truncated");
-        raws.push_back({{buffer.get(), static_cast<size_t>(n)}, false});
-        break;
-      }
+        return ReadOutput(r, &q.outputs.emplace_back());
+      case TagOf(7, kLengthDelimited):
+        return read_raw();
       default:
-        ok = r.Skip(tag);
+        return r.Skip(tag);
     }
-    if (!ok) break;
-  }
+  });
   if (!r.error().empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("the message (%d bytes) is not a valid inference.ModelInferRequest: %s",

@@ -57,6 +57,22 @@ Decoded Decode(const std::string& bytes, int block = 0) {
   return d;
 }
 
+// Decodes `bytes` in place from a copy of them at `shift` bytes into `buffer` (`*at`: where).
+Decoded DecodeShifted(const std::string& bytes, size_t shift, std::string* buffer,
+                      const char** at) {
+  buffer->assign(shift + bytes.size(), '\0');
+  char* start = buffer->data() + shift;
+  std::copy(bytes.begin(), bytes.end(), start);
+  *at = start;
+  Decoded d;
+  CodedInputStream in(reinterpret_cast<const uint8_t*>(start), static_cast<int>(bytes.size()));
+  const absl::StatusOr<bool> views =
+      DecodeInferRequest(&in, static_cast<int64_t>(bytes.size()), true, &d.request, &d.invalid);
+  d.status = views.status();
+  d.views = views.value_or(false);
+  return d;
+}
+
 // What protobuf and ViewOf make of `bytes`: nullopt when protobuf does not parse them.
 struct Reference {
   inference::ModelInferRequest message;
@@ -298,20 +314,15 @@ TEST(WireDecodeTest, AlignedRawTensorsAreViewsIntoTheMessage) {
   const std::string bytes = m.SerializeAsString();
   // The same bytes at each alignment of the tensor.
   for (size_t shift = 0; shift < 4; ++shift) {
-    std::string buffer(shift + bytes.size() + 8, '\0');
-    char* at = buffer.data() + shift;
-    std::copy(bytes.begin(), bytes.end(), at);
-    CodedInputStream in(reinterpret_cast<const uint8_t*>(at), static_cast<int>(bytes.size()));
-    Request r;
-    absl::Status invalid;
-    const absl::StatusOr<bool> views =
-        DecodeInferRequest(&in, static_cast<int64_t>(bytes.size()), true, &r, &invalid);
-    ASSERT_TRUE(views.ok() && invalid.ok());
-    const char* data = r.inputs[0].data.data();
+    std::string buffer;
+    const char* at;
+    const Decoded d = DecodeShifted(bytes, shift, &buffer, &at);
+    ASSERT_TRUE(d.status.ok() && d.invalid.ok());
+    const char* data = d.request.inputs[0].data.data();
     const bool inside = data >= at && data < at + bytes.size();
-    EXPECT_EQ(inside, *views);
+    EXPECT_EQ(inside, d.views);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(data) % alignof(float), 0u);
-    EXPECT_EQ(r.inputs[0].data, Floats({1, 2, 3, 4}));
+    EXPECT_EQ(d.request.inputs[0].data, Floats({1, 2, 3, 4}));
   }
 }
 
@@ -328,21 +339,16 @@ TEST(WireDecodeTest, OnceOneRawTensorIsCopiedAllAreAndTheMessageCanGo) {
   const std::string bytes = m.SerializeAsString();
   bool mixed = false;
   for (size_t shift = 0; shift < 4; ++shift) {
-    std::string buffer(shift + bytes.size(), '\0');
-    char* at = buffer.data() + shift;
-    std::copy(bytes.begin(), bytes.end(), at);
-    CodedInputStream in(reinterpret_cast<const uint8_t*>(at), static_cast<int>(bytes.size()));
-    Request r;
-    absl::Status invalid;
-    const absl::StatusOr<bool> views =
-        DecodeInferRequest(&in, static_cast<int64_t>(bytes.size()), true, &r, &invalid);
-    ASSERT_TRUE(views.ok() && invalid.ok()) << invalid;
+    std::string buffer;
+    const char* at;
+    const Decoded d = DecodeShifted(bytes, shift, &buffer, &at);
+    ASSERT_TRUE(d.status.ok() && d.invalid.ok()) << d.invalid;
     int inside = 0;
-    for (const Tensor& t : r.inputs) {
+    for (const Tensor& t : d.request.inputs) {
       inside += t.data.data() >= at && t.data.data() < at + bytes.size() ? 1 : 0;
     }
     EXPECT_TRUE(inside == 0 || inside == 3) << inside << " of 3 in the message";
-    EXPECT_EQ(*views, inside == 3);
+    EXPECT_EQ(d.views, inside == 3);
     mixed = mixed || inside == 0;
   }
   EXPECT_TRUE(mixed);
