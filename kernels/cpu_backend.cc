@@ -209,6 +209,10 @@ class CpuBackend final : public Backend {
                            note_.empty() ? "" : " (" + note_ + ")");
   }
 
+  std::unique_ptr<Backend> NewLane() const override {
+    return std::make_unique<CpuBackend>(pool_.threads(), note_);
+  }
+
   using Backend::Label;
   using Backend::Loss;
   absl::Status Loss(const ValidatedLossInput& valid, const LossOutput& out) override;

@@ -187,6 +187,12 @@ class Backend {
   // Device memory held for reuse across calls (0 for the CPU).
   virtual int64_t DeviceMemoryBytes() const { return 0; }
 
+  // Another backend on the same hardware that computes while this one does (its own threads and
+  // buffers), for a worker that runs interactive batches beside this one's bulk batches; null
+  // where two callers would only take turns on one device (a GPU), which the server serves by
+  // computing bulk batches in chunks instead.
+  virtual std::unique_ptr<Backend> NewLane() const { return nullptr; }
+
   // OK while the backend can compute; else why not (a GPU whose context a CUDA error broke),
   // and every call then fails with that status (UNAVAILABLE). Called by the worker thread
   // that drives the backend.

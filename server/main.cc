@@ -88,13 +88,15 @@ ABSL_FLAG(int64_t, max_queue_size, 1024,
           "Queued requests per operation and class (interactive, bulk) before new ones get "
           "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, bulk_chunk_us, 1000,
-          "Kernel time of one chunk of a bulk batch, in microseconds: interactive requests run "
-          "between chunks, so they wait for one chunk at most, never a whole bulk batch. 0: bulk "
-          "batches are computed whole");
+          "Kernel time of one chunk of a bulk batch, in microseconds, where one worker computes "
+          "both classes (a GPU; on the CPU, a bulk batch the interactive worker stands in for): "
+          "interactive requests run between chunks, so they wait for one chunk at most, never a "
+          "whole bulk batch. 0: bulk batches are computed whole");
 ABSL_FLAG(std::string, bulk_threads, "idle",
-          "OS priority of the threads that parse requests of 1 MiB or more and serialize bulk "
-          "responses: idle (SCHED_IDLE: only when nothing else wants the CPU), nice (nice 19) or "
-          "normal (the server's own; no isolation)");
+          "OS priority of the bulk work's threads: the CPU backend's bulk worker, the threads "
+          "that parse requests of 1 MiB or more and serialize bulk responses: idle (SCHED_IDLE: "
+          "only when nothing else wants the CPU), nice (nice 19) or normal (the server's own; no "
+          "isolation)");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes (clients must allow the same)");
 ABSL_FLAG(int64_t, max_inflight_bytes, 0,

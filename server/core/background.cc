@@ -22,7 +22,7 @@ namespace zlpr::server {
 namespace {
 
 // Lowers the calling thread's priority; false (errno set) when the OS refused.
-bool LowerThisThread(BackgroundPolicy policy) {
+bool TryLowerThisThread(BackgroundPolicy policy) {
   switch (policy) {
     case BackgroundPolicy::kIdle: {
       sched_param param{};
@@ -38,6 +38,16 @@ bool LowerThisThread(BackgroundPolicy policy) {
 }
 
 }  // namespace
+
+void LowerThisThread(BackgroundPolicy policy) {
+  static std::atomic<bool> warned{false};
+  if (!TryLowerThisThread(policy) && !warned.exchange(true)) {
+    std::fprintf(stderr,
+                 "zlpr-server: could not lower the bulk threads' priority (--bulk_threads=%s: "
+                 "%s); they run at the server's priority\n",
+                 BackgroundPolicyName(policy), std::strerror(errno));
+  }
+}
 
 absl::StatusOr<BackgroundPolicy> ParseBackgroundPolicy(std::string_view name) {
   if (name == "idle") return BackgroundPolicy::kIdle;
@@ -90,13 +100,7 @@ void BackgroundPool::Stop() {
 
 void BackgroundPool::Loop(BackgroundPolicy policy) {
   pthread_setname_np(pthread_self(), "zlpr-bulk");  // as top -H and /proc show it
-  static std::atomic<bool> warned{false};
-  if (!LowerThisThread(policy) && !warned.exchange(true)) {
-    std::fprintf(stderr,
-                 "zlpr-server: could not lower the bulk threads' priority (--bulk_threads=%s: "
-                 "%s); they run at the server's priority\n",
-                 BackgroundPolicyName(policy), std::strerror(errno));
-  }
+  LowerThisThread(policy);
   for (;;) {
     absl::AnyInvocable<void()> task;
     {

@@ -40,6 +40,10 @@ enum class BackgroundPolicy { kIdle, kNice, kNormal };
 absl::StatusOr<BackgroundPolicy> ParseBackgroundPolicy(std::string_view name);
 const char* BackgroundPolicyName(BackgroundPolicy policy);
 
+// Lowers the calling thread's priority by `policy` (threads it starts inherit it); where the OS
+// refuses, says so on stderr once per process and leaves it as it was.
+void LowerThisThread(BackgroundPolicy policy);
+
 class BackgroundPool {
  public:
   BackgroundPool(int threads, BackgroundPolicy policy,

@@ -114,18 +114,31 @@ class Batcher {
   template <typename Job>
   absl::Status Enqueue(Task<Job> task) {
     absl::Status refused = TryQueue(task);
+    const Priority priority = task.priority;
     if (!refused.ok()) {
       NotComputed<Job>(refused);
       task.done(refused);
       return refused;
     }
-    cv_.Signal();
+    SignalFor(static_cast<int>(priority));
     return absl::OkStatus();
   }
 
-  // Blocks until a batch is due and returns it, or returns nullopt once shut down and drained.
-  // Cancelled and expired tasks met on the way are answered, outside the lock.
-  std::optional<AnyBatch> NextBatch() {
+  // Which batches a worker takes: of class `only`, or of any class (interactive first). With
+  // `stand_in_after`, also a batch of another class once one has been due that long while no
+  // worker took a batch of that class: Workers' interactive worker stands in so for a bulk worker
+  // the OS runs at a lowered priority and has left without CPU.
+  struct Takes {
+    std::optional<Priority> only;
+    std::chrono::nanoseconds stand_in_after{0};
+  };
+
+  // Blocks until a batch this worker takes is due and returns it, or returns nullopt once shut
+  // down and drained. Cancelled and expired tasks met on the way are answered, outside the lock.
+  std::optional<AnyBatch> NextBatch(const Takes& takes = {}) {
+    const int cls = takes.only.has_value() ? static_cast<int>(*takes.only) : kAnyClass;
+    absl::CondVar& cv = cv_[Waiters(cls)];
+    const bool stand_in = takes.stand_in_after.count() > 0;
     for (;;) {
       std::vector<Drop> drops;
       std::optional<AnyBatch> batch;
@@ -135,35 +148,38 @@ class Batcher {
         for (;;) {
           const SteadyTime now = clock_->Now();
           SteadyTime next_due;
-          batch = TryCutLocked(now, kAnyClass, &drops, &next_due);
+          batch = CutForLocked(now, takes, &drops, &next_due);
           if (batch.has_value() || !drops.empty()) break;
           if (shutdown_ && next_due == SteadyTime::max()) {
             drained = true;
             break;
           }
+          if (stand_in) stand_ins_.fetch_add(1, std::memory_order_relaxed);
           if (next_due == SteadyTime::max()) {
-            cv_.Wait(&mu_);
+            cv.Wait(&mu_);
           } else {
-            cv_.WaitWithTimeout(&mu_, absl::FromChrono(next_due - now));
+            cv.WaitWithTimeout(&mu_, absl::FromChrono(next_due - now));
           }
+          if (stand_in) stand_ins_.fetch_sub(1, std::memory_order_relaxed);
         }
       }
       for (Drop& d : drops) d();
       if (batch.has_value()) {
-        cv_.Signal();  // another worker may take the next due batch
+        SignalFor(cls);  // another worker may take the next due batch
         return batch;
       }
       if (drained) return std::nullopt;
     }
   }
 
-  // The non-blocking core of NextBatch, for tests with an injected clock: cuts a batch if one
-  // is due at clock->Now(); else sets *next_due to when the next one will be (SteadyTime::max()
-  // when every queue is empty). Tasks to drop are appended to *drops, for the caller to run
-  // outside any lock.
-  std::optional<AnyBatch> TryCut(std::vector<Drop>* drops, SteadyTime* next_due) {
+  // The non-blocking core of NextBatch, for tests with an injected clock: cuts a batch that the
+  // worker `takes` if one is due at clock->Now(); else sets *next_due to when the next one will
+  // be (SteadyTime::max() when every queue it could take from is empty). Tasks to drop are
+  // appended to *drops, for the caller to run outside any lock.
+  std::optional<AnyBatch> TryCut(std::vector<Drop>* drops, SteadyTime* next_due,
+                                 const Takes& takes = {}) {
     absl::MutexLock lock(&mu_);
-    return TryCutLocked(clock_->Now(), kAnyClass, drops, next_due);
+    return CutForLocked(clock_->Now(), takes, drops, next_due);
   }
 
   // A due batch of class `priority` if there is one, without waiting: what a worker computing
@@ -181,7 +197,7 @@ class Batcher {
 
   // A queued task's caller may have gone (its `cancelled` turned true): waiting workers look
   // again now, and drop it if it is still queued.
-  void Wake() { cv_.SignalAll(); }
+  void Wake() { SignalAll(); }
 
   // Hands queued tasks out at once, without waiting for the delay, and new ones as they come
   // (the calls accepted before a shutdown still send theirs).
@@ -190,7 +206,7 @@ class Batcher {
       absl::MutexLock lock(&mu_);
       draining_ = true;
     }
-    cv_.SignalAll();
+    SignalAll();
   }
 
   // Refuses new tasks; queued ones are still handed out (at once, without waiting for the
@@ -200,13 +216,31 @@ class Batcher {
       absl::MutexLock lock(&mu_);
       shutdown_ = true;
     }
-    cv_.SignalAll();
+    SignalAll();
   }
 
  private:
   // How early gRPC's deadline timer may cancel a call, compared with our steady clock.
   static constexpr std::chrono::milliseconds kDeadlineSlack{20};
   static constexpr int kAnyClass = -1;
+
+  // Workers wait on the condition variable of the class they take (the last one: any class), so
+  // that a task wakes a worker that can take it, never only one that cannot.
+  static size_t Waiters(int cls) {
+    return cls == kAnyClass ? kPriorities : static_cast<size_t>(cls);
+  }
+  // Work of class `cls` (kAnyClass: of some class) may be due: wakes one worker of each kind
+  // that could take it, and a stand-in of another class, which must learn when to step in.
+  void SignalFor(int cls) {
+    const bool stand_ins = stand_ins_.load(std::memory_order_relaxed) > 0;
+    for (int c = 0; c < kPriorities; ++c) {
+      if (cls == kAnyClass || c == cls || stand_ins) cv_[Waiters(c)].Signal();
+    }
+    cv_[Waiters(kAnyClass)].Signal();
+  }
+  void SignalAll() {
+    for (absl::CondVar& cv : cv_) cv.SignalAll();
+  }
 
   // One queue (a job type and a class): a FIFO per caller, the callers with tasks in turn order.
   template <typename Job>
@@ -343,9 +377,47 @@ class Batcher {
     return batch;
   }
 
-  // Cuts a due batch: of class `only`, or of any class (kAnyClass: interactive first).
-  std::optional<AnyBatch> TryCutLocked(SteadyTime now, int only, std::vector<Drop>* drops,
+  // The batch a worker that `takes` so cuts at `now`: of its class(es); else, for a stand-in, a
+  // batch of another class that no worker has cut for stand_in_after since it was due.
+  std::optional<AnyBatch> CutForLocked(SteadyTime now, const Takes& takes, std::vector<Drop>* drops,
                                        SteadyTime* next_due) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int cls = takes.only.has_value() ? static_cast<int>(*takes.only) : kAnyClass;
+    std::optional<AnyBatch> batch = TryCutLocked(now, cls, drops, next_due);
+    if (batch.has_value() || cls == kAnyClass || takes.stand_in_after.count() <= 0) return batch;
+    for (int other = 0; other < kPriorities; ++other) {
+      if (other == cls) continue;
+      const SteadyTime due = EarliestDueLocked(other);
+      if (due == SteadyTime::max()) continue;
+      const SteadyTime step_in = std::max(due, last_cut_[other]) + takes.stand_in_after;
+      if (step_in <= now) {
+        SteadyTime ignored;
+        return TryCutLocked(now, other, drops, &ignored, /*stand_in=*/true);
+      }
+      *next_due = std::min(*next_due, step_in);
+    }
+    return std::nullopt;
+  }
+
+  // When the first queue of class `cls` is (or was) due; SteadyTime::max() when all are empty.
+  SteadyTime EarliestDueLocked(int cls) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    SteadyTime due = SteadyTime::max();
+    std::apply(
+        [&](const auto&... classes) {
+          auto visit = [&](const auto& c) {
+            const auto& q = c[static_cast<size_t>(cls)];
+            if (q.tasks > 0) due = std::min(due, DueLocked(q, OldestLocked(q)));
+          };
+          (visit(classes), ...);
+        },
+        queues_);
+    return due;
+  }
+
+  // Cuts a due batch: of class `only`, or of any class (kAnyClass: interactive first).
+  // A stand-in's cut leaves last_cut_ as it was: the workers of that class are still starved.
+  std::optional<AnyBatch> TryCutLocked(SteadyTime now, int only, std::vector<Drop>* drops,
+                                       SteadyTime* next_due, bool stand_in = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     *next_due = SteadyTime::max();
     // The due queue of the most urgent class whose oldest task is oldest goes first.
     constexpr size_t kNone = sizeof...(Jobs) * kPriorities;
@@ -386,7 +458,9 @@ class Batcher {
         [&](auto&... classes) {
           auto visit = [&](auto& c) {
             for (size_t cls = 0; cls < kPriorities; ++cls, ++index) {
-              if (index == best) batch.emplace(CutLocked(c[cls], cls));
+              if (index != best) continue;
+              batch.emplace(CutLocked(c[cls], cls));
+              if (!stand_in) last_cut_[cls] = now;
             }
           };
           (visit(classes), ...);
@@ -398,8 +472,12 @@ class Batcher {
   const BatcherOptions options_;
   Clock* const clock_;
   mutable absl::Mutex mu_;
-  absl::CondVar cv_;
+  std::array<absl::CondVar, kPriorities + 1> cv_;  // by Waiters()
   std::tuple<Classes<Jobs>...> queues_ ABSL_GUARDED_BY(mu_);
+  // When a worker (not a stand-in) last cut a batch of each class.
+  std::array<SteadyTime, kPriorities> last_cut_ ABSL_GUARDED_BY(mu_){};
+  // Stand-ins waiting in NextBatch (read without the lock by SignalFor()).
+  std::atomic<int> stand_ins_{0};
   // Tasks queued per class, over every job type (read without the lock by Waiting()).
   std::array<std::atomic<int64_t>, kPriorities> waiting_{};
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

@@ -2,7 +2,9 @@
 // the last test, which checks the blocking NextBatch loop with the real clock).
 #include "server/core/batcher.h"
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <thread>
@@ -261,6 +263,50 @@ TEST_F(BatcherTest, TryCutNowTakesOnlyTheClassAskedForAndWaitingSaysWhatIsQueued
   EXPECT_FALSE(b.Waiting(Priority::kBulk));
 }
 
+TEST_F(BatcherTest, AWorkerOfOneClassTakesOnlyThatClass) {
+  TestBatcher b(Options(4, 0), &clock_);
+  const TestBatcher::Takes bulk{.only = Priority::kBulk};
+  const TestBatcher::Takes interactive{.only = Priority::kInteractive};
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 1, Priority::kInteractive)).ok());
+  EXPECT_FALSE(b.TryCut(&drops_, &next_due_, bulk).has_value());
+  EXPECT_EQ(next_due_, SteadyTime::max());  // nothing of its class waits: it sleeps
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 2, Priority::kBulk)).ok());
+  EXPECT_EQ(Ids<JobA>(b.TryCut(&drops_, &next_due_, bulk)), (std::vector<int>{2}));
+  EXPECT_EQ(Ids<JobB>(b.TryCut(&drops_, &next_due_, interactive)), (std::vector<int>{1}));
+}
+
+TEST_F(BatcherTest, AStandInTakesBulkWorkOnlyOnceNoBulkWorkerTookAnyForItsDelay) {
+  TestBatcher b(Options(1, 0), &clock_);
+  const TestBatcher::Takes bulk{.only = Priority::kBulk};
+  const TestBatcher::Takes stand_in{.only = Priority::kInteractive,
+                                    .stand_in_after = std::chrono::milliseconds(500)};
+  const SteadyTime t0 = clock_.Now();
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 1, Priority::kBulk)).ok());
+  EXPECT_FALSE(b.TryCut(&drops_, &next_due_, stand_in).has_value());
+  EXPECT_EQ(next_due_, t0 + std::chrono::milliseconds(500));  // it wakes to look again then
+  clock_.Advance(std::chrono::milliseconds(300));
+  // The bulk worker takes it in time; the next task, due at once, counts from that cut.
+  EXPECT_EQ(Ids<JobA>(b.TryCut(&drops_, &next_due_, bulk)), (std::vector<int>{1}));
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 2, Priority::kBulk)).ok());
+  clock_.Advance(std::chrono::milliseconds(499));
+  EXPECT_FALSE(b.TryCut(&drops_, &next_due_, stand_in).has_value());
+  EXPECT_EQ(next_due_, t0 + std::chrono::milliseconds(800));
+  // The bulk worker has had no CPU for 500 ms: the stand-in takes the task, but interactive
+  // work first.
+  clock_.Advance(std::chrono::milliseconds(1));
+  ASSERT_TRUE(b.Enqueue(Make<JobB>(1, 3, Priority::kInteractive)).ok());
+  EXPECT_EQ(Ids<JobB>(b.TryCut(&drops_, &next_due_, stand_in)), (std::vector<int>{3}));
+  EXPECT_EQ(Ids<JobA>(b.TryCut(&drops_, &next_due_, stand_in)), (std::vector<int>{2}));
+  // Its cut is not the bulk worker's (still starved): a task that has waited as long is the
+  // stand-in's at once, one that just came waits.
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 4, Priority::kBulk)).ok());
+  clock_.Advance(std::chrono::milliseconds(500));
+  ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 5, Priority::kBulk)).ok());
+  EXPECT_EQ(Ids<JobA>(b.TryCut(&drops_, &next_due_, stand_in)), (std::vector<int>{4}));
+  EXPECT_FALSE(b.TryCut(&drops_, &next_due_, stand_in).has_value());  // 5 came just now
+  EXPECT_EQ(next_due_, clock_.Now() + std::chrono::milliseconds(500));
+}
+
 TEST_F(BatcherTest, AFullBulkQueueDoesNotRefuseInteractiveWork) {
   TestBatcher b(Options(4, 1000, /*queue=*/2), &clock_);
   ASSERT_TRUE(b.Enqueue(Make<JobA>(1, 1, Priority::kBulk)).ok());
@@ -362,6 +408,44 @@ TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
   b.Shutdown();
   for (auto& t : workers) t.join();
   EXPECT_EQ(rows.load(), 10000);
+}
+
+TEST(BatcherThreadsTest, WorkersOfOneClassEachReceiveEveryRequestOfTheirsExactlyOnce) {
+  // Two workers, one per class, as a CPU backend has them: every task is taken once, by the
+  // worker of its class, whichever of them sleeps when it comes.
+  BatcherOptions o;
+  o.max_batch_rows = 4;
+  o.max_queue_delay = microseconds(50);
+  o.max_queue_size = 100000;
+  TestBatcher b(o);
+  std::array<std::atomic<int64_t>, kPriorities> rows{};
+  std::atomic<int> wrong_class{0};
+  std::vector<std::thread> workers;
+  for (Priority p : {Priority::kInteractive, Priority::kBulk}) {
+    workers.emplace_back([&, p] {
+      while (auto batch = b.NextBatch({.only = p})) {
+        std::visit(
+            [&](auto& tasks) {
+              for (auto& t : tasks) {
+                if (t.priority != p) ++wrong_class;
+                rows[static_cast<size_t>(p)] += t.job.rows();
+              }
+            },
+            *batch);
+      }
+    });
+  }
+  for (int i = 0; i < 3000; ++i) {
+    Task<JobA> a;
+    a.priority = i % 3 == 0 ? Priority::kInteractive : Priority::kBulk;
+    ASSERT_TRUE(b.Enqueue(std::move(a)).ok());
+    if (i % 100 == 0) std::this_thread::sleep_for(microseconds(200));  // let both sleep at times
+  }
+  b.Shutdown();
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(wrong_class.load(), 0);
+  EXPECT_EQ(rows[static_cast<size_t>(Priority::kInteractive)].load(), 1000);
+  EXPECT_EQ(rows[static_cast<size_t>(Priority::kBulk)].load(), 2000);
 }
 
 }  // namespace

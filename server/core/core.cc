@@ -125,7 +125,8 @@ InferenceCore::InferenceCore(const CoreOptions& options,
               [this](int64_t held) { listener_->OnBudget(held, options_.max_inflight_bytes); }),
       reporter_(std::make_unique<Reporter>(this)),
       batcher_(Reporting(options.batcher, listener_), clock),
-      workers_(&batcher_, std::move(backends), clock, reporter_.get(), options.chunks),
+      workers_(&batcher_, std::move(backends), clock, reporter_.get(), options.chunks,
+               options.background_policy),
       background_(
           options.background_threads > 0 ? options.background_threads : internal::UsableCpus(),
           options.background_policy) {

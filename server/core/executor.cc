@@ -282,60 +282,118 @@ std::vector<absl::StatusOr<PredictResult>> Executor::RunPredictGroup(
 }
 
 Workers::Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
-                 ExecutionListener* listener, const ChunkOptions& chunks)
+                 ExecutionListener* listener, const ChunkOptions& chunks,
+                 BackgroundPolicy bulk_policy)
     : batcher_(batcher),
       backends_(std::move(backends)),
       clock_(clock),
       listener_(listener),
       chunks_(chunks),
+      bulk_policy_(bulk_policy),
       healthy_(static_cast<int>(backends_.size())) {}
 
 Workers::~Workers() { Join(); }
 
+std::function<void()> Workers::InteractiveBetweenChunks(size_t w, const Backend& backend,
+                                                        Executor* interactive) {
+  return [this, w, &backend, interactive] {
+    while (batcher_->Waiting(Priority::kInteractive)) {
+      std::vector<JobBatcher::Drop> drops;
+      std::optional<JobBatcher::AnyBatch> batch =
+          batcher_->TryCutNow(Priority::kInteractive, &drops);
+      for (JobBatcher::Drop& d : drops) d();
+      if (!batch.has_value()) break;  // waiting, but not due yet (its batching delay)
+      std::visit([&](auto& b) { interactive->Execute(b); }, *batch);
+      if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
+    }
+  };
+}
+
 void Workers::Start() {
   for (size_t w = 0; w < backends_.size(); ++w) {
-    threads_.emplace_back([this, w] {
-      pthread_setname_np(pthread_self(), "zlpr-worker");  // as top -H and /proc show it
-      Backend& backend = *backends_[w];
-      // Two executors on one backend (driven by this one thread): their buffers are apart, so
-      // interactive work can run between the chunks of a bulk batch whose inputs the bulk
-      // executor's buffers still hold.
-      Executor bulk(&backend, clock_, listener_, chunks_);
-      Executor interactive(&backend, clock_, listener_, chunks_);
-      bulk.SetBetweenChunks([&] {
-        while (batcher_->Waiting(Priority::kInteractive)) {
-          std::vector<JobBatcher::Drop> drops;
-          std::optional<JobBatcher::AnyBatch> batch =
-              batcher_->TryCutNow(Priority::kInteractive, &drops);
-          for (JobBatcher::Drop& d : drops) d();
-          if (!batch.has_value()) break;  // waiting, but not due yet (its batching delay)
-          std::visit([&](auto& b) { interactive.Execute(b); }, *batch);
-          if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
-        }
-      });
-      bool healthy = true;
-      // True when this worker should leave: its backend cannot compute and another can. The
-      // last one stays, and its backend answers every batch with its status (UNAVAILABLE), so
-      // nothing waits forever.
-      auto leave = [&] {
-        if (!healthy || backend.health().ok()) return false;
-        healthy = false;
-        const int left = healthy_.fetch_sub(1) - 1;
-        if (listener_ != nullptr) listener_->OnBackendUnhealthy(w, backend.health(), left);
-        return left > 0;
-      };
-      if (leave()) return;
-      while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch()) {
-        std::visit(
-            [&](auto& b) {
-              (b.front().priority == Priority::kInteractive ? interactive : bulk).Execute(b);
-            },
-            *batch);
-        if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
-        if (leave()) break;
-      }
-    });
+    // Made on a thread lowered as the bulk worker will be, so that the lane's own threads (the
+    // CPU backend's pool) start lowered too: a thread inherits its creator's priority.
+    std::unique_ptr<Backend> lane;
+    std::thread([&] {
+      LowerThisThread(bulk_policy_);
+      lane = backends_[w]->NewLane();
+    }).join();
+    if (lane == nullptr) {
+      StartSharedWorker(w);
+    } else {
+      StartClassWorkers(w, lanes_.emplace_back(std::move(lane)).get());
+    }
   }
+}
+
+void Workers::StartClassWorkers(size_t w, Backend* lane) {
+  // Bulk batches, whole, on the lane, at the lowered priority: the OS preempts them for the
+  // server's other threads at once (a SCHED_IDLE thread is preempted on any wakeup, whereas a
+  // nice-0 thread keeps the CPU for the rest of its time slice: milliseconds).
+  threads_.emplace_back([this, w, lane] {
+    pthread_setname_np(pthread_self(), "zlpr-worker");  // as top -H and /proc show it
+    LowerThisThread(bulk_policy_);
+    Executor bulk(lane, clock_, listener_, {.bulk_chunk = std::chrono::microseconds(0)});
+    while (std::optional<JobBatcher::AnyBatch> batch =
+               batcher_->NextBatch({.only = Priority::kBulk})) {
+      std::visit([&](auto& b) { bulk.Execute(b); }, *batch);
+      if (listener_ != nullptr) listener_->OnBatchDone(w, *backends_[w]);
+    }
+  });
+  // Interactive batches, at the server's priority; and a bulk batch the lowered worker has left
+  // waiting for chunks_.stand_in_after (it has had no CPU), in chunks with the interactive work
+  // that comes meanwhile in between: bulk work yields, but is never starved.
+  threads_.emplace_back([this, w] {
+    pthread_setname_np(pthread_self(), "zlpr-interact");
+    Backend& backend = *backends_[w];
+    Executor interactive(&backend, clock_, listener_, chunks_);
+    Executor stand_in(&backend, clock_, listener_, chunks_);
+    stand_in.SetBetweenChunks(InteractiveBetweenChunks(w, backend, &interactive));
+    const JobBatcher::Takes takes{.only = Priority::kInteractive,
+                                  .stand_in_after = chunks_.stand_in_after};
+    while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch(takes)) {
+      std::visit(
+          [&](auto& b) {
+            (b.front().priority == Priority::kInteractive ? interactive : stand_in).Execute(b);
+          },
+          *batch);
+      if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
+    }
+  });
+}
+
+void Workers::StartSharedWorker(size_t w) {
+  threads_.emplace_back([this, w] {
+    pthread_setname_np(pthread_self(), "zlpr-worker");  // as top -H and /proc show it
+    Backend& backend = *backends_[w];
+    // Two executors on one backend (driven by this one thread): their buffers are apart, so
+    // interactive work can run between the chunks of a bulk batch whose inputs the bulk
+    // executor's buffers still hold.
+    Executor bulk(&backend, clock_, listener_, chunks_);
+    Executor interactive(&backend, clock_, listener_, chunks_);
+    bulk.SetBetweenChunks(InteractiveBetweenChunks(w, backend, &interactive));
+    bool healthy = true;
+    // True when this worker should leave: its backend cannot compute and another can. The
+    // last one stays, and its backend answers every batch with its status (UNAVAILABLE), so
+    // nothing waits forever.
+    auto leave = [&] {
+      if (!healthy || backend.health().ok()) return false;
+      healthy = false;
+      const int left = healthy_.fetch_sub(1) - 1;
+      if (listener_ != nullptr) listener_->OnBackendUnhealthy(w, backend.health(), left);
+      return left > 0;
+    };
+    if (leave()) return;
+    while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch()) {
+      std::visit(
+          [&](auto& b) {
+            (b.front().priority == Priority::kInteractive ? interactive : bulk).Execute(b);
+          },
+          *batch);
+      if (listener_ != nullptr) listener_->OnBatchDone(w, backend);
+      if (leave()) break;
+    }
+  });
 }
 
 void Workers::Join() {

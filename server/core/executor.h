@@ -15,10 +15,13 @@
 // waits for at most one chunk, never for a whole bulk batch. The kernels are row-independent, so
 // a chunked job computes to the bits it gets whole.
 //
-// Workers is the thread side: one thread per backend, each with two Executors (bulk, and the
-// interactive work it runs between bulk chunks), pulling batches from the batcher until it is
-// shut down and drained. A worker whose backend turns unhealthy stops pulling while another
-// backend is healthy.
+// Workers is the thread side, pulling batches from the batcher until it is shut down and
+// drained. A backend that can compute beside itself (Backend::NewLane: the CPU) gets two
+// workers: a bulk one on the lane, at the lowered `bulk_policy` (the OS preempts it for anything
+// else), and an interactive one at the server's priority, which also stands in, in chunks, for a
+// bulk batch the bulk worker has left waiting (it had no CPU). Any other backend (a GPU) gets one
+// worker with two Executors: bulk, and the interactive work it runs between bulk chunks. A
+// worker whose backend turns unhealthy stops pulling while another backend is healthy.
 #ifndef ZLPR_SERVER_CORE_EXECUTOR_H_
 #define ZLPR_SERVER_CORE_EXECUTOR_H_
 
@@ -33,6 +36,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/zlpr.h"
+#include "server/core/background.h"
 #include "server/core/batcher.h"
 #include "server/core/job.h"
 
@@ -64,6 +68,9 @@ struct ChunkOptions {
   std::chrono::microseconds bulk_chunk{1000};
   // The time per element assumed before the first kernel call has been measured.
   double initial_ns_per_element = 2.0;
+  // On a backend with a lane (Backend::NewLane): how long a due bulk batch may wait while the
+  // lowered bulk worker takes none before the interactive worker computes it (in chunks).
+  std::chrono::milliseconds stand_in_after{500};
 };
 
 class Executor {
@@ -144,7 +151,8 @@ class Workers {
  public:
   // One worker per backend; `batcher`, `clock` and `listener` must outlive the workers.
   Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
-          ExecutionListener* listener, const ChunkOptions& chunks = {});
+          ExecutionListener* listener, const ChunkOptions& chunks = {},
+          BackgroundPolicy bulk_policy = BackgroundPolicy::kNormal);
   ~Workers();  // joins
 
   const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
@@ -160,7 +168,17 @@ class Workers {
   const std::vector<std::unique_ptr<Backend>> backends_;
   Clock* const clock_;
   ExecutionListener* const listener_;
+  // A backend without a lane: one worker, interactive batches between the chunks of bulk ones.
+  void StartSharedWorker(size_t w);
+  // A backend with `lane`: a bulk worker on the lane, lowered, and an interactive one.
+  void StartClassWorkers(size_t w, Backend* lane);
+  // Runs the due interactive batches on `interactive` (between two chunks of a bulk batch).
+  std::function<void()> InteractiveBetweenChunks(size_t w, const Backend& backend,
+                                                 Executor* interactive);
+
   const ChunkOptions chunks_;
+  const BackgroundPolicy bulk_policy_;
+  std::vector<std::unique_ptr<Backend>> lanes_;  // Backend::NewLane()'s, for the bulk workers
   std::vector<std::thread> threads_;
   std::atomic<int> healthy_{0};
 };

@@ -2,6 +2,8 @@
 // narrowing, error isolation and timing, without gRPC, kernels or real time.
 #include "server/core/executor.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -10,7 +12,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "server/core/test_clock.h"
@@ -515,6 +519,143 @@ TEST(WorkersTest, InteractiveWorkArrivingDuringABulkBatchRunsAfterTheCurrentChun
   workers.Join();
   EXPECT_EQ(backend->kinds, "LPLLLLL");
   EXPECT_EQ(answered, (std::vector<char>{'P', 'L'}));
+}
+
+// A backend with lanes: every instance records which calls it took and at which OS scheduling
+// policy; the lane's loss calls wait until `release` is notified.
+class LanedBackend final : public Backend {
+ public:
+  struct Shared {
+    absl::Notification release;
+    absl::Mutex mu;
+    std::vector<std::string> calls ABSL_GUARDED_BY(mu);  // "<instance> <L|P> <policy>"
+  };
+  LanedBackend(Shared* shared, int instance) : shared_(shared), instance_(instance) {}
+  BackendKind kind() const override { return BackendKind::kCpu; }
+  std::string Describe() const override { return "laned fake"; }
+  std::unique_ptr<Backend> NewLane() const override {
+    return std::make_unique<LanedBackend>(shared_, instance_ + 1);
+  }
+
+  using Backend::Label;
+  using Backend::Loss;
+  absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
+    Record('L');
+    if (instance_ > 0) shared_->release.WaitForNotification();
+    std::fill(out.loss, out.loss + in.rows(), 1.0f);
+    if (out.grad != nullptr) std::fill(out.grad, out.grad + in.rows() * in.cols(), 0.0f);
+    return absl::OkStatus();
+  }
+  absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
+    Record('P');
+    out->row_offsets.assign(static_cast<size_t>(in.rows()) + 1, 0);
+    out->labels.clear();
+    out->probs.clear();
+    if (probs != nullptr) std::fill(probs, probs + in.rows() * in.cols(), 0.5f);
+    return absl::OkStatus();
+  }
+
+ private:
+  void Record(char what) {
+    const int policy = sched_getscheduler(0);
+    absl::MutexLock lock(&shared_->mu);
+    shared_->calls.push_back(absl::StrCat(instance_, " ", std::string(1, what), " ",
+                                          policy == SCHED_IDLE ? "idle" : "normal"));
+  }
+  Shared* const shared_;
+  const int instance_;
+};
+
+// Enqueues a one-row task of `job` kind and class, answered into *done.
+struct LaneTest {
+  LaneTest() : data(2, 3) {
+    BatcherOptions o;
+    o.adaptive_delay = false;
+    o.max_batch_rows = 1;
+    o.max_queue_delay = microseconds(0);
+    batcher = std::make_unique<JobBatcher>(o);
+  }
+  void Loss(absl::Notification* done) {
+    LossInput in;
+    in.scores = {data.scores.data(), DType::kFloat32, 1, 3};
+    in.labels = MatrixView{data.labels.data(), DType::kFloat32, 1, 3};
+    ASSERT_TRUE(batcher
+                    ->Enqueue(Task<LossJob>{.job = LossJob{.input = *ValidateLossInput(in)},
+                                            .done =
+                                                [done](const auto& r) {
+                                                  EXPECT_TRUE(r.ok()) << r.status();
+                                                  done->Notify();
+                                                }})
+                    .ok());
+  }
+  void Predict(absl::Notification* done) {
+    LabelerInput in;
+    in.scores = {data.scores.data(), DType::kFloat32, 1, 3};
+    ASSERT_TRUE(
+        batcher
+            ->Enqueue(Task<PredictJob>{.job = PredictJob{.input = *ValidateLabelerInput(in)},
+                                       .done =
+                                           [done](const auto& r) {
+                                             EXPECT_TRUE(r.ok()) << r.status();
+                                             done->Notify();
+                                           }})
+            .ok());
+  }
+  std::vector<std::string> Calls() {
+    absl::MutexLock lock(&shared.mu);
+    return shared.calls;
+  }
+  const Data data;
+  LanedBackend::Shared shared;
+  std::unique_ptr<JobBatcher> batcher;
+};
+
+TEST(WorkersTest, OnABackendWithALaneInteractiveWorkIsComputedWhileABulkBatchIsStillComputing) {
+  LaneTest t;
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<LanedBackend>(&t.shared, 0));
+  HealthListener listener;
+  Workers workers(t.batcher.get(), std::move(backends), SystemClock(), &listener, {},
+                  BackgroundPolicy::kIdle);
+  workers.Start();
+  absl::Notification loss_done, predict_done;
+  t.Loss(&loss_done);
+  t.Predict(&predict_done);
+  // The loss holds the lane until released; the predict is answered meanwhile, by the other
+  // worker, on the backend itself, at the server's priority; the loss ran on the lane, lowered.
+  ASSERT_TRUE(predict_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_FALSE(loss_done.HasBeenNotified());
+  t.shared.release.Notify();
+  ASSERT_TRUE(loss_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  t.batcher->Shutdown();
+  workers.Join();
+  const std::vector<std::string> calls = t.Calls();
+  EXPECT_EQ(std::count(calls.begin(), calls.end(), "1 L idle"), 1);
+  EXPECT_EQ(std::count(calls.begin(), calls.end(), "0 P normal"), 1);
+  EXPECT_EQ(calls.size(), 2u);
+}
+
+TEST(WorkersTest, ABulkBatchTheLoweredWorkerLeavesWaitingIsComputedByTheInteractiveWorker) {
+  LaneTest t;
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<LanedBackend>(&t.shared, 0));
+  HealthListener listener;
+  Workers workers(t.batcher.get(), std::move(backends), SystemClock(), &listener,
+                  {.stand_in_after = std::chrono::milliseconds(20)}, BackgroundPolicy::kIdle);
+  workers.Start();
+  // The first loss holds the bulk worker as if it had no CPU; the second waits for it, until
+  // the interactive worker stands in (on the backend itself, at the server's priority).
+  absl::Notification first, second;
+  t.Loss(&first);
+  t.Loss(&second);
+  ASSERT_TRUE(second.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_FALSE(first.HasBeenNotified());
+  t.shared.release.Notify();
+  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  t.batcher->Shutdown();
+  workers.Join();
+  const std::vector<std::string> calls = t.Calls();
+  EXPECT_EQ(calls, (std::vector<std::string>{"1 L idle", "0 L normal"}));
 }
 
 }  // namespace
