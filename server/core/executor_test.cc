@@ -522,13 +522,21 @@ TEST(WorkersTest, InteractiveWorkArrivingDuringABulkBatchRunsAfterTheCurrentChun
 }
 
 // A backend with lanes: every instance records which calls it took and at which OS scheduling
-// policy; the lane's loss calls wait until `release` is notified.
+// policy. The lane's loss calls say they began (`lane_entered`) and wait for `release`; with
+// `hold_labels`, the first instance's label calls say so (`labeling`) and wait for `resume`.
 class LanedBackend final : public Backend {
  public:
   struct Shared {
-    absl::Notification release;
+    bool hold_labels = false;
+    absl::Notification lane_entered, release, labeling, resume;
     absl::Mutex mu;
     std::vector<std::string> calls ABSL_GUARDED_BY(mu);  // "<instance> <L|P> <policy>"
+
+    void ReleaseAll() {
+      for (absl::Notification* n : {&release, &resume}) {
+        if (!n->HasBeenNotified()) n->Notify();
+      }
+    }
   };
   LanedBackend(Shared* shared, int instance) : shared_(shared), instance_(instance) {}
   BackendKind kind() const override { return BackendKind::kCpu; }
@@ -541,13 +549,20 @@ class LanedBackend final : public Backend {
   using Backend::Loss;
   absl::Status Loss(const ValidatedLossInput& in, const LossOutput& out) override {
     Record('L');
-    if (instance_ > 0) shared_->release.WaitForNotification();
+    if (instance_ > 0) {
+      if (!shared_->lane_entered.HasBeenNotified()) shared_->lane_entered.Notify();
+      shared_->release.WaitForNotification();
+    }
     std::fill(out.loss, out.loss + in.rows(), 1.0f);
     if (out.grad != nullptr) std::fill(out.grad, out.grad + in.rows() * in.cols(), 0.0f);
     return absl::OkStatus();
   }
   absl::Status Label(const ValidatedLabelerInput& in, LabelSets* out, float* probs) override {
     Record('P');
+    if (instance_ == 0 && shared_->hold_labels) {
+      if (!shared_->labeling.HasBeenNotified()) shared_->labeling.Notify();
+      shared_->resume.WaitForNotification();
+    }
     out->row_offsets.assign(static_cast<size_t>(in.rows()) + 1, 0);
     out->labels.clear();
     out->probs.clear();
@@ -566,7 +581,7 @@ class LanedBackend final : public Backend {
   const int instance_;
 };
 
-// Enqueues a one-row task of `job` kind and class, answered into *done.
+// One-row tasks for Workers on a LanedBackend.
 struct LaneTest {
   LaneTest() : data(2, 3) {
     BatcherOptions o;
@@ -574,6 +589,21 @@ struct LaneTest {
     o.max_batch_rows = 1;
     o.max_queue_delay = microseconds(0);
     batcher = std::make_unique<JobBatcher>(o);
+  }
+  // Whatever a test asserted, no worker is left waiting.
+  ~LaneTest() { Finish(); }
+  void Start(const ChunkOptions& chunks) {
+    std::vector<std::unique_ptr<Backend>> backends;
+    backends.push_back(std::make_unique<LanedBackend>(&shared, 0));
+    workers = std::make_unique<Workers>(batcher.get(), std::move(backends), SystemClock(),
+                                        &listener, chunks, BackgroundPolicy::kIdle);
+    workers->Start();
+  }
+  // Lets every call go on, shuts the batcher down and joins the workers.
+  void Finish() {
+    shared.ReleaseAll();
+    batcher->Shutdown();
+    if (workers != nullptr) workers->Join();
   }
   void Loss(absl::Notification* done) {
     LossInput in;
@@ -605,57 +635,56 @@ struct LaneTest {
     absl::MutexLock lock(&shared.mu);
     return shared.calls;
   }
+  static bool Within(absl::Notification& n) {
+    return n.WaitForNotificationWithTimeout(absl::Seconds(60));
+  }
   const Data data;
+  HealthListener listener;
   LanedBackend::Shared shared;
   std::unique_ptr<JobBatcher> batcher;
+  std::unique_ptr<Workers> workers;
 };
 
 TEST(WorkersTest, OnABackendWithALaneInteractiveWorkIsComputedWhileABulkBatchIsStillComputing) {
   LaneTest t;
-  std::vector<std::unique_ptr<Backend>> backends;
-  backends.push_back(std::make_unique<LanedBackend>(&t.shared, 0));
-  HealthListener listener;
-  Workers workers(t.batcher.get(), std::move(backends), SystemClock(), &listener, {},
-                  BackgroundPolicy::kIdle);
-  workers.Start();
+  // The interactive worker never stands in here: the loss can only be the bulk worker's.
+  t.Start({.stand_in_after = std::chrono::hours(1)});
   absl::Notification loss_done, predict_done;
   t.Loss(&loss_done);
-  t.Predict(&predict_done);
+  ASSERT_TRUE(LaneTest::Within(t.shared.lane_entered));
   // The loss holds the lane until released; the predict is answered meanwhile, by the other
   // worker, on the backend itself, at the server's priority; the loss ran on the lane, lowered.
-  ASSERT_TRUE(predict_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  t.Predict(&predict_done);
+  ASSERT_TRUE(LaneTest::Within(predict_done));
   EXPECT_FALSE(loss_done.HasBeenNotified());
   t.shared.release.Notify();
-  ASSERT_TRUE(loss_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
-  t.batcher->Shutdown();
-  workers.Join();
-  const std::vector<std::string> calls = t.Calls();
-  EXPECT_EQ(std::count(calls.begin(), calls.end(), "1 L idle"), 1);
-  EXPECT_EQ(std::count(calls.begin(), calls.end(), "0 P normal"), 1);
-  EXPECT_EQ(calls.size(), 2u);
+  ASSERT_TRUE(LaneTest::Within(loss_done));
+  t.Finish();
+  EXPECT_EQ(t.Calls(), (std::vector<std::string>{"1 L idle", "0 P normal"}));
 }
 
 TEST(WorkersTest, ABulkBatchTheLoweredWorkerLeavesWaitingIsComputedByTheInteractiveWorker) {
   LaneTest t;
-  std::vector<std::unique_ptr<Backend>> backends;
-  backends.push_back(std::make_unique<LanedBackend>(&t.shared, 0));
-  HealthListener listener;
-  Workers workers(t.batcher.get(), std::move(backends), SystemClock(), &listener,
-                  {.stand_in_after = std::chrono::milliseconds(20)}, BackgroundPolicy::kIdle);
-  workers.Start();
-  // The first loss holds the bulk worker as if it had no CPU; the second waits for it, until
-  // the interactive worker stands in (on the backend itself, at the server's priority).
-  absl::Notification first, second;
+  t.shared.hold_labels = true;
+  t.Start({.stand_in_after = std::chrono::milliseconds(20)});
+  // The interactive worker is busy with a predict while the first loss comes, so the bulk
+  // worker takes that loss, and holds it as if it had no CPU.
+  absl::Notification predict, first, second;
+  t.Predict(&predict);
+  ASSERT_TRUE(LaneTest::Within(t.shared.labeling));
   t.Loss(&first);
+  ASSERT_TRUE(LaneTest::Within(t.shared.lane_entered));
+  t.shared.resume.Notify();
+  ASSERT_TRUE(LaneTest::Within(predict));
+  // The second loss waits for the bulk worker until the interactive worker stands in (on the
+  // backend itself, at the server's priority).
   t.Loss(&second);
-  ASSERT_TRUE(second.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(LaneTest::Within(second));
   EXPECT_FALSE(first.HasBeenNotified());
   t.shared.release.Notify();
-  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(60)));
-  t.batcher->Shutdown();
-  workers.Join();
-  const std::vector<std::string> calls = t.Calls();
-  EXPECT_EQ(calls, (std::vector<std::string>{"1 L idle", "0 L normal"}));
+  ASSERT_TRUE(LaneTest::Within(first));
+  t.Finish();
+  EXPECT_EQ(t.Calls(), (std::vector<std::string>{"0 P normal", "1 L idle", "0 L normal"}));
 }
 
 }  // namespace
