@@ -9,7 +9,7 @@ zlpr_request_duration_seconds histogram: the bucket bounds that hold them), and 
 calls/s, alone and together. With --pin (the default) the
 server runs on CPU 0 and every load generator on CPU 1.
 
-  python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...]
+  python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...] [--flood-idle]
 """
 import argparse
 import concurrent.futures
@@ -91,6 +91,10 @@ def main():
     ap.add_argument("--flood-nice", type=int, default=0,
                     help="the flood's load generator at this nice value, so that it does not "
                          "take the CPU from the Predicts' client it shares a core with")
+    ap.add_argument("--flood-idle", action="store_true",
+                    help="the flood's load generator at SCHED_IDLE (chrt --idle), which the "
+                         "Predicts' client preempts at once: as if the trainers ran elsewhere "
+                         "(a nice value still lets it finish its time slice first)")
     args = ap.parse_args()
     on_server, on_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
     server_bin = args.server or os.path.join(args.build, "server/zlpr-server")
@@ -124,9 +128,10 @@ def main():
         return f"≤ {bound(0.5):g}", f"≤ {bound(0.99):g}"
     tmp = tempfile.mkdtemp()
 
-    def zlpr_bench(name, *flags, nice=0):
+    def zlpr_bench(name, *flags, nice=0, idle=False):
         out = os.path.join(tmp, name + ".json")
-        proc = subprocess.Popen(on_client + ["nice", "-n", str(nice)] + [
+        proc = subprocess.Popen(on_client + ["nice", "-n", str(nice)] +
+                                (["chrt", "--idle", "0"] if idle else []) + [
             bench, f"--target={target}", f"--duration_s={args.seconds}", "--warmup_s=1",
             "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
         return lambda: (proc.wait(), json.load(open(out))["runs"][0])[1]
@@ -137,7 +142,8 @@ def main():
 
     def flood():
         return zlpr_bench("flood", "--rpc=loss_grad", "--rows=256", "--cols=16384",
-                          f"--concurrency={args.flood}", nice=args.flood_nice)
+                          f"--concurrency={args.flood}", nice=args.flood_nice,
+                          idle=args.flood_idle)
 
     def errors(run):
         return sum(run.get("errors", {}).values())
@@ -172,7 +178,9 @@ def main():
             http_row("OIP HTTP Predict beside the flood")
             flood_beside_http = wait_flood()
         print(f"\nPredict 1 x 1000 at {args.rate:.0f}/s open loop; flood: {args.flood} callers "
-              f"of loss+gradient 256 x 16384; server flags: {' '.join(args.server_flag) or '-'}")
+              f"of loss+gradient 256 x 16384"
+              f"{' (generator at SCHED_IDLE)' if args.flood_idle else ''}; "
+              f"server flags: {' '.join(args.server_flag) or '-'}")
         print("| Predict | p50 ms | p99 ms | p99.9 ms | server p50 ms | server p99 ms | errors |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         print("\n".join(rows))

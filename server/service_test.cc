@@ -1064,10 +1064,12 @@ TEST_F(ServiceTest, MetricsEndpointParsesAndCarriesEveryFamily) {
         "zlpr_compute_duration_seconds", "zlpr_batch_rows", "zlpr_rows_total", "zlpr_queue_depth",
         "zlpr_inflight_requests", "zlpr_rejected_requests_total", "zlpr_request_bytes_total",
         "zlpr_response_bytes_total", "zlpr_build_info", "zlpr_inflight_bytes",
-        "zlpr_late_results_total", "zlpr_class_request_duration_seconds"}) {
+        "zlpr_late_results_total", "zlpr_class_request_duration_seconds",
+        "zlpr_bulk_stand_ins_total"}) {
     EXPECT_THAT(body, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   EXPECT_EQ(MetricValue(body, "zlpr_rows_total{op=\"loss\"}"), 3);
+  EXPECT_EQ(MetricValue(body, "zlpr_bulk_stand_ins_total{op=\"loss\"}"), 0);  // it had the CPU
   EXPECT_EQ(MetricValue(
                 body, absl::StrCat("zlpr_build_info{backend=\"cpu\",version=\"", Version(), "\"}")),
             1);

@@ -104,6 +104,7 @@ class InferenceCore::Reporter final : public ExecutionListener {
   void OnBatchDone(size_t worker, const Backend& backend) override {
     core_->listener_->OnBatchDone(worker, backend);
   }
+  void OnStandIn(JobKind kind) override { core_->listener_->OnStandIn(kind); }
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override {
     std::fprintf(stderr, "zlpr-server: worker %zu's backend cannot compute: %s (%d left)\n", worker,
                  std::string(why.message()).c_str(), healthy_left);

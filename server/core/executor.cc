@@ -354,7 +354,13 @@ void Workers::StartClassWorkers(size_t w, Backend* lane) {
     while (std::optional<JobBatcher::AnyBatch> batch = batcher_->NextBatch(takes)) {
       std::visit(
           [&](auto& b) {
-            (b.front().priority == Priority::kInteractive ? interactive : stand_in).Execute(b);
+            using Job = std::decay_t<decltype(b.front().job)>;
+            if (b.front().priority == Priority::kInteractive) {
+              interactive.Execute(b);
+              return;
+            }
+            if (listener_ != nullptr) listener_->OnStandIn(Job::kKind);
+            stand_in.Execute(b);
           },
           *batch);
       if (listener_ != nullptr) listener_->OnBatchDone(w, backend);

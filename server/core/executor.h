@@ -60,6 +60,9 @@ class ExecutionListener {
   // `healthy_left` backends still can. Once per worker.
   virtual void OnBackendUnhealthy(size_t /*worker*/, const absl::Status& /*why*/,
                                   int /*healthy_left*/) {}
+  // An interactive worker took a bulk batch of `kind` that the lowered bulk worker had left
+  // waiting for ChunkOptions::stand_in_after (it had no CPU).
+  virtual void OnStandIn(JobKind /*kind*/) {}
 };
 
 // How bulk work is cut (CoreOptions::chunks).

@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -242,6 +243,7 @@ class HealthListener final : public ExecutionListener {
   void OnKernelCall(JobKind, int64_t, double, bool) override {}
   void OnQueued(JobKind, Priority, double) override {}
   void OnBatchDone(size_t, const Backend&) override {}
+  void OnStandIn(JobKind) override { ++stand_ins; }
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int left) override {
     absl::MutexLock lock(&mu);
     events.push_back({worker, why, left});
@@ -253,6 +255,7 @@ class HealthListener final : public ExecutionListener {
   };
   absl::Mutex mu;
   std::vector<Event> events;
+  std::atomic<int> stand_ins{0};
 };
 
 // Enqueues `n` one-row loss jobs and waits for every answer; the answers' codes.
@@ -661,6 +664,7 @@ TEST(WorkersTest, OnABackendWithALaneInteractiveWorkIsComputedWhileABulkBatchIsS
   ASSERT_TRUE(LaneTest::Within(loss_done));
   t.Finish();
   EXPECT_EQ(t.Calls(), (std::vector<std::string>{"1 L idle", "0 P normal"}));
+  EXPECT_EQ(t.listener.stand_ins.load(), 0);
 }
 
 TEST(WorkersTest, ABulkBatchTheLoweredWorkerLeavesWaitingIsComputedByTheInteractiveWorker) {
@@ -685,6 +689,7 @@ TEST(WorkersTest, ABulkBatchTheLoweredWorkerLeavesWaitingIsComputedByTheInteract
   ASSERT_TRUE(LaneTest::Within(first));
   t.Finish();
   EXPECT_EQ(t.Calls(), (std::vector<std::string>{"0 P normal", "1 L idle", "0 L normal"}));
+  EXPECT_EQ(t.listener.stand_ins.load(), 1);
 }
 
 }  // namespace

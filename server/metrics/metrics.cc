@@ -120,6 +120,17 @@ Metrics::Metrics(prometheus::Registry& registry, const std::string& version,
   for (int r = 0; r < static_cast<int>(Reject::kCount); ++r) {
     rejected_[r] = &rejected.Add({{"reason", RejectName(static_cast<Reject>(r))}});
   }
+  auto& stand_ins =
+      BuildCounter()
+          .Name("zlpr_bulk_stand_ins_total")
+          .Help(
+              "Bulk batches computed by the interactive worker (in chunks, at the server's "
+              "priority) because the lowered bulk worker had taken none for 500 ms: bulk work "
+              "that got no CPU, by operation")
+          .Register(registry);
+  for (int k = 0; k < kJobKinds; ++k) {
+    stand_ins_[k] = &stand_ins.Add({{"op", JobKindName(static_cast<JobKind>(k))}});
+  }
   late_results_ = &BuildCounter()
                        .Name("zlpr_late_results_total")
                        .Help(
@@ -233,6 +244,8 @@ void Metrics::OnBatchDone(size_t worker, const Backend& backend) {
     device_memory_[worker]->Set(static_cast<double>(backend.DeviceMemoryBytes()));
   }
 }
+
+void Metrics::OnStandIn(JobKind kind) { stand_ins_[static_cast<int>(kind)]->Increment(); }
 
 void Metrics::OnBackendUnhealthy(size_t worker, const absl::Status&, int) {
   if (worker < device_healthy_.size()) device_healthy_[worker]->Set(0);

@@ -50,6 +50,7 @@ class Metrics final : public CoreListener {
   void OnQueued(JobKind kind, Priority priority, double seconds) override;
   void OnBatchDone(size_t worker, const Backend& backend) override;
   void OnBackendUnhealthy(size_t worker, const absl::Status& why, int healthy_left) override;
+  void OnStandIn(JobKind kind) override;
 
  private:
   static constexpr int kCodes = 17;
@@ -76,6 +77,7 @@ class Metrics final : public CoreListener {
   prometheus::Gauge* inflight_bytes_limit_ = nullptr;
   prometheus::Counter* request_bytes_ = nullptr;
   prometheus::Counter* late_results_ = nullptr;
+  std::array<prometheus::Counter*, kJobKinds> stand_ins_{};
   prometheus::Counter* response_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* connections_family_ = nullptr;
   absl::Mutex connections_mu_;
