@@ -85,7 +85,7 @@ def test_grafana_dashboard_panels_query_zlpr_metrics():
         dash = json.load(f)
     titles = [p["title"] for p in dash["panels"]]
     for needed in ("Throughput", "Errors", "Latency", "Queue depth", "Queue time", "batch", "Compute",
-                   "Device memory", "Latency by class"):
+                   "Device memory", "Latency by class", "stood in"):
         assert any(needed.lower() in t.lower() for t in titles), needed
     for p in dash["panels"]:
         for t in p["targets"]:
