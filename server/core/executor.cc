@@ -329,7 +329,9 @@ void Workers::Start() {
 void Workers::StartClassWorkers(size_t w, Backend* lane) {
   // Bulk batches, whole, on the lane, at the lowered priority: the OS preempts them for the
   // server's other threads at once (a SCHED_IDLE thread is preempted on any wakeup, whereas a
-  // nice-0 thread keeps the CPU for the rest of its time slice: milliseconds).
+  // thread of any nice value may keep the CPU for the rest of its time slice: milliseconds).
+  // No health checks here: a backend with a lane computes on the CPU, which does not break as
+  // a device does.
   threads_.emplace_back([this, w, lane] {
     pthread_setname_np(pthread_self(), "zlpr-worker");  // as top -H and /proc show it
     LowerThisThread(bulk_policy_);

@@ -152,7 +152,7 @@ class Executor {
 
 class Workers {
  public:
-  // One worker per backend; `batcher`, `clock` and `listener` must outlive the workers.
+  // The workers of each backend (above); `batcher`, `clock` and `listener` must outlive them.
   Workers(JobBatcher* batcher, std::vector<std::unique_ptr<Backend>> backends, Clock* clock,
           ExecutionListener* listener, const ChunkOptions& chunks = {},
           BackgroundPolicy bulk_policy = BackgroundPolicy::kNormal);

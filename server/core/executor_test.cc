@@ -534,6 +534,8 @@ class LanedBackend final : public Backend {
     absl::Notification lane_entered, release, labeling, resume;
     absl::Mutex mu;
     std::vector<std::string> calls ABSL_GUARDED_BY(mu);  // "<instance> <L|P> <policy>"
+    // The policy of the thread that made the lane, which the lane's own threads would inherit.
+    std::atomic<int> lane_made_at{-1};
 
     void ReleaseAll() {
       for (absl::Notification* n : {&release, &resume}) {
@@ -545,6 +547,7 @@ class LanedBackend final : public Backend {
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string Describe() const override { return "laned fake"; }
   std::unique_ptr<Backend> NewLane() const override {
+    shared_->lane_made_at = sched_getscheduler(0);
     return std::make_unique<LanedBackend>(shared_, instance_ + 1);
   }
 
@@ -664,6 +667,7 @@ TEST(WorkersTest, OnABackendWithALaneInteractiveWorkIsComputedWhileABulkBatchIsS
   ASSERT_TRUE(LaneTest::Within(loss_done));
   t.Finish();
   EXPECT_EQ(t.Calls(), (std::vector<std::string>{"1 L idle", "0 P normal"}));
+  EXPECT_EQ(t.shared.lane_made_at.load(), SCHED_IDLE);
   EXPECT_EQ(t.listener.stand_ins.load(), 0);
 }
 
