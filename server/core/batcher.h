@@ -113,8 +113,8 @@ class Batcher {
   // UNAVAILABLE after Shutdown()) and returns that status.
   template <typename Job>
   absl::Status Enqueue(Task<Job> task) {
+    const Priority priority = task.priority;  // read before TryQueue moves the task away
     absl::Status refused = TryQueue(task);
-    const Priority priority = task.priority;
     if (!refused.ok()) {
       NotComputed<Job>(refused);
       task.done(refused);

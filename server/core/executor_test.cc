@@ -611,17 +611,20 @@ struct LaneTest {
     batcher->Shutdown();
     if (workers != nullptr) workers->Join();
   }
+  // A task's answer that must be OK, and notifies `done`.
+  static auto Succeeds(absl::Notification* done) {
+    return [done](const auto& r) {
+      EXPECT_TRUE(r.ok()) << r.status();
+      done->Notify();
+    };
+  }
   void Loss(absl::Notification* done) {
     LossInput in;
     in.scores = {data.scores.data(), DType::kFloat32, 1, 3};
     in.labels = MatrixView{data.labels.data(), DType::kFloat32, 1, 3};
     ASSERT_TRUE(batcher
                     ->Enqueue(Task<LossJob>{.job = LossJob{.input = *ValidateLossInput(in)},
-                                            .done =
-                                                [done](const auto& r) {
-                                                  EXPECT_TRUE(r.ok()) << r.status();
-                                                  done->Notify();
-                                                }})
+                                            .done = Succeeds(done)})
                     .ok());
   }
   void Predict(absl::Notification* done) {
@@ -630,11 +633,7 @@ struct LaneTest {
     ASSERT_TRUE(
         batcher
             ->Enqueue(Task<PredictJob>{.job = PredictJob{.input = *ValidateLabelerInput(in)},
-                                       .done =
-                                           [done](const auto& r) {
-                                             EXPECT_TRUE(r.ok()) << r.status();
-                                             done->Notify();
-                                           }})
+                                       .done = Succeeds(done)})
             .ok());
   }
   std::vector<std::string> Calls() {
