@@ -9,7 +9,17 @@ zlpr_request_duration_seconds histogram: the bucket bounds that hold them), and 
 calls/s, alone and together. With --pin (the default) the
 server runs on CPU 0 and every load generator on CPU 1.
 
+With --flood-shm PYTHON the trainers are on the server's host and send their arrays through
+shared memory (zlpr.Client(shared_memory=True) with client.shared_tensors, run by PYTHON, which
+has the zlpr package): the flood's calls carry no tensor bytes through a socket.
+
   python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...] [--flood-idle]
+  python3 bench/isolation.py --build build --flood-shm build-pyvenv/bin/python
+
+With --flood-server idle (or normal) the flood goes to a second server process on the same core,
+started at SCHED_IDLE (or the default priority): a bound on what any thread priority inside the
+server could do, since none of that process's threads (gRPC's included) competes at the
+Predicts' priority.
 """
 import argparse
 import concurrent.futures
@@ -24,6 +34,40 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+# The flood through shared memory: --flood callers, one set of shared tensors each (filled once,
+# as a trainer's arrays would be), closed loop; prints {"rps": ..., "errors": {...}}.
+SHM_FLOOD = r'''
+import json, sys, threading, time
+import numpy as np
+import zlpr
+target, callers, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+client = zlpr.Client(target, shared_memory=True)
+rng = np.random.default_rng(0)
+scores = rng.standard_normal((256, 16384)).astype(np.float32)
+labels = rng.random((256, 16384)).astype(np.float32)
+sets = [client.shared_tensors(256, 16384) for _ in range(callers)]
+for ts in sets:
+    ts.scores[:] = scores
+    ts.labels[:] = labels
+start = time.perf_counter()
+warm, stop = start + 1.0, start + seconds
+done, errors = [0] * callers, {}
+def caller(i):
+    while time.perf_counter() < stop:
+        try:
+            client.compute_loss(sets[i].scores, sets[i].labels, want_grad=True)
+            if time.perf_counter() > warm:
+                done[i] += 1
+        except zlpr.ZlprError as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"rps": sum(done) / (seconds - 1.0), "errors": errors}))
+'''
 
 _ROW = random.Random(0)
 PREDICT_BODY = json.dumps({"inputs": [{
@@ -95,7 +139,15 @@ def main():
                     help="the flood's load generator at SCHED_IDLE (chrt --idle), which the "
                          "Predicts' client preempts at once: as if the trainers ran elsewhere "
                          "(a nice value still lets it finish its time slice first)")
+    ap.add_argument("--flood-shm", metavar="PYTHON", default=None,
+                    help="the flood through shared memory, by this Python (with the zlpr "
+                         "package); the server gets --allow_client_shm")
+    ap.add_argument("--flood-server", choices=["same", "normal", "idle"], default="same",
+                    help="the server the flood goes to: the Predicts' own (same), or a second "
+                         "one on the same core at the default priority or at SCHED_IDLE")
     args = ap.parse_args()
+    if args.flood_shm:
+        args.server_flag.append("--allow_client_shm")
     on_server, on_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
     server_bin = args.server or os.path.join(args.build, "server/zlpr-server")
     bench = os.path.join(args.build, "bench/zlpr-bench")
@@ -103,17 +155,29 @@ def main():
                                            "--metrics_address=127.0.0.1:0", "--backend=cpu",
                                            "--http_address=127.0.0.1:0", *args.server_flag],
                               stdout=subprocess.PIPE, text=True)
+    servers = [server]
     line = server.stdout.readline()
-    target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
+    target = flood_target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
     metrics = "http://127.0.0.1:%s/metrics" % re.search(r"metrics on port (\d+)", line).group(1)
     http_port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
+    if args.flood_server != "same":
+        second = subprocess.Popen(
+            on_server + (["chrt", "--idle", "0"] if args.flood_server == "idle" else []) +
+            [server_bin, "--grpc_address=127.0.0.1:0", "--metrics_address=", "--backend=cpu",
+             *args.server_flag], stdout=subprocess.PIPE, text=True)
+        servers.append(second)
+        flood_target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)",
+                                                second.stdout.readline()).group(1)
 
     def predict_buckets():
-        """The server's own Predict latency histogram (arrival to answer), cumulative."""
+        """The server's own Predict latency histogram (arrival to answer), cumulative: zlpr.v1's
+        Predict and the HTTP binding's ModelInfer (a shared-memory flood's calls are ModelInfer
+        over gRPC)."""
         text = urllib.request.urlopen(metrics).read().decode()
         out = {}
-        for m in re.finditer(r'^zlpr_request_duration_seconds_bucket\{method="(?:Predict|ModelInfer)",'
-                             r'protocol="[^"]*",le="([^"]+)"\} (\S+)$', text, re.M):
+        for m in re.finditer(r'^zlpr_request_duration_seconds_bucket\{method="(?:Predict",'
+                             r'protocol="zlpr_v1|ModelInfer",protocol="oip_http)",'
+                             r'le="([^"]+)"\} (\S+)$', text, re.M):
             out[float(m.group(1))] = out.get(float(m.group(1)), 0) + float(m.group(2))
         return out
 
@@ -128,11 +192,11 @@ def main():
         return f"≤ {bound(0.5):g}", f"≤ {bound(0.99):g}"
     tmp = tempfile.mkdtemp()
 
-    def zlpr_bench(name, *flags, nice=0, idle=False):
+    def zlpr_bench(name, *flags, nice=0, idle=False, to=target):
         out = os.path.join(tmp, name + ".json")
         proc = subprocess.Popen(on_client + ["nice", "-n", str(nice)] +
                                 (["chrt", "--idle", "0"] if idle else []) + [
-            bench, f"--target={target}", f"--duration_s={args.seconds}", "--warmup_s=1",
+            bench, f"--target={to}", f"--duration_s={args.seconds}", "--warmup_s=1",
             "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
         return lambda: (proc.wait(), json.load(open(out))["runs"][0])[1]
 
@@ -141,9 +205,15 @@ def main():
                           f"--rate={args.rate}")
 
     def flood():
+        if args.flood_shm:
+            proc = subprocess.Popen(on_client + ["nice", "-n", str(args.flood_nice)] +
+                                    (["chrt", "--idle", "0"] if args.flood_idle else []) + [
+                args.flood_shm, "-c", SHM_FLOOD, flood_target, str(args.flood), str(args.seconds)],
+                stdout=subprocess.PIPE, text=True)
+            return lambda: json.loads(proc.communicate()[0].strip().splitlines()[-1])
         return zlpr_bench("flood", "--rpc=loss_grad", "--rows=256", "--cols=16384",
                           f"--concurrency={args.flood}", nice=args.flood_nice,
-                          idle=args.flood_idle)
+                          idle=args.flood_idle, to=flood_target)
 
     def errors(run):
         return sum(run.get("errors", {}).values())
@@ -179,7 +249,9 @@ def main():
             flood_beside_http = wait_flood()
         print(f"\nPredict 1 x 1000 at {args.rate:.0f}/s open loop; flood: {args.flood} callers "
               f"of loss+gradient 256 x 16384"
-              f"{' (generator at SCHED_IDLE)' if args.flood_idle else ''}; "
+              f"{' through shared memory' if args.flood_shm else ''}"
+              f"{' (generator at SCHED_IDLE)' if args.flood_idle else ''}"
+              f"{'' if args.flood_server == 'same' else ' to a second server (' + args.flood_server + ')'}; "
               f"server flags: {' '.join(args.server_flag) or '-'}")
         print("| Predict | p50 ms | p99 ms | p99.9 ms | server p50 ms | server p99 ms | errors |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -194,8 +266,10 @@ def main():
                   f"({flood_beside_http['rps'] / flood_alone['rps']:.2f}x) | "
                   f"{errors(flood_beside_http)} |")
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        for proc in servers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in servers:
+            proc.wait(timeout=60)
 
 
 if __name__ == "__main__":
