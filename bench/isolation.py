@@ -13,13 +13,14 @@ With --flood-shm PYTHON the trainers are on the server's host and send their arr
 shared memory (zlpr.Client(shared_memory=True) with client.shared_tensors, run by PYTHON, which
 has the zlpr package): the flood's calls carry no tensor bytes through a socket.
 
-  python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...] [--flood-idle]
-  python3 bench/isolation.py --build build --flood-shm build-pyvenv/bin/python
-
 With --flood-server idle (or normal) the flood goes to a second server process on the same core,
 started at SCHED_IDLE (or the default priority): a bound on what any thread priority inside the
 server could do, since none of that process's threads (gRPC's included) competes at the
 Predicts' priority.
+
+  python3 bench/isolation.py --build build [--server-flag=--bulk_chunk_us=0 ...] [--flood-idle]
+  python3 bench/isolation.py --build build --flood-shm build-pyvenv/bin/python
+  python3 bench/isolation.py --build build --flood-server idle --flood-idle --skip-http
 """
 import argparse
 import concurrent.futures
@@ -166,8 +167,12 @@ def main():
             [server_bin, "--grpc_address=127.0.0.1:0", "--metrics_address=", "--backend=cpu",
              *args.server_flag], stdout=subprocess.PIPE, text=True)
         servers.append(second)
-        flood_target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)",
-                                                second.stdout.readline()).group(1)
+        port = re.search(r"gRPC on port (\d+)", second.stdout.readline())
+        if port is None:
+            for proc in servers:
+                proc.kill()
+            raise RuntimeError("the flood's server did not start (its stderr is above)")
+        flood_target = "127.0.0.1:" + port.group(1)
 
     def predict_buckets():
         """The server's own Predict latency histogram (arrival to answer), cumulative: zlpr.v1's
@@ -210,7 +215,14 @@ def main():
                                     (["chrt", "--idle", "0"] if args.flood_idle else []) + [
                 args.flood_shm, "-c", SHM_FLOOD, flood_target, str(args.flood), str(args.seconds)],
                 stdout=subprocess.PIPE, text=True)
-            return lambda: json.loads(proc.communicate()[0].strip().splitlines()[-1])
+
+            def wait():
+                out = proc.communicate()[0].strip().splitlines()
+                if proc.returncode != 0 or not out:
+                    raise RuntimeError(f"the shared-memory flood ({args.flood_shm}) failed: "
+                                       f"exit status {proc.returncode}, its stderr is above")
+                return json.loads(out[-1])
+            return wait
         return zlpr_bench("flood", "--rpc=loss_grad", "--rows=256", "--cols=16384",
                           f"--concurrency={args.flood}", nice=args.flood_nice,
                           idle=args.flood_idle, to=flood_target)
