@@ -147,6 +147,8 @@ def main():
                     help="the server the flood goes to: the Predicts' own (same), or a second "
                          "one on the same core at the default priority or at SCHED_IDLE")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the `finally` below stops the servers.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.flood_shm:
         args.server_flag.append("--allow_client_shm")
     on_server, on_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
@@ -156,7 +158,7 @@ def main():
                                            "--metrics_address=127.0.0.1:0", "--backend=cpu",
                                            "--http_address=127.0.0.1:0", *args.server_flag],
                               stdout=subprocess.PIPE, text=True)
-    servers = [server]
+    servers, generators = [server], []
     line = server.stdout.readline()
     target = flood_target = "127.0.0.1:" + re.search(r"gRPC on port (\d+)", line).group(1)
     metrics = "http://127.0.0.1:%s/metrics" % re.search(r"metrics on port (\d+)", line).group(1)
@@ -203,6 +205,7 @@ def main():
                                 (["chrt", "--idle", "0"] if idle else []) + [
             bench, f"--target={to}", f"--duration_s={args.seconds}", "--warmup_s=1",
             "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
+        generators.append(proc)
         return lambda: (proc.wait(), json.load(open(out))["runs"][0])[1]
 
     def predicts():
@@ -215,6 +218,7 @@ def main():
                                     (["chrt", "--idle", "0"] if args.flood_idle else []) + [
                 args.flood_shm, "-c", SHM_FLOOD, flood_target, str(args.flood), str(args.seconds)],
                 stdout=subprocess.PIPE, text=True)
+            generators.append(proc)
 
             def wait():
                 out = proc.communicate()[0].strip().splitlines()
@@ -278,6 +282,9 @@ def main():
                   f"({flood_beside_http['rps'] / flood_alone['rps']:.2f}x) | "
                   f"{errors(flood_beside_http)} |")
     finally:
+        for proc in generators:
+            if proc.poll() is None:
+                proc.kill()
         for proc in servers:
             proc.send_signal(signal.SIGTERM)
         for proc in servers:
