@@ -136,7 +136,7 @@ class Batcher {
   // Blocks until a batch this worker takes is due and returns it, or returns nullopt once shut
   // down and drained. Cancelled and expired tasks met on the way are answered, outside the lock.
   std::optional<AnyBatch> NextBatch(const Takes& takes = {}) {
-    const int cls = takes.only.has_value() ? static_cast<int>(*takes.only) : kAnyClass;
+    const int cls = ClassOf(takes);
     absl::CondVar& cv = cv_[Waiters(cls)];
     const bool stand_in = takes.stand_in_after.count() > 0;
     for (;;) {
@@ -224,6 +224,10 @@ class Batcher {
   static constexpr std::chrono::milliseconds kDeadlineSlack{20};
   static constexpr int kAnyClass = -1;
 
+  // The class a worker that `takes` so takes batches of (kAnyClass: of every class).
+  static int ClassOf(const Takes& takes) {
+    return takes.only.has_value() ? static_cast<int>(*takes.only) : kAnyClass;
+  }
   // Workers wait on the condition variable of the class they take (the last one: any class), so
   // that a task wakes a worker that can take it, never only one that cannot.
   static size_t Waiters(int cls) {
@@ -381,7 +385,7 @@ class Batcher {
   // batch of another class that no worker has cut for stand_in_after since it was due.
   std::optional<AnyBatch> CutForLocked(SteadyTime now, const Takes& takes, std::vector<Drop>* drops,
                                        SteadyTime* next_due) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const int cls = takes.only.has_value() ? static_cast<int>(*takes.only) : kAnyClass;
+    const int cls = ClassOf(takes);
     std::optional<AnyBatch> batch = TryCutLocked(now, cls, drops, next_due);
     if (batch.has_value() || cls == kAnyClass || takes.stand_in_after.count() <= 0) return batch;
     for (int other = 0; other < kPriorities; ++other) {

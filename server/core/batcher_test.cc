@@ -377,12 +377,17 @@ TEST_F(BatcherTest, ShutdownRefusesNewWorkAndHandsOutQueuedWorkWithoutWaiting) {
   EXPECT_FALSE(b.NextBatch().has_value());               // drained
 }
 
-TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
+// Options for the tests with worker threads and the real clock: room for every task they queue.
+BatcherOptions ThreadsOptions(int64_t max_rows, microseconds delay) {
   BatcherOptions o;
-  o.max_batch_rows = 16;
-  o.max_queue_delay = microseconds(200);
+  o.max_batch_rows = max_rows;
+  o.max_queue_delay = delay;
   o.max_queue_size = 100000;
-  TestBatcher b(o);
+  return o;
+}
+
+TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
+  TestBatcher b(ThreadsOptions(16, microseconds(200)));
   std::atomic<int64_t> rows{0};
   std::vector<std::thread> workers;
   for (int i = 0; i < 3; ++i) {
@@ -413,11 +418,7 @@ TEST(BatcherThreadsTest, WorkersReceiveEveryRequestExactlyOnce) {
 TEST(BatcherThreadsTest, WorkersOfOneClassEachReceiveEveryRequestOfTheirsExactlyOnce) {
   // Two workers, one per class, as a CPU backend has them: every task is taken once, by the
   // worker of its class, whichever of them sleeps when it comes.
-  BatcherOptions o;
-  o.max_batch_rows = 4;
-  o.max_queue_delay = microseconds(50);
-  o.max_queue_size = 100000;
-  TestBatcher b(o);
+  TestBatcher b(ThreadsOptions(4, microseconds(50)));
   std::array<std::atomic<int64_t>, kPriorities> rows{};
   std::atomic<int> wrong_class{0};
   std::vector<std::thread> workers;

@@ -167,10 +167,6 @@ class Workers {
   int healthy() const { return healthy_.load(); }
 
  private:
-  JobBatcher* const batcher_;
-  const std::vector<std::unique_ptr<Backend>> backends_;
-  Clock* const clock_;
-  ExecutionListener* const listener_;
   // A backend without a lane: one worker, interactive batches between the chunks of bulk ones.
   void StartSharedWorker(size_t w);
   // A backend with `lane`: a bulk worker on the lane, lowered, and an interactive one.
@@ -179,6 +175,10 @@ class Workers {
   std::function<void()> InteractiveBetweenChunks(size_t w, const Backend& backend,
                                                  Executor* interactive);
 
+  JobBatcher* const batcher_;
+  const std::vector<std::unique_ptr<Backend>> backends_;
+  Clock* const clock_;
+  ExecutionListener* const listener_;
   const ChunkOptions chunks_;
   const BackgroundPolicy bulk_policy_;
   std::vector<std::unique_ptr<Backend>> lanes_;  // Backend::NewLane()'s, for the bulk workers
