@@ -199,10 +199,13 @@ def main():
         return f"≤ {bound(0.5):g}", f"≤ {bound(0.99):g}"
     tmp = tempfile.mkdtemp()
 
+    def on_client_at(nice, idle):
+        """A load generator's command prefix: its CPU, its nice value, SCHED_IDLE or not."""
+        return on_client + ["nice", "-n", str(nice)] + (["chrt", "--idle", "0"] if idle else [])
+
     def zlpr_bench(name, *flags, nice=0, idle=False, to=target):
         out = os.path.join(tmp, name + ".json")
-        proc = subprocess.Popen(on_client + ["nice", "-n", str(nice)] +
-                                (["chrt", "--idle", "0"] if idle else []) + [
+        proc = subprocess.Popen(on_client_at(nice, idle) + [
             bench, f"--target={to}", f"--duration_s={args.seconds}", "--warmup_s=1",
             "--progress=false", f"--json={out}", *flags], stdout=subprocess.DEVNULL)
         generators.append(proc)
@@ -214,8 +217,7 @@ def main():
 
     def flood():
         if args.flood_shm:
-            proc = subprocess.Popen(on_client + ["nice", "-n", str(args.flood_nice)] +
-                                    (["chrt", "--idle", "0"] if args.flood_idle else []) + [
+            proc = subprocess.Popen(on_client_at(args.flood_nice, args.flood_idle) + [
                 args.flood_shm, "-c", SHM_FLOOD, flood_target, str(args.flood), str(args.seconds)],
                 stdout=subprocess.PIPE, text=True)
             generators.append(proc)
